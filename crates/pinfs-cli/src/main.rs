@@ -1,0 +1,2 @@
+//! The `pinfs` command (being written).
+fn main() {}

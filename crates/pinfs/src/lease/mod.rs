@@ -1,0 +1,1 @@
+//! The lease engine (being written).

@@ -1,0 +1,3 @@
+//! Mapped pools (being written).
+#[derive(Debug)]
+pub struct MappedPool;

@@ -1,0 +1,3 @@
+//! Recording media (being written).
+#[derive(Debug)]
+pub struct RecordingMedia;
