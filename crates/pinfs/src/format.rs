@@ -1,1 +1,647 @@
-//! (being written)
+//! The on-media format: every structure pinfs keeps in a pool, byte by byte.
+//!
+//! All integers are little-endian and fixed-width ([`U32`], [`U64`]); every
+//! structure is `#[repr(C)]` with explicit padding and derives the `zerocopy`
+//! traits, so it is read and written as plain bytes, never through references
+//! into pool memory. `docs/format.md` is the prose version of this file; keep
+//! them in step.
+//!
+//! Pool layout, in 4 KiB blocks:
+//!
+//! ```text
+//! 0                superblock (written once, by mkfs)
+//! 1                state block (orphan list head, inode generation)
+//! journal_start    journal header block, then the record area
+//! refcount_start   one u32 per data block: 0 free, 1 owned, n shared
+//! inode_start      inode table, INODE_SIZE bytes per inode
+//! data_start       data blocks (file data, directory data, extent blocks)
+//! ```
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+use crate::{Error, Result};
+
+/// Size of a block: the unit of allocation and of the layout.
+pub const BLOCK_SIZE: u64 = 4096;
+/// log2 of [`BLOCK_SIZE`].
+pub const BLOCK_SHIFT: u32 = 12;
+/// Blocks in a 2 MiB huge page: large allocations prefer runs aligned to it.
+pub const HUGE_BLOCKS: u64 = 512;
+
+/// Superblock magic.
+pub const SUPER_MAGIC: [u8; 8] = *b"PINFS\0\r\n";
+/// Format version this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// State block magic.
+pub const STATE_MAGIC: u64 = u64::from_le_bytes(*b"PINFSSTA");
+/// Journal header magic.
+pub const JOURNAL_MAGIC: u64 = u64::from_le_bytes(*b"PINFSJNL");
+/// Extent index block magic.
+pub const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"EIDX");
+/// Extent leaf block magic.
+pub const LEAF_MAGIC: u32 = u32::from_le_bytes(*b"ELEF");
+
+/// Smallest pool mkfs accepts.
+pub const MIN_POOL_BYTES: u64 = 4 << 20;
+/// Bytes of pool per inode slot chosen by mkfs.
+pub const BYTES_PER_INODE: u64 = 16 << 10;
+/// Fewest inodes mkfs creates.
+pub const MIN_INODES: u64 = 64;
+/// Most inodes mkfs creates (inode numbers fit comfortably in 32 bits).
+pub const MAX_INODES: u64 = 1 << 24;
+/// Inode number of the root directory. Inode 0 is never used.
+pub const ROOT_INO: u64 = 1;
+
+/// Size of an inode slot.
+pub const INODE_SIZE: u64 = 256;
+/// Extents stored in the inode itself.
+pub const INLINE_EXTENTS: usize = 6;
+/// Extent records in one leaf block.
+pub const LEAF_EXTENTS: usize = 170;
+/// Leaf pointers in the index block.
+pub const INDEX_LEAVES: usize = 510;
+/// Most extents one file may have (a named limit: bounds the size of a
+/// metadata transaction; `EFBIG` beyond it).
+pub const MAX_EXTENTS_PER_FILE: usize = 32 * 1024;
+/// Largest file size.
+pub const MAX_FILE_BYTES: u64 = 1 << 50;
+
+/// Size of a directory entry slot.
+pub const DIRENT_SIZE: u64 = 272;
+/// Directory entry slots per directory block (slots never straddle blocks).
+pub const DIRENTS_PER_BLOCK: u64 = BLOCK_SIZE / DIRENT_SIZE;
+/// Longest name.
+pub const NAME_MAX: usize = 255;
+/// Most entries in one directory.
+pub const MAX_DIR_ENTRIES: u64 = 1 << 20;
+
+/// Most references to one block (reflink copies).
+pub const MAX_BLOCK_REFS: u32 = u32::MAX - 1;
+
+/// Extent flag: allocated but unwritten (reads as zeros).
+pub const EXTENT_UNWRITTEN: u32 = 1;
+
+/// File type bits of `mode`, as in `stat(2)`.
+pub const S_IFMT: u32 = 0o170000;
+/// Regular file.
+pub const S_IFREG: u32 = 0o100000;
+/// Directory.
+pub const S_IFDIR: u32 = 0o040000;
+
+/// The superblock, in block 0. Written once by mkfs and never again, so it
+/// cannot be torn by a crash after mkfs.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Superblock {
+    /// [`SUPER_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`FORMAT_VERSION`].
+    pub version: U32,
+    /// [`BLOCK_SIZE`].
+    pub block_size: U32,
+    /// Blocks in the pool covered by this file system.
+    pub total_blocks: U64,
+    /// Random identity of this file system.
+    pub uuid: [u8; 16],
+    /// Creation time, ns since the epoch.
+    pub created_ns: U64,
+    /// The state block.
+    pub state_block: U64,
+    /// First block of the journal (its header).
+    pub journal_start: U64,
+    /// Blocks of the journal, header included.
+    pub journal_blocks: U64,
+    /// First block of the reference-count table.
+    pub refcount_start: U64,
+    /// Blocks of the reference-count table.
+    pub refcount_blocks: U64,
+    /// First block of the inode table.
+    pub inode_start: U64,
+    /// Blocks of the inode table.
+    pub inode_blocks: U64,
+    /// Inode slots (inode numbers are `1..inode_count`).
+    pub inode_count: U64,
+    /// First data block; the reference-count table covers `data_start..total_blocks`.
+    pub data_start: U64,
+    /// Inode number of the root directory.
+    pub root_ino: U64,
+    /// Reserved, zero.
+    pub reserved: [U64; 4],
+    /// CRC-32C of all bytes above.
+    pub crc: U32,
+    /// Zero.
+    pub pad: U32,
+}
+
+/// The state block: the few global values metadata operations change.
+#[derive(Clone, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct StateBlock {
+    /// [`STATE_MAGIC`].
+    pub magic: U64,
+    /// First inode of the orphan list (unlinked while still open), 0 if empty.
+    pub orphan_head: U64,
+    /// Generation given to the next inode allocated.
+    pub next_generation: U64,
+    /// CRC-32C of the bytes above.
+    pub crc: U32,
+    /// Zero.
+    pub pad: U32,
+}
+
+/// The journal header, first bytes of the journal's first block.
+///
+/// `seq`..`header_crc` lie in one cache line and are covered by `header_crc`,
+/// so a torn header write is detected. `applied_seq` lies in the next cache
+/// line and is written alone, with one atomic 8-byte store.
+#[derive(Clone, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct JournalHeader {
+    /// [`JOURNAL_MAGIC`].
+    pub magic: U64,
+    /// Sequence number of the last committed transaction.
+    pub seq: U64,
+    /// Bytes of records the committed transaction occupies in the record area.
+    pub records_len: U64,
+    /// CRC-32C of those record bytes.
+    pub records_crc: U32,
+    /// CRC-32C of the fields above.
+    pub header_crc: U32,
+    /// Zero.
+    pub pad: [U64; 4],
+    /// Sequence number of the last transaction applied in place.
+    pub applied_seq: U64,
+}
+
+/// Byte offset of [`JournalHeader::applied_seq`] in the header block.
+pub const JOURNAL_APPLIED_OFFSET: u64 = 64;
+
+/// A journal record header; `len` bytes of data follow, padded to 8 bytes.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RecordHeader {
+    /// Pool byte offset the data goes to.
+    pub offset: U64,
+    /// Length of the data.
+    pub len: U32,
+    /// Zero.
+    pub pad: U32,
+}
+
+/// One extent: `len` blocks from `physical` mapped at file block `logical`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ExtentRecord {
+    /// First file block.
+    pub logical: U64,
+    /// First pool block.
+    pub physical: U64,
+    /// Length in blocks (never 0 in a used record).
+    pub len: U32,
+    /// [`EXTENT_UNWRITTEN`] or 0.
+    pub flags: U32,
+}
+
+/// An inode slot in the inode table. `mode == 0` marks a free slot.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct InodeRecord {
+    /// File type and permission bits; 0 if the slot is free.
+    pub mode: U32,
+    /// Owner.
+    pub uid: U32,
+    /// Group.
+    pub gid: U32,
+    /// Directory entries referring to this inode (plus `.`/`..` for directories).
+    pub nlink: U32,
+    /// Size in bytes.
+    pub size: U64,
+    /// Last access, ns since the epoch.
+    pub atime_ns: U64,
+    /// Last data change.
+    pub mtime_ns: U64,
+    /// Last inode change.
+    pub ctime_ns: U64,
+    /// Generation: distinguishes successive uses of the slot.
+    pub generation: U32,
+    /// Number of extents.
+    pub extent_count: U32,
+    /// Extent index block when `extent_count > INLINE_EXTENTS`, else 0.
+    pub extent_index: U64,
+    /// Next inode on the orphan list, 0 at the end.
+    pub orphan_next: U64,
+    /// Parent directory (directories only; for `..`).
+    pub parent: U64,
+    /// Extents when they fit in the inode.
+    pub inline: [ExtentRecord; INLINE_EXTENTS],
+    /// Zero.
+    pub reserved: [U64; 3],
+    /// CRC-32C of the bytes above.
+    pub crc: U32,
+    /// Zero.
+    pub pad: U32,
+}
+
+/// The extent index block: which leaf blocks hold the extents, in order.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct IndexBlock {
+    /// [`INDEX_MAGIC`].
+    pub magic: U32,
+    /// Leaves in use.
+    pub leaf_count: U32,
+    /// Inode this block belongs to.
+    pub ino: U32,
+    /// CRC-32C of the whole block with this field zero.
+    pub crc: U32,
+    /// Leaf block numbers.
+    pub leaves: [U64; INDEX_LEAVES],
+}
+
+/// An extent leaf block: up to [`LEAF_EXTENTS`] records, packed in order.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct LeafBlock {
+    /// [`LEAF_MAGIC`].
+    pub magic: U32,
+    /// Records in use.
+    pub count: U32,
+    /// Inode this block belongs to.
+    pub ino: U32,
+    /// CRC-32C of the whole block with this field zero.
+    pub crc: U32,
+    /// The records.
+    pub records: [ExtentRecord; LEAF_EXTENTS],
+}
+
+/// A directory entry slot. `ino == 0` marks a free slot.
+#[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DirentRecord {
+    /// Inode the name refers to, 0 if free.
+    pub ino: U64,
+    /// Generation of that inode when linked (checked by fsck).
+    pub generation: U32,
+    /// Length of `name`.
+    pub name_len: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// The name bytes (not NUL-terminated).
+    pub name: [u8; NAME_MAX + 1],
+}
+
+const _: () = {
+    assert!(size_of::<Superblock>() <= BLOCK_SIZE as usize);
+    assert!(size_of::<JournalHeader>() == 72);
+    assert!(size_of::<InodeRecord>() == INODE_SIZE as usize);
+    assert!(size_of::<IndexBlock>() == BLOCK_SIZE as usize);
+    assert!(size_of::<LeafBlock>() == BLOCK_SIZE as usize);
+    assert!(size_of::<DirentRecord>() == DIRENT_SIZE as usize);
+    assert!(size_of::<ExtentRecord>() == 24);
+};
+
+/// CRC-32C of `bytes`.
+pub fn crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
+/// CRC-32C of a structure whose trailing CRC field covers the bytes before it.
+pub fn crc_before(bytes: &[u8], crc_offset: usize) -> u32 {
+    crc(&bytes[..crc_offset])
+}
+
+/// CRC-32C of a block whose CRC field at `crc_offset` counts as zero.
+pub fn crc_with_hole(bytes: &[u8], crc_offset: usize) -> u32 {
+    let mut c = crc32c::crc32c(&bytes[..crc_offset]);
+    c = crc32c::crc32c_append(c, &[0; 4]);
+    crc32c::crc32c_append(c, &bytes[crc_offset + 4..])
+}
+
+/// Decode a structure from bytes read from the pool.
+pub fn decode<T: FromBytes>(bytes: &[u8], what: &str) -> Result<T> {
+    T::read_from_prefix(bytes)
+        .map(|(v, _)| v)
+        .map_err(|_| Error::corrupt(format!("{what}: short read")))
+}
+
+impl Superblock {
+    /// Byte offset of the CRC field.
+    pub const CRC_OFFSET: usize = std::mem::offset_of!(Superblock, crc);
+
+    /// Seal the CRC.
+    pub fn seal(&mut self) {
+        self.crc = crc_before(self.as_bytes(), Self::CRC_OFFSET).into();
+    }
+
+    /// Check magic, version, CRC and the layout's arithmetic against a pool of
+    /// `pool_bytes`. A failure names what is wrong.
+    pub fn validate(&self, pool_bytes: u64) -> Result<()> {
+        if self.magic != SUPER_MAGIC {
+            return Err(Error::Foreign {
+                what: "no pinfs superblock (bad magic)".into(),
+            });
+        }
+        if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) {
+            return Err(Error::corrupt("superblock checksum mismatch"));
+        }
+        if self.version.get() != FORMAT_VERSION {
+            return Err(Error::Foreign {
+                what: format!(
+                    "format version {} (this pinfs reads version {FORMAT_VERSION})",
+                    self.version.get()
+                ),
+            });
+        }
+        if u64::from(self.block_size.get()) != BLOCK_SIZE {
+            return Err(Error::corrupt(format!(
+                "superblock: block size {} (expected {BLOCK_SIZE})",
+                self.block_size.get()
+            )));
+        }
+        let total = self.total_blocks.get();
+        if total.checked_mul(BLOCK_SIZE).is_none_or(|b| b > pool_bytes) {
+            return Err(Error::corrupt(format!(
+                "superblock: file system of {total} blocks does not fit the pool of {pool_bytes} bytes (truncated pool?)"
+            )));
+        }
+        // The regions must follow each other in order, each inside the pool.
+        let regions = [
+            ("state block", self.state_block.get(), 1),
+            ("journal", self.journal_start.get(), self.journal_blocks.get()),
+            ("refcount table", self.refcount_start.get(), self.refcount_blocks.get()),
+            ("inode table", self.inode_start.get(), self.inode_blocks.get()),
+        ];
+        let mut next = 1u64;
+        for (name, start, len) in regions {
+            if start != next || len == 0 {
+                return Err(Error::corrupt(format!("superblock: {name} misplaced")));
+            }
+            next = start
+                .checked_add(len)
+                .filter(|&e| e <= total)
+                .ok_or_else(|| Error::corrupt(format!("superblock: {name} outside the pool")))?;
+        }
+        if self.data_start.get() != next || next >= total {
+            return Err(Error::corrupt("superblock: data region misplaced"));
+        }
+        if self.journal_blocks.get() < 2 {
+            return Err(Error::corrupt("superblock: journal too small"));
+        }
+        let data_blocks = total - next;
+        if self.refcount_blocks.get() != (data_blocks * 4).div_ceil(BLOCK_SIZE) {
+            return Err(Error::corrupt("superblock: refcount table size"));
+        }
+        let ic = self.inode_count.get();
+        if !(2..=MAX_INODES + 1).contains(&ic)
+            || self.inode_blocks.get() != (ic * INODE_SIZE).div_ceil(BLOCK_SIZE)
+        {
+            return Err(Error::corrupt("superblock: inode table size"));
+        }
+        if self.root_ino.get() != ROOT_INO {
+            return Err(Error::corrupt("superblock: root inode"));
+        }
+        Ok(())
+    }
+
+    /// Blocks in the data region.
+    pub fn data_blocks(&self) -> u64 {
+        self.total_blocks.get() - self.data_start.get()
+    }
+
+    /// Pool byte offset of inode `ino`'s slot.
+    pub fn inode_offset(&self, ino: u64) -> u64 {
+        self.inode_start.get() * BLOCK_SIZE + ino * INODE_SIZE
+    }
+
+    /// Pool byte offset of the reference count of data block `block`.
+    pub fn refcount_offset(&self, block: u64) -> u64 {
+        self.refcount_start.get() * BLOCK_SIZE + (block - self.data_start.get()) * 4
+    }
+
+    /// Is `block..block+len` inside the data region?
+    pub fn is_data_range(&self, block: u64, len: u64) -> bool {
+        block >= self.data_start.get()
+            && block
+                .checked_add(len)
+                .is_some_and(|e| e <= self.total_blocks.get())
+    }
+}
+
+/// The layout mkfs chooses for a pool of `pool_bytes`.
+pub fn plan_layout(pool_bytes: u64) -> Result<Superblock> {
+    if pool_bytes < MIN_POOL_BYTES {
+        return Err(Error::Errno(crate::Errno::EINVAL));
+    }
+    let total = pool_bytes / BLOCK_SIZE;
+    let inode_count = (pool_bytes / BYTES_PER_INODE).clamp(MIN_INODES, MAX_INODES) + 1;
+    let inode_blocks = (inode_count * INODE_SIZE).div_ceil(BLOCK_SIZE);
+    // The journal must hold the largest transaction: the worst is a change of
+    // every reference count at once (a truncate of a pool-sized file), plus
+    // two extent maps of the largest file. Sized from the pool, 2..256 MiB.
+    let max_map_bytes = (MAX_EXTENTS_PER_FILE.div_ceil(LEAF_EXTENTS) as u64 + 1) * BLOCK_SIZE;
+    let journal_bytes = (total * 4 * 2 + 2 * max_map_bytes + (1 << 20)).clamp(2 << 20, 256 << 20);
+    let journal_blocks = (journal_bytes / BLOCK_SIZE).min(total / 4);
+    let state_block = 1;
+    let journal_start = 2;
+    let refcount_start = journal_start + journal_blocks;
+    // The refcount table covers the data region, which depends on its own
+    // size: solve by iterating once from an upper bound.
+    let mut refcount_blocks = (total * 4).div_ceil(BLOCK_SIZE);
+    let mut data_start;
+    loop {
+        data_start = refcount_start + refcount_blocks + inode_blocks;
+        if data_start + 64 > total {
+            return Err(Error::Errno(crate::Errno::EINVAL));
+        }
+        let need = ((total - data_start) * 4).div_ceil(BLOCK_SIZE);
+        if need == refcount_blocks {
+            break;
+        }
+        refcount_blocks = need;
+    }
+    let mut sb = Superblock {
+        magic: SUPER_MAGIC,
+        version: FORMAT_VERSION.into(),
+        block_size: (BLOCK_SIZE as u32).into(),
+        total_blocks: total.into(),
+        uuid: [0; 16],
+        created_ns: 0.into(),
+        state_block: state_block.into(),
+        journal_start: journal_start.into(),
+        journal_blocks: journal_blocks.into(),
+        refcount_start: refcount_start.into(),
+        refcount_blocks: refcount_blocks.into(),
+        inode_start: (refcount_start + refcount_blocks).into(),
+        inode_blocks: inode_blocks.into(),
+        inode_count: inode_count.into(),
+        data_start: data_start.into(),
+        root_ino: ROOT_INO.into(),
+        reserved: [0.into(); 4],
+        crc: 0.into(),
+        pad: 0.into(),
+    };
+    sb.seal();
+    Ok(sb)
+}
+
+impl StateBlock {
+    const CRC_OFFSET: usize = std::mem::offset_of!(StateBlock, crc);
+
+    /// Seal the CRC.
+    pub fn seal(&mut self) {
+        self.magic = STATE_MAGIC.into();
+        self.crc = crc_before(self.as_bytes(), Self::CRC_OFFSET).into();
+    }
+
+    /// Check magic and CRC.
+    pub fn validate(&self) -> Result<()> {
+        if self.magic.get() != STATE_MAGIC {
+            return Err(Error::corrupt("state block: bad magic"));
+        }
+        if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) {
+            return Err(Error::corrupt("state block: checksum mismatch"));
+        }
+        Ok(())
+    }
+}
+
+impl JournalHeader {
+    const CRC_OFFSET: usize = std::mem::offset_of!(JournalHeader, header_crc);
+
+    /// Seal the header CRC.
+    pub fn seal(&mut self) {
+        self.magic = JOURNAL_MAGIC.into();
+        self.header_crc = crc_before(self.as_bytes(), Self::CRC_OFFSET).into();
+    }
+
+    /// Whether the CRC matches (a torn commit leaves it mismatched).
+    pub fn is_sealed(&self) -> bool {
+        self.header_crc.get() == crc_before(self.as_bytes(), Self::CRC_OFFSET)
+    }
+}
+
+impl InodeRecord {
+    const CRC_OFFSET: usize = std::mem::offset_of!(InodeRecord, crc);
+
+    /// A free slot.
+    pub fn free() -> Self {
+        Self::new_zeroed()
+    }
+
+    /// Seal the CRC (free slots are all zero, CRC included).
+    pub fn seal(&mut self) {
+        self.crc = if self.mode.get() == 0 {
+            0.into()
+        } else {
+            crc_before(self.as_bytes(), Self::CRC_OFFSET).into()
+        };
+    }
+
+    /// Check the CRC of a used slot.
+    pub fn crc_ok(&self) -> bool {
+        let want = if self.mode.get() == 0 {
+            0
+        } else {
+            crc_before(self.as_bytes(), Self::CRC_OFFSET)
+        };
+        self.crc.get() == want
+    }
+}
+
+impl IndexBlock {
+    const CRC_OFFSET: usize = std::mem::offset_of!(IndexBlock, crc);
+    /// Seal the CRC.
+    pub fn seal(&mut self) {
+        self.crc = 0.into();
+        self.crc = crc_with_hole(self.as_bytes(), Self::CRC_OFFSET).into();
+    }
+    /// Check magic and CRC.
+    pub fn crc_ok(&self) -> bool {
+        self.magic.get() == INDEX_MAGIC
+            && self.crc.get() == crc_with_hole(self.as_bytes(), Self::CRC_OFFSET)
+    }
+}
+
+impl LeafBlock {
+    const CRC_OFFSET: usize = std::mem::offset_of!(LeafBlock, crc);
+    /// Seal the CRC.
+    pub fn seal(&mut self) {
+        self.crc = 0.into();
+        self.crc = crc_with_hole(self.as_bytes(), Self::CRC_OFFSET).into();
+    }
+    /// Check magic and CRC.
+    pub fn crc_ok(&self) -> bool {
+        self.magic.get() == LEAF_MAGIC
+            && self.crc.get() == crc_with_hole(self.as_bytes(), Self::CRC_OFFSET)
+    }
+}
+
+impl DirentRecord {
+    /// An entry for `name` → `ino`.
+    pub fn new(name: &[u8], ino: u64, generation: u32) -> Self {
+        let mut d = Self::new_zeroed();
+        d.ino = ino.into();
+        d.generation = generation.into();
+        d.name_len = name.len() as u8;
+        d.name[..name.len()].copy_from_slice(name);
+        d
+    }
+
+    /// The name bytes, or `None` when the length is out of range.
+    pub fn name(&self) -> Option<&[u8]> {
+        let n = usize::from(self.name_len);
+        (n > 0 && n <= NAME_MAX).then(|| &self.name[..n])
+    }
+}
+
+/// Pool byte offset of block `block`.
+pub fn block_offset(block: u64) -> u64 {
+    block * BLOCK_SIZE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_validate() {
+        for mib in [4u64, 5, 8, 64, 256, 1024, 64 * 1024] {
+            let bytes = mib << 20;
+            let sb = plan_layout(bytes).unwrap();
+            sb.validate(bytes).unwrap();
+            assert!(sb.data_blocks() > sb.total_blocks.get() / 2, "{mib} MiB");
+        }
+        assert!(plan_layout(1 << 20).is_err());
+    }
+
+    #[test]
+    fn superblock_damage_detected() {
+        let sb = plan_layout(8 << 20).unwrap();
+        let bytes = sb.as_bytes().to_vec();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            let s: Superblock = decode(&b, "sb").unwrap();
+            assert!(s.validate(8 << 20).is_err(), "byte {i}");
+        }
+        assert!(sb.validate(4 << 20).is_err(), "truncated pool");
+    }
+
+    #[test]
+    fn crcs() {
+        let mut ino = InodeRecord::free();
+        assert!(ino.crc_ok());
+        ino.mode = (S_IFREG | 0o644).into();
+        ino.seal();
+        assert!(ino.crc_ok());
+        ino.size = 5.into();
+        assert!(!ino.crc_ok());
+        let mut leaf = LeafBlock::new_zeroed();
+        leaf.magic = LEAF_MAGIC.into();
+        leaf.seal();
+        assert!(leaf.crc_ok());
+        leaf.records[3].len = 1.into();
+        assert!(!leaf.crc_ok());
+    }
+}

@@ -1,0 +1,346 @@
+//! Reading a pool into memory (mount) and checking it (fsck).
+//!
+//! Nothing read from the pool is trusted: every number is range-checked
+//! before it is used as an index or an offset, and every structure's CRC is
+//! verified, so a damaged or foreign pool fails with an error naming what is
+//! wrong — never a panic, never an out-of-bounds access. [`check`] then
+//! cross-checks the structures against each other (reference counts against
+//! the extents that use them, link counts against directory entries, the
+//! directory tree, the orphan list); mount refuses a pool with any problem,
+//! and `pinfs fsck` lists them all.
+
+use std::collections::{BTreeSet, HashMap};
+
+use zerocopy::FromBytes;
+
+use super::extent::{Extent, ExtentMap};
+use super::state::{Dir, FsState, Inode};
+use crate::alloc::{Allocator, Run};
+use crate::format::*;
+use crate::journal::{Journal, Recovery};
+use crate::media::Media;
+use crate::{Error, Result};
+
+/// Read and validate everything; replay the journal first.
+pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
+    if media.len_bytes() < BLOCK_SIZE {
+        return Err(Error::Foreign {
+            what: format!("pool of {} bytes is too small to hold a superblock", media.len_bytes()),
+        });
+    }
+    let mut raw = vec![0u8; size_of::<Superblock>()];
+    media.read(0, &mut raw)?;
+    let sb: Superblock = decode(&raw, "superblock")?;
+    sb.validate(media.len_bytes())?;
+    let (journal, recovery) = Journal::recover(media, sb.journal_start.get(), sb.journal_blocks.get())?;
+
+    let mut raw = vec![0u8; size_of::<StateBlock>()];
+    media.read(block_offset(sb.state_block.get()), &mut raw)?;
+    let state: StateBlock = decode(&raw, "state block")?;
+    state.validate()?;
+
+    let data_blocks = sb.data_blocks();
+    let mut table = vec![0u8; (data_blocks * 4) as usize];
+    media.read(block_offset(sb.refcount_start.get()), &mut table)?;
+    let refcounts: Vec<u32> = table
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+
+    let mut inodes = HashMap::new();
+    let mut free_inodes = BTreeSet::new();
+    let count = sb.inode_count.get();
+    let mut table = vec![0u8; (count * INODE_SIZE) as usize];
+    media.read(block_offset(sb.inode_start.get()), &mut table)?;
+    for ino in 1..count {
+        let at = (ino * INODE_SIZE) as usize;
+        let rec: InodeRecord = decode(&table[at..at + INODE_SIZE as usize], "inode")?;
+        if rec.mode.get() == 0 {
+            free_inodes.insert(ino);
+            continue;
+        }
+        if !rec.crc_ok() {
+            return Err(Error::corrupt(format!("inode {ino}: checksum mismatch")));
+        }
+        let inode = load_inode(media, &sb, ino, &rec)?;
+        inodes.insert(ino, inode);
+    }
+    let mut dirs = HashMap::new();
+    for inode in inodes.values() {
+        if inode.is_dir() {
+            dirs.insert(inode.ino, load_dir(media, &sb, inode)?);
+        }
+    }
+    let mut alloc = Allocator::new();
+    let data_start = sb.data_start.get();
+    let mut i = 0usize;
+    while i < refcounts.len() {
+        if refcounts[i] != 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < refcounts.len() && refcounts[i] == 0 {
+            i += 1;
+        }
+        alloc.free(Run { start: data_start + start as u64, len: (i - start) as u64 });
+    }
+    // The orphan list, bounded by the number of inodes so a cycle cannot loop.
+    let mut orphans = Vec::new();
+    let mut at = state.orphan_head.get();
+    while at != 0 {
+        let Some(inode) = inodes.get(&at) else {
+            return Err(Error::corrupt(format!("orphan list: inode {at} is not in use")));
+        };
+        if orphans.len() as u64 >= count || orphans.contains(&at) {
+            return Err(Error::corrupt("orphan list: cycle"));
+        }
+        orphans.push(at);
+        at = inode.orphan_next;
+    }
+    let st = FsState {
+        sb,
+        journal,
+        inodes,
+        free_inodes,
+        dirs,
+        alloc,
+        refcounts,
+        orphans,
+        next_generation: state.next_generation.get(),
+        runtime: HashMap::new(),
+    };
+    Ok((st, recovery))
+}
+
+fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -> Result<Inode> {
+    let bad = |what: &str| Error::corrupt(format!("inode {ino}: {what}"));
+    let mode = rec.mode.get();
+    if mode & S_IFMT != S_IFREG && mode & S_IFMT != S_IFDIR {
+        return Err(bad(&format!("unknown file type {:o}", mode & S_IFMT)));
+    }
+    let n = rec.extent_count.get() as usize;
+    if n > MAX_EXTENTS_PER_FILE {
+        return Err(bad("too many extents"));
+    }
+    if rec.size.get() > MAX_FILE_BYTES {
+        return Err(bad("size too large"));
+    }
+    let mut records = Vec::with_capacity(n);
+    let mut leaves = Vec::new();
+    let index = rec.extent_index.get();
+    if index == 0 {
+        if n > INLINE_EXTENTS {
+            return Err(bad("extent count exceeds inline space but no index block"));
+        }
+        records.extend_from_slice(&rec.inline[..n]);
+    } else {
+        if n <= INLINE_EXTENTS || !sb.is_data_range(index, 1) {
+            return Err(bad("extent index block out of range"));
+        }
+        let mut raw = vec![0u8; BLOCK_SIZE as usize];
+        media.read(block_offset(index), &mut raw)?;
+        let idx = IndexBlock::read_from_bytes(&raw).map_err(|_| bad("index block"))?;
+        if !idx.crc_ok() || u64::from(idx.ino.get()) != ino {
+            return Err(bad("extent index block damaged"));
+        }
+        let lc = idx.leaf_count.get() as usize;
+        if lc != n.div_ceil(LEAF_EXTENTS) {
+            return Err(bad("extent index leaf count"));
+        }
+        for (i, b) in idx.leaves[..lc].iter().enumerate() {
+            let b = b.get();
+            if !sb.is_data_range(b, 1) {
+                return Err(bad("extent leaf block out of range"));
+            }
+            media.read(block_offset(b), &mut raw)?;
+            let leaf = LeafBlock::read_from_bytes(&raw).map_err(|_| bad("leaf block"))?;
+            let want = if i + 1 < lc { LEAF_EXTENTS } else { n - LEAF_EXTENTS * i };
+            if !leaf.crc_ok() || u64::from(leaf.ino.get()) != ino || leaf.count.get() as usize != want {
+                return Err(bad("extent leaf block damaged"));
+            }
+            records.extend_from_slice(&leaf.records[..want]);
+            leaves.push(b);
+        }
+    }
+    let mut extents = ExtentMap::new();
+    let mut next_logical = 0u64;
+    for r in &records {
+        let (l, p, len) = (r.logical.get(), r.physical.get(), u64::from(r.len.get()));
+        if len == 0 || l < next_logical || !sb.is_data_range(p, len) {
+            return Err(bad(&format!("extent {l}+{len}@{p} invalid or out of order")));
+        }
+        if l.checked_add(len).is_none_or(|e| e > MAX_FILE_BYTES / BLOCK_SIZE) {
+            return Err(bad("extent beyond the largest file"));
+        }
+        if r.flags.get() & !EXTENT_UNWRITTEN != 0 {
+            return Err(bad("unknown extent flags"));
+        }
+        next_logical = l + len;
+        extents.map(l, Extent { physical: p, len, unwritten: r.flags.get() & EXTENT_UNWRITTEN != 0 });
+    }
+    Ok(Inode {
+        ino,
+        generation: rec.generation.get(),
+        mode,
+        uid: rec.uid.get(),
+        gid: rec.gid.get(),
+        nlink: rec.nlink.get(),
+        size: rec.size.get(),
+        atime_ns: rec.atime_ns.get(),
+        mtime_ns: rec.mtime_ns.get(),
+        ctime_ns: rec.ctime_ns.get(),
+        parent: rec.parent.get(),
+        orphan_next: rec.orphan_next.get(),
+        extents,
+        index_block: index,
+        leaves,
+    })
+}
+
+fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
+    let ino = inode.ino;
+    let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
+    let blocks = inode.size / BLOCK_SIZE;
+    if inode.size % BLOCK_SIZE != 0 || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK {
+        return Err(bad(format!("size {}", inode.size)));
+    }
+    let count = sb.inode_count.get();
+    let mut dir = Dir { slots: blocks * DIRENTS_PER_BLOCK, ..Default::default() };
+    let mut raw = vec![0u8; BLOCK_SIZE as usize];
+    for logical in 0..blocks {
+        let Some((l, e)) = inode.extents.lookup(logical) else {
+            return Err(bad(format!("block {logical} is a hole")));
+        };
+        if e.unwritten {
+            return Err(bad(format!("block {logical} is unwritten")));
+        }
+        media.read(block_offset(e.physical + logical - l), &mut raw)?;
+        for i in 0..DIRENTS_PER_BLOCK {
+            let slot = logical * DIRENTS_PER_BLOCK + i;
+            let at = (i * DIRENT_SIZE) as usize;
+            let d = DirentRecord::read_from_bytes(&raw[at..at + DIRENT_SIZE as usize])
+                .map_err(|_| bad("entry".into()))?;
+            let target = d.ino.get();
+            if target == 0 {
+                dir.free_slots.insert(slot);
+                continue;
+            }
+            let Some(name) = d.name() else {
+                return Err(bad(format!("slot {slot}: bad name length")));
+            };
+            if target >= count || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+                return Err(bad(format!("slot {slot}: invalid entry")));
+            }
+            if dir.entries.insert(name.into(), (target, slot)).is_some() {
+                return Err(bad(format!("duplicate name {:?}", String::from_utf8_lossy(name))));
+            }
+        }
+    }
+    if inode.extents.end() > blocks {
+        return Err(bad("blocks beyond its size".into()));
+    }
+    Ok(dir)
+}
+
+/// Cross-check the loaded structures. Returns one line per problem.
+pub(crate) fn check(st: &FsState) -> Vec<String> {
+    let mut problems = Vec::new();
+    let sb = &st.sb;
+    let data_start = sb.data_start.get();
+    // Reference counts: recompute from every extent and tree block.
+    let mut refs = vec![0u64; st.refcounts.len()];
+    for inode in st.inodes.values() {
+        for (_, e) in inode.extents.iter() {
+            for b in e.physical..e.physical + e.len {
+                refs[(b - data_start) as usize] += 1;
+            }
+        }
+        for b in inode.tree_blocks() {
+            refs[(b - data_start) as usize] += 1;
+        }
+    }
+    let mut bad_refs = 0;
+    for (i, (&want, &have)) in refs.iter().zip(&st.refcounts).enumerate() {
+        if want != u64::from(have) {
+            if bad_refs < 10 {
+                problems.push(format!(
+                    "block {}: reference count {have}, but {want} references found",
+                    data_start + i as u64
+                ));
+            }
+            bad_refs += 1;
+        }
+    }
+    if bad_refs > 10 {
+        problems.push(format!("... {} more blocks with wrong reference counts", bad_refs - 10));
+    }
+    // Directory entries: targets exist with matching generation; link counts.
+    let mut links: HashMap<u64, u64> = HashMap::new();
+    let mut parent_of: HashMap<u64, u64> = HashMap::new();
+    for (&dir, d) in &st.dirs {
+        for (name, &(target, _)) in &d.entries {
+            let name = String::from_utf8_lossy(name);
+            let Some(t) = st.inodes.get(&target) else {
+                problems.push(format!("directory {dir}: entry {name:?} refers to free inode {target}"));
+                continue;
+            };
+            *links.entry(target).or_default() += 1;
+            if t.is_dir() {
+                *links.entry(dir).or_default() += 1; // the child's ".."
+                if parent_of.insert(target, dir).is_some() {
+                    problems.push(format!("directory {target} has more than one name"));
+                }
+                if t.parent != dir {
+                    problems.push(format!("directory {target}: parent {} but named in {dir}", t.parent));
+                }
+            }
+        }
+    }
+    for inode in st.inodes.values() {
+        let ino = inode.ino;
+        let mut want = links.get(&ino).copied().unwrap_or(0);
+        if inode.is_dir() {
+            want += 1; // "."
+            if ino == ROOT_INO {
+                want += 1; // the root's ".." is itself
+            }
+        }
+        let orphan = st.orphans.contains(&ino);
+        if u64::from(inode.nlink) != want {
+            problems.push(format!("inode {ino}: link count {} but {want} links found", inode.nlink));
+        }
+        if inode.nlink == 0 && !orphan {
+            problems.push(format!("inode {ino}: unlinked but not on the orphan list"));
+        }
+        if orphan && inode.nlink != 0 {
+            problems.push(format!("inode {ino}: on the orphan list but still linked"));
+        }
+        let eof_block = inode.size.div_ceil(BLOCK_SIZE);
+        if inode.extents.iter().any(|(l, e)| !e.unwritten && l + e.len > eof_block) {
+            problems.push(format!("inode {ino}: written blocks beyond its size"));
+        }
+    }
+    match st.inodes.get(&ROOT_INO) {
+        Some(r) if r.is_dir() => {}
+        _ => problems.push("root directory missing".into()),
+    }
+    // Every directory reaches the root through its parents.
+    for &dir in st.dirs.keys() {
+        let mut at = dir;
+        let mut steps = 0;
+        while at != ROOT_INO {
+            match parent_of.get(&at) {
+                Some(&p) if steps < st.dirs.len() => {
+                    at = p;
+                    steps += 1;
+                }
+                _ => {
+                    problems.push(format!("directory {dir} is not connected to the root"));
+                    break;
+                }
+            }
+        }
+    }
+    problems
+}

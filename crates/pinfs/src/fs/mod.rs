@@ -1,0 +1,660 @@
+//! The file system: files, directories and their layout in a pool (SPEC §7).
+//!
+//! [`Fs`] is a mounted file system. Metadata lives in memory as a mirror of
+//! the pool (`state`), behind one reader-writer lock: reads and in-place
+//! writes of already-allocated, unshared blocks take it shared and touch the
+//! media directly (no system call, no copy beyond the one into the caller's
+//! buffer); every layout change takes it exclusively and goes through a
+//! staged [`state::Op`] committed by the journal, so it is atomic across
+//! crashes and durable when it returns.
+//!
+//! Layout changes all funnel through the functions of `ops.rs`, so the lease
+//! and pin machinery has one place to intervene.
+
+mod extent;
+mod load;
+mod ops;
+mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+
+pub use self::extent::{Extent, ExtentMap, Segment};
+pub use self::ops::FallocMode;
+use self::state::{FsState, Op};
+use crate::format::{self, *};
+use crate::journal::{Journal, Recovery};
+use crate::media::Media;
+use crate::{Errno, Error, Result};
+
+/// Who performs an operation: credentials for permission checks, and the
+/// owner (an actor, process or client) that leases and pins are attributed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cred {
+    /// User id; 0 bypasses permission checks.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Owner identity for leases and pins.
+    pub owner: u64,
+}
+
+impl Cred {
+    /// Root, owner 0.
+    pub const ROOT: Cred = Cred { uid: 0, gid: 0, owner: 0 };
+}
+
+/// How a file is opened (`open(2)` flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// `O_CREAT`.
+    pub create: bool,
+    /// `O_EXCL`.
+    pub exclusive: bool,
+    /// `O_TRUNC`.
+    pub truncate: bool,
+    /// `O_NONBLOCK`: lease breaks return `EWOULDBLOCK` instead of waiting.
+    pub nonblocking: bool,
+}
+
+impl OpenFlags {
+    /// `O_RDONLY`.
+    pub const RDONLY: OpenFlags = OpenFlags { read: true, write: false, create: false, exclusive: false, truncate: false, nonblocking: false };
+    /// `O_RDWR`.
+    pub const RDWR: OpenFlags = OpenFlags { read: true, write: true, ..Self::RDONLY };
+    /// `O_RDWR | O_CREAT`.
+    pub const CREATE: OpenFlags = OpenFlags { create: true, ..Self::RDWR };
+}
+
+/// `stat` of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number.
+    pub ino: u64,
+    /// Generation of the inode slot.
+    pub generation: u32,
+    /// Type and permission bits.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// 4 KiB blocks mapped (written or unwritten).
+    pub blocks: u64,
+    /// Extents in the block map.
+    pub extents: u64,
+    /// Access time, ns.
+    pub atime_ns: u64,
+    /// Modification time, ns.
+    pub mtime_ns: u64,
+    /// Change time, ns.
+    pub ctime_ns: u64,
+}
+
+impl Stat {
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+}
+
+/// `statfs` of the file system, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    /// Data blocks.
+    pub blocks: u64,
+    /// Free data blocks.
+    pub free: u64,
+    /// Blocks held back as busy extents (neither free nor in any file).
+    pub busy: u64,
+    /// Inode slots.
+    pub inodes: u64,
+    /// Free inode slots.
+    pub free_inodes: u64,
+}
+
+/// One extent as `fiemap` reports it, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FiemapExtent {
+    /// File offset.
+    pub logical: u64,
+    /// Pool offset.
+    pub physical: u64,
+    /// Length.
+    pub len: u64,
+    /// Allocated, unwritten.
+    pub unwritten: bool,
+    /// Shared with another file or range (reflinked).
+    pub shared: bool,
+}
+
+/// A directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name.
+    pub name: String,
+    /// Inode.
+    pub ino: u64,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+}
+
+/// What `fsck` found.
+#[derive(Clone, Debug)]
+pub struct FsckReport {
+    /// What the journal recovery did.
+    pub recovery: Recovery,
+    /// Problems, one line each; empty when consistent.
+    pub problems: Vec<String>,
+    /// Inodes in use.
+    pub inodes: u64,
+    /// Data blocks in use.
+    pub used_blocks: u64,
+}
+
+/// A mounted file system.
+#[derive(Debug)]
+pub struct Fs {
+    media: Arc<dyn Media>,
+    state: RwLock<FsState>,
+    next_handle: AtomicU64,
+}
+
+/// An open file (an open file description). Closing is dropping it.
+#[derive(Debug)]
+pub struct Handle {
+    fs: Arc<Fs>,
+    id: u64,
+    ino: u64,
+    cred: Cred,
+    flags: OpenFlags,
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Split an absolute path into its components.
+fn components(path: &str) -> Result<Vec<&[u8]>> {
+    if !path.starts_with('/') {
+        return Err(Errno::EINVAL.into());
+    }
+    let parts: Vec<&[u8]> = path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::as_bytes).collect();
+    for p in &parts {
+        if p.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG.into());
+        }
+        if *p == b".." {
+            // Paths are absolute and canonical inside the file system.
+            return Err(Errno::EINVAL.into());
+        }
+    }
+    Ok(parts)
+}
+
+/// Access bits for [`FsState::may`].
+const MAY_READ: u32 = 4;
+const MAY_WRITE: u32 = 2;
+const MAY_EXEC: u32 = 1;
+
+impl FsState {
+    fn may(&self, cred: &Cred, ino: u64, want: u32) -> Result<()> {
+        let i = self.inode(ino)?;
+        if cred.uid == 0 {
+            return Ok(());
+        }
+        let bits = if cred.uid == i.uid {
+            i.mode >> 6
+        } else if cred.gid == i.gid {
+            i.mode >> 3
+        } else {
+            i.mode
+        } & 7;
+        if bits & want == want {
+            Ok(())
+        } else {
+            Err(Errno::EACCES.into())
+        }
+    }
+
+    /// Resolve every component of `parts`, checking search permission.
+    fn walk(&self, cred: &Cred, parts: &[&[u8]]) -> Result<u64> {
+        let mut at = ROOT_INO;
+        for p in parts {
+            let dir = self.dirs.get(&at).ok_or(Errno::ENOTDIR)?;
+            self.may(cred, at, MAY_EXEC)?;
+            at = dir.entries.get(*p).ok_or(Errno::ENOENT)?.0;
+        }
+        Ok(at)
+    }
+
+    /// Resolve the parent directory of `path` and return it with the last name.
+    fn walk_parent<'p>(&self, cred: &Cred, path: &'p str) -> Result<(u64, &'p [u8])> {
+        let parts = components(path)?;
+        let (name, dirs) = parts.split_last().ok_or(Errno::EEXIST)?;
+        let dir = self.walk(cred, dirs)?;
+        if !self.dirs.contains_key(&dir) {
+            return Err(Errno::ENOTDIR.into());
+        }
+        Ok((dir, name))
+    }
+
+    fn stat(&self, ino: u64) -> Result<Stat> {
+        let i = self.inode(ino)?;
+        let lazy = self.runtime.get(&ino).map_or(0, |r| r.lazy_mtime_ns.load(Ordering::Relaxed));
+        Ok(Stat {
+            ino,
+            generation: i.generation,
+            mode: i.mode,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.extents.mapped_blocks(),
+            extents: i.extents.len() as u64,
+            atime_ns: i.atime_ns,
+            mtime_ns: i.mtime_ns.max(lazy),
+            ctime_ns: i.ctime_ns.max(lazy),
+        })
+    }
+}
+
+impl Fs {
+    /// Create an empty file system on `media` (mkfs).
+    pub fn mkfs(media: &dyn Media) -> Result<()> {
+        let mut sb = format::plan_layout(media.len_bytes())?;
+        let now = now_ns();
+        sb.created_ns = now.into();
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&now.to_le_bytes());
+        uuid[8..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+        sb.uuid = crc_mix(uuid);
+        sb.seal();
+        use zerocopy::IntoBytes;
+        // Metadata regions start zeroed: free inodes, zero reference counts.
+        let meta_end = block_offset(sb.data_start.get());
+        media.fill(0, meta_end, 0)?;
+        Journal::format(media, sb.journal_start.get(), sb.journal_blocks.get())?;
+        let mut state = format::StateBlock { next_generation: 1.into(), ..Default::default() };
+        state.seal();
+        media.write(block_offset(sb.state_block.get()), state.as_bytes())?;
+        // The root directory: an inode with no blocks.
+        let root = state::Inode {
+            ino: ROOT_INO,
+            generation: 0,
+            mode: S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            parent: ROOT_INO,
+            orphan_next: 0,
+            extents: ExtentMap::new(),
+            index_block: 0,
+            leaves: Vec::new(),
+        };
+        media.write(sb.inode_offset(ROOT_INO), root.record().as_bytes())?;
+        media.flush(0, meta_end)?;
+        media.fence();
+        // The superblock last: a pool without one is not a file system.
+        media.write(0, sb.as_bytes())?;
+        media.flush(0, BLOCK_SIZE)?;
+        media.fence();
+        Ok(())
+    }
+
+    /// Mount the file system on `media`: replay the journal, load and check
+    /// the metadata, and free the blocks of orphans left by a crash.
+    pub fn mount(media: Arc<dyn Media>) -> Result<Arc<Fs>> {
+        let (st, recovery) = load::load(&*media)?;
+        if recovery != Recovery::Clean {
+            tracing::info!(?recovery, "journal recovery");
+        }
+        let problems = load::check(&st);
+        if let Some(first) = problems.first() {
+            return Err(Error::corrupt(format!(
+                "{first}{} (run pinfs fsck)",
+                if problems.len() > 1 { format!(" and {} more problems", problems.len() - 1) } else { String::new() }
+            )));
+        }
+        let fs = Arc::new(Fs { media, state: RwLock::new(st), next_handle: AtomicU64::new(1) });
+        fs.reap_orphans()?;
+        Ok(fs)
+    }
+
+    /// Check a pool without changing it beyond journal recovery.
+    pub fn fsck(media: &dyn Media) -> Result<FsckReport> {
+        let (st, recovery) = load::load(media)?;
+        let problems = load::check(&st);
+        Ok(FsckReport {
+            recovery,
+            problems,
+            inodes: st.inodes.len() as u64,
+            used_blocks: st.refcounts.iter().filter(|&&c| c > 0).count() as u64,
+        })
+    }
+
+    fn reap_orphans(&self) -> Result<()> {
+        let mut st = self.state.write();
+        let orphans = st.orphans.clone();
+        for ino in orphans {
+            tracing::info!(ino, "freeing orphan left by a crash");
+            let mut op = Op::new(&mut st, &*self.media);
+            op.free_inode(ino)?;
+            self.commit(op)?;
+        }
+        Ok(())
+    }
+
+    /// Commit a staged operation.
+    fn commit(&self, op: Op<'_>) -> Result<()> {
+        op.commit()
+    }
+
+    /// The media the file system lives on.
+    pub fn media(&self) -> &Arc<dyn Media> {
+        &self.media
+    }
+
+    /// Open (and maybe create) `path`.
+    pub fn open(self: &Arc<Self>, cred: Cred, path: &str, flags: OpenFlags, mode: u32) -> Result<Handle> {
+        let mut st = self.state.write();
+        let (dir, name) = st.walk_parent(&cred, path).or_else(|e| {
+            // "/" itself.
+            if components(path).is_ok_and(|p| p.is_empty()) {
+                Ok((0, &b""[..]))
+            } else {
+                Err(e)
+            }
+        })?;
+        let existing = if dir == 0 { Some(ROOT_INO) } else { st.dirs[&dir].entries.get(name).map(|e| e.0) };
+        let ino = match existing {
+            Some(ino) => {
+                if flags.create && flags.exclusive {
+                    return Err(Errno::EEXIST.into());
+                }
+                let is_dir = st.inode(ino)?.is_dir();
+                if is_dir && (flags.write || flags.truncate) {
+                    return Err(Errno::EISDIR.into());
+                }
+                let want = if flags.read { MAY_READ } else { 0 } | if flags.write || flags.truncate { MAY_WRITE } else { 0 };
+                st.may(&cred, ino, want)?;
+                ino
+            }
+            None if flags.create => {
+                st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
+                let now = now_ns();
+                let mut op = Op::new(&mut st, &*self.media);
+                let ino = op.new_inode(S_IFREG | (mode & 0o7777), cred.uid, cred.gid, now)?;
+                op.link(dir, name, ino)?;
+                let d = op.inode_mut(dir)?;
+                d.mtime_ns = now;
+                d.ctime_ns = now;
+                self.commit(op)?;
+                ino
+            }
+            None => return Err(Errno::ENOENT.into()),
+        };
+        st.runtime(ino).opens.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        let handle = Handle { fs: self.clone(), id: self.next_handle.fetch_add(1, Ordering::Relaxed), ino, cred, flags };
+        if flags.truncate && flags.write || flags.truncate && !flags.read {
+            handle.truncate(0)?;
+        }
+        Ok(handle)
+    }
+
+    /// Remove a name of a regular file; its blocks are freed when it has no
+    /// links and nothing keeps it open.
+    pub fn unlink(&self, cred: Cred, path: &str) -> Result<()> {
+        let mut st = self.state.write();
+        let (dir, name) = st.walk_parent(&cred, path)?;
+        let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
+        if st.inode(ino)?.is_dir() {
+            return Err(Errno::EISDIR.into());
+        }
+        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.media);
+        op.unlink_name(dir, name)?;
+        touch_dir(&mut op, dir, now)?;
+        drop_link(&mut op, ino, now)?;
+        self.commit(op)
+    }
+
+    /// Create a directory.
+    pub fn mkdir(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
+        let mut st = self.state.write();
+        let (dir, name) = st.walk_parent(&cred, path)?;
+        if st.dirs[&dir].entries.contains_key(name) {
+            return Err(Errno::EEXIST.into());
+        }
+        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.media);
+        let ino = op.new_inode(S_IFDIR | (mode & 0o7777), cred.uid, cred.gid, now)?;
+        let child = op.inode_mut(ino)?;
+        child.nlink = 2;
+        child.parent = dir;
+        op.link(dir, name, ino)?;
+        touch_dir(&mut op, dir, now)?;
+        op.inode_mut(dir)?.nlink += 1;
+        self.commit(op)
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, cred: Cred, path: &str) -> Result<()> {
+        let mut st = self.state.write();
+        let (dir, name) = st.walk_parent(&cred, path)?;
+        let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
+        let d = st.dirs.get(&ino).ok_or(Errno::ENOTDIR)?;
+        if !d.entries.is_empty() {
+            return Err(Errno::ENOTEMPTY.into());
+        }
+        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.media);
+        op.unlink_name(dir, name)?;
+        touch_dir(&mut op, dir, now)?;
+        op.inode_mut(dir)?.nlink -= 1;
+        op.inode_mut(ino)?.nlink = 1;
+        drop_link(&mut op, ino, now)?;
+        self.commit(op)
+    }
+
+    /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
+    pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
+        let mut st = self.state.write();
+        let (fdir, fname) = st.walk_parent(&cred, from)?;
+        let (tdir, tname) = st.walk_parent(&cred, to)?;
+        let ino = st.dirs[&fdir].entries.get(fname).ok_or(Errno::ENOENT)?.0;
+        let target = st.dirs[&tdir].entries.get(tname).map(|e| e.0);
+        st.may(&cred, fdir, MAY_WRITE | MAY_EXEC)?;
+        st.may(&cred, tdir, MAY_WRITE | MAY_EXEC)?;
+        if target == Some(ino) {
+            return Ok(());
+        }
+        let is_dir = st.inode(ino)?.is_dir();
+        if is_dir {
+            // A directory cannot move below itself.
+            let mut at = tdir;
+            loop {
+                if at == ino {
+                    return Err(Errno::EINVAL.into());
+                }
+                if at == ROOT_INO {
+                    break;
+                }
+                at = st.inode(at)?.parent;
+            }
+        }
+        if let Some(t) = target {
+            let t_dir = st.inode(t)?.is_dir();
+            match (is_dir, t_dir) {
+                (true, false) => return Err(Errno::ENOTDIR.into()),
+                (false, true) => return Err(Errno::EISDIR.into()),
+                (true, true) if !st.dirs[&t].entries.is_empty() => return Err(Errno::ENOTEMPTY.into()),
+                _ => {}
+            }
+        }
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.media);
+        if let Some(t) = target {
+            op.unlink_name(tdir, tname)?;
+            if is_dir {
+                op.inode_mut(tdir)?.nlink -= 1;
+                op.inode_mut(t)?.nlink = 1;
+            }
+            drop_link(&mut op, t, now)?;
+        }
+        op.unlink_name(fdir, fname)?;
+        op.link(tdir, tname, ino)?;
+        if is_dir && fdir != tdir {
+            op.inode_mut(fdir)?.nlink -= 1;
+            op.inode_mut(tdir)?.nlink += 1;
+            op.inode_mut(ino)?.parent = tdir;
+        }
+        op.inode_mut(ino)?.ctime_ns = now;
+        touch_dir(&mut op, fdir, now)?;
+        touch_dir(&mut op, tdir, now)?;
+        self.commit(op)
+    }
+
+    /// List a directory, sorted by name.
+    pub fn readdir(&self, cred: Cred, path: &str) -> Result<Vec<DirEntry>> {
+        let st = self.state.read();
+        let ino = st.walk(&cred, &components(path)?)?;
+        let dir = st.dirs.get(&ino).ok_or(Errno::ENOTDIR)?;
+        st.may(&cred, ino, MAY_READ)?;
+        let mut out: Vec<DirEntry> = dir
+            .entries
+            .iter()
+            .map(|(name, &(ino, _))| DirEntry {
+                name: String::from_utf8_lossy(name).into_owned(),
+                ino,
+                is_dir: st.dirs.contains_key(&ino),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `stat` a path.
+    pub fn stat(&self, cred: Cred, path: &str) -> Result<Stat> {
+        let st = self.state.read();
+        let ino = st.walk(&cred, &components(path)?)?;
+        st.stat(ino)
+    }
+
+    /// Change permission bits (owner or root).
+    pub fn chmod(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
+        let ino = self.stat(cred, path)?.ino;
+        self.setattr(cred, ino, Some(mode), None, None)
+    }
+
+    /// Change owner and group (root; or the owner changing the group to its own).
+    pub fn chown(&self, cred: Cred, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let ino = self.stat(cred, path)?.ino;
+        self.setattr(cred, ino, None, uid, gid)
+    }
+
+    fn setattr(&self, cred: Cred, ino: u64, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let mut st = self.state.write();
+        let i = st.inode(ino)?;
+        let owner = cred.uid == 0 || cred.uid == i.uid;
+        if mode.is_some() && !owner {
+            return Err(Errno::EPERM.into());
+        }
+        if uid.is_some_and(|u| u != i.uid) && cred.uid != 0 {
+            return Err(Errno::EPERM.into());
+        }
+        if gid.is_some_and(|g| g != i.gid) && !(cred.uid == 0 || (owner && gid == Some(cred.gid))) {
+            return Err(Errno::EPERM.into());
+        }
+        let mut op = Op::new(&mut st, &*self.media);
+        let i = op.inode_mut(ino)?;
+        if let Some(m) = mode {
+            i.mode = (i.mode & S_IFMT) | (m & 0o7777);
+        }
+        if let Some(u) = uid {
+            i.uid = u;
+        }
+        if let Some(g) = gid {
+            i.gid = g;
+        }
+        i.ctime_ns = now_ns();
+        self.commit(op)
+    }
+
+    /// Space in 4 KiB blocks.
+    pub fn statfs(&self) -> StatFs {
+        let st = self.state.read();
+        StatFs {
+            blocks: st.sb.data_blocks(),
+            free: st.alloc.free_blocks(),
+            busy: st.alloc.busy_blocks(),
+            inodes: st.sb.inode_count.get() - 1,
+            free_inodes: st.free_inodes.len() as u64,
+        }
+    }
+
+    /// Cross-check the mounted metadata (the checks fsck runs).
+    pub fn check(&self) -> Vec<String> {
+        load::check(&self.state.read())
+    }
+
+    /// Journal statistics since mount.
+    pub fn journal_stats(&self) -> crate::journal::JournalStats {
+        self.state.read().journal.stats()
+    }
+}
+
+/// Update a directory's times.
+fn touch_dir(op: &mut Op<'_>, dir: u64, now: u64) -> Result<()> {
+    let d = op.inode_mut(dir)?;
+    d.mtime_ns = now;
+    d.ctime_ns = now;
+    Ok(())
+}
+
+/// Drop one link of `ino`; free it, or orphan it while it is still open.
+fn drop_link(op: &mut Op<'_>, ino: u64, now: u64) -> Result<()> {
+    let open = op.st.runtime.get(&ino).is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
+    let i = op.inode_mut(ino)?;
+    i.nlink -= 1;
+    i.ctime_ns = now;
+    if i.nlink == 0 {
+        if open {
+            op.orphan_add(ino)?;
+        } else {
+            op.free_inode(ino)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mix the bytes of a uuid seed (the uuid only needs to differ between pools).
+fn crc_mix(seed: [u8; 16]) -> [u8; 16] {
+    let a = format::crc(&seed);
+    let b = format::crc(&a.to_le_bytes());
+    let mut out = seed;
+    out[..4].copy_from_slice(&a.to_le_bytes());
+    out[12..].copy_from_slice(&b.to_le_bytes());
+    out
+}

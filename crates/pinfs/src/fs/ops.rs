@@ -1,0 +1,594 @@
+//! Operations on open files: reads, writes and every layout change
+//! (truncate, the fallocate family, reflink and copy-on-write).
+//!
+//! Two rules keep data safe here:
+//! - *Fresh blocks never show old data*: a block enters a file only zeroed,
+//!   fully written, copied from the block it replaces, or unwritten (which
+//!   reads as zeros); and those bytes are durable before the transaction that
+//!   maps the block commits.
+//! - *Bytes past end of file are never trusted*: truncate down leaves the tail
+//!   of the last block alone until the size commits, so every operation that
+//!   grows a file zeroes `[old size, end of that block)` first
+//!   ([`zero_eof_tail`]).
+
+use std::sync::atomic::Ordering;
+
+use super::extent::{Extent, Segment};
+use super::state::Op;
+use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
+use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
+use crate::media::Media;
+use crate::{Errno, Result};
+
+/// What `fallocate` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallocMode {
+    /// Allocate unwritten blocks in the holes of the range.
+    Allocate {
+        /// Do not change the size.
+        keep_size: bool,
+    },
+    /// Free the blocks of the range; the size is kept.
+    PunchHole,
+    /// Make the range read as zeros, leaving it allocated (unwritten).
+    ZeroRange {
+        /// Do not change the size.
+        keep_size: bool,
+    },
+    /// Remove the range, moving what follows down (block-aligned).
+    CollapseRange,
+    /// Insert a hole, moving what follows up (block-aligned).
+    InsertRange,
+}
+
+/// Where the bytes of a write come from.
+#[derive(Clone, Copy)]
+enum Source<'d> {
+    Bytes(&'d [u8]),
+    Zeros,
+}
+
+impl Source<'_> {
+    /// Write `len` bytes of the source, starting `at` bytes into it, to the pool.
+    fn put(&self, media: &dyn Media, pool_offset: u64, at: u64, len: u64) -> Result<()> {
+        match self {
+            Source::Bytes(b) => media.write(pool_offset, &b[at as usize..(at + len) as usize]),
+            Source::Zeros => media.fill(pool_offset, len, 0),
+        }
+    }
+}
+
+/// Byte range of block range `logical..logical+len`.
+fn bytes_of(logical: u64, len: u64) -> (u64, u64) {
+    (logical * BLOCK_SIZE, (logical + len) * BLOCK_SIZE)
+}
+
+/// Copy into the pool blocks `physical..physical+n` (mapped at file block
+/// `logical`) the part of `[offset, end)` they cover from `src`; the rest of
+/// those blocks is copied from `old` (copy-on-write) or zeroed (fresh blocks).
+fn fill_blocks(
+    op: &mut Op<'_>,
+    logical: u64,
+    physical: u64,
+    n: u64,
+    (offset, end): (u64, u64),
+    src: Source<'_>,
+    old: Option<u64>,
+) -> Result<()> {
+    let media = op.media;
+    let (bstart, bend) = bytes_of(logical, n);
+    let cstart = offset.max(bstart);
+    let cend = end.min(bend);
+    let pool = block_offset(physical);
+    let edge = |from: u64, to: u64| -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let at = pool + (from - bstart);
+        match old {
+            Some(o) => {
+                let mut buf = vec![0u8; (to - from) as usize];
+                media.read(block_offset(o) + (from - bstart), &mut buf)?;
+                media.write(at, &buf)
+            }
+            None => media.fill(at, to - from, 0),
+        }
+    };
+    edge(bstart, cstart.min(bend))?;
+    edge(cend.max(bstart), bend)?;
+    if cstart < cend {
+        src.put(media, pool + (cstart - bstart), cstart - offset, cend - cstart)?;
+    }
+    op.tx.data_written(pool, n * BLOCK_SIZE);
+    Ok(())
+}
+
+/// The pool block right after file block `logical - 1`'s, to keep files
+/// contiguous.
+fn goal_for(op: &Op<'_>, ino: u64, logical: u64) -> Result<Option<u64>> {
+    let i = op.inode(ino)?;
+    Ok(logical
+        .checked_sub(1)
+        .and_then(|prev| i.extents.lookup(prev))
+        .map(|(l, e)| e.physical + (logical - l)))
+}
+
+/// Write `[offset, offset+len)` of file `ino` from `src`: in place where the
+/// blocks are written and unshared, into fresh blocks for holes, converting
+/// unwritten blocks, copying shared blocks first (copy-on-write).
+fn write_range(op: &mut Op<'_>, ino: u64, offset: u64, len: u64, src: Source<'_>) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = offset + len;
+    let range = (offset, end);
+    let segs = op.inode(ino)?.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    for seg in segs {
+        match seg {
+            Segment::Hole { logical, len: n } => {
+                let goal = goal_for(op, ino, logical)?;
+                let mut l = logical;
+                for r in op.alloc(n, goal)? {
+                    fill_blocks(op, l, r.start, r.len, range, src, None)?;
+                    op.inode_mut(ino)?.extents.map(l, Extent { physical: r.start, len: r.len, unwritten: false });
+                    l += r.len;
+                }
+            }
+            Segment::Mapped { logical, physical, len: n, unwritten } => {
+                // Split by sharing: shared blocks (written or not) are never
+                // changed in place; the write goes to a private copy.
+                let mut i = 0;
+                while i < n {
+                    let shared = op.refcount(physical + i) > 1;
+                    let mut k = 1;
+                    while i + k < n && (op.refcount(physical + i + k) > 1) == shared {
+                        k += 1;
+                    }
+                    let (l, p) = (logical + i, physical + i);
+                    if shared {
+                        let goal = goal_for(op, ino, l)?;
+                        op.inode_mut(ino)?.extents.unmap(l, l + k);
+                        op.decref(p, k);
+                        let mut at = 0;
+                        for r in op.alloc(k, goal)? {
+                            let old = (!unwritten).then_some(p + at);
+                            fill_blocks(op, l + at, r.start, r.len, range, src, old)?;
+                            op.inode_mut(ino)?.extents.map(l + at, Extent { physical: r.start, len: r.len, unwritten: false });
+                            at += r.len;
+                        }
+                    } else if unwritten {
+                        fill_blocks(op, l, p, k, range, src, None)?;
+                        op.inode_mut(ino)?.extents.set_written(l, l + k);
+                    } else {
+                        let (bstart, bend) = bytes_of(l, k);
+                        let (cstart, cend) = (offset.max(bstart), end.min(bend));
+                        let pool = block_offset(p) + (cstart - bstart);
+                        src.put(op.media, pool, cstart - offset, cend - cstart)?;
+                        op.tx.data_written(pool, cend - cstart);
+                    }
+                    i += k;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Zero the written blocks' bytes in `[offset, offset+len)`, leaving holes
+/// and unwritten blocks alone (they read as zeros already).
+fn zero_existing(op: &mut Op<'_>, ino: u64, offset: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = offset + len;
+    let segs = op.inode(ino)?.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    for seg in segs {
+        if let Segment::Mapped { logical, len: n, unwritten: false, .. } = seg {
+            let (bstart, bend) = bytes_of(logical, n);
+            let from = offset.max(bstart);
+            write_range(op, ino, from, end.min(bend) - from, Source::Zeros)?;
+        }
+    }
+    Ok(())
+}
+
+/// Before a file grows past its size: zero the stale bytes between the old
+/// end of file and the end of its last block.
+fn zero_eof_tail(op: &mut Op<'_>, ino: u64) -> Result<()> {
+    let size = op.inode(ino)?.size;
+    let tail = size % BLOCK_SIZE;
+    if tail != 0 {
+        zero_existing(op, ino, size, BLOCK_SIZE - tail)?;
+    }
+    Ok(())
+}
+
+/// Unmap file blocks `start..end` and drop their references.
+fn unmap_blocks(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result<()> {
+    for (_, e) in op.inode_mut(ino)?.extents.unmap(start, end) {
+        op.decref(e.physical, e.len);
+    }
+    Ok(())
+}
+
+/// Allocate unwritten blocks in the holes of file blocks `start..end`.
+fn allocate_unwritten(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result<()> {
+    let segs = op.inode(ino)?.extents.segments(start, end);
+    for seg in segs {
+        if let Segment::Hole { logical, len } = seg {
+            let goal = goal_for(op, ino, logical)?;
+            let mut l = logical;
+            for r in op.alloc(len, goal)? {
+                op.inode_mut(ino)?.extents.map(l, Extent { physical: r.start, len: r.len, unwritten: true });
+                l += r.len;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Handle {
+    /// The file system.
+    pub fn fs(&self) -> &std::sync::Arc<Fs> {
+        &self.fs
+    }
+
+    /// Inode number of the open file.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// This open file description's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The flags it was opened with.
+    pub fn flags(&self) -> super::OpenFlags {
+        self.flags
+    }
+
+    /// Who opened it.
+    pub fn cred(&self) -> super::Cred {
+        self.cred
+    }
+
+    fn need_write(&self) -> Result<()> {
+        if self.flags.write {
+            Ok(())
+        } else {
+            Err(Errno::EBADF.into())
+        }
+    }
+
+    /// Read up to `buf.len()` bytes at `offset`; returns the bytes read (0 at
+    /// or past end of file).
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if !self.flags.read {
+            return Err(Errno::EBADF.into());
+        }
+        let st = self.fs.state.read();
+        let inode = st.inode(self.ino)?;
+        if inode.is_dir() {
+            return Err(Errno::EISDIR.into());
+        }
+        if offset >= inode.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (inode.size - offset).min(buf.len() as u64);
+        let end = offset + n;
+        let media = &*self.fs.media;
+        for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+            let (bstart, bend) = bytes_of(seg.logical(), seg.len());
+            let (from, to) = (offset.max(bstart), end.min(bend));
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match seg {
+                Segment::Mapped { physical, unwritten: false, .. } => {
+                    media.read(block_offset(physical) + (from - bstart), dst)?;
+                }
+                _ => dst.fill(0),
+            }
+        }
+        Ok(n as usize)
+    }
+
+    /// Write `data` at `offset`; returns `data.len()`.
+    pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        self.need_write()?;
+        let len = data.len() as u64;
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        if len == 0 {
+            return Ok(0);
+        }
+        // Fast path: every block written, unshared and inside the file — no
+        // layout change, so a shared lock and a copy into the pool suffice.
+        {
+            let st = self.fs.state.read();
+            let inode = st.inode(self.ino)?;
+            if end <= inode.size {
+                let segs = inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+                let in_place = segs.iter().all(|s| match *s {
+                    Segment::Mapped { physical, len, unwritten: false, .. } => {
+                        (physical..physical + len).all(|b| st.refcount(b) == 1)
+                    }
+                    _ => false,
+                });
+                if in_place {
+                    let media = &*self.fs.media;
+                    let rt = st.runtime.get(&self.ino).ok_or(Errno::EBADF)?;
+                    for seg in segs {
+                        let (bstart, bend) = bytes_of(seg.logical(), seg.len());
+                        let (from, to) = (offset.max(bstart), end.min(bend));
+                        if let Segment::Mapped { physical, .. } = seg {
+                            let pool = block_offset(physical) + (from - bstart);
+                            media.write(pool, &data[(from - offset) as usize..(to - offset) as usize])?;
+                            rt.note_dirty(media, pool, to - from)?;
+                        }
+                    }
+                    rt.lazy_mtime_ns.fetch_max(now_ns(), Ordering::Relaxed);
+                    return Ok(data.len());
+                }
+            }
+        }
+        let mut st = self.fs.state.write();
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.fs.media);
+        if offset > op.inode(self.ino)?.size {
+            zero_eof_tail(&mut op, self.ino)?;
+        }
+        write_range(&mut op, self.ino, offset, len, Source::Bytes(data))?;
+        let i = op.inode_mut(self.ino)?;
+        i.size = i.size.max(end);
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()?;
+        Ok(data.len())
+    }
+
+    /// Set the size: blocks past the new end of file are freed.
+    pub fn truncate(&self, size: u64) -> Result<()> {
+        if !self.flags.write {
+            return Err(Errno::EINVAL.into());
+        }
+        if size > MAX_FILE_BYTES {
+            return Err(Errno::EFBIG.into());
+        }
+        let mut st = self.fs.state.write();
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.fs.media);
+        let old = op.inode(self.ino)?.size;
+        if size < old {
+            let end = op.inode(self.ino)?.extents.end();
+            unmap_blocks(&mut op, self.ino, size.div_ceil(BLOCK_SIZE), end)?;
+        } else if size > old {
+            zero_eof_tail(&mut op, self.ino)?;
+        }
+        let i = op.inode_mut(self.ino)?;
+        i.size = size;
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()?;
+        // The bytes past the new end of file in its last block are stale now.
+        // Zero them when the block is ours alone; this is not needed for
+        // correctness (growth zeroes them first) but keeps them from lingering.
+        if size < old && size % BLOCK_SIZE != 0 {
+            let inode = st.inode(self.ino)?;
+            if let Some((l, e)) = inode.extents.lookup(size / BLOCK_SIZE) {
+                let p = e.physical + size / BLOCK_SIZE - l;
+                if !e.unwritten && st.refcount(p) == 1 {
+                    let at = block_offset(p) + size % BLOCK_SIZE;
+                    let media = &*self.fs.media;
+                    media.fill(at, BLOCK_SIZE - size % BLOCK_SIZE, 0)?;
+                    media.flush(at, BLOCK_SIZE - size % BLOCK_SIZE)?;
+                    media.fence();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `fallocate(2)`.
+    pub fn fallocate(&self, mode: FallocMode, offset: u64, len: u64) -> Result<()> {
+        self.need_write()?;
+        if len == 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        let mut st = self.fs.state.write();
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.fs.media);
+        let ino = self.ino;
+        let size = op.inode(ino)?.size;
+        let (first_full, last_full) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
+        let grow = |op: &mut Op<'_>, keep: bool| -> Result<()> {
+            if !keep && end > size {
+                zero_eof_tail(op, ino)?;
+                op.inode_mut(ino)?.size = end;
+            }
+            Ok(())
+        };
+        match mode {
+            FallocMode::Allocate { keep_size } => {
+                allocate_unwritten(&mut op, ino, offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))?;
+                grow(&mut op, keep_size)?;
+            }
+            FallocMode::PunchHole | FallocMode::ZeroRange { .. } => {
+                if first_full < last_full {
+                    unmap_blocks(&mut op, ino, first_full, last_full)?;
+                    zero_existing(&mut op, ino, offset, first_full * BLOCK_SIZE - offset)?;
+                    zero_existing(&mut op, ino, last_full * BLOCK_SIZE, end - last_full * BLOCK_SIZE)?;
+                } else {
+                    zero_existing(&mut op, ino, offset, len)?;
+                }
+                if let FallocMode::ZeroRange { keep_size } = mode {
+                    if first_full < last_full {
+                        allocate_unwritten(&mut op, ino, first_full, last_full)?;
+                    }
+                    grow(&mut op, keep_size)?;
+                }
+            }
+            FallocMode::CollapseRange => {
+                if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || end >= size {
+                    return Err(Errno::EINVAL.into());
+                }
+                unmap_blocks(&mut op, ino, first_full, last_full)?;
+                op.inode_mut(ino)?.extents.shift(last_full, -((len / BLOCK_SIZE) as i64));
+                op.inode_mut(ino)?.size = size - len;
+            }
+            FallocMode::InsertRange => {
+                if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || offset >= size {
+                    return Err(Errno::EINVAL.into());
+                }
+                if size + len > MAX_FILE_BYTES {
+                    return Err(Errno::EFBIG.into());
+                }
+                op.inode_mut(ino)?.extents.shift(first_full, (len / BLOCK_SIZE) as i64);
+                op.inode_mut(ino)?.size = size + len;
+            }
+        }
+        let i = op.inode_mut(ino)?;
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()
+    }
+
+    /// Clone `src` (or `src_offset..+len` of it, to `dst_offset`) into this
+    /// file, sharing blocks; later writes to either copy them first.
+    /// Offsets must be block-aligned; `len` too unless the range ends at the
+    /// end of `src` and reaches the end of this file.
+    pub fn reflink(&self, src: &Handle, range: Option<(u64, u64, u64)>) -> Result<()> {
+        self.need_write()?;
+        if !src.flags.read {
+            return Err(Errno::EBADF.into());
+        }
+        if !std::sync::Arc::ptr_eq(&self.fs, &src.fs) {
+            return Err(Errno::EXDEV.into());
+        }
+        let mut st = self.fs.state.write();
+        let src_inode = st.inode(src.ino)?;
+        if !src_inode.is_reg() {
+            return Err(Errno::EINVAL.into());
+        }
+        let src_size = src_inode.size;
+        let dst_size = st.inode(self.ino)?.size;
+        let (src_off, dst_off, len) = match range {
+            None => (0, 0, src_size),
+            Some((s, d, 0)) => (s, d, src_size.saturating_sub(s)),
+            Some(r) => r,
+        };
+        let src_end = src_off.checked_add(len).ok_or(Errno::EINVAL)?;
+        let dst_end = dst_off.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        if src_off % BLOCK_SIZE != 0 || dst_off % BLOCK_SIZE != 0 || src_end > src_size {
+            return Err(Errno::EINVAL.into());
+        }
+        if len % BLOCK_SIZE != 0 && !(src_end == src_size && dst_end >= dst_size) {
+            return Err(Errno::EINVAL.into());
+        }
+        if src.ino == self.ino && src_off < dst_end && dst_off < src_end {
+            return Err(Errno::EINVAL.into());
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.fs.media);
+        let ino = self.ino;
+        if dst_off > dst_size {
+            zero_eof_tail(&mut op, ino)?;
+        }
+        let nblocks = len.div_ceil(BLOCK_SIZE);
+        let (sb, db) = (src_off / BLOCK_SIZE, dst_off / BLOCK_SIZE);
+        let segs = op.inode(src.ino)?.extents.segments(sb, sb + nblocks);
+        unmap_blocks(&mut op, ino, db, db + nblocks)?;
+        for seg in segs {
+            if let Segment::Mapped { logical, physical, len: n, unwritten } = seg {
+                op.incref(physical, n)?;
+                op.inode_mut(ino)?.extents.map(db + (logical - sb), Extent { physical, len: n, unwritten });
+            }
+        }
+        let i = op.inode_mut(ino)?;
+        i.size = i.size.max(dst_end);
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()
+    }
+
+    /// Make the file's data and metadata durable.
+    pub fn fsync(&self) -> Result<()> {
+        let mut st = self.fs.state.write();
+        let media = &*self.fs.media;
+        let rt = st.runtime(self.ino);
+        let ranges: Vec<(u64, u64)> = std::mem::take(&mut *rt.dirty.lock());
+        for (o, l) in ranges {
+            media.flush(o, l)?;
+        }
+        media.fence();
+        let lazy = rt.lazy_mtime_ns.load(Ordering::Relaxed);
+        if lazy > st.inode(self.ino)?.mtime_ns {
+            let mut op = Op::new(&mut st, media);
+            let i = op.inode_mut(self.ino)?;
+            i.mtime_ns = lazy;
+            i.ctime_ns = i.ctime_ns.max(lazy);
+            op.commit()?;
+        }
+        Ok(())
+    }
+
+    /// `fstat`.
+    pub fn stat(&self) -> Result<Stat> {
+        self.fs.state.read().stat(self.ino)
+    }
+
+    /// `fchmod`.
+    pub fn chmod(&self, mode: u32) -> Result<()> {
+        self.fs.setattr(self.cred, self.ino, Some(mode), None, None)
+    }
+
+    /// The extents, split where sharing changes, in bytes.
+    pub fn fiemap(&self) -> Result<Vec<FiemapExtent>> {
+        let st = self.fs.state.read();
+        let inode = st.inode(self.ino)?;
+        let mut out = Vec::new();
+        for (l, e) in inode.extents.iter() {
+            let mut i = 0;
+            while i < e.len {
+                let shared = st.refcount(e.physical + i) > 1;
+                let mut k = 1;
+                while i + k < e.len && (st.refcount(e.physical + i + k) > 1) == shared {
+                    k += 1;
+                }
+                out.push(FiemapExtent {
+                    logical: (l + i) * BLOCK_SIZE,
+                    physical: (e.physical + i) * BLOCK_SIZE,
+                    len: k * BLOCK_SIZE,
+                    unwritten: e.unwritten,
+                    shared,
+                });
+                i += k;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Handle {
+    /// Close: the last close of an unlinked file frees it.
+    fn drop(&mut self) {
+        let mut st = self.fs.state.write();
+        let Some(rt) = st.runtime.get(&self.ino).cloned() else { return };
+        if rt.opens.fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        if st.inodes.get(&self.ino).is_some_and(|i| i.nlink == 0) {
+            let mut op = Op::new(&mut st, &*self.fs.media);
+            let freed = match op.free_inode(self.ino) {
+                Ok(()) => op.commit(),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = freed {
+                // The inode stays on the orphan list; the next mount frees it.
+                tracing::error!(ino = self.ino, error = %e, "freeing an unlinked file at last close failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! The mounted file system's metadata in memory, and the staged operation
+//! ([`Op`]) through which every metadata change reaches the media.
+//!
+//! The in-memory state mirrors the pool exactly (it is rebuilt from it at
+//! mount). A metadata operation never edits that state directly: it stages
+//! copies of what it changes in an [`Op`], which serializes them into a
+//! journal transaction, commits it, and only then installs the copies. A
+//! failure before the commit point leaves both the pool and the in-memory
+//! state as they were.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::extent::{Extent, ExtentMap};
+use crate::alloc::{Allocator, Run};
+use crate::format::*;
+use crate::journal::{Journal, Transaction};
+use crate::media::Media;
+use crate::{Errno, Result};
+
+/// A file, directory or free slot's metadata in memory.
+#[derive(Clone, Debug)]
+pub(crate) struct Inode {
+    pub ino: u64,
+    pub generation: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime_ns: u64,
+    pub mtime_ns: u64,
+    pub ctime_ns: u64,
+    pub parent: u64,
+    pub orphan_next: u64,
+    pub extents: ExtentMap,
+    /// Extent index block on media, 0 when the extents are inline.
+    pub index_block: u64,
+    /// Extent leaf blocks on media, in order.
+    pub leaves: Vec<u64>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+
+    pub fn is_reg(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+
+    /// Blocks of the extent tree (index and leaves).
+    pub fn tree_blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.index_block != 0)
+            .then_some(self.index_block)
+            .into_iter()
+            .chain(self.leaves.iter().copied())
+    }
+
+    /// The inode slot record, extents inline or pointing at the tree.
+    pub fn record(&self) -> InodeRecord {
+        let mut r = InodeRecord::new_zeroed();
+        r.mode = self.mode.into();
+        r.uid = self.uid.into();
+        r.gid = self.gid.into();
+        r.nlink = self.nlink.into();
+        r.size = self.size.into();
+        r.atime_ns = self.atime_ns.into();
+        r.mtime_ns = self.mtime_ns.into();
+        r.ctime_ns = self.ctime_ns.into();
+        r.generation = self.generation.into();
+        r.extent_count = (self.extents.len() as u32).into();
+        r.extent_index = self.index_block.into();
+        r.orphan_next = self.orphan_next.into();
+        r.parent = self.parent.into();
+        if self.index_block == 0 {
+            for (slot, (l, e)) in r.inline.iter_mut().zip(self.extents.iter()) {
+                *slot = extent_record(l, e);
+            }
+        }
+        r.seal();
+        r
+    }
+}
+
+/// The on-media record of an extent.
+pub(crate) fn extent_record(logical: u64, e: Extent) -> ExtentRecord {
+    ExtentRecord {
+        logical: logical.into(),
+        physical: e.physical.into(),
+        len: (e.len as u32).into(),
+        flags: if e.unwritten { EXTENT_UNWRITTEN } else { 0 }.into(),
+    }
+}
+
+/// A directory's entries in memory.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Dir {
+    /// name → (inode, slot).
+    pub entries: HashMap<Box<[u8]>, (u64, u64)>,
+    /// Free slots below `slots`.
+    pub free_slots: BTreeSet<u64>,
+    /// Slots the directory's blocks hold.
+    pub slots: u64,
+}
+
+/// Per-inode state that exists only while mounted.
+#[derive(Debug, Default)]
+pub(crate) struct Runtime {
+    /// Open handles (and, later, mappings and pins) keeping an unlinked
+    /// inode alive.
+    pub opens: AtomicU64,
+    /// Data ranges written since the last fsync (pool byte ranges).
+    pub dirty: Mutex<Vec<(u64, u64)>>,
+    /// Modification time of writes that did not go through a transaction;
+    /// persisted with the next transaction on the inode or at fsync.
+    pub lazy_mtime_ns: AtomicU64,
+}
+
+/// Most dirty ranges remembered per inode; more are flushed at once.
+pub(crate) const MAX_DIRTY_RANGES: usize = 256;
+
+impl Runtime {
+    /// Remember a written data range for fsync.
+    pub fn note_dirty(&self, media: &dyn Media, offset: u64, len: u64) -> Result<()> {
+        let mut d = self.dirty.lock();
+        if let Some(last) = d.last_mut() {
+            if last.0 + last.1 == offset {
+                last.1 += len;
+                return Ok(());
+            }
+        }
+        if d.len() >= MAX_DIRTY_RANGES {
+            for (o, l) in d.drain(..) {
+                media.flush(o, l)?;
+            }
+        }
+        d.push((offset, len));
+        Ok(())
+    }
+}
+
+/// Everything the mounted file system knows, mirroring the pool.
+#[derive(Debug)]
+pub(crate) struct FsState {
+    pub sb: Superblock,
+    pub journal: Journal,
+    pub inodes: HashMap<u64, Inode>,
+    pub free_inodes: BTreeSet<u64>,
+    pub dirs: HashMap<u64, Dir>,
+    pub alloc: Allocator,
+    /// Reference count of each data block, indexed from `data_start`.
+    pub refcounts: Vec<u32>,
+    pub orphans: Vec<u64>,
+    pub next_generation: u64,
+    pub runtime: HashMap<u64, Arc<Runtime>>,
+}
+
+impl FsState {
+    pub fn refcount(&self, block: u64) -> u32 {
+        self.refcounts[(block - self.sb.data_start.get()) as usize]
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<&Inode> {
+        self.inodes.get(&ino).ok_or(Errno::ENOENT.into())
+    }
+
+    pub fn runtime(&mut self, ino: u64) -> Arc<Runtime> {
+        self.runtime.entry(ino).or_default().clone()
+    }
+}
+
+/// One staged metadata operation. See the module doc.
+pub(crate) struct Op<'a> {
+    pub st: &'a mut FsState,
+    pub media: &'a dyn Media,
+    pub tx: Transaction,
+    inodes: BTreeMap<u64, Inode>,
+    refs: BTreeMap<u64, u32>,
+    allocated: Vec<Run>,
+    taken_inodes: Vec<u64>,
+    released_inodes: Vec<u64>,
+    dir_edits: Vec<(u64, Box<[u8]>, Option<(u64, u64)>)>,
+    dir_new_slots: BTreeMap<u64, u64>,
+    orphans: Option<Vec<u64>>,
+    generation: Option<u64>,
+    /// Blocks whose last reference this operation dropped, with whether they
+    /// held file data (tree blocks never do). The caller decides after commit
+    /// whether each goes back to free space or to the busy list.
+    pub released_blocks: Vec<Run>,
+}
+
+impl<'a> Op<'a> {
+    pub fn new(st: &'a mut FsState, media: &'a dyn Media) -> Self {
+        Op {
+            st,
+            media,
+            tx: Transaction::new(),
+            inodes: BTreeMap::new(),
+            refs: BTreeMap::new(),
+            allocated: Vec::new(),
+            taken_inodes: Vec::new(),
+            released_inodes: Vec::new(),
+            dir_edits: Vec::new(),
+            dir_new_slots: BTreeMap::new(),
+            orphans: None,
+            generation: None,
+            released_blocks: Vec::new(),
+        }
+    }
+
+    /// The inode as this operation sees it.
+    pub fn inode(&self, ino: u64) -> Result<&Inode> {
+        match self.inodes.get(&ino) {
+            Some(i) => Ok(i),
+            None => self.st.inode(ino),
+        }
+    }
+
+    /// A staged copy of the inode to change.
+    pub fn inode_mut(&mut self, ino: u64) -> Result<&mut Inode> {
+        if !self.inodes.contains_key(&ino) {
+            let i = self.st.inode(ino)?.clone();
+            self.inodes.insert(ino, i);
+        }
+        Ok(self.inodes.get_mut(&ino).expect("just staged"))
+    }
+
+    pub fn refcount(&self, block: u64) -> u32 {
+        self.refs
+            .get(&block)
+            .copied()
+            .unwrap_or_else(|| self.st.refcount(block))
+    }
+
+    /// Allocate `n` zero-reference blocks and give them one reference each.
+    pub fn alloc(&mut self, n: u64, goal: Option<u64>) -> Result<Vec<Run>> {
+        let runs = self.st.alloc.alloc(n, goal)?;
+        for r in &runs {
+            for b in r.start..r.end() {
+                self.refs.insert(b, 1);
+            }
+        }
+        self.allocated.extend_from_slice(&runs);
+        Ok(runs)
+    }
+
+    /// Allocate `n` blocks and zero them (durable before the commit point).
+    pub fn alloc_zeroed(&mut self, n: u64, goal: Option<u64>) -> Result<Vec<Run>> {
+        let runs = self.alloc(n, goal)?;
+        for r in &runs {
+            let off = block_offset(r.start);
+            self.media.fill(off, r.len * BLOCK_SIZE, 0)?;
+            self.tx.data_written(off, r.len * BLOCK_SIZE);
+        }
+        Ok(runs)
+    }
+
+    /// Add a reference to each block of the run (reflink).
+    pub fn incref(&mut self, start: u64, len: u64) -> Result<()> {
+        for b in start..start + len {
+            let c = self.refcount(b);
+            if c >= MAX_BLOCK_REFS {
+                return Err(Errno::EMLINK.into());
+            }
+            self.refs.insert(b, c + 1);
+        }
+        Ok(())
+    }
+
+    /// Drop a reference from each block of the run; blocks reaching zero are
+    /// released after commit.
+    pub fn decref(&mut self, start: u64, len: u64) {
+        let mut run: Option<Run> = None;
+        for b in start..start + len {
+            let c = self.refcount(b);
+            assert!(c > 0, "dropping a reference to free block {b}");
+            self.refs.insert(b, c - 1);
+            if c == 1 {
+                match &mut run {
+                    Some(r) if r.end() == b => r.len += 1,
+                    _ => {
+                        if let Some(r) = run.take() {
+                            self.released_blocks.push(r);
+                        }
+                        run = Some(Run { start: b, len: 1 });
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            self.released_blocks.push(r);
+        }
+    }
+
+    /// A new inode slot, with a fresh generation.
+    pub fn new_inode(&mut self, mode: u32, uid: u32, gid: u32, now_ns: u64) -> Result<u64> {
+        let ino = *self
+            .st
+            .free_inodes
+            .iter()
+            .find(|i| !self.taken_inodes.contains(i))
+            .ok_or(Errno::ENOSPC)?;
+        self.taken_inodes.push(ino);
+        let generation = self.generation.unwrap_or(self.st.next_generation);
+        self.generation = Some(generation + 1);
+        self.inodes.insert(
+            ino,
+            Inode {
+                ino,
+                generation: generation as u32,
+                mode,
+                uid,
+                gid,
+                nlink: 1,
+                size: 0,
+                atime_ns: now_ns,
+                mtime_ns: now_ns,
+                ctime_ns: now_ns,
+                parent: 0,
+                orphan_next: 0,
+                extents: ExtentMap::new(),
+                index_block: 0,
+                leaves: Vec::new(),
+            },
+        );
+        Ok(ino)
+    }
+
+    /// Free an inode and every block it references.
+    pub fn free_inode(&mut self, ino: u64) -> Result<()> {
+        let inode = self.inode(ino)?.clone();
+        for (_, e) in inode.extents.iter() {
+            self.decref(e.physical, e.len);
+        }
+        for b in inode.tree_blocks() {
+            self.decref(b, 1);
+        }
+        if let Some(list) = self.orphan_list() {
+            if list.contains(&ino) {
+                self.orphan_remove(ino)?;
+            }
+        }
+        self.inodes.remove(&ino);
+        self.released_inodes.push(ino);
+        self.tx
+            .write_struct(self.st.sb.inode_offset(ino), &InodeRecord::free());
+        Ok(())
+    }
+
+    fn orphan_list(&mut self) -> Option<&mut Vec<u64>> {
+        if self.orphans.is_none() {
+            self.orphans = Some(self.st.orphans.clone());
+        }
+        self.orphans.as_mut()
+    }
+
+    /// Put an unlinked, still-open inode on the orphan list.
+    pub fn orphan_add(&mut self, ino: u64) -> Result<()> {
+        let list = self.orphan_list().expect("staged");
+        let head = list.first().copied().unwrap_or(0);
+        list.insert(0, ino);
+        self.inode_mut(ino)?.orphan_next = head;
+        Ok(())
+    }
+
+    /// Take an inode off the orphan list.
+    pub fn orphan_remove(&mut self, ino: u64) -> Result<()> {
+        let list = self.orphan_list().expect("staged");
+        let Some(pos) = list.iter().position(|&i| i == ino) else {
+            return Ok(());
+        };
+        list.remove(pos);
+        let next = list.get(pos).copied().unwrap_or(0);
+        let prev = pos.checked_sub(1).map(|p| list[p]);
+        if let Some(p) = prev {
+            self.inode_mut(p)?.orphan_next = next;
+        }
+        if self.inodes.contains_key(&ino) || self.st.inodes.contains_key(&ino) {
+            self.inode_mut(ino)?.orphan_next = 0;
+        }
+        Ok(())
+    }
+
+    /// Link `name` → `ino` in `dir` (the name must be absent).
+    pub fn link(&mut self, dir: u64, name: &[u8], ino: u64) -> Result<()> {
+        let slot = self.free_slot(dir)?;
+        let generation = self.inode(ino)?.generation;
+        let rec = DirentRecord::new(name, ino, generation);
+        let off = self.slot_offset(dir, slot)?;
+        self.tx.write_struct(off, &rec);
+        self.dir_edits.push((dir, name.into(), Some((ino, slot))));
+        Ok(())
+    }
+
+    /// Remove `name` from `dir` (it must be present).
+    pub fn unlink_name(&mut self, dir: u64, name: &[u8]) -> Result<()> {
+        let slot = self
+            .st
+            .dirs
+            .get(&dir)
+            .and_then(|d| d.entries.get(name))
+            .map(|&(_, s)| s)
+            .or_else(|| {
+                self.dir_edits
+                    .iter()
+                    .rev()
+                    .find(|(d, n, _)| *d == dir && **n == *name)
+                    .and_then(|(_, _, e)| e.map(|(_, s)| s))
+            })
+            .ok_or(Errno::ENOENT)?;
+        let off = self.slot_offset(dir, slot)?;
+        self.tx.write(off, &0u64.to_le_bytes());
+        self.dir_edits.push((dir, name.into(), None));
+        Ok(())
+    }
+
+    fn slot_offset(&self, dir: u64, slot: u64) -> Result<u64> {
+        let logical = slot / DIRENTS_PER_BLOCK;
+        let (l, e) = self
+            .inode(dir)?
+            .extents
+            .lookup(logical)
+            .ok_or_else(|| crate::Error::corrupt(format!("directory {dir}: slot {slot} unmapped")))?;
+        Ok(block_offset(e.physical + logical - l) + (slot % DIRENTS_PER_BLOCK) * DIRENT_SIZE)
+    }
+
+    /// A free slot of `dir`, growing it by a zeroed block when full.
+    fn free_slot(&mut self, dir: u64) -> Result<u64> {
+        let used: BTreeSet<u64> = self
+            .dir_edits
+            .iter()
+            .filter(|(d, _, e)| *d == dir && e.is_some())
+            .filter_map(|(_, _, e)| e.map(|(_, s)| s))
+            .collect();
+        let d = self.st.dirs.get(&dir).ok_or(Errno::ENOTDIR)?;
+        if let Some(&s) = d.free_slots.iter().find(|s| !used.contains(s)) {
+            return Ok(s);
+        }
+        let slots = self.dir_new_slots.get(&dir).copied().unwrap_or(d.slots);
+        if let Some(s) = (d.slots..slots).find(|s| !used.contains(s)) {
+            return Ok(s);
+        }
+        if d.entries.len() as u64 >= MAX_DIR_ENTRIES {
+            return Err(Errno::ENOSPC.into());
+        }
+        let logical = slots / DIRENTS_PER_BLOCK;
+        let goal = self.inode(dir)?.extents.lookup(logical.wrapping_sub(1)).map(|(l, e)| e.physical + e.len - (logical - l) + 1);
+        let runs = self.alloc_zeroed(1, goal)?;
+        let inode = self.inode_mut(dir)?;
+        inode.extents.map(
+            logical,
+            Extent { physical: runs[0].start, len: 1, unwritten: false },
+        );
+        inode.size = (logical + 1) * BLOCK_SIZE;
+        self.dir_new_slots.insert(dir, slots + DIRENTS_PER_BLOCK);
+        Ok(slots)
+    }
+
+    /// Serialize, commit, install. On failure nothing changed.
+    pub fn commit(mut self) -> Result<()> {
+        match self.prepare().and_then(|()| self.st.journal.commit(self.media, &self.tx)) {
+            Ok(()) => {
+                self.install();
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        let staged: Vec<u64> = self.inodes.keys().copied().collect();
+        for ino in staged {
+            self.write_extent_tree(ino)?;
+            let inode = &self.inodes[&ino];
+            if inode.extents.len() > MAX_EXTENTS_PER_FILE {
+                return Err(Errno::EFBIG.into());
+            }
+            let rec = inode.record();
+            self.tx.write_struct(self.st.sb.inode_offset(ino), &rec);
+        }
+        // Reference counts, one write per run of consecutive blocks.
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        let mut prev = None;
+        let refs: Vec<(u64, u32)> = self.refs.iter().map(|(&b, &c)| (b, c)).collect();
+        for (b, c) in refs {
+            if prev.map(|p: u64| p + 1) != Some(b) && !run.is_empty() {
+                self.tx.write(self.st.sb.refcount_offset(run_start), &run);
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = b;
+            }
+            run.extend_from_slice(&c.to_le_bytes());
+            prev = Some(b);
+        }
+        if !run.is_empty() {
+            self.tx.write(self.st.sb.refcount_offset(run_start), &run);
+        }
+        if self.orphans.is_some() || self.generation.is_some() {
+            let mut s = StateBlock {
+                orphan_head: self
+                    .orphans
+                    .as_ref()
+                    .unwrap_or(&self.st.orphans)
+                    .first()
+                    .copied()
+                    .unwrap_or(0)
+                    .into(),
+                next_generation: self.generation.unwrap_or(self.st.next_generation).into(),
+                ..Default::default()
+            };
+            s.seal();
+            self.tx
+                .write_struct(block_offset(self.st.sb.state_block.get()), &s);
+        }
+        Ok(())
+    }
+
+    /// Lay the extents of a staged inode out inline or in its tree blocks,
+    /// reusing the blocks it has, allocating or releasing the difference.
+    fn write_extent_tree(&mut self, ino: u64) -> Result<()> {
+        let inode = &self.inodes[&ino];
+        let n = inode.extents.len();
+        if n > MAX_EXTENTS_PER_FILE {
+            return Err(Errno::EFBIG.into());
+        }
+        let need_leaves = if n <= INLINE_EXTENTS { 0 } else { n.div_ceil(LEAF_EXTENTS) };
+        let mut leaves = inode.leaves.clone();
+        let mut index = inode.index_block;
+        let recs: Vec<ExtentRecord> = if need_leaves > 0 {
+            inode.extents.iter().map(|(l, e)| extent_record(l, e)).collect()
+        } else {
+            Vec::new()
+        };
+        while leaves.len() > need_leaves {
+            let b = leaves.pop().expect("non-empty");
+            self.decref(b, 1);
+        }
+        if need_leaves == 0 && index != 0 {
+            self.decref(index, 1);
+            index = 0;
+        }
+        if need_leaves > 0 {
+            let want = need_leaves - leaves.len() + usize::from(index == 0);
+            let goal = leaves.last().map(|b| b + 1);
+            let mut fresh: Vec<u64> = Vec::new();
+            for r in self.alloc(want as u64, goal)? {
+                fresh.extend(r.start..r.end());
+            }
+            if index == 0 {
+                index = fresh.remove(0);
+            }
+            leaves.extend(fresh);
+            let mut idx = IndexBlock::new_zeroed();
+            idx.magic = INDEX_MAGIC.into();
+            idx.leaf_count = (leaves.len() as u32).into();
+            idx.ino = (ino as u32).into();
+            for (i, (&b, chunk)) in leaves.iter().zip(recs.chunks(LEAF_EXTENTS)).enumerate() {
+                idx.leaves[i] = b.into();
+                let mut leaf = LeafBlock::new_zeroed();
+                leaf.magic = LEAF_MAGIC.into();
+                leaf.count = (chunk.len() as u32).into();
+                leaf.ino = (ino as u32).into();
+                leaf.records[..chunk.len()].copy_from_slice(chunk);
+                leaf.seal();
+                self.tx.write(block_offset(b), leaf.as_bytes());
+            }
+            idx.seal();
+            self.tx.write(block_offset(index), idx.as_bytes());
+        }
+        let inode = self.inodes.get_mut(&ino).expect("staged");
+        inode.leaves = leaves;
+        inode.index_block = index;
+        Ok(())
+    }
+
+    fn install(self) {
+        let Op { st, inodes, refs, taken_inodes, released_inodes, dir_edits, dir_new_slots, orphans, generation, released_blocks, .. } = self;
+        let data_start = st.sb.data_start.get();
+        for (b, c) in refs {
+            st.refcounts[(b - data_start) as usize] = c;
+        }
+        for ino in taken_inodes {
+            st.free_inodes.remove(&ino);
+        }
+        for (ino, inode) in inodes {
+            if inode.is_dir() {
+                st.dirs.entry(ino).or_default();
+            }
+            st.inodes.insert(ino, inode);
+        }
+        for (dir, slots) in dir_new_slots {
+            if let Some(d) = st.dirs.get_mut(&dir) {
+                d.free_slots.extend(d.slots..slots);
+                d.slots = slots;
+            }
+        }
+        for (dir, name, e) in dir_edits {
+            let Some(d) = st.dirs.get_mut(&dir) else { continue };
+            match e {
+                Some((ino, slot)) => {
+                    d.free_slots.remove(&slot);
+                    d.entries.insert(name, (ino, slot));
+                }
+                None => {
+                    if let Some((_, slot)) = d.entries.remove(&name) {
+                        d.free_slots.insert(slot);
+                    }
+                }
+            }
+        }
+        for ino in released_inodes {
+            st.inodes.remove(&ino);
+            st.dirs.remove(&ino);
+            st.runtime.remove(&ino);
+            st.free_inodes.insert(ino);
+        }
+        if let Some(o) = orphans {
+            st.orphans = o;
+        }
+        if let Some(g) = generation {
+            st.next_generation = g;
+        }
+        // Blocks nothing refers to any more go back to free space.
+        for r in released_blocks {
+            st.alloc.free(r);
+        }
+    }
+
+    fn rollback(self) {
+        for r in self.allocated {
+            self.st.alloc.free(r);
+        }
+    }
+}
