@@ -1,2 +1,328 @@
-//! The `pinfs` command (being written).
-fn main() {}
+//! The `pinfs` command: the command-line edge of the pinfs library.
+//!
+//! It parses (clap), wires pools to the library and translates results into
+//! text and exit statuses; the contract is `CLI.md`. Subcommands: `mkfs`,
+//! `fsck`, `io` (the `xfs_io`-style script runner in [`io`]), `stat`, `demo`
+//! and `bench`. Every failure of a subcommand is one line on stderr,
+//! `pinfs: <error>`, and exit status 1 (see [`error`] for the wording);
+//! `io` also exits 1 when any of its commands failed.
+
+mod bench_fs;
+mod bench_lease;
+mod demo;
+mod error;
+mod io;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pinfs::fs::Fs;
+use pinfs::journal::Recovery;
+use pinfs::media::{MappedPool, Media};
+
+use crate::error::CliError;
+use crate::io::{Settings, TruncatePolicy};
+
+/// Size of a pool `mkfs` creates without `--size`, and of the volatile pool
+/// of `io` without `--pool`.
+const DEFAULT_POOL_BYTES: u64 = 256 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pinfs",
+    version,
+    about = "A persistent-memory file system whose data can be pinned for long-term DMA",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a file system on POOL (a file, created when missing; a file on
+    /// /dev/shm or hugetlbfs; or a device-dax device).
+    Mkfs {
+        /// Pool size (k/m/g suffixes). Default: the size of an existing pool,
+        /// else 256m. Resizes an existing file.
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        size: Option<u64>,
+        /// The pool.
+        pool: PathBuf,
+    },
+    /// Check a pool; exit 0 when consistent, else name each problem and exit 1.
+    Fsck {
+        /// The pool.
+        pool: PathBuf,
+    },
+    /// Run xfs_io-style commands (-c, in order) against a pool.
+    Io(IoArgs),
+    /// Show a pool's space, inodes and journal.
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["pool", "socket"]))]
+    Stat {
+        /// The pool.
+        pool: Option<PathBuf>,
+        /// Ask a running daemon instead (not supported yet).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// The end-to-end scenario, narrated, on a volatile pool.
+    Demo,
+    /// Benchmarks, each printing ratios against a baseline measured in the same run.
+    Bench {
+        /// Which benchmark; all when omitted.
+        name: Option<BenchName>,
+        /// Shorter runs (for smoke tests).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Options of `pinfs io`.
+#[derive(Args, Debug)]
+struct IoArgs {
+    /// Work in-process on this existing pool. Without it, `io` runs on a
+    /// volatile 256 MiB pool (a memfd) formatted on the fly and gone at exit:
+    /// handy for scripts and tests.
+    #[arg(long, value_name = "POOL")]
+    pool: Option<PathBuf>,
+    /// Be a client of a daemon (not supported yet).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// What a layout change does about long-term-pinned blocks.
+    #[arg(long, value_enum, default_value_t = TruncatePolicy::Defer)]
+    policy: TruncatePolicy,
+    /// lease-break-time in seconds (fractions allowed; 0 = never force).
+    #[arg(long, value_name = "SECONDS", value_parser = io::parse_break_time, default_value = "45")]
+    break_time: Duration,
+    /// A command (see CLI.md); repeat for a script. `@NAME CMD` runs it in
+    /// actor NAME; a trailing ` &` runs it in the background.
+    #[arg(
+        short = 'c',
+        value_name = "CMD",
+        required = true,
+        allow_hyphen_values = true
+    )]
+    commands: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchName {
+    /// File-system throughput against tmpfs.
+    Fs,
+    /// The lease engine.
+    Lease,
+}
+
+/// `--size`: a size with k/m/g suffixes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    pinfs::util::parse_size(s).ok_or_else(|| format!("\"{s}\" is not a size (e.g. 256m)"))
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mkfs { size, pool } => mkfs(&pool, size),
+        Command::Fsck { pool } => fsck(&pool),
+        Command::Io(args) => match run_io(args) {
+            Ok(true) => Ok(()),
+            // The failing commands have been reported one by one.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Stat { pool, socket } => match (pool, socket) {
+            (Some(pool), None) => stat(&pool),
+            _ => Err(CliError::NotSupported { what: "--socket" }),
+        },
+        Command::Demo => demo::run().map_err(CliError::Other),
+        Command::Bench { name, quick } => bench(name, quick),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pinfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Library traces go to stderr, filtered by `PINFS_LOG` (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Open an existing pool.
+fn open_pool(path: &Path) -> Result<MappedPool, CliError> {
+    MappedPool::open(path).map_err(|e| CliError::pool(path, e))
+}
+
+/// Open and mount an existing pool.
+fn mount(path: &Path) -> Result<Arc<Fs>, CliError> {
+    let pool = open_pool(path)?;
+    Fs::mount(Arc::new(pool)).map_err(|e| CliError::pool(path, e))
+}
+
+/// A fresh volatile pool (memfd), formatted and mounted.
+fn volatile_fs(size_bytes: u64) -> Result<Arc<Fs>, CliError> {
+    let pool = MappedPool::memfd(size_bytes).map_err(CliError::Volatile)?;
+    Fs::mkfs(&pool).map_err(CliError::Volatile)?;
+    Fs::mount(Arc::new(pool)).map_err(CliError::Volatile)
+}
+
+fn mkfs(path: &Path, size: Option<u64>) -> Result<(), CliError> {
+    let pool = match (std::fs::metadata(path), size) {
+        (_, Some(size)) => MappedPool::create(path, size),
+        // A missing or empty file gets the default size.
+        (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {
+            MappedPool::create(path, DEFAULT_POOL_BYTES)
+        }
+        (Ok(m), None) if m.is_file() && m.len() == 0 => {
+            MappedPool::create(path, DEFAULT_POOL_BYTES)
+        }
+        // An existing pool keeps its size (and other errors surface from open).
+        _ => MappedPool::open(path),
+    }
+    .map_err(|e| CliError::pool(path, e))?;
+    Fs::mkfs(&pool).map_err(|e| CliError::pool(path, e))?;
+    let caps = pool.caps();
+    let len_bytes = pool.len_bytes();
+    let fs = Fs::mount(Arc::new(pool)).map_err(|e| CliError::pool(path, e))?;
+    let st = fs.statfs();
+    println!(
+        "{}: {len_bytes} bytes, {} data blocks of 4 KiB, {} inodes; {caps}",
+        path.display(),
+        st.blocks,
+        st.inodes
+    );
+    Ok(())
+}
+
+/// What journal recovery did, in words.
+fn recovery_text(r: Recovery) -> String {
+    match r {
+        Recovery::Clean => "journal clean, nothing to replay".to_string(),
+        Recovery::Replayed { seq, bytes } => {
+            format!("journal replayed transaction {seq} ({bytes} bytes)")
+        }
+        Recovery::TornHeaderDiscarded => {
+            "journal discarded a torn commit (a crash during commit)".to_string()
+        }
+    }
+}
+
+fn fsck(path: &Path) -> Result<(), CliError> {
+    let pool = open_pool(path)?;
+    let report = Fs::fsck(&pool).map_err(|e| CliError::pool(path, e))?;
+    let recovery = recovery_text(report.recovery);
+    if report.problems.is_empty() {
+        println!(
+            "{}: consistent; {recovery}; {} inodes, {} data blocks in use",
+            path.display(),
+            report.inodes,
+            report.used_blocks
+        );
+        return Ok(());
+    }
+    println!("{}: {recovery}", path.display());
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    Err(CliError::Inconsistent {
+        path: path.to_path_buf(),
+        problems: report.problems.len(),
+    })
+}
+
+/// `pinfs io`: `Ok(false)` when some command failed.
+fn run_io(args: IoArgs) -> Result<bool, CliError> {
+    if args.socket.is_some() {
+        return Err(CliError::NotSupported { what: "--socket" });
+    }
+    let settings = Settings {
+        policy: args.policy,
+        break_time: args.break_time,
+    };
+    let fs = match &args.pool {
+        Some(path) => mount(path)?,
+        None => volatile_fs(DEFAULT_POOL_BYTES)?,
+    };
+    Ok(io::run(fs, settings, &args.commands))
+}
+
+fn stat(path: &Path) -> Result<(), CliError> {
+    let fs = mount(path)?;
+    let st = fs.statfs();
+    let journal = fs.journal_stats();
+    println!("media {}", fs.media().caps());
+    println!("bytes {}", fs.media().len_bytes());
+    println!("blocks {}", st.blocks);
+    println!("free {}", st.free);
+    println!("busy {}", st.busy);
+    println!("inodes {}", st.inodes);
+    println!("free_inodes {}", st.free_inodes);
+    println!("journal_commits_since_mount {}", journal.commits);
+    println!("journal_record_bytes_since_mount {}", journal.record_bytes);
+    Ok(())
+}
+
+fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
+    let run = |b: BenchName| match b {
+        BenchName::Fs => bench_fs::run(quick),
+        BenchName::Lease => bench_lease::run(quick),
+    };
+    let chosen = match name {
+        Some(b) => vec![b],
+        None => vec![BenchName::Fs, BenchName::Lease],
+    };
+    for b in chosen {
+        run(b).map_err(CliError::Other)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn io_options() {
+        let cli = Cli::try_parse_from([
+            "pinfs",
+            "io",
+            "--policy",
+            "revoke",
+            "--break-time",
+            "0.5",
+            "-c",
+            "open -c /f",
+            "-c",
+            "@a pwrite 0 4k &",
+        ])
+        .unwrap();
+        let Command::Io(args) = cli.command else {
+            panic!("not io")
+        };
+        assert_eq!(args.policy, TruncatePolicy::Revoke);
+        assert_eq!(args.break_time, Duration::from_millis(500));
+        assert_eq!(args.commands, ["open -c /f", "@a pwrite 0 4k &"]);
+        assert!(Cli::try_parse_from(["pinfs", "io", "--policy", "x", "-c", "echo"]).is_err());
+        assert!(Cli::try_parse_from(["pinfs", "io", "--break-time", "-1", "-c", "echo"]).is_err());
+        assert!(Cli::try_parse_from(["pinfs", "io"]).is_err());
+    }
+}

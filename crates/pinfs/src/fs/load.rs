@@ -202,7 +202,7 @@ fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
     let blocks = inode.size / BLOCK_SIZE;
-    if inode.size % BLOCK_SIZE != 0 || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK {
+    if !inode.size.is_multiple_of(BLOCK_SIZE) || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK {
         return Err(bad(format!("size {}", inode.size)));
     }
     let count = sb.inode_count.get();

@@ -414,8 +414,8 @@ impl Fs {
         st.runtime(ino).opens.fetch_add(1, Ordering::Relaxed);
         drop(st);
         let handle = Handle { fs: self.clone(), id: self.next_handle.fetch_add(1, Ordering::Relaxed), ino, cred, flags };
-        if flags.truncate && flags.write || flags.truncate && !flags.read {
-            handle.truncate(0)?;
+        if flags.truncate {
+            handle.truncate_unchecked(0)?;
         }
         Ok(handle)
     }

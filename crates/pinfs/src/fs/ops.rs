@@ -350,6 +350,12 @@ impl Handle {
         if !self.flags.write {
             return Err(Errno::EINVAL.into());
         }
+        self.truncate_unchecked(size)
+    }
+
+    /// Truncate without the handle's access check (`O_TRUNC` on open, which
+    /// checked write permission itself).
+    pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
         if size > MAX_FILE_BYTES {
             return Err(Errno::EFBIG.into());
         }
@@ -371,7 +377,7 @@ impl Handle {
         // The bytes past the new end of file in its last block are stale now.
         // Zero them when the block is ours alone; this is not needed for
         // correctness (growth zeroes them first) but keeps them from lingering.
-        if size < old && size % BLOCK_SIZE != 0 {
+        if size < old && !size.is_multiple_of(BLOCK_SIZE) {
             let inode = st.inode(self.ino)?;
             if let Some((l, e)) = inode.extents.lookup(size / BLOCK_SIZE) {
                 let p = e.physical + size / BLOCK_SIZE - l;
@@ -428,7 +434,7 @@ impl Handle {
                 }
             }
             FallocMode::CollapseRange => {
-                if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || end >= size {
+                if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) || end >= size {
                     return Err(Errno::EINVAL.into());
                 }
                 unmap_blocks(&mut op, ino, first_full, last_full)?;
@@ -436,7 +442,7 @@ impl Handle {
                 op.inode_mut(ino)?.size = size - len;
             }
             FallocMode::InsertRange => {
-                if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || offset >= size {
+                if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) || offset >= size {
                     return Err(Errno::EINVAL.into());
                 }
                 if size + len > MAX_FILE_BYTES {
@@ -478,10 +484,10 @@ impl Handle {
         };
         let src_end = src_off.checked_add(len).ok_or(Errno::EINVAL)?;
         let dst_end = dst_off.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
-        if src_off % BLOCK_SIZE != 0 || dst_off % BLOCK_SIZE != 0 || src_end > src_size {
+        if !src_off.is_multiple_of(BLOCK_SIZE) || !dst_off.is_multiple_of(BLOCK_SIZE) || src_end > src_size {
             return Err(Errno::EINVAL.into());
         }
-        if len % BLOCK_SIZE != 0 && !(src_end == src_size && dst_end >= dst_size) {
+        if !(len.is_multiple_of(BLOCK_SIZE) || (src_end == src_size && dst_end >= dst_size)) {
             return Err(Errno::EINVAL.into());
         }
         if src.ino == self.ino && src_off < dst_end && dst_off < src_end {

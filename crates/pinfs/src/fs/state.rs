@@ -174,6 +174,9 @@ impl FsState {
     }
 }
 
+/// A staged directory change: (directory, name, new (inode, slot) or removal).
+type DirEdit = (u64, Box<[u8]>, Option<(u64, u64)>);
+
 /// One staged metadata operation. See the module doc.
 pub(crate) struct Op<'a> {
     pub st: &'a mut FsState,
@@ -184,7 +187,7 @@ pub(crate) struct Op<'a> {
     allocated: Vec<Run>,
     taken_inodes: Vec<u64>,
     released_inodes: Vec<u64>,
-    dir_edits: Vec<(u64, Box<[u8]>, Option<(u64, u64)>)>,
+    dir_edits: Vec<DirEdit>,
     dir_new_slots: BTreeMap<u64, u64>,
     orphans: Option<Vec<u64>>,
     generation: Option<u64>,

@@ -1,0 +1,450 @@
+//! `pinfs io`: the script runner, modelled on `xfs_io` (CLI.md "`io`
+//! commands").
+//!
+//! A script is the list of `-c` commands, run in order. Each command belongs
+//! to an *actor* (`@NAME`, or `@main` without a prefix): something like a
+//! separate process, with its own identity ([`Cred`] with a unique owner),
+//! its own current file, and its own thread, on which its commands run one
+//! after the other. The runner (the calling thread) hands each command to its
+//! actor and, unless the command ends in ` &`, waits for it before moving on;
+//! `@NAME wait` waits for that actor's background commands and prints their
+//! results. Actors are what let a script hold a lease in one actor while
+//! another truncates, and watch the break happen.
+//!
+//! Output is atomic per command: a foreground command writes straight to
+//! stdout while the runner (the only other writer) waits for it; a background
+//! command's output is held and printed by the runner when it is waited for.
+//! Failures are printed by the runner only, as `CMD: MESSAGE` on stderr
+//! ([`CmdError`]'s `Display` is the one translation to text).
+//!
+//! Commands live in command sets, one module per concept, tried in turn by
+//! [`dispatch`]: `file_cmds` (files and the namespace) and `other_cmds`
+//! (`sleep`, `echo`). Lease, mapping and pin commands arrive as further
+//! modules (`lease_cmds.rs`, `map_cmds.rs`) added to [`COMMAND_SETS`], with
+//! their per-actor state added to [`Actor`] and shared state to [`Shared`].
+
+mod dump;
+mod file_cmds;
+mod other_cmds;
+pub mod parse;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pinfs::fs::{Cred, Fs, Handle};
+use pinfs::Errno;
+
+use self::parse::{Line, MAIN_ACTOR};
+use crate::error::CmdError;
+
+/// Most actors one script may start (each is a thread).
+pub const MAX_ACTORS: usize = 64;
+
+/// Most background commands one actor may have outstanding (not yet waited for).
+pub const MAX_PENDING: usize = 1024;
+
+/// Longest lease-break-time accepted, in seconds (a day).
+pub const MAX_BREAK_TIME_SECS: f64 = 86_400.0;
+
+/// What a layout change does about blocks that are long-term pinned
+/// (`--policy`, SPEC §4.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TruncatePolicy {
+    /// Refuse the change with `ETXTBSY`.
+    Fail,
+    /// Wait for the pins to go, up to lease-break-time; then `ETXTBSY`.
+    Wait,
+    /// Go ahead; the pinned blocks stay busy extents until unpinned.
+    #[default]
+    Defer,
+    /// Revoke the pinners' registrations, then go ahead.
+    Revoke,
+}
+
+/// Settings of a run, from the command line. Their consumers (the lease
+/// engine and the pin machinery) arrive with later work; the runner keeps
+/// them in [`Shared`] for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The truncate policy.
+    pub policy: TruncatePolicy,
+    /// lease-break-time; zero means breaks are never forced.
+    pub break_time: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: TruncatePolicy::Defer,
+            break_time: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Parse `--break-time SECONDS`: a non-negative decimal, fractions allowed
+/// (`0.5`), at most [`MAX_BREAK_TIME_SECS`]; `0` means never force.
+pub fn parse_break_time(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.0..=MAX_BREAK_TIME_SECS).contains(&secs) {
+        return Err(format!(
+            "{s} seconds is out of range (0 to {MAX_BREAK_TIME_SECS}; 0 = never force)"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// What every actor of a run shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The mounted file system.
+    pub fs: Arc<Fs>,
+    /// The run's settings.
+    // Read by the lease and pin commands that arrive with later work.
+    #[allow(dead_code)]
+    pub settings: Settings,
+}
+
+/// An open file, as an actor's current file.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// The open file description.
+    pub handle: Handle,
+    /// The path it was opened by (for the `leases` and `pins` listings of
+    /// later work).
+    #[allow(dead_code)]
+    pub path: String,
+}
+
+/// One actor: its identity and everything it holds, owned by its thread.
+///
+/// Later work adds here what an actor holds besides its current file: its
+/// mappings (current mapping first), pins, leases and the queue of lease-break
+/// notifications addressed to it. Dropping an actor releases all of it, as a
+/// process exit does.
+#[derive(Debug)]
+pub struct Actor {
+    /// The name, without `@` (for the `leases` and `pins` listings of later
+    /// work).
+    #[allow(dead_code)]
+    pub name: String,
+    /// Identity for permission checks, and owner of leases and pins.
+    pub cred: Cred,
+    /// The current file (`open`, `close`).
+    pub file: Option<OpenFile>,
+}
+
+impl Actor {
+    fn new(name: &str, owner: u64) -> Self {
+        Actor {
+            name: name.to_string(),
+            cred: Cred {
+                uid: 0,
+                gid: 0,
+                owner,
+            },
+            file: None,
+        }
+    }
+
+    /// The current file, or `EBADF` when there is none.
+    pub fn file(&self) -> Result<&OpenFile, CmdError> {
+        self.file.as_ref().ok_or(CmdError::Errno(Errno::EBADF))
+    }
+
+    /// The current file's handle, or `EBADF` when there is none.
+    pub fn handle(&self) -> Result<&Handle, CmdError> {
+        Ok(&self.file()?.handle)
+    }
+}
+
+/// Where a command's output goes.
+#[derive(Debug)]
+pub enum Output {
+    /// Straight to stdout (a foreground command: nothing else prints meanwhile).
+    Direct,
+    /// Held until the runner prints it (a background command).
+    Held(Vec<u8>),
+}
+
+impl Output {
+    /// Print one line. A closed stdout is not the command's failure; the
+    /// lines are dropped.
+    pub fn line(&mut self, text: impl fmt::Display) {
+        match self {
+            Output::Direct => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+            }
+            Output::Held(buf) => {
+                let _ = writeln!(buf, "{text}");
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Output::Direct => {
+                let _ = std::io::stdout().flush();
+                Vec::new()
+            }
+            Output::Held(buf) => buf,
+        }
+    }
+}
+
+/// What a command runs with.
+pub struct Ctx<'a> {
+    /// The actor running it.
+    pub actor: &'a mut Actor,
+    /// What all actors share.
+    pub shared: &'a Shared,
+    /// Where its output goes.
+    pub out: &'a mut Output,
+}
+
+/// The result of one command.
+pub type CmdResult = Result<(), CmdError>;
+
+/// A command set: runs `line` when it knows the command, else `None`.
+pub type CommandSet = fn(&mut Ctx<'_>, &Line) -> Option<CmdResult>;
+
+/// The command sets, tried in turn.
+const COMMAND_SETS: &[CommandSet] = &[file_cmds::run, other_cmds::run];
+
+/// Run one command in its actor.
+fn dispatch(ctx: &mut Ctx<'_>, line: &Line) -> CmdResult {
+    COMMAND_SETS
+        .iter()
+        .find_map(|set| set(ctx, line))
+        .unwrap_or(Err(CmdError::Unknown))
+}
+
+/// A command handed to an actor's thread.
+struct Job {
+    line: Line,
+    background: bool,
+    done: Sender<Outcome>,
+}
+
+/// A finished command.
+struct Outcome {
+    name: String,
+    held_output: Vec<u8>,
+    result: CmdResult,
+}
+
+/// The body of an actor's thread: run its commands in order until the
+/// runner hangs up, then drop the actor (closing what it holds).
+fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let mut out = if job.background {
+            Output::Held(Vec::new())
+        } else {
+            Output::Direct
+        };
+        let result = dispatch(
+            &mut Ctx {
+                actor: &mut actor,
+                shared: &shared,
+                out: &mut out,
+            },
+            &job.line,
+        );
+        // The runner may be gone only if it panicked; nothing to tell then.
+        let _ = job.done.send(Outcome {
+            name: job.line.name,
+            held_output: out.finish(),
+            result,
+        });
+    }
+}
+
+/// The runner's side of an actor.
+struct ActorSlot {
+    name: String,
+    jobs: Sender<Job>,
+    /// Background commands not yet waited for, oldest first.
+    pending: VecDeque<(String, Receiver<Outcome>)>,
+    thread: JoinHandle<()>,
+}
+
+/// The runner: actors by first appearance, and whether anything failed.
+struct Runner {
+    shared: Arc<Shared>,
+    actors: Vec<ActorSlot>,
+    failed: bool,
+}
+
+impl Runner {
+    /// Print a finished command's held output and its failure, if any.
+    fn report(&mut self, outcome: Outcome) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&outcome.held_output);
+        let _ = stdout.flush();
+        drop(stdout);
+        if let Err(e) = outcome.result {
+            self.fail(&outcome.name, &e);
+        }
+    }
+
+    fn fail(&mut self, name: &str, err: &dyn fmt::Display) {
+        let _ = writeln!(std::io::stderr().lock(), "{name}: {err}");
+        self.failed = true;
+    }
+
+    /// Wait for one command's outcome and report it.
+    fn collect(&mut self, name: String, done: &Receiver<Outcome>) {
+        match done.recv() {
+            Ok(outcome) => self.report(outcome),
+            Err(_) => self.fail(&name, &CmdError::ActorLost),
+        }
+    }
+
+    /// The slot of actor `name`, starting it on first use.
+    fn actor(&mut self, name: &str) -> Result<usize, CmdError> {
+        if let Some(i) = self.actors.iter().position(|a| a.name == name) {
+            return Ok(i);
+        }
+        if self.actors.len() >= MAX_ACTORS {
+            return Err(CmdError::Limit {
+                what: "actors",
+                limit: MAX_ACTORS,
+            });
+        }
+        // Owners are numbered from 1 in order of appearance (0 is `Cred::ROOT`).
+        let actor = Actor::new(name, self.actors.len() as u64 + 1);
+        let (jobs, incoming) = mpsc::channel();
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("@{name}"))
+            .spawn(move || actor_main(actor, shared, incoming))
+            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+        self.actors.push(ActorSlot {
+            name: name.to_string(),
+            jobs,
+            pending: VecDeque::new(),
+            thread,
+        });
+        Ok(self.actors.len() - 1)
+    }
+
+    /// `@NAME wait`: report every background command of the actor.
+    fn wait(&mut self, name: &str) {
+        let Some(i) = self.actors.iter().position(|a| a.name == name) else {
+            // An actor that never ran anything has nothing to wait for.
+            return;
+        };
+        while let Some((cmd, done)) = self.actors[i].pending.pop_front() {
+            self.collect(cmd, &done);
+        }
+    }
+
+    /// Run one script line.
+    fn step(&mut self, text: &str) {
+        let line = match parse::line(text) {
+            Ok(line) => line,
+            // Named by its first word: the actor prefix is what is wrong.
+            Err(e) => {
+                let first = text.split_whitespace().next().unwrap_or_default();
+                return self.fail(first, &e);
+            }
+        };
+        if line.name.is_empty() {
+            return;
+        }
+        if line.name == "wait" {
+            if !line.args.is_empty() {
+                return self.fail(
+                    "wait",
+                    &CmdError::usage("[@NAME] wait", "no operands expected"),
+                );
+            }
+            return self.wait(&line.actor);
+        }
+        let i = match self.actor(&line.actor) {
+            Ok(i) => i,
+            Err(e) => return self.fail(&line.name, &e),
+        };
+        if line.background && self.actors[i].pending.len() >= MAX_PENDING {
+            let e = CmdError::Limit {
+                what: "background commands (use wait)",
+                limit: MAX_PENDING,
+            };
+            return self.fail(&line.name, &e);
+        }
+        let (done, outcome) = mpsc::channel();
+        let name = line.name.clone();
+        let background = line.background;
+        let job = Job {
+            line,
+            background,
+            done,
+        };
+        if self.actors[i].jobs.send(job).is_err() {
+            return self.fail(&name, &CmdError::ActorLost);
+        }
+        if background {
+            self.actors[i].pending.push_back((name, outcome));
+        } else {
+            self.collect(name, &outcome);
+        }
+    }
+
+    /// The end of the script: report what is still in the background, then
+    /// stop the actors (each drops what it holds).
+    fn finish(mut self) -> bool {
+        let names: Vec<String> = self.actors.iter().map(|a| a.name.clone()).collect();
+        for name in names {
+            self.wait(&name);
+        }
+        for slot in self.actors.drain(..) {
+            drop(slot.jobs);
+            // A panicked actor was reported when its outcome went missing.
+            let _ = slot.thread.join();
+        }
+        !self.failed
+    }
+}
+
+/// Run a script on `fs`; `true` when every command succeeded.
+pub fn run(fs: Arc<Fs>, settings: Settings, script: &[String]) -> bool {
+    let mut runner = Runner {
+        shared: Arc::new(Shared { fs, settings }),
+        actors: Vec::new(),
+        failed: false,
+    };
+    // `@main` exists from the start so that it is owner 1 in every script.
+    if let Err(e) = runner.actor(MAIN_ACTOR) {
+        runner.fail("io", &e);
+        return false;
+    }
+    for text in script {
+        runner.step(text);
+    }
+    runner.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn break_times() {
+        assert_eq!(parse_break_time("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_break_time("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_break_time("0"), Ok(Duration::ZERO));
+        assert!(parse_break_time("-1").is_err());
+        assert!(parse_break_time("nan").is_err());
+        assert!(parse_break_time("inf").is_err());
+        assert!(parse_break_time("1e9").is_err());
+        assert!(parse_break_time("x").is_err());
+    }
+}
