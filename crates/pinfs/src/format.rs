@@ -342,7 +342,7 @@ impl Superblock {
                 what: "no pinfs superblock (bad magic)".into(),
             });
         }
-        if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) {
+        if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) || self.pad.get() != 0 {
             return Err(Error::corrupt("superblock checksum mismatch"));
         }
         if self.version.get() != FORMAT_VERSION {

@@ -236,7 +236,7 @@ mod tests {
         m.map(4, ext(104, 4));
         assert_eq!(m.len(), 1);
         let removed = m.unmap(2, 5);
-        assert_eq!(removed, vec![(2, ext(102, 2)), (4, ext(104, 1))]);
+        assert_eq!(removed, vec![(2, ext(102, 3))]);
         assert_eq!(
             m.segments(0, 10),
             vec![

@@ -18,7 +18,7 @@ mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
@@ -27,6 +27,7 @@ pub use self::ops::FallocMode;
 use self::state::{FsState, Op};
 use crate::format::{self, *};
 use crate::journal::{Journal, Recovery};
+use crate::lease::{Access, BreakOptions, ByteRange, FileKey, HandleId, LayoutChangeGuard, LeaseEngine, OwnerId};
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
@@ -163,12 +164,32 @@ pub struct FsckReport {
     pub used_blocks: u64,
 }
 
+/// Options chosen at mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    /// How long a lease holder has to give up a lease after notification;
+    /// zero means breakers wait indefinitely (SPEC §2, default 45 s).
+    pub break_time: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { break_time: Duration::from_secs(45) }
+    }
+}
+
 /// A mounted file system.
-#[derive(Debug)]
 pub struct Fs {
     media: Arc<dyn Media>,
     state: RwLock<FsState>,
     next_handle: AtomicU64,
+    leases: LeaseEngine,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").field("media", &self.media).finish_non_exhaustive()
+    }
 }
 
 /// An open file (an open file description). Closing is dropping it.
@@ -177,8 +198,23 @@ pub struct Handle {
     fs: Arc<Fs>,
     id: u64,
     ino: u64,
+    key: FileKey,
     cred: Cred,
     flags: OpenFlags,
+}
+
+/// The lease engine's name for a file: inode number and generation, so a
+/// reused inode slot is a different file.
+fn file_key(ino: u64, generation: u32) -> FileKey {
+    FileKey(ino | u64::from(generation) << 32)
+}
+
+fn break_options(nonblocking: bool) -> BreakOptions {
+    if nonblocking {
+        BreakOptions::nonblocking()
+    } else {
+        BreakOptions::blocking()
+    }
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -322,6 +358,11 @@ impl Fs {
     /// Mount the file system on `media`: replay the journal, load and check
     /// the metadata, and free the blocks of orphans left by a crash.
     pub fn mount(media: Arc<dyn Media>) -> Result<Arc<Fs>> {
+        Self::mount_with(media, MountOptions::default())
+    }
+
+    /// Mount with options.
+    pub fn mount_with(media: Arc<dyn Media>, options: MountOptions) -> Result<Arc<Fs>> {
         let (st, recovery) = load::load(&*media)?;
         if recovery != Recovery::Clean {
             tracing::info!(?recovery, "journal recovery");
@@ -333,7 +374,12 @@ impl Fs {
                 if problems.len() > 1 { format!(" and {} more problems", problems.len() - 1) } else { String::new() }
             )));
         }
-        let fs = Arc::new(Fs { media, state: RwLock::new(st), next_handle: AtomicU64::new(1) });
+        let fs = Arc::new(Fs {
+            media,
+            state: RwLock::new(st),
+            next_handle: AtomicU64::new(1),
+            leases: LeaseEngine::new(options.break_time),
+        });
         fs.reap_orphans()?;
         Ok(fs)
     }
@@ -372,6 +418,58 @@ impl Fs {
         &self.media
     }
 
+    /// The lease engine of this file system.
+    pub fn leases(&self) -> &LeaseEngine {
+        &self.leases
+    }
+
+    /// The one entry point of every layout change (SPEC §3.2): break the
+    /// layout leases of others over `range` of file `ino` and wait per the
+    /// protocol. Must be called before taking the state lock; the returned
+    /// guard holds off new conflicting layout leases until the change is done.
+    pub(crate) fn layout_change(&self, ino: u64, range: ByteRange, owner: u64, nonblocking: bool) -> Result<LayoutChangeGuard> {
+        let key = {
+            let st = self.state.read();
+            file_key(ino, st.inode(ino)?.generation)
+        };
+        Ok(self.leases.begin_layout_change(key, range, OwnerId(owner), &break_options(nonblocking))?)
+    }
+
+    /// Before removing a name: if that drops the last link of a file nobody
+    /// has open, its blocks are freed — a layout change of the whole file.
+    fn freeing_layout_change(&self, cred: Cred, path: &str) -> Result<Option<LayoutChangeGuard>> {
+        let ino = {
+            let st = self.state.read();
+            let Ok((dir, name)) = st.walk_parent(&cred, path) else { return Ok(None) };
+            let Some(&(ino, _)) = st.dirs[&dir].entries.get(name) else { return Ok(None) };
+            let i = st.inode(ino)?;
+            let last = if i.is_dir() { true } else { i.nlink == 1 };
+            let open = st.runtime.get(&ino).is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
+            if !last || open {
+                return Ok(None);
+            }
+            ino
+        };
+        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false).map(Some)
+    }
+
+    /// `truncate(2)` by path: breaks every open lease (by removal), then
+    /// changes the layout.
+    pub fn truncate_path(&self, cred: Cred, path: &str, size: u64) -> Result<()> {
+        let (ino, key) = {
+            let st = self.state.read();
+            let ino = st.walk(&cred, &components(path)?)?;
+            let i = st.inode(ino)?;
+            if i.is_dir() {
+                return Err(Errno::EISDIR.into());
+            }
+            st.may(&cred, ino, MAY_WRITE)?;
+            (ino, file_key(ino, i.generation))
+        };
+        self.leases.break_for_truncate(key, OwnerId(cred.owner), &BreakOptions::blocking())?;
+        self.truncate_inode(ino, size, cred.owner, false)
+    }
+
     /// Open (and maybe create) `path`.
     pub fn open(self: &Arc<Self>, cred: Cred, path: &str, flags: OpenFlags, mode: u32) -> Result<Handle> {
         let mut st = self.state.write();
@@ -384,6 +482,7 @@ impl Fs {
             }
         })?;
         let existing = if dir == 0 { Some(ROOT_INO) } else { st.dirs[&dir].entries.get(name).map(|e| e.0) };
+        let mut created = false;
         let ino = match existing {
             Some(ino) => {
                 if flags.create && flags.exclusive {
@@ -407,13 +506,28 @@ impl Fs {
                 d.mtime_ns = now;
                 d.ctime_ns = now;
                 self.commit(op)?;
+                created = true;
                 ino
             }
             None => return Err(Errno::ENOENT.into()),
         };
         st.runtime(ino).opens.fetch_add(1, Ordering::Relaxed);
+        let key = file_key(ino, st.inode(ino)?.generation);
         drop(st);
-        let handle = Handle { fs: self.clone(), id: self.next_handle.fetch_add(1, Ordering::Relaxed), ino, cred, flags };
+        // From here the handle exists: dropping it (on any error) closes it.
+        let handle = Handle { fs: self.clone(), id: self.next_handle.fetch_add(1, Ordering::Relaxed), ino, key, cred, flags };
+        let access = match (flags.read, flags.write) {
+            (true, false) => Access::ReadOnly,
+            (false, true) => Access::WriteOnly,
+            _ => Access::ReadWrite,
+        };
+        let (id, owner) = (HandleId(handle.id), OwnerId(cred.owner));
+        if created {
+            // Nobody can hold a lease on a file that did not exist.
+            self.leases.opened(key, id, owner, access)?;
+        } else {
+            self.leases.open(key, id, owner, access, &break_options(flags.nonblocking))?;
+        }
         if flags.truncate {
             handle.truncate_unchecked(0)?;
         }
@@ -423,6 +537,7 @@ impl Fs {
     /// Remove a name of a regular file; its blocks are freed when it has no
     /// links and nothing keeps it open.
     pub fn unlink(&self, cred: Cred, path: &str) -> Result<()> {
+        let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
         let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
@@ -460,6 +575,7 @@ impl Fs {
 
     /// Remove an empty directory.
     pub fn rmdir(&self, cred: Cred, path: &str) -> Result<()> {
+        let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
         let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
@@ -480,6 +596,7 @@ impl Fs {
 
     /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
     pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
+        let _freeing = if from == to { None } else { self.freeing_layout_change(cred, to)? };
         let mut st = self.state.write();
         let (fdir, fname) = st.walk_parent(&cred, from)?;
         let (tdir, tname) = st.walk_parent(&cred, to)?;

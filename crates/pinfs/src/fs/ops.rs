@@ -14,8 +14,9 @@
 use std::sync::atomic::Ordering;
 
 use super::extent::{Extent, Segment};
-use super::state::Op;
+use super::state::{FsState, Op};
 use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
+use crate::lease::{ByteRange, HandleId};
 use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
 use crate::media::Media;
 use crate::{Errno, Result};
@@ -227,7 +228,52 @@ fn allocate_unwritten(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result
     Ok(())
 }
 
+/// How a write of `[offset, end)` reaches the file.
+enum WritePlan {
+    /// Every block written, unshared, inside the file: copy in place.
+    InPlace,
+    /// Only unwritten blocks to convert: not a layout change (SPEC §2).
+    Convert,
+    /// Allocation into holes, unsharing, or growth: a layout change of this range.
+    Layout(ByteRange),
+}
+
+fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan> {
+    let inode = st.inode(ino)?;
+    if inode.is_dir() {
+        return Err(Errno::EISDIR.into());
+    }
+    if end > inode.size {
+        return Ok(WritePlan::Layout(ByteRange::to_eof(offset.min(inode.size))));
+    }
+    let mut plan = WritePlan::InPlace;
+    for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+        match seg {
+            Segment::Hole { .. } => return Ok(WritePlan::Layout(ByteRange::new(offset, end))),
+            Segment::Mapped { physical, len, unwritten, .. } => {
+                if (physical..physical + len).any(|b| st.refcount(b) > 1) {
+                    return Ok(WritePlan::Layout(ByteRange::new(offset, end)));
+                }
+                if unwritten {
+                    plan = WritePlan::Convert;
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
 impl Handle {
+    /// The lease engine's name for the open file.
+    pub fn lease_file(&self) -> crate::lease::FileKey {
+        self.key
+    }
+
+    /// The lease engine's name for this open file description.
+    pub fn lease_handle(&self) -> HandleId {
+        HandleId(self.id)
+    }
+
     /// The file system.
     pub fn fs(&self) -> &std::sync::Arc<Fs> {
         &self.fs
@@ -300,37 +346,30 @@ impl Handle {
         if len == 0 {
             return Ok(0);
         }
-        // Fast path: every block written, unshared and inside the file — no
-        // layout change, so a shared lock and a copy into the pool suffice.
-        {
-            let st = self.fs.state.read();
-            let inode = st.inode(self.ino)?;
-            if end <= inode.size {
-                let segs = inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-                let in_place = segs.iter().all(|s| match *s {
-                    Segment::Mapped { physical, len, unwritten: false, .. } => {
-                        (physical..physical + len).all(|b| st.refcount(b) == 1)
+        let mut guard = None;
+        let mut st = loop {
+            {
+                // Fast path: every block written, unshared and inside the
+                // file — no layout change, so a shared lock and a copy into
+                // the pool suffice.
+                let st = self.fs.state.read();
+                match write_plan(&st, self.ino, offset, end)? {
+                    WritePlan::InPlace => return self.write_in_place(&st, offset, data),
+                    WritePlan::Layout(range) if guard.is_none() => {
+                        drop(st);
+                        guard = Some(self.fs.layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?);
+                        continue;
                     }
-                    _ => false,
-                });
-                if in_place {
-                    let media = &*self.fs.media;
-                    let rt = st.runtime.get(&self.ino).ok_or(Errno::EBADF)?;
-                    for seg in segs {
-                        let (bstart, bend) = bytes_of(seg.logical(), seg.len());
-                        let (from, to) = (offset.max(bstart), end.min(bend));
-                        if let Segment::Mapped { physical, .. } = seg {
-                            let pool = block_offset(physical) + (from - bstart);
-                            media.write(pool, &data[(from - offset) as usize..(to - offset) as usize])?;
-                            rt.note_dirty(media, pool, to - from)?;
-                        }
-                    }
-                    rt.lazy_mtime_ns.fetch_max(now_ns(), Ordering::Relaxed);
-                    return Ok(data.len());
+                    _ => {}
                 }
             }
-        }
-        let mut st = self.fs.state.write();
+            let st = self.fs.state.write();
+            // The file may have changed while no lock was held.
+            match write_plan(&st, self.ino, offset, end)? {
+                WritePlan::Layout(_) if guard.is_none() => continue,
+                _ => break st,
+            }
+        };
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
         if offset > op.inode(self.ino)?.size {
@@ -345,6 +384,25 @@ impl Handle {
         Ok(data.len())
     }
 
+    /// The in-place write of the fast path (see [`write_plan`]).
+    fn write_in_place(&self, st: &FsState, offset: u64, data: &[u8]) -> Result<usize> {
+        let end = offset + data.len() as u64;
+        let media = &*self.fs.media;
+        let inode = st.inode(self.ino)?;
+        let rt = st.runtime.get(&self.ino).ok_or(Errno::EBADF)?;
+        for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+            let (bstart, bend) = bytes_of(seg.logical(), seg.len());
+            let (from, to) = (offset.max(bstart), end.min(bend));
+            if let Segment::Mapped { physical, .. } = seg {
+                let pool = block_offset(physical) + (from - bstart);
+                media.write(pool, &data[(from - offset) as usize..(to - offset) as usize])?;
+                rt.note_dirty(media, pool, to - from)?;
+            }
+        }
+        rt.lazy_mtime_ns.fetch_max(now_ns(), Ordering::Relaxed);
+        Ok(data.len())
+    }
+
     /// Set the size: blocks past the new end of file are freed.
     pub fn truncate(&self, size: u64) -> Result<()> {
         if !self.flags.write {
@@ -356,41 +414,7 @@ impl Handle {
     /// Truncate without the handle's access check (`O_TRUNC` on open, which
     /// checked write permission itself).
     pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
-        if size > MAX_FILE_BYTES {
-            return Err(Errno::EFBIG.into());
-        }
-        let mut st = self.fs.state.write();
-        let now = now_ns();
-        let mut op = Op::new(&mut st, &*self.fs.media);
-        let old = op.inode(self.ino)?.size;
-        if size < old {
-            let end = op.inode(self.ino)?.extents.end();
-            unmap_blocks(&mut op, self.ino, size.div_ceil(BLOCK_SIZE), end)?;
-        } else if size > old {
-            zero_eof_tail(&mut op, self.ino)?;
-        }
-        let i = op.inode_mut(self.ino)?;
-        i.size = size;
-        i.mtime_ns = now;
-        i.ctime_ns = now;
-        op.commit()?;
-        // The bytes past the new end of file in its last block are stale now.
-        // Zero them when the block is ours alone; this is not needed for
-        // correctness (growth zeroes them first) but keeps them from lingering.
-        if size < old && !size.is_multiple_of(BLOCK_SIZE) {
-            let inode = st.inode(self.ino)?;
-            if let Some((l, e)) = inode.extents.lookup(size / BLOCK_SIZE) {
-                let p = e.physical + size / BLOCK_SIZE - l;
-                if !e.unwritten && st.refcount(p) == 1 {
-                    let at = block_offset(p) + size % BLOCK_SIZE;
-                    let media = &*self.fs.media;
-                    media.fill(at, BLOCK_SIZE - size % BLOCK_SIZE, 0)?;
-                    media.flush(at, BLOCK_SIZE - size % BLOCK_SIZE)?;
-                    media.fence();
-                }
-            }
-        }
-        Ok(())
+        self.fs.truncate_inode(self.ino, size, self.cred.owner, self.flags.nonblocking)
     }
 
     /// `fallocate(2)`.
@@ -400,6 +424,15 @@ impl Handle {
             return Err(Errno::EINVAL.into());
         }
         let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        let seen = self.fs.state.read().inode(self.ino)?.size;
+        let range = match mode {
+            FallocMode::PunchHole
+            | FallocMode::Allocate { keep_size: true }
+            | FallocMode::ZeroRange { keep_size: true } => ByteRange::new(offset, end),
+            FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } if end <= seen => ByteRange::new(offset, end),
+            _ => ByteRange::to_eof(offset.min(seen)),
+        };
+        let _layout = self.fs.layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?;
         let mut st = self.fs.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
@@ -470,6 +503,25 @@ impl Handle {
         if !std::sync::Arc::ptr_eq(&self.fs, &src.fs) {
             return Err(Errno::EXDEV.into());
         }
+        // Both files' layouts change: the destination's block map, and which
+        // of the source's blocks are shared.
+        let (src_size, dst_size) = {
+            let st = self.fs.state.read();
+            (st.inode(src.ino)?.size, st.inode(self.ino)?.size)
+        };
+        let (so, dof, len) = match range {
+            None => (0, 0, src_size),
+            Some((s, d, 0)) => (s, d, src_size.saturating_sub(s)),
+            Some(r) => r,
+        };
+        let dst_range = match dof.checked_add(len) {
+            Some(e) if e <= dst_size && len > 0 => ByteRange::new(dof, e),
+            _ => ByteRange::to_eof(dof.min(dst_size)),
+        };
+        let src_range = ByteRange::new(so, so.saturating_add(len.max(1)));
+        let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
+        let _dst_layout = self.fs.layout_change(self.ino, dst_range, owner, nb)?;
+        let _src_layout = self.fs.layout_change(src.ino, src_range, owner, nb)?;
         let mut st = self.fs.state.write();
         let src_inode = st.inode(src.ino)?;
         if !src_inode.is_reg() {
@@ -577,9 +629,55 @@ impl Handle {
     }
 }
 
+impl Fs {
+    /// Set the size of file `ino`: a layout change of everything past the
+    /// smaller of the old and new sizes.
+    pub(super) fn truncate_inode(&self, ino: u64, size: u64, owner: u64, nonblocking: bool) -> Result<()> {
+        if size > MAX_FILE_BYTES {
+            return Err(Errno::EFBIG.into());
+        }
+        let seen = self.state.read().inode(ino)?.size;
+        let _layout = self.layout_change(ino, ByteRange::to_eof(size.min(seen)), owner, nonblocking)?;
+        let mut st = self.state.write();
+        let now = now_ns();
+        let mut op = Op::new(&mut st, &*self.media);
+        let old = op.inode(ino)?.size;
+        if size < old {
+            let end = op.inode(ino)?.extents.end();
+            unmap_blocks(&mut op, ino, size.div_ceil(BLOCK_SIZE), end)?;
+        } else if size > old {
+            zero_eof_tail(&mut op, ino)?;
+        }
+        let i = op.inode_mut(ino)?;
+        i.size = size;
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()?;
+        // The bytes past the new end of file in its last block are stale now.
+        // Zero them when the block is ours alone; this is not needed for
+        // correctness (growth zeroes them first) but keeps them from lingering.
+        if size < old && !size.is_multiple_of(BLOCK_SIZE) {
+            let inode = st.inode(ino)?;
+            if let Some((l, e)) = inode.extents.lookup(size / BLOCK_SIZE) {
+                let p = e.physical + size / BLOCK_SIZE - l;
+                if !e.unwritten && st.refcount(p) == 1 {
+                    let at = block_offset(p) + size % BLOCK_SIZE;
+                    let media = &*self.media;
+                    media.fill(at, BLOCK_SIZE - size % BLOCK_SIZE, 0)?;
+                    media.flush(at, BLOCK_SIZE - size % BLOCK_SIZE)?;
+                    media.fence();
+                }
+            }
+        }
+        Ok(())
+    }
+
+}
+
 impl Drop for Handle {
     /// Close: the last close of an unlinked file frees it.
     fn drop(&mut self) {
+        self.fs.leases.closed(self.key, HandleId(self.id));
         let mut st = self.fs.state.write();
         let Some(rt) = st.runtime.get(&self.ino).cloned() else { return };
         if rt.opens.fetch_sub(1, Ordering::Relaxed) != 1 {
