@@ -3,15 +3,21 @@
 //! It shows what the file system does, step by step, and checks every claim
 //! it narrates (a demo that lies is worse than none): reflink shares blocks,
 //! a write to the copy moves only the written block (copy-on-write), a hole
-//! punched in one sharer frees nothing until the other lets go, and the
-//! metadata is consistent at the end. Later work grows it with leases, pins,
-//! direct mappings and device registrations.
+//! punched in one sharer frees nothing until the other lets go, a layout
+//! change by one actor waits for another actor's shared layout lease to be
+//! released after notifying it, and the metadata is consistent at the end.
+//! Later work grows it with pins, direct mappings and device registrations.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
+use pinfs::lease::{EventKind, LeaseRequest, LeaseType, OwnerId};
 use pinfs::media::{MappedPool, Media};
+
+use crate::io::lease_cmds::listing_line;
 
 /// Size of the demo's pool.
 const POOL_BYTES: u64 = 64 << 20;
@@ -34,6 +40,109 @@ fn show_fiemap(name: &str, h: &Handle) -> Result<()> {
             e.logical, e.physical, e.len
         );
     }
+    Ok(())
+}
+
+/// Lease owner of the lease section's holder (the file steps run as owner 1).
+const HOLDER: u64 = 2;
+
+/// Lease owner of the lease section's breaker.
+const BREAKER: u64 = 3;
+
+/// How long the holder waits for its notification before the demo gives up
+/// (only a bug makes it wait at all: the breaker is already on its way).
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Print the lease listing, indented, in the format of `io`'s `leases`
+/// (owners as `#N`; the demo's only leased file is /leased).
+fn show_leases(fs: &Fs) {
+    println!("   leases (id kind type state owner path start end):");
+    let leases = fs.leases().list();
+    if leases.is_empty() {
+        println!("     (none)");
+    }
+    for l in leases {
+        let owner = format!("#{}", l.owner.0);
+        println!("     {}", listing_line(&l, &owner, "/leased"));
+    }
+}
+
+/// The lease section: a holder (owner 2) keeps a shared layout lease on
+/// /leased; a breaker (owner 3, on its own thread) truncates the file; the
+/// holder is notified while the truncate waits, releases, and the truncate
+/// completes.
+fn leases(fs: &Arc<Fs>) -> Result<()> {
+    let holder = Cred {
+        uid: 0,
+        gid: 0,
+        owner: HOLDER,
+    };
+    let breaker = Cred {
+        owner: BREAKER,
+        ..holder
+    };
+    println!(
+        "5. Leases: owner {HOLDER} holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT)."
+    );
+    // The queue exists before the lease does: no notification is lost.
+    let events = fs.leases().owner_events(OwnerId(HOLDER))?;
+    let file = fs.open(holder, "/leased", OpenFlags::CREATE, 0o644)?;
+    file.pwrite(0, &[0xab; FILE_BYTES])?;
+    fs.leases().set_lease(
+        file.lease_file(),
+        file.lease_handle(),
+        OwnerId(HOLDER),
+        LeaseRequest::layout_shared(),
+    )?;
+    show_leases(fs);
+
+    println!("   Owner {BREAKER} truncates /leased to 4 KiB, on its own thread: it must wait.");
+    let theirs = fs.open(breaker, "/leased", OpenFlags::RDWR, 0)?;
+    let truncated = Arc::new(AtomicBool::new(false));
+    let flag = truncated.clone();
+    let truncate = std::thread::spawn(move || {
+        let result = theirs.truncate(4096);
+        flag.store(true, Ordering::SeqCst);
+        result
+    });
+    let event = events
+        .recv_timeout(NOTIFY_TIMEOUT)?
+        .context("the holder was never notified")?;
+    ensure!(
+        event.kind == EventKind::Break && event.target == LeaseType::Unlock,
+        "unexpected notification {event:?}"
+    );
+    println!(
+        "   owner {HOLDER} is notified: lease {} is breaking (layout change by owner {}); the truncate waits",
+        event.lease.id, event.breaker.0
+    );
+    ensure!(
+        !truncated.load(Ordering::SeqCst),
+        "the truncate went ahead of an active layout lease"
+    );
+    ensure!(
+        file.stat()?.size == FILE_BYTES as u64,
+        "the file changed before the holder released its lease"
+    );
+    show_leases(fs);
+
+    println!("   Owner {HOLDER} lets go of what it holds over the file and releases the lease.");
+    fs.leases().set_lease(
+        file.lease_file(),
+        file.lease_handle(),
+        OwnerId(HOLDER),
+        LeaseRequest::layout_unlock(),
+    )?;
+    truncate
+        .join()
+        .map_err(|_| anyhow::anyhow!("the truncating thread panicked"))?
+        .context("truncate")?;
+    let size = file.stat()?.size;
+    ensure!(size == 4096, "after the truncate the size is {size}");
+    println!("   The truncate completes: /leased is now {size} bytes.");
+    show_leases(fs);
+    drop(file);
+    fs.leases().drop_owner(OwnerId(HOLDER));
     Ok(())
 }
 
@@ -118,7 +227,10 @@ pub fn run() -> Result<()> {
     println!("   free blocks: {before} -> {after}");
 
     println!();
-    println!("5. Check the metadata as fsck does.");
+    leases(&fs)?;
+
+    println!();
+    println!("6. Check the metadata as fsck does.");
     let problems = fs.check();
     for p in &problems {
         println!("   problem: {p}");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pinfs::fs::Fs;
+use pinfs::fs::{Fs, MountOptions};
 use pinfs::journal::Recovery;
 use pinfs::media::{MappedPool, Media};
 
@@ -60,6 +60,7 @@ enum Command {
         pool: PathBuf,
     },
     /// Run xfs_io-style commands (-c, in order) against a pool.
+    #[command(after_help = IO_AFTER_HELP)]
     Io(IoArgs),
     /// Show a pool's space, inodes and journal.
     #[command(group = clap::ArgGroup::new("target").required(true).args(["pool", "socket"]))]
@@ -81,6 +82,31 @@ enum Command {
         quick: bool,
     },
 }
+
+/// The end of `pinfs io --help`: the lease commands' output, and the
+/// extensions to CLI.md.
+const IO_AFTER_HELP: &str = "\
+Commands are those of CLI.md (modelled on xfs_io); `@NAME CMD` runs CMD as actor NAME.
+
+Leases (on the current file):
+  lease read|write|none [--layout] [--exclusive] [--range OFF LEN]
+      read = F_RDLCK, write = F_WRLCK, none = F_UNLCK (release); --layout: a layout
+      lease; --exclusive: unbreakable (F_LAYOUT|F_EXCLUSIVE, implies --layout);
+      `lease none --layout` releases the handle's layout leases (over the range)
+  getlease      prints read, write or none (the target type while a break is pending)
+  wait-break MS waits up to MS for a notification to this actor and prints one of
+      break FILE read|none   the lease is being broken: downgrade to read / release
+      break FILE refused     a layout change was refused (Text file busy) because of
+                             this actor's unbreakable layout lease
+      break FILE lost        lease-break-time passed: the lease was removed
+      break FILE downgraded  lease-break-time passed: the lease was downgraded to read
+      or fails with `wait-break: Connection timed out`
+  leases        lists every lease, as /proc/locks:
+      ID LEASE|LAYOUT TYPE ACTIVE|BREAKING ACTOR PATH START END
+      e.g. `1 LAYOUT READ+EXCL ACTIVE @h /f 0 EOF` (TYPE is the target type)
+
+Extension: `truncate -p PATH LEN` truncates by path (truncate(2), which breaks
+open leases); `truncate LEN` is ftruncate(2) of the current file.";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]
@@ -151,12 +177,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Library traces go to stderr, filtered by `PINFS_LOG` (default: warnings).
+/// Library traces go to stderr, filtered by `PINFS_LOG` (default: warnings,
+/// such as a lease forcibly broken at lease-break-time); colours only on a
+/// terminal, so that scripts capture plain text.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -167,16 +196,16 @@ fn open_pool(path: &Path) -> Result<MappedPool, CliError> {
 }
 
 /// Open and mount an existing pool.
-fn mount(path: &Path) -> Result<Arc<Fs>, CliError> {
+fn mount(path: &Path, options: MountOptions) -> Result<Arc<Fs>, CliError> {
     let pool = open_pool(path)?;
-    Fs::mount(Arc::new(pool)).map_err(|e| CliError::pool(path, e))
+    Fs::mount_with(Arc::new(pool), options).map_err(|e| CliError::pool(path, e))
 }
 
 /// A fresh volatile pool (memfd), formatted and mounted.
-fn volatile_fs(size_bytes: u64) -> Result<Arc<Fs>, CliError> {
+fn volatile_fs(size_bytes: u64, options: MountOptions) -> Result<Arc<Fs>, CliError> {
     let pool = MappedPool::memfd(size_bytes).map_err(CliError::Volatile)?;
     Fs::mkfs(&pool).map_err(CliError::Volatile)?;
-    Fs::mount(Arc::new(pool)).map_err(CliError::Volatile)
+    Fs::mount_with(Arc::new(pool), options).map_err(CliError::Volatile)
 }
 
 fn mkfs(path: &Path, size: Option<u64>) -> Result<(), CliError> {
@@ -252,15 +281,18 @@ fn run_io(args: IoArgs) -> Result<bool, CliError> {
         policy: args.policy,
         break_time: args.break_time,
     };
+    let options = MountOptions {
+        break_time: settings.break_time,
+    };
     let fs = match &args.pool {
-        Some(path) => mount(path)?,
-        None => volatile_fs(DEFAULT_POOL_BYTES)?,
+        Some(path) => mount(path, options)?,
+        None => volatile_fs(DEFAULT_POOL_BYTES, options)?,
     };
     Ok(io::run(fs, settings, &args.commands))
 }
 
 fn stat(path: &Path) -> Result<(), CliError> {
-    let fs = mount(path)?;
+    let fs = mount(path, MountOptions::default())?;
     let st = fs.statfs();
     let journal = fs.journal_stats();
     println!("media {}", fs.media().caps());
@@ -272,6 +304,14 @@ fn stat(path: &Path) -> Result<(), CliError> {
     println!("free_inodes {}", st.free_inodes);
     println!("journal_commits_since_mount {}", journal.commits);
     println!("journal_record_bytes_since_mount {}", journal.record_bytes);
+    // `leases N`, then the `io leases` listing. A pool mounted by this
+    // process alone has none; the daemon's (`--socket`) will.
+    let leases = fs.leases().list();
+    println!("leases {}", leases.len());
+    for info in &leases {
+        let owner = format!("#{}", info.owner.0);
+        println!("{}", io::lease_cmds::listing_line(info, &owner, "?"));
+    }
     Ok(())
 }
 

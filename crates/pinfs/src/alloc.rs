@@ -74,7 +74,9 @@ impl Allocator {
 
     /// The free runs, in block order.
     pub fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
-        self.by_start.iter().map(|(&start, &len)| Run { start, len })
+        self.by_start
+            .iter()
+            .map(|(&start, &len)| Run { start, len })
     }
 
     fn insert_run(&mut self, start: u64, len: u64) {
@@ -182,7 +184,10 @@ impl Allocator {
                 let aligned = start.next_multiple_of(HUGE_BLOCKS);
                 if aligned + target <= start + len {
                     let n = (start + len - aligned).min(want);
-                    return Run { start: aligned, len: n };
+                    return Run {
+                        start: aligned,
+                        len: n,
+                    };
                 }
             }
         }
@@ -239,7 +244,10 @@ impl Allocator {
                 self.busy.insert(to, s + l - to);
             }
             self.busy_blocks -= to - from;
-            self.free(Run { start: from, len: to - from });
+            self.free(Run {
+                start: from,
+                len: to - from,
+            });
             released += to - from;
         }
         if released > 0 {
@@ -265,7 +273,10 @@ mod tests {
     #[test]
     fn goal_then_best_fit() {
         let mut a = with_free(&[(100, 10), (200, 3), (300, 50)]);
-        assert_eq!(a.alloc(3, Some(105)).unwrap(), vec![Run { start: 105, len: 3 }]);
+        assert_eq!(
+            a.alloc(3, Some(105)).unwrap(),
+            vec![Run { start: 105, len: 3 }]
+        );
         assert_eq!(a.alloc(3, None).unwrap(), vec![Run { start: 200, len: 3 }]);
         assert_eq!(a.free_blocks(), 57);
         assert!(a.alloc(58, None).is_err());

@@ -190,7 +190,9 @@ pub struct RecordHeader {
 }
 
 /// One extent: `len` blocks from `physical` mapped at file block `logical`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ExtentRecord {
     /// First file block.
@@ -368,9 +370,21 @@ impl Superblock {
         // The regions must follow each other in order, each inside the pool.
         let regions = [
             ("state block", self.state_block.get(), 1),
-            ("journal", self.journal_start.get(), self.journal_blocks.get()),
-            ("refcount table", self.refcount_start.get(), self.refcount_blocks.get()),
-            ("inode table", self.inode_start.get(), self.inode_blocks.get()),
+            (
+                "journal",
+                self.journal_start.get(),
+                self.journal_blocks.get(),
+            ),
+            (
+                "refcount table",
+                self.refcount_start.get(),
+                self.refcount_blocks.get(),
+            ),
+            (
+                "inode table",
+                self.inode_start.get(),
+                self.inode_blocks.get(),
+            ),
         ];
         let mut next = 1u64;
         for (name, start, len) in regions {

@@ -211,12 +211,16 @@ impl Journal {
         }
         let len = h.records_len.get();
         if len > j.area_bytes {
-            return Err(Error::corrupt("journal: committed transaction larger than the journal"));
+            return Err(Error::corrupt(
+                "journal: committed transaction larger than the journal",
+            ));
         }
         let mut records = vec![0u8; len as usize];
         media.read(j.area_offset, &mut records)?;
         if format::crc(&records) != h.records_crc.get() {
-            return Err(Error::corrupt("journal: committed records fail their checksum"));
+            return Err(Error::corrupt(
+                "journal: committed records fail their checksum",
+            ));
         }
         j.apply(media, &records, true)?;
         media.fence();
@@ -334,7 +338,11 @@ impl Journal {
         }
         let len = self.encode(media, tx)?;
         if len > self.area_bytes {
-            tracing::warn!(len, capacity = self.area_bytes, "transaction larger than the journal");
+            tracing::warn!(
+                len,
+                capacity = self.area_bytes,
+                "transaction larger than the journal"
+            );
             return Err(Errno::EFBIG.into());
         }
         if len == 0 {
@@ -358,7 +366,10 @@ impl Journal {
         };
         h.seal();
         // Only the first cache line: applied_seq is written in step 4 alone.
-        media.write(self.header_offset, &h.as_bytes()[..JOURNAL_APPLIED_OFFSET as usize])?;
+        media.write(
+            self.header_offset,
+            &h.as_bytes()[..JOURNAL_APPLIED_OFFSET as usize],
+        )?;
         media.flush(self.header_offset, JOURNAL_APPLIED_OFFSET)?;
         media.fence();
         self.seq = seq;

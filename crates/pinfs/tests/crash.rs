@@ -60,7 +60,10 @@ impl Snapshot {
     fn shape(&self) -> (BTreeSet<String>, BTreeMap<String, u64>) {
         (
             self.dirs.clone(),
-            self.files.iter().map(|(p, f)| (p.clone(), f.content.len() as u64)).collect(),
+            self.files
+                .iter()
+                .map(|(p, f)| (p.clone(), f.content.len() as u64))
+                .collect(),
         )
     }
 }
@@ -89,11 +92,17 @@ impl Workload {
     }
 
     fn join(dir: &str, name: &str) -> String {
-        if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
+        if dir == "/" {
+            format!("/{name}")
+        } else {
+            format!("{dir}/{name}")
+        }
     }
 
     fn linked(&self) -> Vec<usize> {
-        (0..self.open.len()).filter(|&i| self.open[i].path.is_some()).collect()
+        (0..self.open.len())
+            .filter(|&i| self.open[i].path.is_some())
+            .collect()
     }
 
     fn pick_linked(&mut self) -> Option<usize> {
@@ -115,21 +124,40 @@ impl Workload {
                 let dir = self.pick_dir();
                 let name = format!("f{}", self.next_id);
                 let path = Self::join(&dir, &name);
-                let h = self.fs.open(Cred::ROOT, &path, OpenFlags::CREATE, 0o644).unwrap();
+                let h = self
+                    .fs
+                    .open(Cred::ROOT, &path, OpenFlags::CREATE, 0o644)
+                    .unwrap();
                 let id = self.next_id;
                 self.next_id += 1;
                 self.ids.insert(path.clone(), id);
-                self.model.files.insert(path.clone(), FileState { content: Vec::new(), alphabet: BTreeSet::new(), durable: true });
-                self.open.push(Open { handle: h, path: Some(path.clone()), id });
+                self.model.files.insert(
+                    path.clone(),
+                    FileState {
+                        content: Vec::new(),
+                        alphabet: BTreeSet::new(),
+                        durable: true,
+                    },
+                );
+                self.open.push(Open {
+                    handle: h,
+                    path: Some(path.clone()),
+                    id,
+                });
                 (format!("create {path}"), None)
             }
             12..=39 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let off = self.rng.below(40 * BS);
                 let len = 1 + self.rng.below(6 * BS);
                 self.writes += 1;
                 let byte = 1 + ((self.open[i].id % 15) * 16 + self.writes % 16) as u8;
-                self.open[i].handle.pwrite(off, &vec![byte; len as usize]).unwrap();
+                self.open[i]
+                    .handle
+                    .pwrite(off, &vec![byte; len as usize])
+                    .unwrap();
                 let f = self.file(i);
                 let end = (off + len) as usize;
                 if f.content.len() < end {
@@ -142,7 +170,9 @@ impl Workload {
                 (format!("pwrite {p:?} {off}+{len}"), p)
             }
             40..=47 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let size = self.rng.below(44 * BS);
                 self.open[i].handle.truncate(size).unwrap();
                 self.file(i).content.resize(size as usize, 0);
@@ -150,18 +180,25 @@ impl Workload {
                 (format!("truncate {p:?} {size}"), p)
             }
             48..=55 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let off = self.rng.below(40 * BS);
                 let len = 1 + self.rng.below(8 * BS);
                 let mode = match self.rng.below(3) {
                     0 => FallocMode::PunchHole,
                     1 => FallocMode::ZeroRange { keep_size: false },
-                    _ => FallocMode::Allocate { keep_size: self.rng.below(2) == 0 },
+                    _ => FallocMode::Allocate {
+                        keep_size: self.rng.below(2) == 0,
+                    },
                 };
                 self.open[i].handle.fallocate(mode, off, len).unwrap();
                 let f = self.file(i);
                 let end = (off + len) as usize;
-                let grows = matches!(mode, FallocMode::ZeroRange { .. } | FallocMode::Allocate { keep_size: false });
+                let grows = matches!(
+                    mode,
+                    FallocMode::ZeroRange { .. } | FallocMode::Allocate { keep_size: false }
+                );
                 if grows && f.content.len() < end {
                     f.content.resize(end, 0);
                 }
@@ -175,7 +212,9 @@ impl Workload {
                 (format!("{mode:?} {p:?} {off}+{len}"), p)
             }
             56..=61 => {
-                let (Some(d), Some(s)) = (self.pick_linked(), self.pick_linked()) else { return ("noop".into(), None) };
+                let (Some(d), Some(s)) = (self.pick_linked(), self.pick_linked()) else {
+                    return ("noop".into(), None);
+                };
                 if d == s {
                     return ("noop".into(), None);
                 }
@@ -189,7 +228,7 @@ impl Workload {
                     return ("noop".into(), None);
                 }
                 len = len.min(src_len - so);
-                if len % BS != 0 && dof + len < dst_len {
+                if !len.is_multiple_of(BS) && dof + len < dst_len {
                     len -= len % BS;
                 }
                 if len == 0 {
@@ -202,18 +241,26 @@ impl Workload {
                 if f.content.len() < end {
                     f.content.resize(end, 0);
                 }
-                f.content[dof as usize..end].copy_from_slice(&src.content[so as usize..(so + len) as usize]);
+                f.content[dof as usize..end]
+                    .copy_from_slice(&src.content[so as usize..(so + len) as usize]);
                 f.alphabet.extend(src.alphabet.iter().copied());
                 f.durable &= src.durable;
                 let p = self.open[d].path.clone();
-                (format!("reflink {:?} {so} -> {p:?} {dof}+{len}", self.open[s].path), p)
+                (
+                    format!("reflink {:?} {so} -> {p:?} {dof}+{len}", self.open[s].path),
+                    p,
+                )
             }
             62..=69 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let from = self.open[i].path.clone().expect("linked");
                 // Sometimes onto another file (replacing it), else a new name.
                 let to = match self.pick_linked() {
-                    Some(j) if j != i && self.rng.below(3) == 0 => self.open[j].path.clone().expect("linked"),
+                    Some(j) if j != i && self.rng.below(3) == 0 => {
+                        self.open[j].path.clone().expect("linked")
+                    }
                     _ => {
                         let dir = self.pick_dir();
                         let n = self.next_id;
@@ -233,7 +280,9 @@ impl Workload {
                 (format!("rename {from} {to}"), None)
             }
             70..=76 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let p = self.open[i].path.take().expect("linked");
                 self.fs.unlink(Cred::ROOT, &p).unwrap();
                 self.model.files.remove(&p);
@@ -264,8 +313,20 @@ impl Workload {
                     .dirs
                     .iter()
                     .filter(|d| *d != "/")
-                    .filter(|d| !self.model.dirs.iter().any(|x| x.starts_with(&format!("{d}/"))))
-                    .filter(|d| !self.model.files.keys().any(|x| x.starts_with(&format!("{d}/"))))
+                    .filter(|d| {
+                        !self
+                            .model
+                            .dirs
+                            .iter()
+                            .any(|x| x.starts_with(&format!("{d}/")))
+                    })
+                    .filter(|d| {
+                        !self
+                            .model
+                            .files
+                            .keys()
+                            .any(|x| x.starts_with(&format!("{d}/")))
+                    })
                     .cloned()
                     .collect();
                 if empty.is_empty() {
@@ -277,7 +338,9 @@ impl Workload {
                 (format!("rmdir {d}"), None)
             }
             91..=95 => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 let size = self.file(i).content.len() as u64;
                 let blocks = size / BS;
                 if blocks < 3 {
@@ -289,18 +352,30 @@ impl Workload {
                 let h = &self.open[i].handle;
                 if collapse && off + len < size {
                     h.fallocate(FallocMode::CollapseRange, off, len).unwrap();
-                    self.file(i).content.drain(off as usize..(off + len) as usize);
+                    self.file(i)
+                        .content
+                        .drain(off as usize..(off + len) as usize);
                 } else if !collapse {
                     h.fallocate(FallocMode::InsertRange, off, len).unwrap();
-                    self.file(i).content.splice(off as usize..off as usize, vec![0; len as usize]);
+                    self.file(i)
+                        .content
+                        .splice(off as usize..off as usize, vec![0; len as usize]);
                 } else {
                     return ("noop".into(), None);
                 }
                 let p = self.open[i].path.clone();
-                (format!("{} {p:?} {off}+{len}", if collapse { "collapse" } else { "insert" }), p)
+                (
+                    format!(
+                        "{} {p:?} {off}+{len}",
+                        if collapse { "collapse" } else { "insert" }
+                    ),
+                    p,
+                )
             }
             _ => {
-                let Some(i) = self.pick_linked() else { return ("noop".into(), None) };
+                let Some(i) = self.pick_linked() else {
+                    return ("noop".into(), None);
+                };
                 self.open[i].handle.fsync().unwrap();
                 self.file(i).durable = true;
                 (format!("fsync {:?}", self.open[i].path), None)
@@ -335,7 +410,14 @@ fn observe(fs: &Arc<Fs>) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
 /// caller sets equal to the state due at that point).
 /// `written` is the state whose alphabets bound the data (the operation in
 /// flight may have stored some of its bytes before it committed).
-fn check_image(image: Vec<u8>, before: &Snapshot, after: &Snapshot, written: &Snapshot, must_be_after: bool, touched: Option<&str>) -> Result<(), String> {
+fn check_image(
+    image: Vec<u8>,
+    before: &Snapshot,
+    after: &Snapshot,
+    written: &Snapshot,
+    must_be_after: bool,
+    touched: Option<&str>,
+) -> Result<(), String> {
     let media: Arc<dyn Media> = Arc::new(RecordingMedia::from_image(image));
     let fs = Fs::mount(media).map_err(|e| format!("mount failed: {e}"))?;
     let problems = fs.check();
@@ -343,7 +425,13 @@ fn check_image(image: Vec<u8>, before: &Snapshot, after: &Snapshot, written: &Sn
         return Err(format!("fsck problems: {problems:?}"));
     }
     let (dirs, files) = observe(&fs);
-    let shape = (dirs, files.iter().map(|(p, c)| (p.clone(), c.len() as u64)).collect());
+    let shape = (
+        dirs,
+        files
+            .iter()
+            .map(|(p, c)| (p.clone(), c.len() as u64))
+            .collect(),
+    );
     let state = if shape == after.shape() {
         after
     } else if !must_be_after && shape == before.shape() {
@@ -364,7 +452,9 @@ fn check_image(image: Vec<u8>, before: &Snapshot, after: &Snapshot, written: &Sn
             alphabet.extend(a.alphabet.iter().copied());
         }
         if let Some(b) = content.iter().find(|b| **b != 0 && !alphabet.contains(b)) {
-            return Err(format!("{p} shows byte {b:#x} it never wrote (alphabet {alphabet:?})"));
+            return Err(format!(
+                "{p} shows byte {b:#x} it never wrote (alphabet {alphabet:?})"
+            ));
         }
         let exact = f.durable && touched != Some(p.as_str());
         if exact && *content != f.content {
@@ -382,7 +472,10 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
     let mut w = Workload {
         rng: Rng(seed),
         fs,
-        model: Snapshot { dirs: ["/".to_string()].into(), files: BTreeMap::new() },
+        model: Snapshot {
+            dirs: ["/".to_string()].into(),
+            files: BTreeMap::new(),
+        },
         open: Vec::new(),
         next_id: 0,
         ids: BTreeMap::new(),
@@ -400,7 +493,14 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
             continue;
         }
         done += 1;
-        steps.push((f0, media.fence_count(), what, before, w.model.clone(), touched));
+        steps.push((
+            f0,
+            media.fence_count(),
+            what,
+            before,
+            w.model.clone(),
+            touched,
+        ));
     }
     // Crash point k (just before fence k) belongs to the operation that
     // issues fence k. Operations that issue no fence (in-place writes) have
@@ -416,12 +516,31 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
         }
     }
     let final_state = w.model.clone();
-    let mut check = |k: usize, before: &Snapshot, after: &Snapshot, written: &Snapshot, exact: bool, touched: Option<&str>, what: &str| {
-        let modes = [CrashMode::DurableOnly, CrashMode::AllPending, CrashMode::Random(seed ^ k as u64)];
+    let mut check = |k: usize,
+                     before: &Snapshot,
+                     after: &Snapshot,
+                     written: &Snapshot,
+                     exact: bool,
+                     touched: Option<&str>,
+                     what: &str| {
+        let modes = [
+            CrashMode::DurableOnly,
+            CrashMode::AllPending,
+            CrashMode::Random(seed ^ k as u64),
+        ];
         for mode in modes {
             images += 1;
-            if let Err(e) = check_image(media.crash_image(k, mode), before, after, written, exact, touched) {
-                failures.push(format!("seed {seed} `{what}` crash point {k} {mode:?}: {e}"));
+            if let Err(e) = check_image(
+                media.crash_image(k, mode),
+                before,
+                after,
+                written,
+                exact,
+                touched,
+            ) {
+                failures.push(format!(
+                    "seed {seed} `{what}` crash point {k} {mode:?}: {e}"
+                ));
             }
         }
     };
@@ -435,8 +554,21 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
         }
     }
     // After the last fence every operation has returned: exactly the final state.
-    check(last, &final_state, &final_state, &final_state, true, None, "end of workload");
-    assert!(failures.is_empty(), "{} of {images} crash images failed; first:\n{}", failures.len(), failures[..failures.len().min(5)].join("\n"));
+    check(
+        last,
+        &final_state,
+        &final_state,
+        &final_state,
+        true,
+        None,
+        "end of workload",
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {images} crash images failed; first:\n{}",
+        failures.len(),
+        failures[..failures.len().min(5)].join("\n")
+    );
     (images, steps.len())
 }
 
@@ -493,5 +625,8 @@ fn a_torn_commit_without_journal_is_detected() {
         }
     }
     println!("torn in-place applies without the journal: {detected} of {tried} detected");
-    assert!(detected > 0, "the checks cannot see a half-applied transaction");
+    assert!(
+        detected > 0,
+        "the checks cannot see a half-applied transaction"
+    );
 }

@@ -6,22 +6,59 @@
 use std::sync::Arc;
 
 use pinfs::fs::{Cred, FallocMode, Fs, OpenFlags};
-use pinfs::media::{Media, MappedPool};
+use pinfs::media::{MappedPool, Media};
 use proptest::prelude::*;
 
 const BS: u64 = 4096;
 
 #[derive(Clone, Debug)]
 enum FileOp {
-    Write { file: usize, off: u64, len: u64, byte: u8 },
-    Truncate { file: usize, size: u64 },
-    Punch { file: usize, off: u64, len: u64 },
-    Zero { file: usize, off: u64, len: u64, keep: bool },
-    Alloc { file: usize, off: u64, len: u64, keep: bool },
-    Collapse { file: usize, off_blocks: u64, len_blocks: u64 },
-    Insert { file: usize, off_blocks: u64, len_blocks: u64 },
-    Reflink { to: usize, src_blocks: u64, dst_blocks: u64, len_blocks: u64 },
-    ReflinkWhole { to: usize },
+    Write {
+        file: usize,
+        off: u64,
+        len: u64,
+        byte: u8,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    Punch {
+        file: usize,
+        off: u64,
+        len: u64,
+    },
+    Zero {
+        file: usize,
+        off: u64,
+        len: u64,
+        keep: bool,
+    },
+    Alloc {
+        file: usize,
+        off: u64,
+        len: u64,
+        keep: bool,
+    },
+    Collapse {
+        file: usize,
+        off_blocks: u64,
+        len_blocks: u64,
+    },
+    Insert {
+        file: usize,
+        off_blocks: u64,
+        len_blocks: u64,
+    },
+    Reflink {
+        to: usize,
+        src_blocks: u64,
+        dst_blocks: u64,
+        len_blocks: u64,
+    },
+    ReflinkWhole {
+        to: usize,
+    },
 }
 
 fn file_op() -> impl Strategy<Value = FileOp> {
@@ -44,7 +81,12 @@ fn file_op() -> impl Strategy<Value = FileOp> {
 /// Apply an operation to the model; `false` when pinfs must refuse it.
 fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
     match *op {
-        FileOp::Write { file, off, len, byte } => {
+        FileOp::Write {
+            file,
+            off,
+            len,
+            byte,
+        } => {
             let f = &mut m[file];
             let end = (off + len) as usize;
             if f.len() < end {
@@ -60,7 +102,12 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
                 f[off as usize..end].fill(0);
             }
         }
-        FileOp::Zero { file, off, len, keep } => {
+        FileOp::Zero {
+            file,
+            off,
+            len,
+            keep,
+        } => {
             let f = &mut m[file];
             let end = (off + len) as usize;
             if !keep && f.len() < end {
@@ -71,21 +118,37 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
                 f[off as usize..end].fill(0);
             }
         }
-        FileOp::Alloc { file, off, len, keep } => {
+        FileOp::Alloc {
+            file,
+            off,
+            len,
+            keep,
+        } => {
             let end = (off + len) as usize;
             if !keep && m[file].len() < end {
                 m[file].resize(end, 0);
             }
         }
-        FileOp::Collapse { file, off_blocks, len_blocks } => {
+        FileOp::Collapse {
+            file,
+            off_blocks,
+            len_blocks,
+        } => {
             let f = &mut m[file];
-            let (off, end) = ((off_blocks * BS) as usize, ((off_blocks + len_blocks) * BS) as usize);
+            let (off, end) = (
+                (off_blocks * BS) as usize,
+                ((off_blocks + len_blocks) * BS) as usize,
+            );
             if end >= f.len() {
                 return false;
             }
             f.drain(off..end);
         }
-        FileOp::Insert { file, off_blocks, len_blocks } => {
+        FileOp::Insert {
+            file,
+            off_blocks,
+            len_blocks,
+        } => {
             let f = &mut m[file];
             let off = (off_blocks * BS) as usize;
             if off >= f.len() {
@@ -94,7 +157,12 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
             let hole = vec![0u8; (len_blocks * BS) as usize];
             f.splice(off..off, hole);
         }
-        FileOp::Reflink { to, src_blocks, dst_blocks, len_blocks } => {
+        FileOp::Reflink {
+            to,
+            src_blocks,
+            dst_blocks,
+            len_blocks,
+        } => {
             let src = m[1 - to].clone();
             let (so, d, len) = (src_blocks * BS, dst_blocks * BS, len_blocks * BS);
             // Clip to the source's end, as pinfs requires the range inside it;
@@ -105,7 +173,7 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
             }
             let len = len.min(src.len() as u64 - so);
             let dst = &mut m[to];
-            if len % BS != 0 && d + len < dst.len() as u64 {
+            if !len.is_multiple_of(BS) && d + len < dst.len() as u64 {
                 return false;
             }
             let end = (d + len) as usize;
@@ -117,7 +185,7 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
         FileOp::ReflinkWhole { to } => {
             let src = m[1 - to].clone();
             let dst = &mut m[to];
-            if src.len() % BS as usize != 0 && src.len() < dst.len() {
+            if !src.len().is_multiple_of(BS as usize) && src.len() < dst.len() {
                 return false;
             }
             if dst.len() < src.len() {
@@ -131,7 +199,12 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
 
 fn reflink_range(op: &FileOp, src_len: u64) -> Option<(u64, u64, u64)> {
     match *op {
-        FileOp::Reflink { src_blocks, dst_blocks, len_blocks, .. } => {
+        FileOp::Reflink {
+            src_blocks,
+            dst_blocks,
+            len_blocks,
+            ..
+        } => {
             let so = src_blocks * BS;
             let len = (len_blocks * BS).min(src_len.saturating_sub(so));
             Some((so, dst_blocks * BS, len.max(1)))
@@ -178,13 +251,38 @@ fn run(ops: &[FileOp]) {
             let before = model.clone();
             let allowed = apply_model(&mut model, op);
             let r = match *op {
-                FileOp::Write { file, off, len, byte } => h[file].pwrite(off, &vec![byte; len as usize]).map(|_| ()),
+                FileOp::Write {
+                    file,
+                    off,
+                    len,
+                    byte,
+                } => h[file].pwrite(off, &vec![byte; len as usize]).map(|_| ()),
                 FileOp::Truncate { file, size } => h[file].truncate(size),
-                FileOp::Punch { file, off, len } => h[file].fallocate(FallocMode::PunchHole, off, len),
-                FileOp::Zero { file, off, len, keep } => h[file].fallocate(FallocMode::ZeroRange { keep_size: keep }, off, len),
-                FileOp::Alloc { file, off, len, keep } => h[file].fallocate(FallocMode::Allocate { keep_size: keep }, off, len),
-                FileOp::Collapse { file, off_blocks, len_blocks } => h[file].fallocate(FallocMode::CollapseRange, off_blocks * BS, len_blocks * BS),
-                FileOp::Insert { file, off_blocks, len_blocks } => h[file].fallocate(FallocMode::InsertRange, off_blocks * BS, len_blocks * BS),
+                FileOp::Punch { file, off, len } => {
+                    h[file].fallocate(FallocMode::PunchHole, off, len)
+                }
+                FileOp::Zero {
+                    file,
+                    off,
+                    len,
+                    keep,
+                } => h[file].fallocate(FallocMode::ZeroRange { keep_size: keep }, off, len),
+                FileOp::Alloc {
+                    file,
+                    off,
+                    len,
+                    keep,
+                } => h[file].fallocate(FallocMode::Allocate { keep_size: keep }, off, len),
+                FileOp::Collapse {
+                    file,
+                    off_blocks,
+                    len_blocks,
+                } => h[file].fallocate(FallocMode::CollapseRange, off_blocks * BS, len_blocks * BS),
+                FileOp::Insert {
+                    file,
+                    off_blocks,
+                    len_blocks,
+                } => h[file].fallocate(FallocMode::InsertRange, off_blocks * BS, len_blocks * BS),
                 FileOp::Reflink { to, .. } => {
                     let src_len = before[1 - to].len() as u64;
                     if reflink_range(op, src_len).is_some_and(|(so, _, _)| so >= src_len) {
@@ -202,7 +300,11 @@ fn run(ops: &[FileOp]) {
                 model = before;
             }
             for f in 0..2 {
-                same(&contents(&h[f]), &model[f], &format!("file {f} after op {i} {op:?}"));
+                same(
+                    &contents(&h[f]),
+                    &model[f],
+                    &format!("file {f} after op {i} {op:?}"),
+                );
             }
             let problems = fs.check();
             assert!(problems.is_empty(), "after op {i} {op:?}: {problems:?}");
@@ -217,7 +319,11 @@ fn run(ops: &[FileOp]) {
         }
         fs.unlink(Cred::ROOT, "/a").unwrap();
         fs.unlink(Cred::ROOT, "/b").unwrap();
-        assert_eq!(fs.statfs().free, free_at_start, "every block returns to free space");
+        assert_eq!(
+            fs.statfs().free,
+            free_at_start,
+            "every block returns to free space"
+        );
     }
     let report = Fs::fsck(&*media).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -239,7 +345,9 @@ fn fresh_blocks_never_show_old_data() {
     // Fill most of the pool with a pattern, free it, then allocate every way
     // there is and look for the pattern.
     let free = fs.statfs().free;
-    let h = fs.open(Cred::ROOT, "/old", OpenFlags::CREATE, 0o644).unwrap();
+    let h = fs
+        .open(Cred::ROOT, "/old", OpenFlags::CREATE, 0o644)
+        .unwrap();
     let chunk = vec![0xa5u8; 1 << 20];
     let mut off = 0;
     while off + (1 << 20) < (free - 64) * BS {
@@ -248,12 +356,20 @@ fn fresh_blocks_never_show_old_data() {
     }
     drop(h);
     fs.unlink(Cred::ROOT, "/old").unwrap();
-    let h = fs.open(Cred::ROOT, "/new", OpenFlags::CREATE, 0o644).unwrap();
+    let h = fs
+        .open(Cred::ROOT, "/new", OpenFlags::CREATE, 0o644)
+        .unwrap();
     h.pwrite(3 * BS + 100, b"x").unwrap(); // partial block in a hole
-    h.fallocate(FallocMode::Allocate { keep_size: false }, 8 * BS, 64 * BS).unwrap();
+    h.fallocate(FallocMode::Allocate { keep_size: false }, 8 * BS, 64 * BS)
+        .unwrap();
     h.pwrite(10 * BS + 7, b"y").unwrap(); // partial write into unwritten
     h.truncate(200 * BS + 5).unwrap();
-    h.fallocate(FallocMode::ZeroRange { keep_size: false }, 300 * BS, 10 * BS).unwrap();
+    h.fallocate(
+        FallocMode::ZeroRange { keep_size: false },
+        300 * BS,
+        10 * BS,
+    )
+    .unwrap();
     h.pwrite(400 * BS, &[1; 10]).unwrap();
     let data = contents(&h);
     assert!(!data.contains(&0xa5), "old data visible in a new file");
@@ -277,5 +393,8 @@ fn bytes_past_eof_do_not_come_back() {
     b.pread(0, &mut buf).unwrap();
     assert!(buf[..100].iter().all(|&x| x == 7) && buf[100..].iter().all(|&x| x == 0));
     a.pread(0, &mut buf).unwrap();
-    assert!(buf.iter().all(|&x| x == 7), "copy-on-write protected the source");
+    assert!(
+        buf.iter().all(|&x| x == 7),
+        "copy-on-write protected the source"
+    );
 }

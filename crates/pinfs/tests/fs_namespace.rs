@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use pinfs::fs::{Cred, Fs, OpenFlags};
-use pinfs::media::{Media, MappedPool};
+use pinfs::media::{MappedPool, Media};
 use pinfs::Errno;
 
 fn pool() -> (Arc<dyn Media>, Arc<Fs>) {
@@ -20,7 +20,11 @@ fn errno<T: std::fmt::Debug>(r: pinfs::Result<T>) -> Errno {
 }
 
 fn names(fs: &Fs, dir: &str) -> Vec<String> {
-    fs.readdir(Cred::ROOT, dir).unwrap().into_iter().map(|e| e.name).collect()
+    fs.readdir(Cred::ROOT, dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
 }
 
 const ROOT: Cred = Cred::ROOT;
@@ -40,7 +44,10 @@ fn unlinked_open_file_lives_until_close() {
     assert_eq!(buf, [5; 10], "still readable through the handle");
     assert_eq!(free - fs.statfs().free, used, "blocks kept while open");
     drop(h);
-    assert!(free - fs.statfs().free <= 1, "blocks freed at last close (the root's block stays)");
+    assert!(
+        free - fs.statfs().free <= 1,
+        "blocks freed at last close (the root's block stays)"
+    );
     assert!(fs.check().is_empty());
 }
 
@@ -54,9 +61,17 @@ fn orphans_left_by_a_crash_are_freed_at_mount() {
     // "Crash": the handle is never closed; mount the pool's current image.
     std::mem::forget(h);
     let report = Fs::fsck(&*media).unwrap();
-    assert!(report.problems.is_empty(), "an open orphan is consistent: {:?}", report.problems);
+    assert!(
+        report.problems.is_empty(),
+        "an open orphan is consistent: {:?}",
+        report.problems
+    );
     let fs2 = Fs::mount(media.clone()).unwrap();
-    assert_eq!(fs2.statfs().free, free_while_open + 256, "the orphan's blocks came back");
+    assert_eq!(
+        fs2.statfs().free,
+        free_while_open + 256,
+        "the orphan's blocks came back"
+    );
     assert!(fs2.check().is_empty());
 }
 
@@ -65,8 +80,14 @@ fn rename_follows_posix() {
     let (media, fs) = pool();
     fs.mkdir(ROOT, "/d", 0o755).unwrap();
     fs.mkdir(ROOT, "/d/e", 0o755).unwrap();
-    fs.open(ROOT, "/d/a", OpenFlags::CREATE, 0o644).unwrap().pwrite(0, b"a").unwrap();
-    fs.open(ROOT, "/b", OpenFlags::CREATE, 0o644).unwrap().pwrite(0, b"bb").unwrap();
+    fs.open(ROOT, "/d/a", OpenFlags::CREATE, 0o644)
+        .unwrap()
+        .pwrite(0, b"a")
+        .unwrap();
+    fs.open(ROOT, "/b", OpenFlags::CREATE, 0o644)
+        .unwrap()
+        .pwrite(0, b"bb")
+        .unwrap();
     // File over file replaces it.
     fs.rename(ROOT, "/d/a", "/b").unwrap();
     assert_eq!(fs.stat(ROOT, "/b").unwrap().size, 1);
@@ -100,14 +121,46 @@ fn directories() {
     assert_eq!(errno(fs.rmdir(ROOT, "/d")), Errno::ENOTEMPTY);
     assert_eq!(errno(fs.rmdir(ROOT, "/d/f")), Errno::ENOTDIR);
     assert_eq!(errno(fs.unlink(ROOT, "/d")), Errno::EISDIR);
-    assert_eq!(errno(fs.open(ROOT, "/d", OpenFlags::RDWR, 0)), Errno::EISDIR);
-    assert_eq!(errno(fs.open(ROOT, "/d/f/g", OpenFlags::CREATE, 0o644)), Errno::ENOTDIR);
-    assert_eq!(errno(fs.open(ROOT, &format!("/{}", "n".repeat(256)), OpenFlags::CREATE, 0o644)), Errno::ENAMETOOLONG);
-    fs.open(ROOT, &format!("/{}", "n".repeat(255)), OpenFlags::CREATE, 0o644).unwrap();
-    assert_eq!(errno(fs.open(ROOT, "/d/f", OpenFlags { exclusive: true, ..OpenFlags::CREATE }, 0o644)), Errno::EEXIST);
+    assert_eq!(
+        errno(fs.open(ROOT, "/d", OpenFlags::RDWR, 0)),
+        Errno::EISDIR
+    );
+    assert_eq!(
+        errno(fs.open(ROOT, "/d/f/g", OpenFlags::CREATE, 0o644)),
+        Errno::ENOTDIR
+    );
+    assert_eq!(
+        errno(fs.open(
+            ROOT,
+            &format!("/{}", "n".repeat(256)),
+            OpenFlags::CREATE,
+            0o644
+        )),
+        Errno::ENAMETOOLONG
+    );
+    fs.open(
+        ROOT,
+        &format!("/{}", "n".repeat(255)),
+        OpenFlags::CREATE,
+        0o644,
+    )
+    .unwrap();
+    assert_eq!(
+        errno(fs.open(
+            ROOT,
+            "/d/f",
+            OpenFlags {
+                exclusive: true,
+                ..OpenFlags::CREATE
+            },
+            0o644
+        )),
+        Errno::EEXIST
+    );
     // Many entries: the directory grows over several blocks.
     for i in 0..100 {
-        fs.open(ROOT, &format!("/d/n{i}"), OpenFlags::CREATE, 0o644).unwrap();
+        fs.open(ROOT, &format!("/d/n{i}"), OpenFlags::CREATE, 0o644)
+            .unwrap();
     }
     assert_eq!(names(&fs, "/d").len(), 101);
     for i in 0..100 {
@@ -121,19 +174,40 @@ fn directories() {
 #[test]
 fn permissions() {
     let (_, fs) = pool();
-    let alice = Cred { uid: 1000, gid: 1000, owner: 7 };
-    let bob = Cred { uid: 1001, gid: 1001, owner: 8 };
+    let alice = Cred {
+        uid: 1000,
+        gid: 1000,
+        owner: 7,
+    };
+    let bob = Cred {
+        uid: 1001,
+        gid: 1001,
+        owner: 8,
+    };
     fs.mkdir(ROOT, "/pub", 0o777).unwrap();
     let h = fs.open(alice, "/pub/a", OpenFlags::CREATE, 0o600).unwrap();
     assert_eq!(h.stat().unwrap().uid, 1000);
-    assert_eq!(errno(fs.open(bob, "/pub/a", OpenFlags::RDONLY, 0)), Errno::EACCES);
+    assert_eq!(
+        errno(fs.open(bob, "/pub/a", OpenFlags::RDONLY, 0)),
+        Errno::EACCES
+    );
     assert_eq!(errno(fs.chmod(bob, "/pub/a", 0o666)), Errno::EPERM);
     fs.chmod(alice, "/pub/a", 0o644).unwrap();
     fs.open(bob, "/pub/a", OpenFlags::RDONLY, 0).unwrap();
-    assert_eq!(errno(fs.open(bob, "/pub/a", OpenFlags::RDWR, 0)), Errno::EACCES);
-    assert_eq!(errno(fs.chown(alice, "/pub/a", Some(1001), None)), Errno::EPERM);
+    assert_eq!(
+        errno(fs.open(bob, "/pub/a", OpenFlags::RDWR, 0)),
+        Errno::EACCES
+    );
+    assert_eq!(
+        errno(fs.chown(alice, "/pub/a", Some(1001), None)),
+        Errno::EPERM
+    );
     fs.chown(ROOT, "/pub/a", Some(1001), None).unwrap();
-    assert_eq!(errno(fs.open(alice, "/a", OpenFlags::CREATE, 0o644)), Errno::EACCES, "root dir is 0755");
+    assert_eq!(
+        errno(fs.open(alice, "/a", OpenFlags::CREATE, 0o644)),
+        Errno::EACCES,
+        "root dir is 0755"
+    );
     // A read-only handle cannot write.
     let r = fs.open(alice, "/pub/a", OpenFlags::RDONLY, 0).unwrap();
     assert_eq!(errno(r.pwrite(0, b"x")), Errno::EBADF);

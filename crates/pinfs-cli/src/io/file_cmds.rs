@@ -5,6 +5,12 @@
 //!
 //! Each command is a thin translation to one library call; output formats
 //! follow `xfs_io` where it has the command.
+//!
+//! One extension to CLI.md: `truncate -p PATH LEN` is `truncate(2)` by path
+//! (plain `truncate LEN` is `ftruncate(2)` of the current file). Only the
+//! by-path form breaks open leases, as in Linux, so it is what lets a script
+//! act as the "truncate" lease breaker of the Linux test project's lease
+//! tests.
 
 use pinfs::fs::{FallocMode, FiemapExtent, OpenFlags};
 
@@ -45,7 +51,12 @@ const PREAD: OptSpec = OptSpec {
     long: &[],
     usage: "pread [-v] OFF LEN",
 };
-const TRUNCATE: OptSpec = OptSpec::plain("truncate LEN");
+const TRUNCATE: OptSpec = OptSpec {
+    flags: "",
+    valued: "p",
+    long: &[],
+    usage: "truncate [-p PATH] LEN",
+};
 const FALLOC: OptSpec = OptSpec {
     flags: "k",
     valued: "",
@@ -117,6 +128,7 @@ fn open(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         .shared
         .fs
         .open(ctx.actor.cred, path, flags, CREATE_MODE)?;
+    ctx.shared.remember_path(handle.lease_file(), path);
     // Replacing the current file closes the previous one; a failed open
     // leaves it alone.
     ctx.actor.file = Some(OpenFile {
@@ -186,10 +198,15 @@ fn pread(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     Ok(())
 }
 
+/// `truncate LEN` (`ftruncate(2)` of the current file) or `truncate -p PATH
+/// LEN` (`truncate(2)`: breaks open leases, then changes the layout).
 fn truncate(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [len] = args.exactly()?;
     let len = args.size(len)?;
-    Ok(ctx.actor.handle()?.truncate(len)?)
+    match args.value('p') {
+        Some(path) => Ok(ctx.shared.fs.truncate_path(ctx.actor.cred, path, len)?),
+        None => Ok(ctx.actor.handle()?.truncate(len)?),
+    }
 }
 
 fn fallocate(ctx: &mut Ctx<'_>, args: &Parsed<'_>, mode: FallocMode) -> CmdResult {

@@ -18,17 +18,25 @@
 //! ([`CmdError`]'s `Display` is the one translation to text).
 //!
 //! Commands live in command sets, one module per concept, tried in turn by
-//! [`dispatch`]: `file_cmds` (files and the namespace) and `other_cmds`
-//! (`sleep`, `echo`). Lease, mapping and pin commands arrive as further
-//! modules (`lease_cmds.rs`, `map_cmds.rs`) added to [`COMMAND_SETS`], with
-//! their per-actor state added to [`Actor`] and shared state to [`Shared`].
+//! [`dispatch`]: `file_cmds` (files and the namespace), `lease_cmds`
+//! (leases and their break notifications) and `other_cmds` (`sleep`,
+//! `echo`). Mapping and pin commands arrive as further modules
+//! (`map_cmds.rs`) added to [`COMMAND_SETS`], with their per-actor state
+//! added to [`Actor`] and shared state to [`Shared`].
+//!
+//! Each actor is a lease owner ([`OwnerId`] = its `Cred::owner`). Its event
+//! queue is created with the actor, before it runs anything, so that no
+//! break notification addressed to it is lost; when the actor ends, its
+//! handles close and the engine forgets the owner
+//! ([`pinfs::lease::LeaseEngine::drop_owner`]), as at a process exit.
 
 mod dump;
 mod file_cmds;
+pub mod lease_cmds;
 mod other_cmds;
 pub mod parse;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -36,7 +44,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use pinfs::fs::{Cred, Fs, Handle};
+use pinfs::lease::{EventQueue, FileKey, OwnerId};
 use pinfs::Errno;
 
 use self::parse::{Line, MAIN_ACTOR};
@@ -50,6 +60,11 @@ pub const MAX_PENDING: usize = 1024;
 
 /// Longest lease-break-time accepted, in seconds (a day).
 pub const MAX_BREAK_TIME_SECS: f64 = 86_400.0;
+
+/// Most files whose path a run remembers for the `leases` listing and
+/// `wait-break` (each distinct file opened adds one); past it, new files
+/// show as `?`.
+pub const MAX_KNOWN_PATHS: usize = 65_536;
 
 /// What a layout change does about blocks that are long-term pinned
 /// (`--policy`, SPEC §4.3).
@@ -66,9 +81,10 @@ pub enum TruncatePolicy {
     Revoke,
 }
 
-/// Settings of a run, from the command line. Their consumers (the lease
-/// engine and the pin machinery) arrive with later work; the runner keeps
-/// them in [`Shared`] for them.
+/// Settings of a run, from the command line. `break_time` is given to the
+/// file system at mount (`MountOptions`); `policy`'s consumer (the pin
+/// machinery) arrives with later work, and the runner keeps it in
+/// [`Shared`] for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The truncate policy.
@@ -107,9 +123,57 @@ pub struct Shared {
     /// The mounted file system.
     pub fs: Arc<Fs>,
     /// The run's settings.
-    // Read by the lease and pin commands that arrive with later work.
+    // `policy` is read by the pin commands that arrive with later work.
     #[allow(dead_code)]
     pub settings: Settings,
+    /// Actor names by lease owner (for the `leases` listing).
+    names: Mutex<HashMap<OwnerId, String>>,
+    /// The path each file was last opened (or leased) by, for the `leases`
+    /// listing and `wait-break`. A rename afterwards is not seen: the
+    /// listing shows the path as the script last named it.
+    paths: Mutex<HashMap<FileKey, String>>,
+}
+
+impl Shared {
+    fn new(fs: Arc<Fs>, settings: Settings) -> Self {
+        Shared {
+            fs,
+            settings,
+            names: Mutex::new(HashMap::new()),
+            paths: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remember that `owner` is actor `name`.
+    fn name_owner(&self, owner: OwnerId, name: &str) {
+        self.names.lock().insert(owner, name.to_string());
+    }
+
+    /// `@NAME` of a lease owner (`#N` for an owner that is no actor).
+    pub fn actor_label(&self, owner: OwnerId) -> String {
+        match self.names.lock().get(&owner) {
+            Some(name) => format!("@{name}"),
+            None => format!("#{}", owner.0),
+        }
+    }
+
+    /// Remember that `file` goes by `path` (up to [`MAX_KNOWN_PATHS`]
+    /// files; a known file's path is always updated).
+    pub fn remember_path(&self, file: FileKey, path: &str) {
+        let mut paths = self.paths.lock();
+        if paths.len() < MAX_KNOWN_PATHS || paths.contains_key(&file) {
+            paths.insert(file, path.to_string());
+        }
+    }
+
+    /// The path `file` was last opened by, or `?`.
+    pub fn path_of(&self, file: FileKey) -> String {
+        self.paths
+            .lock()
+            .get(&file)
+            .cloned()
+            .unwrap_or_else(|| "?".to_string())
+    }
 }
 
 /// An open file, as an actor's current file.
@@ -117,32 +181,32 @@ pub struct Shared {
 pub struct OpenFile {
     /// The open file description.
     pub handle: Handle,
-    /// The path it was opened by (for the `leases` and `pins` listings of
-    /// later work).
-    #[allow(dead_code)]
+    /// The path it was opened by (what the `leases` listing shows for the
+    /// leases set through it).
     pub path: String,
 }
 
 /// One actor: its identity and everything it holds, owned by its thread.
 ///
-/// Later work adds here what an actor holds besides its current file: its
-/// mappings (current mapping first), pins, leases and the queue of lease-break
-/// notifications addressed to it. Dropping an actor releases all of it, as a
-/// process exit does.
+/// Its leases live in the lease engine, bound to its handles (closing a
+/// handle releases them). Later work adds here what else an actor holds:
+/// its mappings (current mapping first) and pins. Dropping an actor
+/// releases all of it, as a process exit does.
 #[derive(Debug)]
 pub struct Actor {
-    /// The name, without `@` (for the `leases` and `pins` listings of later
-    /// work).
+    /// The name, without `@` (for the `pins` listing of later work).
     #[allow(dead_code)]
     pub name: String,
     /// Identity for permission checks, and owner of leases and pins.
     pub cred: Cred,
     /// The current file (`open`, `close`).
     pub file: Option<OpenFile>,
+    /// The lease-break notifications addressed to this actor (`wait-break`).
+    pub events: EventQueue,
 }
 
 impl Actor {
-    fn new(name: &str, owner: u64) -> Self {
+    fn new(name: &str, owner: u64, events: EventQueue) -> Self {
         Actor {
             name: name.to_string(),
             cred: Cred {
@@ -151,7 +215,13 @@ impl Actor {
                 owner,
             },
             file: None,
+            events,
         }
+    }
+
+    /// The actor as a lease owner.
+    pub fn owner(&self) -> OwnerId {
+        OwnerId(self.cred.owner)
     }
 
     /// The current file, or `EBADF` when there is none.
@@ -217,7 +287,7 @@ pub type CmdResult = Result<(), CmdError>;
 pub type CommandSet = fn(&mut Ctx<'_>, &Line) -> Option<CmdResult>;
 
 /// The command sets, tried in turn.
-const COMMAND_SETS: &[CommandSet] = &[file_cmds::run, other_cmds::run];
+const COMMAND_SETS: &[CommandSet] = &[file_cmds::run, lease_cmds::run, other_cmds::run];
 
 /// Run one command in its actor.
 fn dispatch(ctx: &mut Ctx<'_>, line: &Line) -> CmdResult {
@@ -242,8 +312,10 @@ struct Outcome {
 }
 
 /// The body of an actor's thread: run its commands in order until the
-/// runner hangs up, then drop the actor (closing what it holds).
+/// runner hangs up, then drop the actor (closing what it holds) and make the
+/// lease engine forget it.
 fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
+    let owner = actor.owner();
     while let Ok(job) = jobs.recv() {
         let mut out = if job.background {
             Output::Held(Vec::new())
@@ -265,6 +337,8 @@ fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
             result,
         });
     }
+    drop(actor);
+    shared.fs.leases().drop_owner(owner);
 }
 
 /// The runner's side of an actor.
@@ -320,13 +394,21 @@ impl Runner {
             });
         }
         // Owners are numbered from 1 in order of appearance (0 is `Cred::ROOT`).
-        let actor = Actor::new(name, self.actors.len() as u64 + 1);
+        let owner = self.actors.len() as u64 + 1;
+        // The queue exists before the actor can hold a lease: no
+        // notification addressed to it is lost.
+        let events = self.shared.fs.leases().owner_events(OwnerId(owner))?;
+        self.shared.name_owner(OwnerId(owner), name);
+        let actor = Actor::new(name, owner, events);
         let (jobs, incoming) = mpsc::channel();
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("@{name}"))
             .spawn(move || actor_main(actor, shared, incoming))
-            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+            .map_err(|e| {
+                self.shared.fs.leases().drop_owner(OwnerId(owner));
+                Errno(e.raw_os_error().unwrap_or(libc::EAGAIN))
+            })?;
         self.actors.push(ActorSlot {
             name: name.to_string(),
             jobs,
@@ -398,17 +480,26 @@ impl Runner {
         }
     }
 
-    /// The end of the script: report what is still in the background, then
-    /// stop the actors (each drops what it holds).
+    /// The end of the script: every actor exits once it has run what it was
+    /// given (as a process does at the end of its program), dropping what it
+    /// holds; the runner reports what was still in the background, actor by
+    /// actor. Hanging up on all actors first matters: an idle holder's leases
+    /// go with it, so a breaker still waiting for them proceeds instead of
+    /// waiting out lease-break-time (or forever, with `--break-time 0`).
     fn finish(mut self) -> bool {
-        let names: Vec<String> = self.actors.iter().map(|a| a.name.clone()).collect();
-        for name in names {
-            self.wait(&name);
-        }
-        for slot in self.actors.drain(..) {
+        let slots: Vec<ActorSlot> = self.actors.drain(..).collect();
+        let mut ending = Vec::with_capacity(slots.len());
+        for slot in slots {
+            // The actor still runs the jobs already queued, then exits.
             drop(slot.jobs);
+            ending.push((slot.pending, slot.thread));
+        }
+        for (pending, thread) in ending {
+            for (cmd, done) in pending {
+                self.collect(cmd, &done);
+            }
             // A panicked actor was reported when its outcome went missing.
-            let _ = slot.thread.join();
+            let _ = thread.join();
         }
         !self.failed
     }
@@ -417,7 +508,7 @@ impl Runner {
 /// Run a script on `fs`; `true` when every command succeeded.
 pub fn run(fs: Arc<Fs>, settings: Settings, script: &[String]) -> bool {
     let mut runner = Runner {
-        shared: Arc::new(Shared { fs, settings }),
+        shared: Arc::new(Shared::new(fs, settings)),
         actors: Vec::new(),
         failed: false,
     };

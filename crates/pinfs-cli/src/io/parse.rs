@@ -204,9 +204,6 @@ impl<'a> Parsed<'a> {
     }
 
     /// The values of the last `--name ...`, when given.
-    // The file commands take no long options; `lease --range` and `dma-reg
-    // --device` of later work do.
-    #[allow(dead_code)]
     pub fn long(&self, name: &str) -> Option<&[&'a str]> {
         self.longs
             .iter()

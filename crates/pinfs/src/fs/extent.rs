@@ -115,7 +115,10 @@ impl ExtentMap {
                 continue;
             }
             if at < from {
-                out.push(Segment::Hole { logical: at, len: from - at });
+                out.push(Segment::Hole {
+                    logical: at,
+                    len: from - at,
+                });
             }
             out.push(Segment::Mapped {
                 logical: from,
@@ -126,7 +129,10 @@ impl ExtentMap {
             at = to;
         }
         if at < end {
-            out.push(Segment::Hole { logical: at, len: end - at });
+            out.push(Segment::Hole {
+                logical: at,
+                len: end - at,
+            });
         }
         out
     }
@@ -181,7 +187,11 @@ impl ExtentMap {
             {
                 self.map.remove(&pl);
                 logical = pl;
-                ext = Extent { physical: pe.physical, len: pe.len + ext.len, ..ext };
+                ext = Extent {
+                    physical: pe.physical,
+                    len: pe.len + ext.len,
+                    ..ext
+                };
             }
         }
         let next = logical + ext.len;
@@ -197,7 +207,13 @@ impl ExtentMap {
     /// Mark `start..end` written (must be wholly mapped).
     pub fn set_written(&mut self, start: u64, end: u64) {
         for (l, e) in self.unmap(start, end) {
-            self.map(l, Extent { unwritten: false, ..e });
+            self.map(
+                l,
+                Extent {
+                    unwritten: false,
+                    ..e
+                },
+            );
         }
     }
 
@@ -206,11 +222,7 @@ impl ExtentMap {
     /// positive). An extent straddling `from` is split first.
     pub fn shift(&mut self, from: u64, delta: i64) {
         self.split_at(from);
-        let moved: Vec<(u64, Extent)> = self
-            .map
-            .range(from..)
-            .map(|(&l, &e)| (l, e))
-            .collect();
+        let moved: Vec<(u64, Extent)> = self.map.range(from..).map(|(&l, &e)| (l, e)).collect();
         for (l, _) in &moved {
             self.map.remove(l);
         }
@@ -226,7 +238,11 @@ mod tests {
     use super::*;
 
     fn ext(physical: u64, len: u64) -> Extent {
-        Extent { physical, len, unwritten: false }
+        Extent {
+            physical,
+            len,
+            unwritten: false,
+        }
     }
 
     #[test]
@@ -240,9 +256,19 @@ mod tests {
         assert_eq!(
             m.segments(0, 10),
             vec![
-                Segment::Mapped { logical: 0, physical: 100, len: 2, unwritten: false },
+                Segment::Mapped {
+                    logical: 0,
+                    physical: 100,
+                    len: 2,
+                    unwritten: false
+                },
                 Segment::Hole { logical: 2, len: 3 },
-                Segment::Mapped { logical: 5, physical: 105, len: 3, unwritten: false },
+                Segment::Mapped {
+                    logical: 5,
+                    physical: 105,
+                    len: 3,
+                    unwritten: false
+                },
                 Segment::Hole { logical: 8, len: 2 },
             ]
         );
@@ -251,7 +277,14 @@ mod tests {
     #[test]
     fn written_conversion_splits_unwritten() {
         let mut m = ExtentMap::new();
-        m.map(0, Extent { physical: 10, len: 10, unwritten: true });
+        m.map(
+            0,
+            Extent {
+                physical: 10,
+                len: 10,
+                unwritten: true,
+            },
+        );
         m.set_written(3, 5);
         let s: Vec<_> = m.iter().map(|(l, e)| (l, e.len, e.unwritten)).collect();
         assert_eq!(s, vec![(0, 3, true), (3, 2, false), (5, 5, true)]);

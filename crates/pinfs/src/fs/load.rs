@@ -25,14 +25,18 @@ use crate::{Error, Result};
 pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
     if media.len_bytes() < BLOCK_SIZE {
         return Err(Error::Foreign {
-            what: format!("pool of {} bytes is too small to hold a superblock", media.len_bytes()),
+            what: format!(
+                "pool of {} bytes is too small to hold a superblock",
+                media.len_bytes()
+            ),
         });
     }
     let mut raw = vec![0u8; size_of::<Superblock>()];
     media.read(0, &mut raw)?;
     let sb: Superblock = decode(&raw, "superblock")?;
     sb.validate(media.len_bytes())?;
-    let (journal, recovery) = Journal::recover(media, sb.journal_start.get(), sb.journal_blocks.get())?;
+    let (journal, recovery) =
+        Journal::recover(media, sb.journal_start.get(), sb.journal_blocks.get())?;
 
     let mut raw = vec![0u8; size_of::<StateBlock>()];
     media.read(block_offset(sb.state_block.get()), &mut raw)?;
@@ -83,14 +87,19 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         while i < refcounts.len() && refcounts[i] == 0 {
             i += 1;
         }
-        alloc.free(Run { start: data_start + start as u64, len: (i - start) as u64 });
+        alloc.free(Run {
+            start: data_start + start as u64,
+            len: (i - start) as u64,
+        });
     }
     // The orphan list, bounded by the number of inodes so a cycle cannot loop.
     let mut orphans = Vec::new();
     let mut at = state.orphan_head.get();
     while at != 0 {
         let Some(inode) = inodes.get(&at) else {
-            return Err(Error::corrupt(format!("orphan list: inode {at} is not in use")));
+            return Err(Error::corrupt(format!(
+                "orphan list: inode {at} is not in use"
+            )));
         };
         if orphans.len() as u64 >= count || orphans.contains(&at) {
             return Err(Error::corrupt("orphan list: cycle"));
@@ -155,8 +164,15 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
             }
             media.read(block_offset(b), &mut raw)?;
             let leaf = LeafBlock::read_from_bytes(&raw).map_err(|_| bad("leaf block"))?;
-            let want = if i + 1 < lc { LEAF_EXTENTS } else { n - LEAF_EXTENTS * i };
-            if !leaf.crc_ok() || u64::from(leaf.ino.get()) != ino || leaf.count.get() as usize != want {
+            let want = if i + 1 < lc {
+                LEAF_EXTENTS
+            } else {
+                n - LEAF_EXTENTS * i
+            };
+            if !leaf.crc_ok()
+                || u64::from(leaf.ino.get()) != ino
+                || leaf.count.get() as usize != want
+            {
                 return Err(bad("extent leaf block damaged"));
             }
             records.extend_from_slice(&leaf.records[..want]);
@@ -168,16 +184,27 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
     for r in &records {
         let (l, p, len) = (r.logical.get(), r.physical.get(), u64::from(r.len.get()));
         if len == 0 || l < next_logical || !sb.is_data_range(p, len) {
-            return Err(bad(&format!("extent {l}+{len}@{p} invalid or out of order")));
+            return Err(bad(&format!(
+                "extent {l}+{len}@{p} invalid or out of order"
+            )));
         }
-        if l.checked_add(len).is_none_or(|e| e > MAX_FILE_BYTES / BLOCK_SIZE) {
+        if l.checked_add(len)
+            .is_none_or(|e| e > MAX_FILE_BYTES / BLOCK_SIZE)
+        {
             return Err(bad("extent beyond the largest file"));
         }
         if r.flags.get() & !EXTENT_UNWRITTEN != 0 {
             return Err(bad("unknown extent flags"));
         }
         next_logical = l + len;
-        extents.map(l, Extent { physical: p, len, unwritten: r.flags.get() & EXTENT_UNWRITTEN != 0 });
+        extents.map(
+            l,
+            Extent {
+                physical: p,
+                len,
+                unwritten: r.flags.get() & EXTENT_UNWRITTEN != 0,
+            },
+        );
     }
     Ok(Inode {
         ino,
@@ -202,11 +229,16 @@ fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
     let blocks = inode.size / BLOCK_SIZE;
-    if !inode.size.is_multiple_of(BLOCK_SIZE) || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK {
+    if !inode.size.is_multiple_of(BLOCK_SIZE)
+        || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK
+    {
         return Err(bad(format!("size {}", inode.size)));
     }
     let count = sb.inode_count.get();
-    let mut dir = Dir { slots: blocks * DIRENTS_PER_BLOCK, ..Default::default() };
+    let mut dir = Dir {
+        slots: blocks * DIRENTS_PER_BLOCK,
+        ..Default::default()
+    };
     let mut raw = vec![0u8; BLOCK_SIZE as usize];
     for logical in 0..blocks {
         let Some((l, e)) = inode.extents.lookup(logical) else {
@@ -229,11 +261,19 @@ fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
             let Some(name) = d.name() else {
                 return Err(bad(format!("slot {slot}: bad name length")));
             };
-            if target >= count || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+            if target >= count
+                || name.contains(&b'/')
+                || name.contains(&0)
+                || name == b"."
+                || name == b".."
+            {
                 return Err(bad(format!("slot {slot}: invalid entry")));
             }
             if dir.entries.insert(name.into(), (target, slot)).is_some() {
-                return Err(bad(format!("duplicate name {:?}", String::from_utf8_lossy(name))));
+                return Err(bad(format!(
+                    "duplicate name {:?}",
+                    String::from_utf8_lossy(name)
+                )));
             }
         }
     }
@@ -273,7 +313,10 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
         }
     }
     if bad_refs > 10 {
-        problems.push(format!("... {} more blocks with wrong reference counts", bad_refs - 10));
+        problems.push(format!(
+            "... {} more blocks with wrong reference counts",
+            bad_refs - 10
+        ));
     }
     // Directory entries: targets exist with matching generation; link counts.
     let mut links: HashMap<u64, u64> = HashMap::new();
@@ -282,7 +325,9 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
         for (name, &(target, _)) in &d.entries {
             let name = String::from_utf8_lossy(name);
             let Some(t) = st.inodes.get(&target) else {
-                problems.push(format!("directory {dir}: entry {name:?} refers to free inode {target}"));
+                problems.push(format!(
+                    "directory {dir}: entry {name:?} refers to free inode {target}"
+                ));
                 continue;
             };
             *links.entry(target).or_default() += 1;
@@ -292,7 +337,10 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
                     problems.push(format!("directory {target} has more than one name"));
                 }
                 if t.parent != dir {
-                    problems.push(format!("directory {target}: parent {} but named in {dir}", t.parent));
+                    problems.push(format!(
+                        "directory {target}: parent {} but named in {dir}",
+                        t.parent
+                    ));
                 }
             }
         }
@@ -308,7 +356,10 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
         }
         let orphan = st.orphans.contains(&ino);
         if u64::from(inode.nlink) != want {
-            problems.push(format!("inode {ino}: link count {} but {want} links found", inode.nlink));
+            problems.push(format!(
+                "inode {ino}: link count {} but {want} links found",
+                inode.nlink
+            ));
         }
         if inode.nlink == 0 && !orphan {
             problems.push(format!("inode {ino}: unlinked but not on the orphan list"));
@@ -317,7 +368,11 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
             problems.push(format!("inode {ino}: on the orphan list but still linked"));
         }
         let eof_block = inode.size.div_ceil(BLOCK_SIZE);
-        if inode.extents.iter().any(|(l, e)| !e.unwritten && l + e.len > eof_block) {
+        if inode
+            .extents
+            .iter()
+            .any(|(l, e)| !e.unwritten && l + e.len > eof_block)
+        {
             problems.push(format!("inode {ino}: written blocks beyond its size"));
         }
     }

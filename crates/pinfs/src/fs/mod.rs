@@ -27,7 +27,9 @@ pub use self::ops::FallocMode;
 use self::state::{FsState, Op};
 use crate::format::{self, *};
 use crate::journal::{Journal, Recovery};
-use crate::lease::{Access, BreakOptions, ByteRange, FileKey, HandleId, LayoutChangeGuard, LeaseEngine, OwnerId};
+use crate::lease::{
+    Access, BreakOptions, ByteRange, FileKey, HandleId, LayoutChangeGuard, LeaseEngine, OwnerId,
+};
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
@@ -45,7 +47,11 @@ pub struct Cred {
 
 impl Cred {
     /// Root, owner 0.
-    pub const ROOT: Cred = Cred { uid: 0, gid: 0, owner: 0 };
+    pub const ROOT: Cred = Cred {
+        uid: 0,
+        gid: 0,
+        owner: 0,
+    };
 }
 
 /// How a file is opened (`open(2)` flags).
@@ -67,11 +73,25 @@ pub struct OpenFlags {
 
 impl OpenFlags {
     /// `O_RDONLY`.
-    pub const RDONLY: OpenFlags = OpenFlags { read: true, write: false, create: false, exclusive: false, truncate: false, nonblocking: false };
+    pub const RDONLY: OpenFlags = OpenFlags {
+        read: true,
+        write: false,
+        create: false,
+        exclusive: false,
+        truncate: false,
+        nonblocking: false,
+    };
     /// `O_RDWR`.
-    pub const RDWR: OpenFlags = OpenFlags { read: true, write: true, ..Self::RDONLY };
+    pub const RDWR: OpenFlags = OpenFlags {
+        read: true,
+        write: true,
+        ..Self::RDONLY
+    };
     /// `O_RDWR | O_CREAT`.
-    pub const CREATE: OpenFlags = OpenFlags { create: true, ..Self::RDWR };
+    pub const CREATE: OpenFlags = OpenFlags {
+        create: true,
+        ..Self::RDWR
+    };
 }
 
 /// `stat` of a file.
@@ -174,7 +194,9 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { break_time: Duration::from_secs(45) }
+        MountOptions {
+            break_time: Duration::from_secs(45),
+        }
     }
 }
 
@@ -188,7 +210,9 @@ pub struct Fs {
 
 impl std::fmt::Debug for Fs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fs").field("media", &self.media).finish_non_exhaustive()
+        f.debug_struct("Fs")
+            .field("media", &self.media)
+            .finish_non_exhaustive()
     }
 }
 
@@ -228,7 +252,11 @@ fn components(path: &str) -> Result<Vec<&[u8]>> {
     if !path.starts_with('/') {
         return Err(Errno::EINVAL.into());
     }
-    let parts: Vec<&[u8]> = path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::as_bytes).collect();
+    let parts: Vec<&[u8]> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::as_bytes)
+        .collect();
     for p in &parts {
         if p.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG.into());
@@ -290,7 +318,10 @@ impl FsState {
 
     fn stat(&self, ino: u64) -> Result<Stat> {
         let i = self.inode(ino)?;
-        let lazy = self.runtime.get(&ino).map_or(0, |r| r.lazy_mtime_ns.load(Ordering::Relaxed));
+        let lazy = self
+            .runtime
+            .get(&ino)
+            .map_or(0, |r| r.lazy_mtime_ns.load(Ordering::Relaxed));
         Ok(Stat {
             ino,
             generation: i.generation,
@@ -324,7 +355,10 @@ impl Fs {
         let meta_end = block_offset(sb.data_start.get());
         media.fill(0, meta_end, 0)?;
         Journal::format(media, sb.journal_start.get(), sb.journal_blocks.get())?;
-        let mut state = format::StateBlock { next_generation: 1.into(), ..Default::default() };
+        let mut state = format::StateBlock {
+            next_generation: 1.into(),
+            ..Default::default()
+        };
         state.seal();
         media.write(block_offset(sb.state_block.get()), state.as_bytes())?;
         // The root directory: an inode with no blocks.
@@ -371,7 +405,11 @@ impl Fs {
         if let Some(first) = problems.first() {
             return Err(Error::corrupt(format!(
                 "{first}{} (run pinfs fsck)",
-                if problems.len() > 1 { format!(" and {} more problems", problems.len() - 1) } else { String::new() }
+                if problems.len() > 1 {
+                    format!(" and {} more problems", problems.len() - 1)
+                } else {
+                    String::new()
+                }
             )));
         }
         let fs = Arc::new(Fs {
@@ -427,12 +465,23 @@ impl Fs {
     /// layout leases of others over `range` of file `ino` and wait per the
     /// protocol. Must be called before taking the state lock; the returned
     /// guard holds off new conflicting layout leases until the change is done.
-    pub(crate) fn layout_change(&self, ino: u64, range: ByteRange, owner: u64, nonblocking: bool) -> Result<LayoutChangeGuard> {
+    pub(crate) fn layout_change(
+        &self,
+        ino: u64,
+        range: ByteRange,
+        owner: u64,
+        nonblocking: bool,
+    ) -> Result<LayoutChangeGuard> {
         let key = {
             let st = self.state.read();
             file_key(ino, st.inode(ino)?.generation)
         };
-        Ok(self.leases.begin_layout_change(key, range, OwnerId(owner), &break_options(nonblocking))?)
+        Ok(self.leases.begin_layout_change(
+            key,
+            range,
+            OwnerId(owner),
+            &break_options(nonblocking),
+        )?)
     }
 
     /// Before removing a name: if that drops the last link of a file nobody
@@ -440,17 +489,25 @@ impl Fs {
     fn freeing_layout_change(&self, cred: Cred, path: &str) -> Result<Option<LayoutChangeGuard>> {
         let ino = {
             let st = self.state.read();
-            let Ok((dir, name)) = st.walk_parent(&cred, path) else { return Ok(None) };
-            let Some(&(ino, _)) = st.dirs[&dir].entries.get(name) else { return Ok(None) };
+            let Ok((dir, name)) = st.walk_parent(&cred, path) else {
+                return Ok(None);
+            };
+            let Some(&(ino, _)) = st.dirs[&dir].entries.get(name) else {
+                return Ok(None);
+            };
             let i = st.inode(ino)?;
             let last = if i.is_dir() { true } else { i.nlink == 1 };
-            let open = st.runtime.get(&ino).is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
+            let open = st
+                .runtime
+                .get(&ino)
+                .is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
             if !last || open {
                 return Ok(None);
             }
             ino
         };
-        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false).map(Some)
+        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false)
+            .map(Some)
     }
 
     /// `truncate(2)` by path: breaks every open lease (by removal), then
@@ -466,12 +523,19 @@ impl Fs {
             st.may(&cred, ino, MAY_WRITE)?;
             (ino, file_key(ino, i.generation))
         };
-        self.leases.break_for_truncate(key, OwnerId(cred.owner), &BreakOptions::blocking())?;
+        self.leases
+            .break_for_truncate(key, OwnerId(cred.owner), &BreakOptions::blocking())?;
         self.truncate_inode(ino, size, cred.owner, false)
     }
 
     /// Open (and maybe create) `path`.
-    pub fn open(self: &Arc<Self>, cred: Cred, path: &str, flags: OpenFlags, mode: u32) -> Result<Handle> {
+    pub fn open(
+        self: &Arc<Self>,
+        cred: Cred,
+        path: &str,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> Result<Handle> {
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path).or_else(|e| {
             // "/" itself.
@@ -481,7 +545,11 @@ impl Fs {
                 Err(e)
             }
         })?;
-        let existing = if dir == 0 { Some(ROOT_INO) } else { st.dirs[&dir].entries.get(name).map(|e| e.0) };
+        let existing = if dir == 0 {
+            Some(ROOT_INO)
+        } else {
+            st.dirs[&dir].entries.get(name).map(|e| e.0)
+        };
         let mut created = false;
         let ino = match existing {
             Some(ino) => {
@@ -492,7 +560,12 @@ impl Fs {
                 if is_dir && (flags.write || flags.truncate) {
                     return Err(Errno::EISDIR.into());
                 }
-                let want = if flags.read { MAY_READ } else { 0 } | if flags.write || flags.truncate { MAY_WRITE } else { 0 };
+                let want = if flags.read { MAY_READ } else { 0 }
+                    | if flags.write || flags.truncate {
+                        MAY_WRITE
+                    } else {
+                        0
+                    };
                 st.may(&cred, ino, want)?;
                 ino
             }
@@ -515,7 +588,14 @@ impl Fs {
         let key = file_key(ino, st.inode(ino)?.generation);
         drop(st);
         // From here the handle exists: dropping it (on any error) closes it.
-        let handle = Handle { fs: self.clone(), id: self.next_handle.fetch_add(1, Ordering::Relaxed), ino, key, cred, flags };
+        let handle = Handle {
+            fs: self.clone(),
+            id: self.next_handle.fetch_add(1, Ordering::Relaxed),
+            ino,
+            key,
+            cred,
+            flags,
+        };
         let access = match (flags.read, flags.write) {
             (true, false) => Access::ReadOnly,
             (false, true) => Access::WriteOnly,
@@ -526,7 +606,8 @@ impl Fs {
             // Nobody can hold a lease on a file that did not exist.
             self.leases.opened(key, id, owner, access)?;
         } else {
-            self.leases.open(key, id, owner, access, &break_options(flags.nonblocking))?;
+            self.leases
+                .open(key, id, owner, access, &break_options(flags.nonblocking))?;
         }
         if flags.truncate {
             handle.truncate_unchecked(0)?;
@@ -596,7 +677,11 @@ impl Fs {
 
     /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
     pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
-        let _freeing = if from == to { None } else { self.freeing_layout_change(cred, to)? };
+        let _freeing = if from == to {
+            None
+        } else {
+            self.freeing_layout_change(cred, to)?
+        };
         let mut st = self.state.write();
         let (fdir, fname) = st.walk_parent(&cred, from)?;
         let (tdir, tname) = st.walk_parent(&cred, to)?;
@@ -626,7 +711,9 @@ impl Fs {
             match (is_dir, t_dir) {
                 (true, false) => return Err(Errno::ENOTDIR.into()),
                 (false, true) => return Err(Errno::EISDIR.into()),
-                (true, true) if !st.dirs[&t].entries.is_empty() => return Err(Errno::ENOTEMPTY.into()),
+                (true, true) if !st.dirs[&t].entries.is_empty() => {
+                    return Err(Errno::ENOTEMPTY.into())
+                }
                 _ => {}
             }
         }
@@ -691,7 +778,14 @@ impl Fs {
         self.setattr(cred, ino, None, uid, gid)
     }
 
-    fn setattr(&self, cred: Cred, ino: u64, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    fn setattr(
+        &self,
+        cred: Cred,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<()> {
         let mut st = self.state.write();
         let i = st.inode(ino)?;
         let owner = cred.uid == 0 || cred.uid == i.uid;
@@ -752,7 +846,11 @@ fn touch_dir(op: &mut Op<'_>, dir: u64, now: u64) -> Result<()> {
 
 /// Drop one link of `ino`; free it, or orphan it while it is still open.
 fn drop_link(op: &mut Op<'_>, ino: u64, now: u64) -> Result<()> {
-    let open = op.st.runtime.get(&ino).is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
+    let open = op
+        .st
+        .runtime
+        .get(&ino)
+        .is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
     let i = op.inode_mut(ino)?;
     i.nlink -= 1;
     i.ctime_ns = now;

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use super::extent::{Extent, Segment};
 use super::state::{FsState, Op};
 use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
-use crate::lease::{ByteRange, HandleId};
 use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
+use crate::lease::{ByteRange, HandleId};
 use crate::media::Media;
 use crate::{Errno, Result};
 
@@ -98,7 +98,12 @@ fn fill_blocks(
     edge(bstart, cstart.min(bend))?;
     edge(cend.max(bstart), bend)?;
     if cstart < cend {
-        src.put(media, pool + (cstart - bstart), cstart - offset, cend - cstart)?;
+        src.put(
+            media,
+            pool + (cstart - bstart),
+            cstart - offset,
+            cend - cstart,
+        )?;
     }
     op.tx.data_written(pool, n * BLOCK_SIZE);
     Ok(())
@@ -123,7 +128,10 @@ fn write_range(op: &mut Op<'_>, ino: u64, offset: u64, len: u64, src: Source<'_>
     }
     let end = offset + len;
     let range = (offset, end);
-    let segs = op.inode(ino)?.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let segs = op
+        .inode(ino)?
+        .extents
+        .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
     for seg in segs {
         match seg {
             Segment::Hole { logical, len: n } => {
@@ -131,11 +139,23 @@ fn write_range(op: &mut Op<'_>, ino: u64, offset: u64, len: u64, src: Source<'_>
                 let mut l = logical;
                 for r in op.alloc(n, goal)? {
                     fill_blocks(op, l, r.start, r.len, range, src, None)?;
-                    op.inode_mut(ino)?.extents.map(l, Extent { physical: r.start, len: r.len, unwritten: false });
+                    op.inode_mut(ino)?.extents.map(
+                        l,
+                        Extent {
+                            physical: r.start,
+                            len: r.len,
+                            unwritten: false,
+                        },
+                    );
                     l += r.len;
                 }
             }
-            Segment::Mapped { logical, physical, len: n, unwritten } => {
+            Segment::Mapped {
+                logical,
+                physical,
+                len: n,
+                unwritten,
+            } => {
                 // Split by sharing: shared blocks (written or not) are never
                 // changed in place; the write goes to a private copy.
                 let mut i = 0;
@@ -154,7 +174,14 @@ fn write_range(op: &mut Op<'_>, ino: u64, offset: u64, len: u64, src: Source<'_>
                         for r in op.alloc(k, goal)? {
                             let old = (!unwritten).then_some(p + at);
                             fill_blocks(op, l + at, r.start, r.len, range, src, old)?;
-                            op.inode_mut(ino)?.extents.map(l + at, Extent { physical: r.start, len: r.len, unwritten: false });
+                            op.inode_mut(ino)?.extents.map(
+                                l + at,
+                                Extent {
+                                    physical: r.start,
+                                    len: r.len,
+                                    unwritten: false,
+                                },
+                            );
                             at += r.len;
                         }
                     } else if unwritten {
@@ -182,9 +209,18 @@ fn zero_existing(op: &mut Op<'_>, ino: u64, offset: u64, len: u64) -> Result<()>
         return Ok(());
     }
     let end = offset + len;
-    let segs = op.inode(ino)?.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let segs = op
+        .inode(ino)?
+        .extents
+        .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
     for seg in segs {
-        if let Segment::Mapped { logical, len: n, unwritten: false, .. } = seg {
+        if let Segment::Mapped {
+            logical,
+            len: n,
+            unwritten: false,
+            ..
+        } = seg
+        {
             let (bstart, bend) = bytes_of(logical, n);
             let from = offset.max(bstart);
             write_range(op, ino, from, end.min(bend) - from, Source::Zeros)?;
@@ -220,7 +256,14 @@ fn allocate_unwritten(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result
             let goal = goal_for(op, ino, logical)?;
             let mut l = logical;
             for r in op.alloc(len, goal)? {
-                op.inode_mut(ino)?.extents.map(l, Extent { physical: r.start, len: r.len, unwritten: true });
+                op.inode_mut(ino)?.extents.map(
+                    l,
+                    Extent {
+                        physical: r.start,
+                        len: r.len,
+                        unwritten: true,
+                    },
+                );
                 l += r.len;
             }
         }
@@ -247,10 +290,18 @@ fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan
         return Ok(WritePlan::Layout(ByteRange::to_eof(offset.min(inode.size))));
     }
     let mut plan = WritePlan::InPlace;
-    for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+    for seg in inode
+        .extents
+        .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
+    {
         match seg {
             Segment::Hole { .. } => return Ok(WritePlan::Layout(ByteRange::new(offset, end))),
-            Segment::Mapped { physical, len, unwritten, .. } => {
+            Segment::Mapped {
+                physical,
+                len,
+                unwritten,
+                ..
+            } => {
                 if (physical..physical + len).any(|b| st.refcount(b) > 1) {
                     return Ok(WritePlan::Layout(ByteRange::new(offset, end)));
                 }
@@ -324,12 +375,19 @@ impl Handle {
         let n = (inode.size - offset).min(buf.len() as u64);
         let end = offset + n;
         let media = &*self.fs.media;
-        for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+        for seg in inode
+            .extents
+            .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
+        {
             let (bstart, bend) = bytes_of(seg.logical(), seg.len());
             let (from, to) = (offset.max(bstart), end.min(bend));
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
             match seg {
-                Segment::Mapped { physical, unwritten: false, .. } => {
+                Segment::Mapped {
+                    physical,
+                    unwritten: false,
+                    ..
+                } => {
                     media.read(block_offset(physical) + (from - bstart), dst)?;
                 }
                 _ => dst.fill(0),
@@ -342,7 +400,10 @@ impl Handle {
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
         self.need_write()?;
         let len = data.len() as u64;
-        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(Errno::EFBIG)?;
         if len == 0 {
             return Ok(0);
         }
@@ -357,7 +418,12 @@ impl Handle {
                     WritePlan::InPlace => return self.write_in_place(&st, offset, data),
                     WritePlan::Layout(range) if guard.is_none() => {
                         drop(st);
-                        guard = Some(self.fs.layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?);
+                        guard = Some(self.fs.layout_change(
+                            self.ino,
+                            range,
+                            self.cred.owner,
+                            self.flags.nonblocking,
+                        )?);
                         continue;
                     }
                     _ => {}
@@ -390,12 +456,18 @@ impl Handle {
         let media = &*self.fs.media;
         let inode = st.inode(self.ino)?;
         let rt = st.runtime.get(&self.ino).ok_or(Errno::EBADF)?;
-        for seg in inode.extents.segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
+        for seg in inode
+            .extents
+            .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
+        {
             let (bstart, bend) = bytes_of(seg.logical(), seg.len());
             let (from, to) = (offset.max(bstart), end.min(bend));
             if let Segment::Mapped { physical, .. } = seg {
                 let pool = block_offset(physical) + (from - bstart);
-                media.write(pool, &data[(from - offset) as usize..(to - offset) as usize])?;
+                media.write(
+                    pool,
+                    &data[(from - offset) as usize..(to - offset) as usize],
+                )?;
                 rt.note_dirty(media, pool, to - from)?;
             }
         }
@@ -414,7 +486,8 @@ impl Handle {
     /// Truncate without the handle's access check (`O_TRUNC` on open, which
     /// checked write permission itself).
     pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
-        self.fs.truncate_inode(self.ino, size, self.cred.owner, self.flags.nonblocking)
+        self.fs
+            .truncate_inode(self.ino, size, self.cred.owner, self.flags.nonblocking)
     }
 
     /// `fallocate(2)`.
@@ -423,16 +496,23 @@ impl Handle {
         if len == 0 {
             return Err(Errno::EINVAL.into());
         }
-        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(Errno::EFBIG)?;
         let seen = self.fs.state.read().inode(self.ino)?.size;
         let range = match mode {
             FallocMode::PunchHole
             | FallocMode::Allocate { keep_size: true }
             | FallocMode::ZeroRange { keep_size: true } => ByteRange::new(offset, end),
-            FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } if end <= seen => ByteRange::new(offset, end),
+            FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } if end <= seen => {
+                ByteRange::new(offset, end)
+            }
             _ => ByteRange::to_eof(offset.min(seen)),
         };
-        let _layout = self.fs.layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?;
+        let _layout =
+            self.fs
+                .layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?;
         let mut st = self.fs.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
@@ -455,7 +535,12 @@ impl Handle {
                 if first_full < last_full {
                     unmap_blocks(&mut op, ino, first_full, last_full)?;
                     zero_existing(&mut op, ino, offset, first_full * BLOCK_SIZE - offset)?;
-                    zero_existing(&mut op, ino, last_full * BLOCK_SIZE, end - last_full * BLOCK_SIZE)?;
+                    zero_existing(
+                        &mut op,
+                        ino,
+                        last_full * BLOCK_SIZE,
+                        end - last_full * BLOCK_SIZE,
+                    )?;
                 } else {
                     zero_existing(&mut op, ino, offset, len)?;
                 }
@@ -467,21 +552,31 @@ impl Handle {
                 }
             }
             FallocMode::CollapseRange => {
-                if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) || end >= size {
+                if !offset.is_multiple_of(BLOCK_SIZE)
+                    || !len.is_multiple_of(BLOCK_SIZE)
+                    || end >= size
+                {
                     return Err(Errno::EINVAL.into());
                 }
                 unmap_blocks(&mut op, ino, first_full, last_full)?;
-                op.inode_mut(ino)?.extents.shift(last_full, -((len / BLOCK_SIZE) as i64));
+                op.inode_mut(ino)?
+                    .extents
+                    .shift(last_full, -((len / BLOCK_SIZE) as i64));
                 op.inode_mut(ino)?.size = size - len;
             }
             FallocMode::InsertRange => {
-                if !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) || offset >= size {
+                if !offset.is_multiple_of(BLOCK_SIZE)
+                    || !len.is_multiple_of(BLOCK_SIZE)
+                    || offset >= size
+                {
                     return Err(Errno::EINVAL.into());
                 }
                 if size + len > MAX_FILE_BYTES {
                     return Err(Errno::EFBIG.into());
                 }
-                op.inode_mut(ino)?.extents.shift(first_full, (len / BLOCK_SIZE) as i64);
+                op.inode_mut(ino)?
+                    .extents
+                    .shift(first_full, (len / BLOCK_SIZE) as i64);
                 op.inode_mut(ino)?.size = size + len;
             }
         }
@@ -535,8 +630,14 @@ impl Handle {
             Some(r) => r,
         };
         let src_end = src_off.checked_add(len).ok_or(Errno::EINVAL)?;
-        let dst_end = dst_off.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(Errno::EFBIG)?;
-        if !src_off.is_multiple_of(BLOCK_SIZE) || !dst_off.is_multiple_of(BLOCK_SIZE) || src_end > src_size {
+        let dst_end = dst_off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(Errno::EFBIG)?;
+        if !src_off.is_multiple_of(BLOCK_SIZE)
+            || !dst_off.is_multiple_of(BLOCK_SIZE)
+            || src_end > src_size
+        {
             return Err(Errno::EINVAL.into());
         }
         if !(len.is_multiple_of(BLOCK_SIZE) || (src_end == src_size && dst_end >= dst_size)) {
@@ -559,9 +660,22 @@ impl Handle {
         let segs = op.inode(src.ino)?.extents.segments(sb, sb + nblocks);
         unmap_blocks(&mut op, ino, db, db + nblocks)?;
         for seg in segs {
-            if let Segment::Mapped { logical, physical, len: n, unwritten } = seg {
+            if let Segment::Mapped {
+                logical,
+                physical,
+                len: n,
+                unwritten,
+            } = seg
+            {
                 op.incref(physical, n)?;
-                op.inode_mut(ino)?.extents.map(db + (logical - sb), Extent { physical, len: n, unwritten });
+                op.inode_mut(ino)?.extents.map(
+                    db + (logical - sb),
+                    Extent {
+                        physical,
+                        len: n,
+                        unwritten,
+                    },
+                );
             }
         }
         let i = op.inode_mut(ino)?;
@@ -632,12 +746,19 @@ impl Handle {
 impl Fs {
     /// Set the size of file `ino`: a layout change of everything past the
     /// smaller of the old and new sizes.
-    pub(super) fn truncate_inode(&self, ino: u64, size: u64, owner: u64, nonblocking: bool) -> Result<()> {
+    pub(super) fn truncate_inode(
+        &self,
+        ino: u64,
+        size: u64,
+        owner: u64,
+        nonblocking: bool,
+    ) -> Result<()> {
         if size > MAX_FILE_BYTES {
             return Err(Errno::EFBIG.into());
         }
         let seen = self.state.read().inode(ino)?.size;
-        let _layout = self.layout_change(ino, ByteRange::to_eof(size.min(seen)), owner, nonblocking)?;
+        let _layout =
+            self.layout_change(ino, ByteRange::to_eof(size.min(seen)), owner, nonblocking)?;
         let mut st = self.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);
@@ -671,7 +792,6 @@ impl Fs {
         }
         Ok(())
     }
-
 }
 
 impl Drop for Handle {
@@ -679,7 +799,9 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.fs.leases.closed(self.key, HandleId(self.id));
         let mut st = self.fs.state.write();
-        let Some(rt) = st.runtime.get(&self.ino).cloned() else { return };
+        let Some(rt) = st.runtime.get(&self.ino).cloned() else {
+            return;
+        };
         if rt.opens.fetch_sub(1, Ordering::Relaxed) != 1 {
             return;
         }

@@ -424,11 +424,9 @@ impl<'a> Op<'a> {
 
     fn slot_offset(&self, dir: u64, slot: u64) -> Result<u64> {
         let logical = slot / DIRENTS_PER_BLOCK;
-        let (l, e) = self
-            .inode(dir)?
-            .extents
-            .lookup(logical)
-            .ok_or_else(|| crate::Error::corrupt(format!("directory {dir}: slot {slot} unmapped")))?;
+        let (l, e) = self.inode(dir)?.extents.lookup(logical).ok_or_else(|| {
+            crate::Error::corrupt(format!("directory {dir}: slot {slot} unmapped"))
+        })?;
         Ok(block_offset(e.physical + logical - l) + (slot % DIRENTS_PER_BLOCK) * DIRENT_SIZE)
     }
 
@@ -452,12 +450,20 @@ impl<'a> Op<'a> {
             return Err(Errno::ENOSPC.into());
         }
         let logical = slots / DIRENTS_PER_BLOCK;
-        let goal = self.inode(dir)?.extents.lookup(logical.wrapping_sub(1)).map(|(l, e)| e.physical + e.len - (logical - l) + 1);
+        let goal = self
+            .inode(dir)?
+            .extents
+            .lookup(logical.wrapping_sub(1))
+            .map(|(l, e)| e.physical + e.len - (logical - l) + 1);
         let runs = self.alloc_zeroed(1, goal)?;
         let inode = self.inode_mut(dir)?;
         inode.extents.map(
             logical,
-            Extent { physical: runs[0].start, len: 1, unwritten: false },
+            Extent {
+                physical: runs[0].start,
+                len: 1,
+                unwritten: false,
+            },
         );
         inode.size = (logical + 1) * BLOCK_SIZE;
         self.dir_new_slots.insert(dir, slots + DIRENTS_PER_BLOCK);
@@ -466,7 +472,10 @@ impl<'a> Op<'a> {
 
     /// Serialize, commit, install. On failure nothing changed.
     pub fn commit(mut self) -> Result<()> {
-        match self.prepare().and_then(|()| self.st.journal.commit(self.media, &self.tx)) {
+        match self
+            .prepare()
+            .and_then(|()| self.st.journal.commit(self.media, &self.tx))
+        {
             Ok(()) => {
                 self.install();
                 Ok(())
@@ -536,11 +545,19 @@ impl<'a> Op<'a> {
         if n > MAX_EXTENTS_PER_FILE {
             return Err(Errno::EFBIG.into());
         }
-        let need_leaves = if n <= INLINE_EXTENTS { 0 } else { n.div_ceil(LEAF_EXTENTS) };
+        let need_leaves = if n <= INLINE_EXTENTS {
+            0
+        } else {
+            n.div_ceil(LEAF_EXTENTS)
+        };
         let mut leaves = inode.leaves.clone();
         let mut index = inode.index_block;
         let recs: Vec<ExtentRecord> = if need_leaves > 0 {
-            inode.extents.iter().map(|(l, e)| extent_record(l, e)).collect()
+            inode
+                .extents
+                .iter()
+                .map(|(l, e)| extent_record(l, e))
+                .collect()
         } else {
             Vec::new()
         };
@@ -587,7 +604,19 @@ impl<'a> Op<'a> {
     }
 
     fn install(self) {
-        let Op { st, inodes, refs, taken_inodes, released_inodes, dir_edits, dir_new_slots, orphans, generation, released_blocks, .. } = self;
+        let Op {
+            st,
+            inodes,
+            refs,
+            taken_inodes,
+            released_inodes,
+            dir_edits,
+            dir_new_slots,
+            orphans,
+            generation,
+            released_blocks,
+            ..
+        } = self;
         let data_start = st.sb.data_start.get();
         for (b, c) in refs {
             st.refcounts[(b - data_start) as usize] = c;
@@ -608,7 +637,9 @@ impl<'a> Op<'a> {
             }
         }
         for (dir, name, e) in dir_edits {
-            let Some(d) = st.dirs.get_mut(&dir) else { continue };
+            let Some(d) = st.dirs.get_mut(&dir) else {
+                continue;
+            };
             match e {
                 Some((ino, slot)) => {
                     d.free_slots.remove(&slot);

@@ -95,7 +95,11 @@ impl fmt::Display for MediaCaps {
                 Durability::UntilHostReboot => "until host reboot",
                 Durability::ProcessLifetime => "for the process lifetime",
             },
-            if self.long_term_pin { "allowed" } else { "refused by the kernel" },
+            if self.long_term_pin {
+                "allowed"
+            } else {
+                "refused by the kernel"
+            },
             self.flush,
             self.page_size / 1024
         )
