@@ -120,7 +120,7 @@ struct IoArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// What a layout change does about long-term-pinned blocks.
-    #[arg(long, value_enum, default_value_t = TruncatePolicy::Defer)]
+    #[arg(long, default_value = "defer", value_parser = parse_policy)]
     policy: TruncatePolicy,
     /// lease-break-time in seconds (fractions allowed; 0 = never force).
     #[arg(long, value_name = "SECONDS", value_parser = io::parse_break_time, default_value = "45")]
@@ -272,6 +272,12 @@ fn fsck(path: &Path) -> Result<(), CliError> {
     })
 }
 
+/// `--policy fail|wait|defer|revoke`.
+fn parse_policy(s: &str) -> Result<TruncatePolicy, String> {
+    s.parse()
+        .map_err(|_| format!("unknown policy {s:?} (fail, wait, defer or revoke)"))
+}
+
 /// `pinfs io`: `Ok(false)` when some command failed.
 fn run_io(args: IoArgs) -> Result<bool, CliError> {
     if args.socket.is_some() {
@@ -283,6 +289,7 @@ fn run_io(args: IoArgs) -> Result<bool, CliError> {
     };
     let options = MountOptions {
         break_time: settings.break_time,
+        policy: settings.policy,
     };
     let fs = match &args.pool {
         Some(path) => mount(path, options)?,

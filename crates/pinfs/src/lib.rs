@@ -16,6 +16,7 @@ pub mod fs;
 pub mod journal;
 pub mod lease;
 pub mod media;
+pub mod pin;
 pub mod util;
 
 pub use error::{Errno, Error, Result};

@@ -26,7 +26,14 @@ const OTHER: Cred = Cred {
 fn mount(break_time: Duration) -> Arc<Fs> {
     let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(32 << 20).unwrap());
     Fs::mkfs(&*media).unwrap();
-    Fs::mount_with(media, MountOptions { break_time }).unwrap()
+    Fs::mount_with(
+        media,
+        MountOptions {
+            break_time,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A file with 64 KiB written and 64 KiB unwritten after it.

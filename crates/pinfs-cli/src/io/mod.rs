@@ -66,25 +66,12 @@ pub const MAX_BREAK_TIME_SECS: f64 = 86_400.0;
 /// show as `?`.
 pub const MAX_KNOWN_PATHS: usize = 65_536;
 
-/// What a layout change does about blocks that are long-term pinned
-/// (`--policy`, SPEC §4.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum TruncatePolicy {
-    /// Refuse the change with `ETXTBSY`.
-    Fail,
-    /// Wait for the pins to go, up to lease-break-time; then `ETXTBSY`.
-    Wait,
-    /// Go ahead; the pinned blocks stay busy extents until unpinned.
-    #[default]
-    Defer,
-    /// Revoke the pinners' registrations, then go ahead.
-    Revoke,
-}
+/// What a layout change does about long-term-pinned blocks (`--policy`,
+/// SPEC §4.3): the library's type.
+pub use pinfs::fs::TruncatePolicy;
 
-/// Settings of a run, from the command line. `break_time` is given to the
-/// file system at mount (`MountOptions`); `policy`'s consumer (the pin
-/// machinery) arrives with later work, and the runner keeps it in
-/// [`Shared`] for it.
+/// Settings of a run, from the command line; both are given to the file
+/// system at mount (`MountOptions`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The truncate policy.

@@ -118,6 +118,8 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         orphans,
         next_generation: state.next_generation.get(),
         runtime: HashMap::new(),
+        pins: Default::default(),
+        protect_pinned: true,
     };
     Ok((st, recovery))
 }

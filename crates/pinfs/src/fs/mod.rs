@@ -14,6 +14,7 @@
 mod extent;
 mod load;
 mod ops;
+mod pins;
 mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use parking_lot::RwLock;
 
 pub use self::extent::{Extent, ExtentMap, Segment};
 pub use self::ops::FallocMode;
+pub use self::pins::Pin;
 use self::state::{FsState, Op};
 use crate::format::{self, *};
 use crate::journal::{Journal, Recovery};
@@ -31,6 +33,7 @@ use crate::lease::{
     Access, BreakOptions, ByteRange, FileKey, HandleId, LayoutChangeGuard, LeaseEngine, OwnerId,
 };
 use crate::media::Media;
+pub use crate::pin::TruncatePolicy;
 use crate::{Errno, Error, Result};
 
 /// Who performs an operation: credentials for permission checks, and the
@@ -190,12 +193,15 @@ pub struct MountOptions {
     /// How long a lease holder has to give up a lease after notification;
     /// zero means breakers wait indefinitely (SPEC §2, default 45 s).
     pub break_time: Duration,
+    /// What layout changes do to blocks long-term pins still reach.
+    pub policy: TruncatePolicy,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             break_time: Duration::from_secs(45),
+            policy: TruncatePolicy::Defer,
         }
     }
 }
@@ -206,6 +212,10 @@ pub struct Fs {
     state: RwLock<FsState>,
     next_handle: AtomicU64,
     leases: LeaseEngine,
+    policy: TruncatePolicy,
+    /// Bumped and notified at every unpin (the `wait` policy waits on it).
+    unpins: parking_lot::Mutex<u64>,
+    unpinned: parking_lot::Condvar,
 }
 
 impl std::fmt::Debug for Fs {
@@ -417,6 +427,9 @@ impl Fs {
             state: RwLock::new(st),
             next_handle: AtomicU64::new(1),
             leases: LeaseEngine::new(options.break_time),
+            policy: options.policy,
+            unpins: parking_lot::Mutex::new(0),
+            unpinned: parking_lot::Condvar::new(),
         });
         fs.reap_orphans()?;
         Ok(fs)
@@ -497,11 +510,7 @@ impl Fs {
             };
             let i = st.inode(ino)?;
             let last = if i.is_dir() { true } else { i.nlink == 1 };
-            let open = st
-                .runtime
-                .get(&ino)
-                .is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
-            if !last || open {
+            if !last || st.in_use(ino) {
                 return Ok(None);
             }
             ino
@@ -846,11 +855,7 @@ fn touch_dir(op: &mut Op<'_>, dir: u64, now: u64) -> Result<()> {
 
 /// Drop one link of `ino`; free it, or orphan it while it is still open.
 fn drop_link(op: &mut Op<'_>, ino: u64, now: u64) -> Result<()> {
-    let open = op
-        .st
-        .runtime
-        .get(&ino)
-        .is_some_and(|r| r.opens.load(Ordering::Relaxed) > 0);
+    let open = op.st.in_use(ino);
     let i = op.inode_mut(ino)?;
     i.nlink -= 1;
     i.ctime_ns = now;

@@ -44,9 +44,14 @@ pub enum FallocMode {
 
 /// Where the bytes of a write come from.
 #[derive(Clone, Copy)]
-enum Source<'d> {
+pub(super) enum Source<'d> {
     Bytes(&'d [u8]),
     Zeros,
+    /// The file's current contents: makes a range written and private
+    /// (allocating holes zeroed, converting unwritten, copying shared
+    /// blocks) without changing what it reads as — what a long-term pin
+    /// needs before a device may write to the blocks.
+    Keep,
 }
 
 impl Source<'_> {
@@ -55,6 +60,7 @@ impl Source<'_> {
         match self {
             Source::Bytes(b) => media.write(pool_offset, &b[at as usize..(at + len) as usize]),
             Source::Zeros => media.fill(pool_offset, len, 0),
+            Source::Keep => Ok(()),
         }
     }
 }
@@ -122,7 +128,13 @@ fn goal_for(op: &Op<'_>, ino: u64, logical: u64) -> Result<Option<u64>> {
 /// Write `[offset, offset+len)` of file `ino` from `src`: in place where the
 /// blocks are written and unshared, into fresh blocks for holes, converting
 /// unwritten blocks, copying shared blocks first (copy-on-write).
-fn write_range(op: &mut Op<'_>, ino: u64, offset: u64, len: u64, src: Source<'_>) -> Result<()> {
+pub(super) fn write_range(
+    op: &mut Op<'_>,
+    ino: u64,
+    offset: u64,
+    len: u64,
+    src: Source<'_>,
+) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
@@ -510,9 +522,20 @@ impl Handle {
             }
             _ => ByteRange::to_eof(offset.min(seen)),
         };
+        // The blocks the change removes from the file.
+        let removed = match mode {
+            FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (
+                offset.div_ceil(BLOCK_SIZE) * BLOCK_SIZE,
+                end / BLOCK_SIZE * BLOCK_SIZE,
+            ),
+            FallocMode::CollapseRange => (offset, end),
+            FallocMode::Allocate { .. } | FallocMode::InsertRange => (0, 0),
+        };
+        self.fs.pins_before_break(self.ino, removed.0, removed.1)?;
         let _layout =
             self.fs
                 .layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?;
+        self.fs.pins_after_break(self.ino, removed.0, removed.1)?;
         let mut st = self.fs.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
@@ -615,8 +638,19 @@ impl Handle {
         };
         let src_range = ByteRange::new(so, so.saturating_add(len.max(1)));
         let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
+        // Pinned blocks the destination loses follow the policy; pinned
+        // source blocks are copied, never shared (a device writing to a
+        // shared block would change the other file).
+        let dst_blocks = (
+            dst_range.start / BLOCK_SIZE * BLOCK_SIZE,
+            dst_range.end.saturating_add(BLOCK_SIZE - 1) / BLOCK_SIZE * BLOCK_SIZE,
+        );
+        self.fs
+            .pins_before_break(self.ino, dst_blocks.0, dst_blocks.1)?;
         let _dst_layout = self.fs.layout_change(self.ino, dst_range, owner, nb)?;
         let _src_layout = self.fs.layout_change(src.ino, src_range, owner, nb)?;
+        self.fs
+            .pins_after_break(self.ino, dst_blocks.0, dst_blocks.1)?;
         let mut st = self.fs.state.write();
         let src_inode = st.inode(src.ino)?;
         if !src_inode.is_reg() {
@@ -667,15 +701,44 @@ impl Handle {
                 unwritten,
             } = seg
             {
-                op.incref(physical, n)?;
-                op.inode_mut(ino)?.extents.map(
-                    db + (logical - sb),
-                    Extent {
-                        physical,
-                        len: n,
+                let at = db + (logical - sb);
+                let whole = crate::alloc::Run {
+                    start: physical,
+                    len: n,
+                };
+                let (pinned, shareable) = if op.st.protect_pinned {
+                    op.st.pins.split(whole)
+                } else {
+                    (Vec::new(), vec![whole])
+                };
+                for r in shareable {
+                    op.incref(r.start, r.len)?;
+                    let e = Extent {
+                        physical: r.start,
+                        len: r.len,
                         unwritten,
-                    },
-                );
+                    };
+                    op.inode_mut(ino)?.extents.map(at + (r.start - physical), e);
+                }
+                for r in pinned {
+                    // A copy: fresh blocks with the pinned blocks' contents.
+                    let l = at + (r.start - physical);
+                    let mut done = 0;
+                    for fresh in op.alloc(r.len, None)? {
+                        let mut buf = vec![0u8; (fresh.len * BLOCK_SIZE) as usize];
+                        op.media.read(block_offset(r.start + done), &mut buf)?;
+                        op.media.write(block_offset(fresh.start), &buf)?;
+                        op.tx
+                            .data_written(block_offset(fresh.start), fresh.len * BLOCK_SIZE);
+                        let e = Extent {
+                            physical: fresh.start,
+                            len: fresh.len,
+                            unwritten,
+                        };
+                        op.inode_mut(ino)?.extents.map(l + done, e);
+                        done += fresh.len;
+                    }
+                }
             }
         }
         let i = op.inode_mut(ino)?;
@@ -757,8 +820,11 @@ impl Fs {
             return Err(Errno::EFBIG.into());
         }
         let seen = self.state.read().inode(ino)?.size;
+        let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        self.pins_before_break(ino, removed, u64::MAX)?;
         let _layout =
             self.layout_change(ino, ByteRange::to_eof(size.min(seen)), owner, nonblocking)?;
+        self.pins_after_break(ino, removed, u64::MAX)?;
         let mut st = self.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);
@@ -802,7 +868,8 @@ impl Drop for Handle {
         let Some(rt) = st.runtime.get(&self.ino).cloned() else {
             return;
         };
-        if rt.opens.fetch_sub(1, Ordering::Relaxed) != 1 {
+        rt.opens.fetch_sub(1, Ordering::Relaxed);
+        if st.in_use(self.ino) {
             return;
         }
         if st.inodes.get(&self.ino).is_some_and(|i| i.nlink == 0) {

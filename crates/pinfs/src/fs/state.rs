@@ -114,6 +114,8 @@ pub(crate) struct Runtime {
     /// Open handles (and, later, mappings and pins) keeping an unlinked
     /// inode alive.
     pub opens: AtomicU64,
+    /// Long-term pins on the inode (they keep an unlinked inode alive).
+    pub pins: AtomicU64,
     /// Data ranges written since the last fsync (pool byte ranges).
     pub dirty: Mutex<Vec<(u64, u64)>>,
     /// Modification time of writes that did not go through a transaction;
@@ -158,6 +160,11 @@ pub(crate) struct FsState {
     pub orphans: Vec<u64>,
     pub next_generation: u64,
     pub runtime: HashMap<u64, Arc<Runtime>>,
+    /// Long-term pins (SPEC §4).
+    pub pins: crate::pin::PinTable,
+    /// Test-only: when false, blocks a pin still reaches are freed like any
+    /// other (the negative control of the invariant tests).
+    pub protect_pinned: bool,
 }
 
 impl FsState {
@@ -171,6 +178,30 @@ impl FsState {
 
     pub fn runtime(&mut self, ino: u64) -> Arc<Runtime> {
         self.runtime.entry(ino).or_default().clone()
+    }
+
+    /// Whether open handles or pins keep an unlinked inode alive.
+    pub fn in_use(&self, ino: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.runtime
+            .get(&ino)
+            .is_some_and(|r| r.opens.load(Relaxed) > 0 || r.pins.load(Relaxed) > 0)
+    }
+
+    /// Return blocks nothing refers to any more: to free space, or — when a
+    /// pin still reaches them — to the busy-extent list (SPEC §4.3 `defer`).
+    pub fn release_blocks(&mut self, run: Run) {
+        if !self.protect_pinned {
+            self.alloc.free(run);
+            return;
+        }
+        let (pinned, free) = self.pins.split(run);
+        for r in pinned {
+            self.alloc.hold_busy(r);
+        }
+        for r in free {
+            self.alloc.free(r);
+        }
     }
 }
 
@@ -664,9 +695,10 @@ impl<'a> Op<'a> {
         if let Some(g) = generation {
             st.next_generation = g;
         }
-        // Blocks nothing refers to any more go back to free space.
+        // Blocks nothing refers to any more go back to free space, unless a
+        // pin still reaches them.
         for r in released_blocks {
-            st.alloc.free(r);
+            st.release_blocks(r);
         }
     }
 
