@@ -3,7 +3,7 @@
 //! truncate, punch holes, reflink and reallocate.
 //!
 //! This crate is the whole core: the media a pool lives on ([`media`]), the
-//! on-media format ([`format`]), the metadata journal ([`journal`]), the block
+//! on-media format ([`format`](mod@format)), the metadata journal ([`journal`]), the block
 //! allocator ([`alloc`]), the file system itself ([`fs`]) and the lease engine
 //! ([`lease`]). Binaries (the `pinfs` command, later the daemon and the FUSE
 //! mount) only parse, wire and translate. See `ARCHITECTURE.md` for the map.

@@ -5,7 +5,7 @@
 //! writes of already-allocated, unshared blocks take it shared and touch the
 //! media directly (no system call, no copy beyond the one into the caller's
 //! buffer); every layout change takes it exclusively and goes through a
-//! staged [`state::Op`] committed by the journal, so it is atomic across
+//! staged `state::Op` committed by the journal, so it is atomic across
 //! crashes and durable when it returns.
 //!
 //! Layout changes all funnel through the functions of `ops.rs`, so the lease
