@@ -198,6 +198,9 @@ impl Journal {
             if h.magic.get() != format::JOURNAL_MAGIC && h.seq.get() == 0 && applied == 0 {
                 return Err(Error::corrupt("journal header: bad magic"));
             }
+            if applied == u64::MAX {
+                return Err(Error::corrupt("journal: sequence number exhausted"));
+            }
             j.seq = applied;
             j.rewrite_header(media, applied)?;
             return Ok((j, Recovery::TornHeaderDiscarded));
@@ -206,6 +209,9 @@ impl Journal {
             return Err(Error::corrupt("journal header: bad magic"));
         }
         j.seq = h.seq.get();
+        if j.seq == u64::MAX || applied > j.seq {
+            return Err(Error::corrupt("journal: sequence numbers out of order"));
+        }
         if applied == j.seq {
             return Ok((j, Recovery::Clean));
         }
@@ -356,7 +362,9 @@ impl Journal {
         media.flush(self.area_offset, len)?;
         media.fence();
         // Step 2: the commit point.
-        let seq = self.seq + 1;
+        // Recovery refuses u64::MAX, so this cannot wrap in practice; a
+        // pool that commits 2^64 transactions fails cleanly instead.
+        let seq = self.seq.checked_add(1).ok_or(Errno::EOVERFLOW)?;
         let mut h = JournalHeader {
             seq: seq.into(),
             records_len: len.into(),

@@ -72,7 +72,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
     let mut dirs = HashMap::new();
     for inode in inodes.values() {
         if inode.is_dir() {
-            dirs.insert(inode.ino, load_dir(media, &sb, inode)?);
+            dirs.insert(inode.ino, load_dir(media, &sb, inode, &inodes)?);
         }
     }
     let mut alloc = Allocator::new();
@@ -227,7 +227,7 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
     })
 }
 
-fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
+fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode, inodes: &HashMap<u64, Inode>) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
     let blocks = inode.size / BLOCK_SIZE;
@@ -270,6 +270,11 @@ fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode) -> Result<Dir> {
                 || name == b".."
             {
                 return Err(bad(format!("slot {slot}: invalid entry")));
+            }
+            // The entry was made for one use of the slot: a different
+            // generation means the name points at a reused inode.
+            if inodes.get(&target).is_some_and(|t| t.generation != d.generation.get()) {
+                return Err(bad(format!("slot {slot}: entry for an older use of inode {target}")));
             }
             if dir.entries.insert(name.into(), (target, slot)).is_some() {
                 return Err(bad(format!(

@@ -341,7 +341,7 @@ impl<'a> Op<'a> {
             .ok_or(Errno::ENOSPC)?;
         self.taken_inodes.push(ino);
         let generation = self.generation.unwrap_or(self.st.next_generation);
-        self.generation = Some(generation + 1);
+        self.generation = Some(generation.checked_add(1).ok_or(Errno::EOVERFLOW)?);
         self.inodes.insert(
             ino,
             Inode {
