@@ -9,6 +9,7 @@
 
 mod bench_fs;
 mod bench_lease;
+mod bench_map;
 mod demo;
 mod error;
 mod io;
@@ -142,6 +143,8 @@ enum BenchName {
     Fs,
     /// The lease engine.
     Lease,
+    /// Layout changes over long-term-pinned files.
+    Map,
 }
 
 /// `--size`: a size with k/m/g suffixes.
@@ -326,10 +329,11 @@ fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
     let run = |b: BenchName| match b {
         BenchName::Fs => bench_fs::run(quick),
         BenchName::Lease => bench_lease::run(quick),
+        BenchName::Map => bench_map::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
-        None => vec![BenchName::Fs, BenchName::Lease],
+        None => vec![BenchName::Fs, BenchName::Lease, BenchName::Map],
     };
     for b in chosen {
         run(b).map_err(CliError::Other)?;
