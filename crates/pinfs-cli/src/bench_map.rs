@@ -58,8 +58,7 @@ fn pinned_file(fs: &Arc<Fs>, pins: u64) -> Result<Vec<Pin>> {
         LeaseRequest::layout_shared().unbreakable(),
     )?;
     let mut out = Vec::with_capacity(pins as usize);
-    if pins > 0 {
-        let stride = FILE_BYTES / BLOCK / pins;
+    if let Some(stride) = (FILE_BYTES / BLOCK).checked_div(pins) {
         for i in 0..pins {
             out.push(h.pin_long_term(i * stride * BLOCK, BLOCK, None)?);
         }
