@@ -35,6 +35,7 @@ mod file_cmds;
 pub mod lease_cmds;
 mod other_cmds;
 pub mod parse;
+mod pin_cmds;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -153,6 +154,15 @@ impl Shared {
         }
     }
 
+    /// The path of inode `ino` (whatever its generation), or `?`.
+    pub fn path_of_ino(&self, ino: u64) -> String {
+        self.paths
+            .lock()
+            .iter()
+            .find(|(k, _)| k.0 & 0xffff_ffff == ino)
+            .map_or_else(|| "?".to_string(), |(_, p)| p.clone())
+    }
+
     /// The path `file` was last opened by, or `?`.
     pub fn path_of(&self, file: FileKey) -> String {
         self.paths
@@ -190,6 +200,8 @@ pub struct Actor {
     pub file: Option<OpenFile>,
     /// The lease-break notifications addressed to this actor (`wait-break`).
     pub events: EventQueue,
+    /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
+    pub pins: std::collections::BTreeMap<u64, pinfs::fs::Pin>,
 }
 
 impl Actor {
@@ -203,6 +215,7 @@ impl Actor {
             },
             file: None,
             events,
+            pins: std::collections::BTreeMap::new(),
         }
     }
 
@@ -274,7 +287,12 @@ pub type CmdResult = Result<(), CmdError>;
 pub type CommandSet = fn(&mut Ctx<'_>, &Line) -> Option<CmdResult>;
 
 /// The command sets, tried in turn.
-const COMMAND_SETS: &[CommandSet] = &[file_cmds::run, lease_cmds::run, other_cmds::run];
+const COMMAND_SETS: &[CommandSet] = &[
+    file_cmds::run,
+    lease_cmds::run,
+    pin_cmds::run,
+    other_cmds::run,
+];
 
 /// Run one command in its actor.
 fn dispatch(ctx: &mut Ctx<'_>, line: &Line) -> CmdResult {

@@ -1,0 +1,93 @@
+//! `io` pin commands (CLI.md "Mappings and pins"): take a long-term pin
+//! (`pin OFF LEN`, prints `pin ID`), drop one (`unpin ID`), and list every
+//! pin per owner (`pins`), in the style of `/proc/<pid>/file_pins`:
+//!
+//! ```text
+//! @a
+//! 	/f 0 65535
+//! ```
+//!
+//! A long-term pin needs an entitlement (SPEC §4.2): an unbreakable layout
+//! lease of the actor over the range (`lease read --layout --exclusive`) —
+//! the pin is then of the current file's range — else `pin: Operation not
+//! permitted`. Pins belong to the actor: closing the file does not drop them;
+//! `unpin` or the actor's end does. Under `--policy revoke`, a layout change
+//! still blocked by a pin at lease-break-time revokes it: it disappears from
+//! `pins` and its blocks are freed (nothing but the actor held them).
+
+use pinfs::pin::PinInfo;
+use pinfs::Errno;
+
+use super::parse::{Line, OptSpec, Parsed};
+use super::{CmdResult, Ctx};
+use crate::error::CmdError;
+
+const PIN: OptSpec = OptSpec::plain("pin OFF LEN");
+const UNPIN: OptSpec = OptSpec::plain("unpin ID");
+const PINS: OptSpec = OptSpec::plain("pins");
+
+/// Run `line` if it is a pin command.
+pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
+    let (spec, cmd): (OptSpec, fn(&mut Ctx<'_>, &Parsed<'_>) -> CmdResult) =
+        match line.name.as_str() {
+            "pin" => (PIN, pin),
+            "unpin" => (UNPIN, unpin),
+            "pins" => (PINS, pins),
+            _ => return None,
+        };
+    Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
+}
+
+fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let [off, len] = args.exactly()?;
+    let (off, len) = (args.size(off)?, args.size(len)?);
+    let file = ctx.actor.file()?;
+    // A pin taken here has no device behind it: revoking it (the `revoke`
+    // policy) has nothing to stop, so the revocation completes at once.
+    let revoke: pinfs::pin::RevokeFn = std::sync::Arc::new(|| {});
+    let pin = file.handle.pin_long_term(off, len, Some(revoke))?;
+    ctx.shared
+        .remember_path(file.handle.lease_file(), &file.path);
+    let id = pin.id().0;
+    ctx.actor.pins.insert(id, pin);
+    ctx.out.line(format!("pin {id}"));
+    Ok(())
+}
+
+fn unpin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let [id] = args.exactly()?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| args.error(format!("\"{id}\" is not a pin id")))?;
+    // Only the owner drops its pins (SPEC §4.2).
+    match ctx.actor.pins.remove(&id) {
+        Some(pin) => {
+            drop(pin);
+            Ok(())
+        }
+        None => Err(CmdError::Errno(Errno::EINVAL)),
+    }
+}
+
+/// The `pins` listing: per owner, its pinned ranges.
+fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let [] = args.exactly()?;
+    let mut all: Vec<PinInfo> = ctx.shared.fs.pins();
+    all.sort_by_key(|p| (p.owner, p.id));
+    let mut last_owner = None;
+    for p in all {
+        if last_owner != Some(p.owner) {
+            ctx.out
+                .line(ctx.shared.actor_label(pinfs::lease::OwnerId(p.owner)));
+            last_owner = Some(p.owner);
+        }
+        let end = p.offset + p.len - 1;
+        ctx.out.line(format!(
+            "\t{} {} {}",
+            ctx.shared.path_of_ino(p.ino),
+            p.offset,
+            end
+        ));
+    }
+    Ok(())
+}
