@@ -1,11 +1,8 @@
 //! `io` pin commands (CLI.md "Mappings and pins"): take a long-term pin
 //! (`pin OFF LEN`, prints `pin ID`), drop one (`unpin ID`), and list every
-//! pin per owner (`pins`), in the style of `/proc/<pid>/file_pins`:
-//!
-//! ```text
-//! @a
-//! 	/f 0 65535
-//! ```
+//! pin per owner (`pins`), in the style of `/proc/<pid>/file_pins`: a line
+//! `@ACTOR`, then one tab-indented line `PATH START END` per pinned range
+//! (END is the last byte, as in the `leases` listing).
 //!
 //! A long-term pin needs an entitlement (SPEC §4.2): an unbreakable layout
 //! lease of the actor over the range (`lease read --layout --exclusive`) —
