@@ -6,15 +6,20 @@
 //! punched in one sharer frees nothing until the other lets go, a layout
 //! change by one actor waits for another actor's shared layout lease to be
 //! released after notifying it, and the metadata is consistent at the end.
-//! Later work grows it with pins, direct mappings and device registrations.
+//! Then a holder writes through a `MAP_DIRECT` mapping with a pinned range
+//! while another actor truncates the file: once with a holder that reacts to
+//! the notification, once with one that never does (its mapping is
+//! invalidated at lease-break-time; its pinned blocks stay busy, never reused,
+//! until it unpins). Later work adds device registrations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
+use pinfs::fs::{Cred, FallocMode, Fs, Handle, MountOptions, OpenFlags, TruncatePolicy};
 use pinfs::lease::{EventKind, LeaseRequest, LeaseType, OwnerId};
+use pinfs::map::MapFlags;
 use pinfs::media::{MappedPool, Media};
 
 use crate::io::lease_cmds::listing_line;
@@ -54,8 +59,8 @@ const BREAKER: u64 = 3;
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Print the lease listing, indented, in the format of `io`'s `leases`
-/// (owners as `#N`; the demo's only leased file is /leased).
-fn show_leases(fs: &Fs) {
+/// (owners as `#N`; `path` is the leased file's).
+fn show_leases(fs: &Fs, path: &str) {
     println!("   leases (id kind type state owner path start end):");
     let leases = fs.leases().list();
     if leases.is_empty() {
@@ -63,7 +68,7 @@ fn show_leases(fs: &Fs) {
     }
     for l in leases {
         let owner = format!("#{}", l.owner.0);
-        println!("     {}", listing_line(&l, &owner, "/leased"));
+        println!("     {}", listing_line(&l, &owner, path));
     }
 }
 
@@ -94,7 +99,7 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
         OwnerId(HOLDER),
         LeaseRequest::layout_shared(),
     )?;
-    show_leases(fs);
+    show_leases(fs, "/leased");
 
     println!("   Owner {BREAKER} truncates /leased to 4 KiB, on its own thread: it must wait.");
     let theirs = fs.open(breaker, "/leased", OpenFlags::RDWR, 0)?;
@@ -124,7 +129,7 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
         file.stat()?.size == FILE_BYTES as u64,
         "the file changed before the holder released its lease"
     );
-    show_leases(fs);
+    show_leases(fs, "/leased");
 
     println!("   Owner {HOLDER} lets go of what it holds over the file and releases the lease.");
     fs.leases().set_lease(
@@ -140,9 +145,119 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
     let size = file.stat()?.size;
     ensure!(size == 4096, "after the truncate the size is {size}");
     println!("   The truncate completes: /leased is now {size} bytes.");
-    show_leases(fs);
+    show_leases(fs, "/leased");
     drop(file);
     fs.leases().drop_owner(OwnerId(HOLDER));
+    Ok(())
+}
+
+/// Step 6: a `MAP_DIRECT` holder with a pinned range meets a truncate.
+fn direct_mapping() -> Result<()> {
+    const BREAK_TIME: Duration = Duration::from_secs(1);
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(POOL_BYTES).context("second pool")?);
+    Fs::mkfs(&*pool)?;
+    let fs = Fs::mount_with(
+        pool,
+        MountOptions {
+            break_time: BREAK_TIME,
+            policy: TruncatePolicy::Defer,
+        },
+    )?;
+    let holder = Cred {
+        uid: 0,
+        gid: 0,
+        owner: HOLDER,
+    };
+    let breaker = Cred {
+        owner: BREAKER,
+        ..holder
+    };
+    println!(
+        "6. Direct access: a second pool, lease-break-time {} s, truncate policy defer.",
+        BREAK_TIME.as_secs()
+    );
+    let events = fs.leases().owner_events(OwnerId(HOLDER))?;
+    let file = fs.open(holder, "/direct", OpenFlags::CREATE, 0o644)?;
+    file.pwrite(0, &[0x11; FILE_BYTES])?;
+    for reacts in [true, false] {
+        if !reacts {
+            file.pwrite(0, &[0x11; FILE_BYTES])?;
+        }
+        let map = file.mmap(0, FILE_BYTES as u64, MapFlags::DIRECT)?;
+        let pin = map.pin_long_term(0, 16 << 10, None)?;
+        map.write(0, b"written through the mapping")?;
+        map.persist(0, 4096)?;
+        println!(
+            "   Owner {HOLDER} maps /direct with MAP_DIRECT, pins 16 KiB of it for a device, and stores through the mapping."
+        );
+        show_leases(&fs, "/direct");
+        println!("   Owner {BREAKER} truncates /direct to 4 KiB on its own thread.");
+        let theirs = fs.open(breaker, "/direct", OpenFlags::RDWR, 0)?;
+        let started = std::time::Instant::now();
+        let truncate = std::thread::spawn(move || theirs.truncate(4096));
+        let event = events
+            .recv_timeout(NOTIFY_TIMEOUT)?
+            .context("the holder was never notified")?;
+        ensure!(
+            event.kind == EventKind::Break,
+            "unexpected notification {event:?}"
+        );
+        println!(
+            "   owner {HOLDER} is notified: its MAP_DIRECT lease {} is breaking",
+            event.lease.id
+        );
+        if reacts {
+            println!("   It reacts: the device lets go (unpin) and it unmaps.");
+            drop(pin);
+            drop(map);
+            truncate
+                .join()
+                .map_err(|_| anyhow::anyhow!("truncate thread panicked"))??;
+            ensure!(fs.statfs().busy == 0, "nothing should be busy");
+            println!(
+                "   The truncate completes after {:.0?}; busy blocks: {}.",
+                started.elapsed(),
+                fs.statfs().busy
+            );
+        } else {
+            println!("   This time it never reacts: the truncate waits for lease-break-time.");
+            truncate
+                .join()
+                .map_err(|_| anyhow::anyhow!("truncate thread panicked"))??;
+            let lost = events.recv_timeout(NOTIFY_TIMEOUT)?;
+            ensure!(
+                lost.is_some_and(|e| e.kind == EventKind::Lost),
+                "the holder was not told it lost the lease"
+            );
+            ensure!(map.is_invalidated(), "the mapping should be invalidated");
+            let busy = fs.statfs().busy;
+            ensure!(
+                busy == 3,
+                "the pinned blocks past 4 KiB should be busy, got {busy}"
+            );
+            println!(
+                "   After {:.1?} the lease is forcibly removed, the mapping invalidated, and the truncate completes;",
+                started.elapsed()
+            );
+            println!("   the 3 pinned blocks it removed are busy extents: not free, never reused (busy {busy}).");
+            let store = map.write(0, b"x");
+            ensure!(
+                store.is_err(),
+                "a store through an invalidated mapping must fault"
+            );
+            println!("   A store through the invalidated mapping now raises SIGBUS.");
+            drop(pin);
+            ensure!(fs.statfs().busy == 0, "unpin should free the busy blocks");
+            println!("   The device unpins: busy blocks {} -> free.", busy);
+            drop(map);
+        }
+        ensure!(
+            file.stat()?.size == 4096,
+            "the truncate did not take effect"
+        );
+    }
+    let problems = fs.check();
+    ensure!(problems.is_empty(), "{} problems found", problems.len());
     Ok(())
 }
 
@@ -230,7 +345,10 @@ pub fn run() -> Result<()> {
     leases(&fs)?;
 
     println!();
-    println!("6. Check the metadata as fsck does.");
+    direct_mapping()?;
+
+    println!();
+    println!("7. Check the metadata as fsck does.");
     let problems = fs.check();
     for p in &problems {
         println!("   problem: {p}");

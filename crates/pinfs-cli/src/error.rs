@@ -128,6 +128,9 @@ pub enum CmdError {
     },
     /// The actor's thread is gone (it panicked: a bug, reported above).
     ActorLost,
+    /// A load or store through a mapping would have raised this signal
+    /// (`mwrite: SIGBUS`); the actor survives it.
+    Signal(&'static str),
 }
 
 impl CmdError {
@@ -160,6 +163,7 @@ impl fmt::Display for CmdError {
             CmdError::Unknown => f.write_str("unknown command"),
             CmdError::Limit { what, limit } => write!(f, "too many {what} (limit {limit})"),
             CmdError::ActorLost => f.write_str("the actor's thread died (a bug; see above)"),
+            CmdError::Signal(name) => f.write_str(name),
         }
     }
 }

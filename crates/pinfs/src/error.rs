@@ -64,6 +64,7 @@ errnos!(
     EOVERFLOW,
     ENODEV,
     ESTALE,
+    EFAULT,
 );
 
 impl Errno {

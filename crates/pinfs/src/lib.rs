@@ -4,9 +4,10 @@
 //!
 //! This crate is the whole core: the media a pool lives on ([`media`]), the
 //! on-media format ([`format`](mod@format)), the metadata journal ([`journal`]), the block
-//! allocator ([`alloc`]), the file system itself ([`fs`]) and the lease engine
-//! ([`lease`]). Binaries (the `pinfs` command, later the daemon and the FUSE
-//! mount) only parse, wire and translate. See `ARCHITECTURE.md` for the map.
+//! allocator ([`alloc`]), the file system itself ([`fs`]), its mappings into
+//! the address space ([`map`]) and the lease engine ([`lease`]). Binaries
+//! (the `pinfs` command, later the daemon and the FUSE mount) only parse,
+//! wire and translate. See `ARCHITECTURE.md` for the map.
 #![deny(unsafe_code)]
 
 pub mod alloc;
@@ -15,6 +16,7 @@ pub mod format;
 pub mod fs;
 pub mod journal;
 pub mod lease;
+pub mod map;
 pub mod media;
 pub mod pin;
 pub mod util;

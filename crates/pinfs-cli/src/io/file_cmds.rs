@@ -30,7 +30,7 @@ const CREATE_MODE: u32 = 0o644;
 const MKDIR_MODE: u32 = 0o755;
 
 /// The byte `pwrite` writes without `-S` (as `xfs_io`).
-const DEFAULT_FILL_BYTE: u8 = 0xcd;
+pub const DEFAULT_FILL_BYTE: u8 = 0xcd;
 
 const OPEN: OptSpec = OptSpec {
     flags: "rwctn",

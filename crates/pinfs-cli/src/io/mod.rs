@@ -33,6 +33,7 @@
 mod dump;
 mod file_cmds;
 pub mod lease_cmds;
+mod map_cmds;
 mod other_cmds;
 pub mod parse;
 mod pin_cmds;
@@ -200,6 +201,8 @@ pub struct Actor {
     pub file: Option<OpenFile>,
     /// The lease-break notifications addressed to this actor (`wait-break`).
     pub events: EventQueue,
+    /// Its current mapping (`mmap`; dropped by `munmap` or the actor's end).
+    pub mapping: Option<pinfs::map::Mapping>,
     /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
     pub pins: std::collections::BTreeMap<u64, pinfs::fs::Pin>,
 }
@@ -215,6 +218,7 @@ impl Actor {
             },
             file: None,
             events,
+            mapping: None,
             pins: std::collections::BTreeMap::new(),
         }
     }
@@ -290,6 +294,7 @@ pub type CommandSet = fn(&mut Ctx<'_>, &Line) -> Option<CmdResult>;
 const COMMAND_SETS: &[CommandSet] = &[
     file_cmds::run,
     lease_cmds::run,
+    map_cmds::run,
     pin_cmds::run,
     other_cmds::run,
 ];

@@ -120,6 +120,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         runtime: HashMap::new(),
         pins: Default::default(),
         protect_pinned: true,
+        maps: Default::default(),
     };
     Ok((st, recovery))
 }
@@ -227,7 +228,12 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
     })
 }
 
-fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode, inodes: &HashMap<u64, Inode>) -> Result<Dir> {
+fn load_dir(
+    media: &dyn Media,
+    sb: &Superblock,
+    inode: &Inode,
+    inodes: &HashMap<u64, Inode>,
+) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
     let blocks = inode.size / BLOCK_SIZE;
@@ -273,8 +279,13 @@ fn load_dir(media: &dyn Media, sb: &Superblock, inode: &Inode, inodes: &HashMap<
             }
             // The entry was made for one use of the slot: a different
             // generation means the name points at a reused inode.
-            if inodes.get(&target).is_some_and(|t| t.generation != d.generation.get()) {
-                return Err(bad(format!("slot {slot}: entry for an older use of inode {target}")));
+            if inodes
+                .get(&target)
+                .is_some_and(|t| t.generation != d.generation.get())
+            {
+                return Err(bad(format!(
+                    "slot {slot}: entry for an older use of inode {target}"
+                )));
             }
             if dir.entries.insert(name.into(), (target, slot)).is_some() {
                 return Err(bad(format!(

@@ -13,6 +13,7 @@
 
 mod extent;
 mod load;
+mod mmap;
 mod ops;
 mod pins;
 mod state;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 pub use self::extent::{Extent, ExtentMap, Segment};
+pub use self::mmap::MAX_MAPPINGS;
 pub use self::ops::FallocMode;
 pub use self::pins::Pin;
 use self::state::{FsState, Op};
@@ -216,6 +218,9 @@ pub struct Fs {
     /// Bumped and notified at every unpin (the `wait` policy waits on it).
     unpins: parking_lot::Mutex<u64>,
     unpinned: parking_lot::Condvar,
+    /// The thread answering page faults of mappings, started by the first
+    /// mapping that needs it.
+    faults: parking_lot::Mutex<Option<crate::map::fault::FaultService>>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -430,6 +435,7 @@ impl Fs {
             policy: options.policy,
             unpins: parking_lot::Mutex::new(0),
             unpinned: parking_lot::Condvar::new(),
+            faults: parking_lot::Mutex::new(None),
         });
         fs.reap_orphans()?;
         Ok(fs)

@@ -104,12 +104,18 @@ fn fill_blocks(
     edge(bstart, cstart.min(bend))?;
     edge(cend.max(bstart), bend)?;
     if cstart < cend {
-        src.put(
-            media,
-            pool + (cstart - bstart),
-            cstart - offset,
-            cend - cstart,
-        )?;
+        match src {
+            // Keeping what the file reads as: the old block's bytes, or
+            // zeros for a fresh or unwritten block — never the stale
+            // contents of whatever the block held before.
+            Source::Keep => edge(cstart, cend)?,
+            _ => src.put(
+                media,
+                pool + (cstart - bstart),
+                cstart - offset,
+                cend - cstart,
+            )?,
+        }
     }
     op.tx.data_written(pool, n * BLOCK_SIZE);
     Ok(())
@@ -419,6 +425,13 @@ impl Handle {
         if len == 0 {
             return Ok(0);
         }
+        let _direct = self.fs.break_direct_for_write(
+            self.ino,
+            offset,
+            end,
+            self.cred.owner,
+            self.flags.nonblocking,
+        )?;
         let mut guard = None;
         let mut st = loop {
             {
@@ -757,6 +770,7 @@ impl Handle {
         for (o, l) in ranges {
             media.flush(o, l)?;
         }
+        super::mmap::flush_mappings(&st, media, self.ino)?;
         media.fence();
         let lazy = rt.lazy_mtime_ns.load(Ordering::Relaxed);
         if lazy > st.inode(self.ino)?.mtime_ns {

@@ -2,8 +2,8 @@
 //! (SPEC §4).
 //!
 //! A long-term pin is opt-in: it needs an unbreakable layout lease of the
-//! pinning owner over the range (`EPERM` otherwise; `MAP_DIRECT` mappings, the
-//! other entitlement, arrive with the mapping work). Pinning first makes the
+//! pinning owner over the range, or a live `MAP_DIRECT` mapping covering it
+//! (`Mapping::pin_long_term`, in `mmap.rs`); `EPERM` otherwise. Pinning first makes the
 //! range written and private — holes allocated zeroed, unwritten blocks
 //! zeroed and converted, shared blocks copied — so a device can write to the
 //! blocks without exposing stale data or touching another file; it then
@@ -106,24 +106,46 @@ impl Handle {
         if !entitled {
             return Err(Errno::EPERM.into());
         }
+        fs.pin_range(
+            self.ino,
+            owner,
+            start,
+            end,
+            PinVia::ExclusiveLease,
+            revoke,
+            self.flags.nonblocking,
+        )
+    }
+}
+
+impl Fs {
+    /// Pin `[start, end)` (block-aligned) of `ino` for `owner`, entitled by
+    /// `via` (the caller checked the entitlement).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pin_range(
+        self: &Arc<Self>,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        via: PinVia,
+        revoke: Option<RevokeFn>,
+        nonblocking: bool,
+    ) -> Result<Pin> {
+        let fs = self.clone();
         // Making the range written and private is the holder's own layout
         // change: it needs no notification to the holder.
-        let _layout = fs.layout_change(
-            self.ino,
-            ByteRange::new(start, end),
-            owner,
-            self.flags.nonblocking,
-        )?;
+        let _layout = fs.layout_change(ino, ByteRange::new(start, end), owner, nonblocking)?;
         let mut st = fs.state.write();
-        if end.div_ceil(BLOCK_SIZE) > st.inode(self.ino)?.size.div_ceil(BLOCK_SIZE) {
+        if end.div_ceil(BLOCK_SIZE) > st.inode(ino)?.size.div_ceil(BLOCK_SIZE) {
             return Err(Errno::EINVAL.into());
         }
         let mut op = Op::new(&mut st, &*fs.media);
-        write_range(&mut op, self.ino, start, end - start, Source::Keep)?;
+        write_range(&mut op, ino, start, end - start, Source::Keep)?;
         op.commit()?;
         let mut blocks: Vec<Run> = Vec::new();
         for seg in st
-            .inode(self.ino)?
+            .inode(ino)?
             .extents
             .segments(start / BLOCK_SIZE, end / BLOCK_SIZE)
         {
@@ -146,15 +168,15 @@ impl Handle {
         let info = PinInfo {
             id: PinId(0),
             owner,
-            ino: self.ino,
+            ino,
             offset: start,
             len: end - start,
             blocks,
-            via: PinVia::ExclusiveLease,
+            via,
             revoked: false,
         };
         let id = st.pins.insert(info, revoke)?;
-        st.runtime(self.ino).pins.fetch_add(1, Ordering::Relaxed);
+        st.runtime(ino).pins.fetch_add(1, Ordering::Relaxed);
         drop(st);
         Ok(Pin { fs, id })
     }

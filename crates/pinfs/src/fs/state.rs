@@ -165,6 +165,8 @@ pub(crate) struct FsState {
     /// Test-only: when false, blocks a pin still reaches are freed like any
     /// other (the negative control of the invariant tests).
     pub protect_pinned: bool,
+    /// Live mappings, re-placed by every committed layout change.
+    pub maps: super::mmap::MapTable,
 }
 
 impl FsState {
@@ -637,6 +639,7 @@ impl<'a> Op<'a> {
     fn install(self) {
         let Op {
             st,
+            media,
             inodes,
             refs,
             taken_inodes,
@@ -648,6 +651,8 @@ impl<'a> Op<'a> {
             released_blocks,
             ..
         } = self;
+        // Live mappings this changes, found before it is installed.
+        let remap = super::mmap::affected(st, &inodes, &refs);
         let data_start = st.sb.data_start.get();
         for (b, c) in refs {
             st.refcounts[(b - data_start) as usize] = c;
@@ -700,6 +705,9 @@ impl<'a> Op<'a> {
         for r in released_blocks {
             st.release_blocks(r);
         }
+        // Before anyone can allocate what was just freed (the caller holds
+        // the state lock), no mapping reaches it any more.
+        super::mmap::replace(st, media, remap);
     }
 
     fn rollback(self) {

@@ -1,0 +1,157 @@
+//! `io` mapping commands (CLI.md "Mappings and pins"): map a range of the
+//! current file (`mmap`), store and load through the mapping (`mwrite`,
+//! `mread`), flush it to the media (`persist`) and unmap it (`munmap`).
+//!
+//! `mmap [-r] [-s] [-d] [-F HEXFLAGS] OFF LEN`: `-r` read-only, `-s`
+//! `MAP_SYNC`, `-d` `MAP_DIRECT` (both with `MAP_SHARED_VALIDATE`), `-F` raw
+//! flag bits decoded as `mmap(2)` would (`MAP_SHARED_VALIDATE` with an
+//! unknown bit: `mmap: Operation not supported`). The new mapping becomes the
+//! actor's current mapping; offsets of the other commands are relative to it.
+//!
+//! A load or store that would raise `SIGBUS` (beyond end of file; an
+//! invalidated `MAP_DIRECT` mapping; a `MAP_DIRECT` fault that would
+//! allocate, convert unwritten blocks or touch a reflinked file) prints
+//! `mwrite: SIGBUS` or `mread: SIGBUS` and fails; the actor goes on.
+//! `mread` prints nothing without `-v` (as `xfs_io`), the `pread -v` dump
+//! with it.
+
+use pinfs::map::MapFlags;
+use pinfs::Errno;
+
+use super::dump::dump;
+use super::parse::{Line, OptSpec, Parsed};
+use super::{CmdResult, Ctx};
+use crate::error::CmdError;
+
+/// Most bytes one `mwrite`/`mread` moves (a named limit on script input).
+pub const MAX_MAP_IO_BYTES: u64 = 1 << 30;
+
+const MMAP: OptSpec = OptSpec {
+    flags: "rsd",
+    valued: "F",
+    long: &[],
+    usage: "mmap [-r] [-s] [-d] [-F HEXFLAGS] OFF LEN",
+};
+const MWRITE: OptSpec = OptSpec {
+    flags: "",
+    valued: "S",
+    long: &[],
+    usage: "mwrite [-S BYTE] OFF LEN",
+};
+const MREAD: OptSpec = OptSpec {
+    flags: "v",
+    valued: "",
+    long: &[],
+    usage: "mread [-v] OFF LEN",
+};
+const PERSIST: OptSpec = OptSpec::plain("persist OFF LEN");
+const MUNMAP: OptSpec = OptSpec::plain("munmap");
+
+/// Run `line` if it is a mapping command.
+pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
+    let (spec, cmd): (OptSpec, fn(&mut Ctx<'_>, &Parsed<'_>) -> CmdResult) =
+        match line.name.as_str() {
+            "mmap" => (MMAP, mmap),
+            "mwrite" => (MWRITE, mwrite),
+            "mread" => (MREAD, mread),
+            "persist" => (PERSIST, persist),
+            "munmap" => (MUNMAP, munmap),
+            _ => return None,
+        };
+    Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
+}
+
+fn range(args: &Parsed<'_>) -> Result<(u64, u64), CmdError> {
+    let [off, len] = args.exactly()?;
+    Ok((args.size(off)?, args.size(len)?))
+}
+
+/// A fault a real load or store would have taken is reported as the signal.
+fn sigbus(e: pinfs::Error) -> CmdError {
+    match e.errno() {
+        Errno::EFAULT => CmdError::Signal("SIGBUS"),
+        other => CmdError::Errno(other),
+    }
+}
+
+fn mmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let (offset, len) = range(args)?;
+    let mut flags = match args.value('F') {
+        Some(hex) => {
+            let bits = u32::from_str_radix(hex.trim_start_matches("0x"), 16)
+                .map_err(|_| args.error(format!("\"{hex}\" is not hexadecimal flag bits")))?;
+            MapFlags::from_raw(bits)?
+        }
+        None => MapFlags::SHARED,
+    };
+    if args.flag('s') {
+        flags.validate = true;
+        flags.sync = true;
+    }
+    if args.flag('d') {
+        flags.validate = true;
+        flags.direct = true;
+    }
+    if args.flag('r') {
+        flags = flags.read_only();
+    }
+    let mapping = ctx.actor.handle()?.mmap(offset, len, flags)?;
+    ctx.actor.mapping = Some(mapping);
+    Ok(())
+}
+
+fn mapping<'a>(ctx: &'a Ctx<'_>) -> Result<&'a pinfs::map::Mapping, CmdError> {
+    ctx.actor
+        .mapping
+        .as_ref()
+        .ok_or(CmdError::Errno(Errno::EINVAL))
+}
+
+fn mwrite(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let byte = match args.value('S') {
+        Some(s) => args.byte(s)?,
+        None => super::file_cmds::DEFAULT_FILL_BYTE,
+    };
+    let (offset, len) = range(args)?;
+    if len > MAX_MAP_IO_BYTES {
+        return Err(CmdError::Limit {
+            what: "bytes in one mwrite",
+            limit: MAX_MAP_IO_BYTES as usize,
+        });
+    }
+    mapping(ctx)?
+        .write(offset, &vec![byte; len as usize])
+        .map_err(sigbus)
+}
+
+fn mread(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let (offset, len) = range(args)?;
+    if len > MAX_MAP_IO_BYTES {
+        return Err(CmdError::Limit {
+            what: "bytes in one mread",
+            limit: MAX_MAP_IO_BYTES as usize,
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    mapping(ctx)?.read(offset, &mut buf).map_err(sigbus)?;
+    if args.flag('v') {
+        dump(ctx.out, offset, &buf);
+    }
+    Ok(())
+}
+
+fn persist(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let (offset, len) = range(args)?;
+    Ok(mapping(ctx)?.persist(offset, len)?)
+}
+
+fn munmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let [] = args.exactly()?;
+    match ctx.actor.mapping.take() {
+        Some(m) => {
+            drop(m);
+            Ok(())
+        }
+        None => Err(CmdError::Errno(Errno::EINVAL)),
+    }
+}

@@ -1,0 +1,867 @@
+//! The file-system side of mappings (SPEC §5): `Handle::mmap`, what each
+//! page of a mapping shows, the re-placement of live mappings after every
+//! layout change, and the answers to write faults.
+//!
+//! Three rules hold here:
+//! - *What a page shows follows from the layout alone* ([`desired`]), so the
+//!   same function places a new mapping, re-places it after a layout change,
+//!   and checks a fault.
+//! - *Re-placement happens after the commit and before any freed block can
+//!   be reused*: [`affected`] and [`replace`] run inside `Op::install`, with
+//!   the state lock held exclusively, so by the time another operation can
+//!   allocate a block, no mapping reaches it (SPEC §4.4 for mappings).
+//! - *A write fault is an ordinary write*: allocation into a hole and
+//!   unsharing go through [`Fs::layout_change`] with the mapping's owner as
+//!   breaker, before the state lock; the block is zeroed (or copied), made
+//!   durable, committed — and so re-placed — before the faulting thread is
+//!   woken, which is also what `MAP_SYNC` asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use super::ops::{write_range, Source};
+use super::state::{FsState, Inode, Op};
+use super::{now_ns, Fs, Handle, Segment};
+use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
+use crate::lease::{
+    BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
+};
+use crate::map::fault::{Fault, FaultService, Uffd};
+use crate::map::place::{Kind, Runs};
+use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
+use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed};
+use crate::media::Media;
+use crate::pin::{PinVia, RevokeFn};
+use crate::{Errno, Error, Result};
+
+/// Most live mappings per file system (a named limit; `ENOMEM` beyond it,
+/// as `mmap` reports running out of mappings).
+pub const MAX_MAPPINGS: usize = 65_536;
+
+/// The live mappings, by file and by address (in the state, under its lock).
+#[derive(Default)]
+pub(crate) struct MapTable {
+    by_ino: HashMap<u64, Vec<Weak<MapInner>>>,
+    by_addr: BTreeMap<usize, Weak<MapInner>>,
+    /// Test-only negative control: layout changes leave live mappings alone.
+    replace_disabled: bool,
+    /// The fault service's userfaultfd, once started.
+    uffd: Option<Arc<Uffd>>,
+    /// The empty memfd whose mapping raises `SIGBUS`.
+    sigbus: Option<Arc<OwnedFd>>,
+}
+
+impl std::fmt::Debug for MapTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapTable")
+            .field("mappings", &self.by_addr.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MapTable {
+    /// The live mapping containing `addr`.
+    fn find(&self, addr: usize) -> Option<Arc<MapInner>> {
+        let (_, m) = self.by_addr.range(..=addr).next_back()?;
+        let m = m.upgrade()?;
+        let base = m.region.base();
+        (addr < base + m.region.len() as usize).then_some(m)
+    }
+
+    fn of_ino(&self, ino: u64) -> Vec<Arc<MapInner>> {
+        self.by_ino
+            .get(&ino)
+            .map(|v| v.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<Arc<MapInner>> {
+        self.by_addr.values().filter_map(Weak::upgrade).collect()
+    }
+
+    fn insert(&mut self, m: &Arc<MapInner>) -> Result<()> {
+        if self.by_addr.len() >= MAX_MAPPINGS {
+            return Err(Errno::ENOMEM.into());
+        }
+        self.by_ino
+            .entry(m.ino)
+            .or_default()
+            .push(Arc::downgrade(m));
+        self.by_addr.insert(m.region.base(), Arc::downgrade(m));
+        Ok(())
+    }
+
+    fn remove(&mut self, m: &MapInner) {
+        self.by_addr.remove(&m.region.base());
+        if let Some(v) = self.by_ino.get_mut(&m.ino) {
+            v.retain(|w| !std::ptr::eq(w.as_ptr(), m));
+            if v.is_empty() {
+                self.by_ino.remove(&m.ino);
+            }
+        }
+    }
+}
+
+/// A pool whose blocks can be placed in mappings: mapped, with 4 KiB pages.
+fn place_ctx<'a>(st: &'a FsState, media: &'a dyn Media) -> Option<PlaceCtx<'a>> {
+    let mem = media.mapping()?;
+    Some(PlaceCtx {
+        pool: mem.fd,
+        uffd: st.maps.uffd.as_deref(),
+    })
+}
+
+/// What pages `p0..p1` of mapping `m` should show, from the layout in `st`:
+/// runs of (first page, pages, kind).
+fn desired(
+    st: &FsState,
+    m: &MapInner,
+    p0: u64,
+    p1: u64,
+    invalidated: bool,
+) -> Vec<(u64, u64, Kind)> {
+    let p1 = p1.min(m.pages());
+    if p0 >= p1 {
+        return Vec::new();
+    }
+    let all = |k: Kind| vec![(p0, p1 - p0, k)];
+    if invalidated {
+        return all(Kind::Sigbus);
+    }
+    let Ok(inode) = st.inode(m.ino) else {
+        return all(Kind::Sigbus);
+    };
+    let fb0 = m.file_offset / BLOCK_SIZE;
+    // Pages wholly past end of file raise SIGBUS; the one holding EOF does not.
+    let inside = inode
+        .size
+        .div_ceil(BLOCK_SIZE)
+        .saturating_sub(fb0)
+        .clamp(p0, p1);
+    if m.flags.direct && has_shared(st, inode, fb0, fb0 + m.pages()) {
+        // A MAP_DIRECT fault over a reflinked file raises SIGBUS (SPEC §5.2).
+        return all(Kind::Sigbus);
+    }
+    let served = m.served();
+    let empty = if served {
+        Kind::Served { copy_of: None }
+    } else {
+        Kind::Zero
+    };
+    let mut out: Vec<(u64, u64, Kind)> = Vec::new();
+    let mut push = |page: u64, n: u64, k: Kind| match out.last_mut() {
+        Some((s, len, last)) if *s + *len == page && last.advance(*len) == k => *len += n,
+        _ => out.push((page, n, k)),
+    };
+    for seg in inode.extents.segments(fb0 + p0, fb0 + inside) {
+        let page = seg.logical() - fb0;
+        match seg {
+            Segment::Hole { len, .. }
+            | Segment::Mapped {
+                len,
+                unwritten: true,
+                ..
+            } => push(page, len, empty),
+            Segment::Mapped { physical, len, .. } => {
+                let mut i = 0;
+                while i < len {
+                    let shared = st.refcount(physical + i) > 1;
+                    let mut k = 1;
+                    while i + k < len && (st.refcount(physical + i + k) > 1) == shared {
+                        k += 1;
+                    }
+                    let block = physical + i;
+                    let kind = if shared && served {
+                        // Never written in place: a write-protected copy,
+                        // copied on the first store.
+                        Kind::Served {
+                            copy_of: Some(block),
+                        }
+                    } else {
+                        Kind::Pool { block }
+                    };
+                    push(page + i, k, kind);
+                    i += k;
+                }
+            }
+        }
+    }
+    if inside < p1 {
+        push(inside, p1 - inside, Kind::Sigbus);
+    }
+    out
+}
+
+/// Whether any written block of file blocks `b0..b1` is shared.
+fn has_shared(st: &FsState, inode: &Inode, b0: u64, b1: u64) -> bool {
+    inode.extents.segments(b0, b1).iter().any(|s| match *s {
+        Segment::Mapped { physical, len, .. } => {
+            (physical..physical + len).any(|b| st.refcount(b) > 1)
+        }
+        Segment::Hole { .. } => false,
+    })
+}
+
+/// Bring pages `p0..p1` of `m` up to date with the layout in `st`.
+fn place_range(st: &FsState, media: &dyn Media, m: &MapInner, p0: u64, p1: u64) {
+    let Some(ctx) = place_ctx(st, media) else {
+        return;
+    };
+    let mut placed = m.placed.lock();
+    if placed.dead {
+        return;
+    }
+    let invalidated = placed.invalidated;
+    for (s, n, kind) in desired(st, m, p0, p1, invalidated) {
+        m.apply(&mut placed, s, n, kind, &ctx);
+    }
+}
+
+/// File blocks whose layout differs between `old` and `new` (one range,
+/// `u64::MAX` for "to end of file"), or `None`.
+fn changed_blocks(old: Option<&Inode>, new: &Inode) -> Option<(u64, u64)> {
+    let Some(old) = old else {
+        return Some((0, u64::MAX));
+    };
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    if old.size != new.size {
+        lo = old.size.min(new.size) / BLOCK_SIZE;
+        hi = u64::MAX;
+    }
+    for (a, b) in [(old, new), (new, old)] {
+        for (l, e) in a.extents.iter() {
+            if b.extents.lookup(l) != Some((l, e)) {
+                lo = lo.min(l);
+                hi = hi.max(l + e.len);
+            }
+        }
+    }
+    (lo < hi).then_some((lo, hi))
+}
+
+/// Pages of the mappings that an operation about to be installed changes:
+/// called by `Op::install` *before* it installs `inodes` (the staged
+/// inodes) and `refs` (the staged reference counts) into `st`.
+pub(crate) fn affected(
+    st: &FsState,
+    inodes: &BTreeMap<u64, Inode>,
+    refs: &BTreeMap<u64, u32>,
+) -> Vec<(Arc<MapInner>, u64, u64)> {
+    let maps = &st.maps;
+    if maps.by_addr.is_empty() || maps.replace_disabled {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (&ino, new) in inodes {
+        let live = maps.of_ino(ino);
+        if live.is_empty() {
+            continue;
+        }
+        let Some((b0, b1)) = changed_blocks(st.inodes.get(&ino), new) else {
+            continue;
+        };
+        for m in live {
+            let fb0 = m.file_offset / BLOCK_SIZE;
+            if m.flags.direct {
+                // Whether the file has shared blocks is a whole-mapping matter.
+                let pages = m.pages();
+                out.push((m, 0, pages));
+                continue;
+            }
+            let p0 = b0.saturating_sub(fb0);
+            let p1 = b1.saturating_sub(fb0).min(m.pages());
+            if p0 < p1 {
+                out.push((m, p0, p1));
+            }
+        }
+    }
+    // Blocks that become shared, unshared or free change what the mappings
+    // placing them show, whichever file they belong to (a reflink source).
+    let changed: Vec<u64> = refs
+        .iter()
+        .filter(|&(&b, &c)| c == 0 || (c > 1) != (st.refcount(b) > 1))
+        .map(|(&b, _)| b)
+        .collect();
+    if !changed.is_empty() {
+        for m in maps.all() {
+            if m.flags.direct {
+                // Its pages over shared blocks show SIGBUS, not the blocks:
+                // look at the file's blocks under the mapping instead.
+                let fb0 = m.file_offset / BLOCK_SIZE;
+                let hit = st.inodes.get(&m.ino).is_some_and(|i| {
+                    i.extents
+                        .segments(fb0, fb0 + m.pages())
+                        .iter()
+                        .any(|s| match *s {
+                            Segment::Mapped { physical, len, .. } => {
+                                let k = changed.partition_point(|&b| b < physical);
+                                changed.get(k).is_some_and(|&b| b < physical + len)
+                            }
+                            Segment::Hole { .. } => false,
+                        })
+                });
+                if hit {
+                    let pages = m.pages();
+                    out.push((m, 0, pages));
+                }
+                continue;
+            }
+            let hit = {
+                let placed = m.placed.lock();
+                placed
+                    .runs
+                    .pieces(0, m.pages())
+                    .into_iter()
+                    .filter_map(|(s, n, k)| match k {
+                        Kind::Pool { block }
+                        | Kind::Served {
+                            copy_of: Some(block),
+                        } => {
+                            let i = changed.partition_point(|&b| b < block);
+                            (changed.get(i).is_some_and(|&b| b < block + n)).then_some((s, s + n))
+                        }
+                        _ => None,
+                    })
+                    .fold(None, |acc: Option<(u64, u64)>, (s, e)| match acc {
+                        Some((a, b)) => Some((a.min(s), b.max(e))),
+                        None => Some((s, e)),
+                    })
+            };
+            if let Some((s, e)) = hit {
+                out.push((m, s, e));
+            }
+        }
+    }
+    out
+}
+
+/// Re-place the pages [`affected`] found, from the layout now installed in
+/// `st` (still under the exclusive state lock).
+pub(crate) fn replace(st: &FsState, media: &dyn Media, list: Vec<(Arc<MapInner>, u64, u64)>) {
+    for (m, p0, p1) in list {
+        place_range(st, media, &m, p0, p1);
+    }
+}
+
+impl Handle {
+    /// Map `[offset, offset+len)` of the file (SPEC §5). `offset` must be
+    /// page-aligned (`EINVAL`); `len > 0`. A handle not open for reading
+    /// cannot map (`EACCES`); one not open for writing cannot map writable
+    /// and shared (`EACCES`). `MAP_DIRECT` needs `validate`, is for the
+    /// file's owner or uid 0 (`CAP_LEASE`) only (`EACCES`), and takes a
+    /// shared layout lease of the mapped range for the mapping's lifetime.
+    /// Pools that cannot be placed page by page (not mapped, or with pages
+    /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`.
+    pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
+        let fs = &self.fs;
+        let flags = flags.effective();
+        if !offset.is_multiple_of(PAGE_BYTES) || len == 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(Errno::EOVERFLOW)?;
+        let region_len = end.div_ceil(PAGE_BYTES) * PAGE_BYTES - offset;
+        if !self.flags.read || (flags.writes_file() && !self.flags.write) {
+            return Err(Errno::EACCES.into());
+        }
+        match fs.media.mapping() {
+            Some(_) if fs.media.caps().page_size == PAGE_BYTES => {}
+            _ => return Err(Errno::EOPNOTSUPP.into()),
+        }
+        {
+            let st = fs.state.read();
+            let inode = st.inode(self.ino)?;
+            if !inode.is_reg() {
+                return Err(Errno::ENODEV.into());
+            }
+            if flags.direct && self.cred.uid != 0 && self.cred.uid != inode.uid {
+                return Err(Errno::EACCES.into());
+            }
+        }
+        let uffd = if flags.writes_file() && !flags.direct {
+            Some(fs.fault_service()?)
+        } else {
+            None
+        };
+        let sigbus = fs.sigbus_fd()?;
+        let region = Region::reserve(region_len, offset % HUGE_BYTES)?;
+        let pages = region_len / PAGE_BYTES;
+        let inner = Arc::new(MapInner {
+            id: fs.next_handle.fetch_add(1, Ordering::Relaxed),
+            ino: self.ino,
+            owner: self.cred.owner,
+            file_offset: offset,
+            len,
+            flags,
+            region,
+            sigbus,
+            placed: parking_lot::Mutex::new(Placed {
+                runs: Runs::new(pages, Kind::Nothing),
+                invalidated: false,
+                dead: false,
+            }),
+            lease: parking_lot::Mutex::new(None),
+        });
+        if flags.direct {
+            // Before the state lock: the request waits for a layout change
+            // in progress (SPEC §3.2).
+            let weak = Arc::downgrade(&inner);
+            let on_event: BreakCallback = Arc::new(move |ev: &BreakEvent| {
+                if ev.kind == EventKind::Lost {
+                    if let Some(m) = weak.upgrade() {
+                        m.invalidate();
+                    }
+                }
+            });
+            let req = LeaseRequest::layout_shared()
+                .range(ByteRange::new(offset, offset + region_len))
+                .callback(on_event);
+            let req = if self.flags.nonblocking {
+                req.nonblocking()
+            } else {
+                req
+            };
+            let id =
+                fs.leases
+                    .set_lease(self.key, HandleId(inner.id), OwnerId(self.cred.owner), req)?;
+            *inner.lease.lock() = Some(id);
+        }
+        let mapping = Mapping {
+            fs: fs.clone(),
+            inner,
+        };
+        let mut st = fs.state.write();
+        if let Some(u) = uffd {
+            st.maps.uffd.get_or_insert(u);
+        }
+        st.maps.insert(&mapping.inner)?;
+        st.runtime(self.ino).opens.fetch_add(1, Ordering::Relaxed);
+        place_range(&st, &*fs.media, &mapping.inner, 0, pages);
+        drop(st);
+        Ok(mapping)
+    }
+}
+
+impl Fs {
+    /// Test-only negative control: layout changes stop re-placing live
+    /// mappings, so a mapping keeps reaching blocks after they are freed and
+    /// given to another file. Tests use it to show they can fail.
+    #[doc(hidden)]
+    pub fn disable_map_replacement_for_tests(&self) {
+        self.state.write().maps.replace_disabled = true;
+    }
+
+    /// Live mappings.
+    pub fn mapping_count(&self) -> usize {
+        self.state.read().maps.all().len()
+    }
+
+    /// The fault service's userfaultfd, starting the service on first use.
+    fn fault_service(self: &Arc<Self>) -> Result<Arc<Uffd>> {
+        let mut svc = self.faults.lock();
+        if let Some(s) = &*svc {
+            return Ok(s.uffd().clone());
+        }
+        let weak = Arc::downgrade(self);
+        let started = FaultService::start(move |uffd, fault| match weak.upgrade() {
+            Some(fs) => fs.serve_fault(uffd, fault),
+            None => uffd.wake(page_of(fault.address), PAGE_BYTES),
+        })?;
+        let uffd = started.uffd().clone();
+        *svc = Some(started);
+        Ok(uffd)
+    }
+
+    /// The empty memfd of the `SIGBUS` mapping, created on first use and
+    /// sealed so that it can never grow.
+    fn sigbus_fd(&self) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.state.read().maps.sigbus.clone() {
+            return Ok(fd);
+        }
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            "pinfs-sigbus",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::media("memfd_create", e.into()))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
+            .map_err(|e| Error::media("seal the SIGBUS memfd", e.into()))?;
+        let mut st = self.state.write();
+        Ok(st.maps.sigbus.get_or_insert_with(|| Arc::new(fd)).clone())
+    }
+
+    /// Answer one fault (on the fault service thread).
+    fn serve_fault(&self, uffd: &Uffd, fault: Fault) {
+        let addr = page_of(fault.address);
+        let found = self.state.read().maps.find(addr);
+        let Some(m) = found else {
+            uffd.wake(addr, PAGE_BYTES);
+            return;
+        };
+        let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
+        if !fault.write {
+            // Under the state lock, so that the copy matches the layout the
+            // page's placement was computed from.
+            let st = self.state.read();
+            let placed = m.placed.lock();
+            match placed.runs.kind_at(page) {
+                Some(Kind::Served { copy_of }) => {
+                    let mut buf = vec![0u8; PAGE_BYTES as usize];
+                    let read = match copy_of {
+                        Some(b) => self.media.read(block_offset(b), &mut buf),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = read.and_then(|()| uffd.copy_wp(addr, &buf)) {
+                        tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
+                        drop(placed);
+                        drop(st);
+                        self.sigbus_page(&m, page);
+                        uffd.wake(addr, PAGE_BYTES);
+                    }
+                }
+                _ => uffd.wake(addr, PAGE_BYTES),
+            }
+            return;
+        }
+        if let Err(e) = self.write_fault(&m, page) {
+            // As Linux answers ENOSPC or EIO in a write fault; and a
+            // MAP_DIRECT store that would allocate or convert (SPEC §5.2).
+            if m.flags.direct {
+                tracing::debug!(target: "pinfs::map", map = m.id, ino = m.ino, page, "MAP_DIRECT store would allocate or convert: SIGBUS");
+            } else {
+                tracing::warn!(target: "pinfs::map", map = m.id, ino = m.ino, page, error = %e, "write fault failed: SIGBUS");
+            }
+            self.sigbus_page(&m, page);
+        }
+        uffd.wake(addr, PAGE_BYTES);
+    }
+
+    /// Make the block behind page `page` of `m` written and private
+    /// (allocate a zeroed block into a hole, zero and convert an unwritten
+    /// one, copy a shared one), durably, and re-place the page.
+    fn write_fault(&self, m: &MapInner, page: u64) -> Result<()> {
+        if !m.served() || m.flags.direct {
+            // MAP_DIRECT faults never allocate, convert or unshare.
+            return Err(Errno::EFAULT.into());
+        }
+        let fb = m.file_offset / BLOCK_SIZE + page;
+        let range = ByteRange::new(fb * BLOCK_SIZE, (fb + 1) * BLOCK_SIZE);
+        let mut guard = None;
+        for _ in 0..8 {
+            let mut st = self.state.write();
+            let need = block_need(&st, m.ino, fb)?;
+            if need == Need::Layout && guard.is_none() {
+                drop(st);
+                guard = Some(self.layout_change(m.ino, range, m.owner, false)?);
+                continue;
+            }
+            if need != Need::Nothing {
+                let mut op = Op::new(&mut st, &*self.media);
+                write_range(&mut op, m.ino, range.start, BLOCK_SIZE, Source::Keep)?;
+                let now = now_ns();
+                let i = op.inode_mut(m.ino)?;
+                i.mtime_ns = now;
+                i.ctime_ns = now;
+                op.commit()?;
+            }
+            // The commit re-placed the page in every mapping of the file;
+            // a fault that found the block ready only needs this one.
+            place_range(&st, &*self.media, m, page, page + 1);
+            return Ok(());
+        }
+        Err(Errno::EAGAIN.into())
+    }
+
+    /// Make one page of `m` raise `SIGBUS` (a fault that could not be
+    /// answered); the next re-placement of the page recomputes it.
+    fn sigbus_page(&self, m: &MapInner, page: u64) {
+        let st = self.state.read();
+        if let Some(ctx) = place_ctx(&st, &*self.media) {
+            let mut placed = m.placed.lock();
+            m.apply(&mut placed, page, 1, Kind::Sigbus, &ctx);
+        }
+    }
+}
+
+/// What a write fault needs done to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Already written and private (or past EOF: the page raises SIGBUS).
+    Nothing,
+    /// Unwritten: zero and convert, not a layout change (SPEC §2).
+    Convert,
+    /// A hole or a shared block: allocate or unshare, a layout change.
+    Layout,
+}
+
+fn block_need(st: &FsState, ino: u64, fb: u64) -> Result<Need> {
+    let inode = st.inode(ino)?;
+    if fb * BLOCK_SIZE >= inode.size {
+        return Ok(Need::Nothing);
+    }
+    Ok(match inode.extents.lookup(fb) {
+        None => Need::Layout,
+        Some((l, e)) if st.refcount(e.physical + fb - l) > 1 => Need::Layout,
+        Some((_, e)) if e.unwritten => Need::Convert,
+        Some(_) => Need::Nothing,
+    })
+}
+
+fn page_of(addr: u64) -> usize {
+    (addr & !(PAGE_BYTES - 1)) as usize
+}
+
+impl Mapping {
+    /// Make the stores to `[offset, offset+len)` (into the mapping) durable
+    /// (SPEC §5.3): write back the CPU cache lines of the pool blocks behind
+    /// the range and fence (`msync` on a regular-file pool). With
+    /// `MAP_DIRECT` or `MAP_SYNC` the block map under the range is already
+    /// durable, so no `fsync` is needed.
+    pub fn persist(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.inner.len)
+            .ok_or(Errno::EINVAL)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let media = &*self.fs.media;
+        {
+            let _st = self.fs.state.read();
+            let placed = self.inner.placed.lock();
+            for (s, n, kind) in placed
+                .runs
+                .pieces(offset / PAGE_BYTES, end.div_ceil(PAGE_BYTES))
+            {
+                if let Kind::Pool { block } = kind {
+                    let from = offset.max(s * PAGE_BYTES);
+                    let to = end.min((s + n) * PAGE_BYTES);
+                    media.flush(block_offset(block) + (from - s * PAGE_BYTES), to - from)?;
+                }
+            }
+        }
+        media.fence();
+        Ok(())
+    }
+
+    /// Take a long-term pin of `[offset, offset+len)` (into the mapping,
+    /// block-aligned outward) through this `MAP_DIRECT` mapping (SPEC §4.2):
+    /// `EPERM` unless the mapping is `MAP_DIRECT`, its lease is held and not
+    /// being broken, and it covers the range. Like any pin, it first makes
+    /// the range written and private, and it outlives the mapping.
+    pub fn pin_long_term(
+        &self,
+        offset: u64,
+        len: u64,
+        revoke: Option<RevokeFn>,
+    ) -> Result<crate::fs::Pin> {
+        let m = &self.inner;
+        let end = offset
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(Errno::EINVAL)?;
+        let lease_ok = (*m.lease.lock())
+            .and_then(|id| self.fs.leases.lease(id))
+            .is_some_and(|l| l.state == LeaseState::Active);
+        if !m.flags.direct || !lease_ok || self.is_invalidated() || end > m.len {
+            return Err(Errno::EPERM.into());
+        }
+        let start = (m.file_offset + offset) / BLOCK_SIZE * BLOCK_SIZE;
+        let end = (m.file_offset + end).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        self.fs.pin_range(
+            m.ino,
+            m.owner,
+            start,
+            end,
+            PinVia::DirectMapping(m.id),
+            revoke,
+            false,
+        )
+    }
+}
+
+impl Drop for Mapping {
+    /// Unmap: nothing stays reachable, the file system forgets the mapping
+    /// (an unlinked file nothing else keeps is freed), and the `MAP_DIRECT`
+    /// lease is released — in that order, so that the layout change the
+    /// lease held off cannot free a block this range still reaches.
+    fn drop(&mut self) {
+        let m = &self.inner;
+        m.tear_down();
+        {
+            let mut st = self.fs.state.write();
+            st.maps.remove(m);
+            if let Some(rt) = st.runtime.get(&m.ino).cloned() {
+                rt.opens.fetch_sub(1, Ordering::Relaxed);
+            }
+            if !st.in_use(m.ino) && st.inodes.get(&m.ino).is_some_and(|i| i.nlink == 0) {
+                let mut op = Op::new(&mut st, &*self.fs.media);
+                let freed = match op.free_inode(m.ino) {
+                    Ok(()) => op.commit(),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = freed {
+                    tracing::error!(ino = m.ino, error = %e, "freeing an unlinked file at last unmap failed");
+                }
+            }
+        }
+        if let Some(id) = m.lease.lock().take() {
+            let _ = self.fs.leases.release(id);
+        }
+    }
+}
+
+/// What `Mapping::read`/`write` do with one run of pages.
+enum Step {
+    /// Copy through the address range (pool blocks, private memory).
+    Copy,
+    /// Answer from the source, without touching the page (served reads).
+    Source(Option<u64>),
+    /// Ask the file system for a block first (served writes).
+    Fault,
+}
+
+impl Mapping {
+    /// Walk `[offset, offset+len)` run by run, under the state lock (shared)
+    /// and the mapping's placement lock: the copy of each run is a
+    /// short-term pin (SPEC §4.1) — no layout change can free a block while
+    /// it is being copied. No copy made under the locks can fault into the
+    /// fault service (served pages are answered from their source or
+    /// faulted first, with the locks dropped), which would deadlock.
+    fn walk(
+        &self,
+        offset: u64,
+        len: u64,
+        write: bool,
+        mut each: impl FnMut(&MapInner, u64, u64, Step) -> Result<()>,
+    ) -> Result<()> {
+        self.check(offset, len)?;
+        let m = &*self.inner;
+        let end = offset + len;
+        let mut at = offset;
+        let mut faults = 0;
+        while at < end {
+            let page = at / PAGE_BYTES;
+            let fault_page = {
+                let _st = self.fs.state.read();
+                let placed = m.placed.lock();
+                let pieces = placed.runs.pieces(page, end.div_ceil(PAGE_BYTES));
+                let Some(&(s, n, kind)) = pieces.first() else {
+                    return Err(Errno::EFAULT.into());
+                };
+                let to = end.min((s + n) * PAGE_BYTES);
+                let step = match kind {
+                    Kind::Pool { .. } | Kind::Zero => Step::Copy,
+                    Kind::Served { .. } if write => Step::Fault,
+                    Kind::Served { copy_of } => Step::Source(copy_of),
+                    Kind::Sigbus | Kind::Nothing => return Err(Errno::EFAULT.into()),
+                };
+                if let Step::Fault = step {
+                    Some(page)
+                } else {
+                    each(m, at, to - at, step)?;
+                    at = to;
+                    None
+                }
+            };
+            if let Some(page) = fault_page {
+                faults += 1;
+                if faults > 8 {
+                    return Err(Errno::EAGAIN.into());
+                }
+                self.fs.write_fault(m, page)?;
+            } else {
+                faults = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `buf.len()` bytes at `offset` (into the mapping) out, as loads
+    /// would; `EFAULT` where a load would raise `SIGBUS`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let media = &*self.fs.media;
+        self.walk(offset, buf.len() as u64, false, |m, at, n, step| {
+            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
+            match step {
+                Step::Copy => m.region.read(at, dst),
+                Step::Source(None) => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                Step::Source(Some(block)) => {
+                    // The run starts at `at`'s page, whose block is `block`.
+                    media.read(block_offset(block) + at % PAGE_BYTES, dst)
+                }
+                Step::Fault => unreachable!("reads never fault"),
+            }
+        })
+    }
+
+    /// Store `data` at `offset` (into the mapping), as stores would
+    /// (allocating holes, copying shared blocks); `EFAULT` where a store
+    /// would raise `SIGBUS` (the bytes before that page are stored), or the
+    /// error that would make a write fault raise `SIGBUS` (`ENOSPC`, ...).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.walk(
+            offset,
+            data.len() as u64,
+            true,
+            |m, at, n, step| match step {
+                Step::Copy => m.region.write(
+                    at,
+                    &data[(at - offset) as usize..(at - offset + n) as usize],
+                ),
+                _ => unreachable!("writes copy or fault"),
+            },
+        )
+    }
+}
+
+/// Write back the pool blocks under the live shared mappings of `ino`
+/// (`fsync`: stores through mappings are not tracked one by one).
+pub(crate) fn flush_mappings(st: &FsState, media: &dyn Media, ino: u64) -> Result<()> {
+    for m in st.maps.of_ino(ino) {
+        if !m.flags.writes_file() {
+            continue;
+        }
+        let placed = m.placed.lock();
+        for (_, n, kind) in placed.runs.pieces(0, m.pages()) {
+            if let Kind::Pool { block } = kind {
+                media.flush(block_offset(block), n * PAGE_BYTES)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// A `write` by `owner` over `[offset, end)` of `ino` breaks the
+    /// `MAP_DIRECT` leases of other owners over the range (SPEC §5.2), even
+    /// when it changes no layout: returns the guard of that break, held
+    /// until the write is done.
+    pub(super) fn break_direct_for_write(
+        &self,
+        ino: u64,
+        offset: u64,
+        end: u64,
+        owner: u64,
+        nonblocking: bool,
+    ) -> Result<Option<crate::lease::LayoutChangeGuard>> {
+        let hit = self.state.read().maps.of_ino(ino).iter().any(|m| {
+            m.flags.direct
+                && m.owner != owner
+                && m.file_offset < end
+                && offset < m.file_offset + m.region.len()
+        });
+        if !hit {
+            return Ok(None);
+        }
+        self.layout_change(ino, ByteRange::new(offset, end), owner, nonblocking)
+            .map(Some)
+    }
+}

@@ -1,0 +1,514 @@
+//! Mappings: file ranges placed in the address space as pool memory
+//! (SPEC §5).
+//!
+//! A [`Mapping`] is one reserved address range (`region.rs`) in which the
+//! file system places, page by page, what the file's layout says that
+//! range shows:
+//!
+//! | the file has                            | the page shows                                   |
+//! |-----------------------------------------|--------------------------------------------------|
+//! | a written, unshared block               | the pool block itself (`MAP_SHARED` of the pool)  |
+//! | a hole or unwritten block               | shared writable: memory served by the fault service (reads: zeros, write-protected; writes: a zeroed block is allocated, or the unwritten one converted); private or read-only: anonymous zero-fill memory |
+//! | a shared (reflinked) block              | shared writable: a write-protected copy served on read, copy-on-write on the first store; otherwise the pool block (read-only, or `MAP_PRIVATE`) |
+//! | nothing: the page lies wholly past EOF  | an empty memfd: every access raises `SIGBUS`     |
+//!
+//! Layout changes keep live mappings true: after every commit, while the
+//! file system still holds its state lock — before a freed block can be
+//! handed out again — the affected pages of every live mapping of the file
+//! are re-placed (the §4.4 invariant for mappings). See `fs/mmap.rs`.
+//!
+//! `MAP_DIRECT` mappings ([`MapFlags::direct`]) hold a shared layout lease
+//! for their lifetime; their faults never allocate, convert or unshare
+//! (those pages raise `SIGBUS`), and when their lease is forcibly removed at
+//! lease-break-time the whole range becomes the `SIGBUS` mapping. Loads from
+//! holes and unwritten blocks of a `MAP_DIRECT` mapping read zeros (served
+//! like any other hole); the store that would allocate or convert makes the
+//! page the `SIGBUS` mapping before the storing thread is woken, so the store
+//! raises `SIGBUS` — and so does any later access to that page, until a
+//! layout change of the range re-places it. If any block under a
+//! `MAP_DIRECT` mapping is shared (reflinked), the whole mapping raises
+//! `SIGBUS` (SPEC §5.2's "the file has shared blocks", read as: under the
+//! mapped range).
+//!
+//! The fault service (`fault.rs`) is the only code that answers page faults;
+//! it is a thread per file system reading one userfaultfd.
+//!
+//! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
+//! system can only re-place pages in its own address space, and a child
+//! holding stale pool pages could reach blocks after they were freed.
+
+pub(crate) mod fault;
+pub(crate) mod place;
+pub(crate) mod region;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use self::place::{Kind, Runs};
+use self::region::{Backing, Region, PAGE_BYTES};
+use crate::fs::Fs;
+use crate::lease::LeaseId;
+use crate::{Errno, Result};
+
+/// `MAP_SHARED`: stores reach the file; extension flags are ignored.
+pub const MAP_SHARED: u32 = 0x01;
+/// `MAP_PRIVATE`: stores stay private to the mapping (copy-on-write).
+pub const MAP_PRIVATE: u32 = 0x02;
+/// `MAP_SHARED_VALIDATE`: `MAP_SHARED`, failing with `EOPNOTSUPP` on any flag
+/// it does not know; the only type under which extension flags take effect.
+pub const MAP_SHARED_VALIDATE: u32 = 0x03;
+/// The mapping-type bits.
+pub const MAP_TYPE: u32 = 0x0f;
+/// `MAP_FIXED`: pinfs chooses the address; refused (`EINVAL`).
+pub const MAP_FIXED: u32 = 0x10;
+/// `MAP_ANONYMOUS`: not a file mapping; refused (`EINVAL`).
+pub const MAP_ANONYMOUS: u32 = 0x20;
+/// `MAP_NORESERVE`: accepted and ignored (nothing is reserved anyway).
+pub const MAP_NORESERVE: u32 = 0x4000;
+/// `MAP_POPULATE`: accepted and ignored (pool blocks are placed at once).
+pub const MAP_POPULATE: u32 = 0x8000;
+/// `MAP_NONBLOCK`: accepted and ignored.
+pub const MAP_NONBLOCK: u32 = 0x10000;
+/// `MAP_SYNC` (extension, Linux's value): an allocating write fault is
+/// durable before it returns. Every pinfs write fault commits before it
+/// returns, so this only documents the caller's need.
+pub const MAP_SYNC: u32 = 0x80000;
+/// `MAP_DIRECT` (extension): a layout lease for the mapping's lifetime, no
+/// allocating faults (SPEC §5.2). Linux has no such flag; this bit
+/// (`0x200000`, bit 21) is unused by Linux's `mmap` flags on every
+/// architecture (it lies between `MAP_FIXED_NOREPLACE`, `0x100000`, and the
+/// hugetlb size field from bit 26).
+pub const MAP_DIRECT: u32 = 0x20_0000;
+
+/// Legacy flags accepted (and ignored) under every type.
+const LEGACY_ACCEPTED: u32 = MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK;
+/// Extension flags: effective only with `MAP_SHARED_VALIDATE`.
+const EXTENSIONS: u32 = MAP_SYNC | MAP_DIRECT;
+
+/// How a file range is mapped (SPEC §5.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapFlags {
+    /// `MAP_SHARED` (stores reach the file); else `MAP_PRIVATE`.
+    pub shared: bool,
+    /// `MAP_SHARED_VALIDATE`: extension flags take effect.
+    pub validate: bool,
+    /// `MAP_DIRECT` (needs `validate`).
+    pub direct: bool,
+    /// `MAP_SYNC` (needs `validate`).
+    pub sync: bool,
+    /// `PROT_READ` only; else `PROT_READ|PROT_WRITE`.
+    pub read_only: bool,
+}
+
+impl MapFlags {
+    /// `MAP_SHARED`, readable and writable.
+    pub const SHARED: MapFlags = MapFlags {
+        shared: true,
+        validate: false,
+        direct: false,
+        sync: false,
+        read_only: false,
+    };
+    /// `MAP_PRIVATE`, readable and writable.
+    pub const PRIVATE: MapFlags = MapFlags {
+        shared: false,
+        ..Self::SHARED
+    };
+    /// `MAP_SHARED_VALIDATE | MAP_DIRECT`.
+    pub const DIRECT: MapFlags = MapFlags {
+        validate: true,
+        direct: true,
+        ..Self::SHARED
+    };
+
+    /// Decode raw `mmap` flag bits (C interface, daemon protocol), SPEC §5.1:
+    /// under `MAP_SHARED_VALIDATE` an unknown flag is `EOPNOTSUPP` and the
+    /// extension flags take effect; under `MAP_SHARED` and `MAP_PRIVATE`
+    /// unknown and extension flags are ignored, as Linux does. A type other
+    /// than the three, or `MAP_FIXED`/`MAP_ANONYMOUS` (meaningless for a
+    /// pinfs file), is `EINVAL`. The result is readable and writable.
+    pub fn from_raw(bits: u32) -> Result<MapFlags, Errno> {
+        let (shared, validate) = match bits & MAP_TYPE {
+            MAP_SHARED => (true, false),
+            MAP_PRIVATE => (false, false),
+            MAP_SHARED_VALIDATE => (true, true),
+            _ => return Err(Errno::EINVAL),
+        };
+        let rest = bits & !MAP_TYPE;
+        if validate && rest & !(LEGACY_ACCEPTED | EXTENSIONS | MAP_FIXED | MAP_ANONYMOUS) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if rest & (MAP_FIXED | MAP_ANONYMOUS) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(MapFlags {
+            shared,
+            validate,
+            direct: validate && rest & MAP_DIRECT != 0,
+            sync: validate && rest & MAP_SYNC != 0,
+            read_only: false,
+        })
+    }
+
+    /// The same, read-only (`PROT_READ`).
+    pub fn read_only(self) -> MapFlags {
+        MapFlags {
+            read_only: true,
+            ..self
+        }
+    }
+
+    /// The flags that take effect: extension flags only with `validate`
+    /// (which implies a shared mapping).
+    pub(crate) fn effective(self) -> MapFlags {
+        let shared = self.shared || self.validate;
+        MapFlags {
+            shared,
+            direct: self.direct && self.validate,
+            sync: self.sync && self.validate,
+            ..self
+        }
+    }
+
+    /// Stores through the mapping reach the file.
+    pub(crate) fn writes_file(self) -> bool {
+        self.shared && !self.read_only
+    }
+}
+
+/// Placement of one mapping, under its own lock.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    /// What each page shows.
+    pub runs: Runs,
+    /// The `MAP_DIRECT` lease was forcibly removed: every page is `SIGBUS`.
+    pub invalidated: bool,
+    /// Torn down (the guard dropped): nothing is placed any more.
+    pub dead: bool,
+}
+
+/// Where placed pages come from: the descriptors and the fault service.
+pub(crate) struct PlaceCtx<'a> {
+    /// The pool's descriptor.
+    pub pool: std::os::fd::BorrowedFd<'a>,
+    /// The fault service's userfaultfd (writable shared mappings only).
+    pub uffd: Option<&'a fault::Uffd>,
+}
+
+/// The shared part of a mapping: what the file system and the fault service
+/// see. The [`Mapping`] guard owns one reference; the file system keeps weak
+/// ones.
+#[derive(Debug)]
+pub(crate) struct MapInner {
+    /// Its id (also the lease engine's handle id of its lease).
+    pub id: u64,
+    /// The file.
+    pub ino: u64,
+    /// Who mapped it (leases and layout changes are attributed to it).
+    pub owner: u64,
+    /// File offset of the first byte.
+    pub file_offset: u64,
+    /// Length asked for, in bytes.
+    pub len: u64,
+    /// Effective flags.
+    pub flags: MapFlags,
+    /// The address range.
+    pub region: Region,
+    /// The empty memfd placed where accesses raise `SIGBUS`.
+    pub sigbus: Arc<OwnedFd>,
+    /// What is placed.
+    pub placed: Mutex<Placed>,
+    /// The `MAP_DIRECT` layout lease.
+    pub lease: Mutex<Option<LeaseId>>,
+}
+
+impl MapInner {
+    /// Pages in the mapping.
+    pub(crate) fn pages(&self) -> u64 {
+        self.region.len() / PAGE_BYTES
+    }
+
+    /// Whether its holes are served by the fault service: shared writable
+    /// mappings (for `MAP_DIRECT` ones, only their loads).
+    pub(crate) fn served(&self) -> bool {
+        self.flags.writes_file()
+    }
+
+    /// Make `start..start+pages` show `kind`, touching only the pages whose
+    /// kind differs from what they show. A placement that fails falls back
+    /// to `SIGBUS`, and then to nothing, so that a failure can never leave a
+    /// page pointing at a block it should no longer reach.
+    pub(crate) fn apply(
+        &self,
+        placed: &mut Placed,
+        start: u64,
+        pages: u64,
+        kind: Kind,
+        ctx: &PlaceCtx<'_>,
+    ) {
+        if placed.dead {
+            return;
+        }
+        let mut dirty: Option<(u64, u64)> = None;
+        let pieces = placed.runs.pieces(start, start + pages);
+        for (s, n, have) in pieces {
+            let want = kind.advance(s - start);
+            if have == want {
+                if let Some((ds, dn)) = dirty.take() {
+                    self.place(placed, ds, dn, kind.advance(ds - start), ctx);
+                }
+            } else {
+                dirty = match dirty {
+                    Some((ds, dn)) => Some((ds, dn + n)),
+                    None => Some((s, n)),
+                };
+            }
+        }
+        if let Some((ds, dn)) = dirty {
+            self.place(placed, ds, dn, kind.advance(ds - start), ctx);
+        }
+    }
+
+    fn place(&self, placed: &mut Placed, start: u64, pages: u64, kind: Kind, ctx: &PlaceCtx<'_>) {
+        let (offset, len) = (start * PAGE_BYTES, pages * PAGE_BYTES);
+        let writable = !self.flags.read_only;
+        let r = match kind {
+            Kind::Pool { block } => self.region.place(
+                offset,
+                len,
+                Backing::Pool {
+                    fd: ctx.pool,
+                    offset: block * PAGE_BYTES,
+                    shared: self.flags.shared,
+                },
+                writable,
+            ),
+            Kind::Served { .. } => match ctx.uffd {
+                Some(uffd) => self
+                    .region
+                    .place(offset, len, Backing::Anon, true)
+                    .and_then(|()| uffd.register(self.region.base() + offset as usize, len)),
+                None => Err(Errno::EOPNOTSUPP.into()),
+            },
+            Kind::Zero => self.region.place(offset, len, Backing::Anon, writable),
+            Kind::Sigbus => self.sigbus_place(offset, len),
+            Kind::Nothing => self.region.place(offset, len, Backing::Nothing, false),
+        };
+        match r {
+            Ok(()) => placed.runs.set(start, pages, kind),
+            Err(e) => {
+                tracing::error!(target: "pinfs::map", map = self.id, start, pages, ?kind, error = %e, "placing pages failed; they raise SIGBUS instead");
+                let fallback = self
+                    .sigbus_place(offset, len)
+                    .map(|()| Kind::Sigbus)
+                    .or_else(|_| {
+                        self.region
+                            .place(offset, len, Backing::Nothing, false)
+                            .map(|()| Kind::Nothing)
+                    });
+                match fallback {
+                    Ok(k) => placed.runs.set(start, pages, k),
+                    Err(e) => {
+                        tracing::error!(target: "pinfs::map", map = self.id, error = %e, "cannot even make pages inaccessible")
+                    }
+                }
+            }
+        }
+    }
+
+    fn sigbus_place(&self, offset: u64, len: u64) -> Result<()> {
+        self.region.place(
+            offset,
+            len,
+            Backing::Sigbus {
+                fd: self.sigbus.as_fd(),
+            },
+            true,
+        )
+    }
+
+    /// The `MAP_DIRECT` lease was lost at lease-break-time: every page now
+    /// raises `SIGBUS`, for good (SPEC §5.2).
+    pub(crate) fn invalidate(&self) {
+        let mut placed = self.placed.lock();
+        if placed.dead || placed.invalidated {
+            return;
+        }
+        placed.invalidated = true;
+        tracing::warn!(target: "pinfs::map", map = self.id, ino = self.ino, "MAP_DIRECT lease lost at lease-break-time: mapping invalidated");
+        let pages = self.pages();
+        match self.sigbus_place(0, pages * PAGE_BYTES) {
+            Ok(()) => placed.runs.set(0, pages, Kind::Sigbus),
+            Err(e) => {
+                tracing::error!(target: "pinfs::map", map = self.id, error = %e, "invalidation: SIGBUS placement failed; making the range inaccessible");
+                if self
+                    .region
+                    .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
+                    .is_ok()
+                {
+                    placed.runs.set(0, pages, Kind::Nothing);
+                }
+            }
+        }
+    }
+
+    /// The guard dropped: nothing stays reachable through the range, even
+    /// while a fault being answered still holds a reference.
+    pub(crate) fn tear_down(&self) {
+        let mut placed = self.placed.lock();
+        let pages = self.pages();
+        if let Err(e) = self
+            .region
+            .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
+        {
+            tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a mapping failed");
+        }
+        placed.runs.set(0, pages, Kind::Nothing);
+        placed.dead = true;
+    }
+}
+
+/// A live mapping of a file range (SPEC §5); dropping it unmaps it and
+/// releases its `MAP_DIRECT` lease.
+///
+/// The memory is reached through [`Mapping::as_ptr`] with raw, volatile
+/// loads and stores (it changes under the caller whenever the file's layout
+/// changes, as in Linux), or through [`Mapping::read`] and
+/// [`Mapping::write`], which report a page that would raise `SIGBUS` as
+/// `EFAULT` instead.
+///
+/// Faults of holes are answered by the file system's fault-service thread,
+/// which takes the file system's locks and may break leases. So a thread
+/// must not touch a mapping's holes while it is inside the file system:
+/// passing mapping memory as the buffer of `pread`/`pwrite`, or touching it
+/// from a lease break callback, can deadlock. Copy through
+/// [`Mapping::read`]/[`Mapping::write`] instead, which never fault while
+/// holding a lock.
+pub struct Mapping {
+    pub(crate) fs: Arc<Fs>,
+    pub(crate) inner: Arc<MapInner>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("id", &self.inner.id)
+            .field("ino", &self.inner.ino)
+            .field("file_offset", &self.inner.file_offset)
+            .field("len", &self.inner.len)
+            .field("flags", &self.inner.flags)
+            .finish()
+    }
+}
+
+impl Mapping {
+    /// First byte of the mapping (file offset [`Mapping::file_offset`]).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.region.base() as *mut u8
+    }
+
+    /// Length in bytes, as asked for (the address range is rounded up to
+    /// whole pages).
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// Never true: mappings are at least one byte long.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// File offset of the first byte.
+    pub fn file_offset(&self) -> u64 {
+        self.inner.file_offset
+    }
+
+    /// The effective flags.
+    pub fn flags(&self) -> MapFlags {
+        self.inner.flags
+    }
+
+    /// Its id (shown in pin listings as `PinVia::DirectMapping(id)`).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Its `MAP_DIRECT` layout lease, while held.
+    pub fn lease(&self) -> Option<LeaseId> {
+        *self.inner.lease.lock()
+    }
+
+    /// Whether the `MAP_DIRECT` lease was lost and every access raises `SIGBUS`.
+    pub fn is_invalidated(&self) -> bool {
+        self.inner.placed.lock().invalidated
+    }
+
+    pub(crate) fn check(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.inner.len => Ok(()),
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_flags_follow_spec_5_1() {
+        let shared = MapFlags::from_raw(MAP_SHARED).unwrap();
+        assert_eq!(shared, MapFlags::SHARED);
+        assert_eq!(MapFlags::from_raw(MAP_PRIVATE).unwrap(), MapFlags::PRIVATE);
+        // Legacy flags alone under VALIDATE behave as MAP_SHARED.
+        let v = MapFlags::from_raw(MAP_SHARED_VALIDATE | MAP_POPULATE).unwrap();
+        assert!(v.shared && v.validate && !v.direct && !v.sync);
+        assert_eq!(
+            MapFlags {
+                validate: false,
+                ..v
+            },
+            MapFlags::SHARED
+        );
+        // Extension flags take effect only with VALIDATE ...
+        let d = MapFlags::from_raw(MAP_SHARED_VALIDATE | MAP_DIRECT | MAP_SYNC).unwrap();
+        assert!(d.direct && d.sync && d.shared);
+        let ignored = MapFlags::from_raw(MAP_SHARED | MAP_DIRECT | MAP_SYNC).unwrap();
+        assert_eq!(ignored, MapFlags::SHARED);
+        assert_eq!(
+            MapFlags::from_raw(MAP_PRIVATE | MAP_SYNC).unwrap(),
+            MapFlags::PRIVATE
+        );
+        // ... and unknown flags fail only with VALIDATE.
+        for unknown in [0x40_0000, 0x100, 0x8000_0000, 0x40] {
+            assert_eq!(
+                MapFlags::from_raw(MAP_SHARED_VALIDATE | unknown),
+                Err(Errno::EOPNOTSUPP),
+                "{unknown:#x}"
+            );
+            assert!(MapFlags::from_raw(MAP_SHARED | unknown).is_ok());
+        }
+        assert_eq!(MapFlags::from_raw(0), Err(Errno::EINVAL));
+        assert_eq!(MapFlags::from_raw(0x0f), Err(Errno::EINVAL));
+        assert_eq!(
+            MapFlags::from_raw(MAP_SHARED | MAP_FIXED),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            MapFlags::from_raw(MAP_SHARED_VALIDATE | MAP_ANONYMOUS),
+            Err(Errno::EINVAL)
+        );
+        // The struct form: extension flags without VALIDATE are dropped.
+        let eff = MapFlags {
+            direct: true,
+            sync: true,
+            ..MapFlags::SHARED
+        }
+        .effective();
+        assert_eq!(eff, MapFlags::SHARED);
+        assert!(MapFlags::DIRECT.effective().direct);
+        assert!(MapFlags::PRIVATE.read_only().read_only);
+    }
+}

@@ -1,0 +1,348 @@
+//! The virtual address range of one mapping, and what is placed in it.
+//!
+//! A [`Region`] reserves one range of the address space (an inaccessible
+//! anonymous mapping) and owns it until it drops. Everything a mapping shows
+//! is then placed *inside* that range with `MAP_FIXED`: pool blocks (a shared
+//! or private mapping of the pool's descriptor at the block's offset),
+//! anonymous memory (holes served by the fault service, or plain zero-fill
+//! memory of private and read-only mappings), a mapping of an *empty* memfd
+//! (every access raises a real kernel `SIGBUS`: nothing backs it), or nothing
+//! at all (inaccessible, once the mapping is torn down).
+//!
+//! Every range placed here is marked `MADV_DONTFORK`: the file system
+//! re-places mappings when layouts change, and it can only do that in its
+//! own address space. A child that inherited a mapping would keep pointers
+//! to blocks after they are freed and given to another file (SPEC §4.4);
+//! not inheriting it makes the child's access fault instead.
+//!
+//! # Safety
+//!
+//! A `Region` is the sole owner of `base..base+len` from `reserve` until its
+//! `Drop`: the range was created by an `mmap` the kernel placed where nothing
+//! was mapped, and this module never hands out Rust references into it, only
+//! its address. So replacing pieces of it with `MAP_FIXED` cannot unmap or
+//! alias any memory the rest of the program owns; all offsets are checked
+//! against the region's length before an address is formed. Users who turn
+//! [`Region::base`] into loads and stores do so with raw, volatile accesses of
+//! their own (SPEC §5.2 allows the memory to change under them at any time,
+//! as it does in Linux).
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::os::fd::BorrowedFd;
+
+use rustix::mm::{Advice, MapFlags, ProtFlags};
+
+use crate::{Errno, Error, Result};
+
+/// Page (and block) size of everything placed in a region.
+pub(crate) const PAGE_BYTES: u64 = 4096;
+/// Regions are placed so that file offsets and addresses agree modulo this,
+/// letting 2 MiB-aligned pool extents land on 2 MiB-aligned addresses.
+pub(crate) const HUGE_BYTES: u64 = 2 << 20;
+
+/// What backs a run of pages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backing<'a> {
+    /// The pool's descriptor at `offset` (bytes); `shared`: `MAP_SHARED`
+    /// (stores reach the pool), else `MAP_PRIVATE` (copy on write).
+    Pool {
+        fd: BorrowedFd<'a>,
+        offset: u64,
+        shared: bool,
+    },
+    /// Private anonymous memory: zero-fill, or served by userfaultfd once
+    /// registered.
+    Anon,
+    /// A shared mapping of an empty memfd: every access raises `SIGBUS`.
+    Sigbus { fd: BorrowedFd<'a> },
+    /// Inaccessible (`PROT_NONE`).
+    Nothing,
+}
+
+/// One reserved address range (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Region {
+    base: usize,
+    len: u64,
+}
+
+impl Region {
+    /// Reserve `len` bytes (whole pages) at an address congruent to `phase`
+    /// modulo 2 MiB.
+    pub(crate) fn reserve(len: u64, phase: u64) -> Result<Region> {
+        if len == 0 || !len.is_multiple_of(PAGE_BYTES) {
+            return Err(Errno::EINVAL.into());
+        }
+        let total = len.checked_add(HUGE_BYTES).ok_or(Errno::ENOMEM)?;
+        let total_usize = usize::try_from(total).map_err(|_| Errno::ENOMEM)?;
+        // SAFETY: a null hint lets the kernel choose an unused range, so the
+        // new mapping aliases nothing the program owns.
+        let raw = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total_usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| Error::media("reserve address space for a mapping", e.into()))?;
+        let raw = raw as usize;
+        let want = (phase % HUGE_BYTES) as usize;
+        let huge = HUGE_BYTES as usize;
+        let base = raw + ((want + huge - raw % huge) % huge);
+        let head = base - raw;
+        let tail = total_usize - head - len as usize;
+        // SAFETY: both pieces lie inside the reservation just made and
+        // nothing else refers to them; they are trimmed off it.
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(raw as *mut c_void, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap((base + len as usize) as *mut c_void, tail);
+            }
+        }
+        let region = Region { base, len };
+        region.dont_fork(0, len);
+        Ok(region)
+    }
+
+    /// First byte.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Errno::EINVAL.into()),
+        }
+    }
+
+    fn dont_fork(&self, offset: u64, len: u64) {
+        // SAFETY: `offset..offset+len` lies in the region (callers checked);
+        // the advice only changes what a future fork copies.
+        let r = unsafe {
+            rustix::mm::madvise(
+                (self.base + offset as usize) as *mut c_void,
+                len as usize,
+                Advice::LinuxDontFork,
+            )
+        };
+        if let Err(e) = r {
+            tracing::warn!(target: "pinfs::map", error = %e, "MADV_DONTFORK failed");
+        }
+    }
+
+    /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
+    /// region), readable, and writable when `writable`.
+    pub(crate) fn place(
+        &self,
+        offset: u64,
+        len: u64,
+        backing: Backing<'_>,
+        writable: bool,
+    ) -> Result<()> {
+        self.check(offset, len)?;
+        if !offset.is_multiple_of(PAGE_BYTES) || !len.is_multiple_of(PAGE_BYTES) {
+            return Err(Errno::EINVAL.into());
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let addr = (self.base + offset as usize) as *mut c_void;
+        let size = len as usize;
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        let fixed = MapFlags::FIXED;
+        // SAFETY: `addr..addr+size` lies inside the region this value owns
+        // (checked above), so `MAP_FIXED` replaces only pages of this region,
+        // which no Rust reference points into (module doc). The descriptors
+        // are live for the duration of the call; the kernel keeps its own
+        // reference to the file afterwards.
+        let placed = unsafe {
+            match backing {
+                Backing::Pool { fd, offset, shared } => rustix::mm::mmap(
+                    addr,
+                    size,
+                    prot,
+                    fixed
+                        | if shared {
+                            MapFlags::SHARED
+                        } else {
+                            MapFlags::PRIVATE
+                        },
+                    fd,
+                    offset,
+                ),
+                Backing::Anon => rustix::mm::mmap_anonymous(
+                    addr,
+                    size,
+                    prot,
+                    fixed | MapFlags::PRIVATE | MapFlags::NORESERVE,
+                ),
+                Backing::Sigbus { fd } => rustix::mm::mmap(
+                    addr,
+                    size,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    fixed | MapFlags::SHARED,
+                    fd,
+                    0,
+                ),
+                Backing::Nothing => rustix::mm::mmap_anonymous(
+                    addr,
+                    size,
+                    ProtFlags::empty(),
+                    fixed | MapFlags::PRIVATE | MapFlags::NORESERVE,
+                ),
+            }
+        };
+        match placed {
+            Ok(p) if p == addr => {
+                self.dont_fork(offset, len);
+                Ok(())
+            }
+            Ok(_) => Err(Errno::ENOMEM.into()),
+            Err(e) => Err(Error::media("place pages in a mapping", e.into())),
+        }
+    }
+
+    /// Copy `buf.len()` bytes at `offset` out of the region, as a system call
+    /// would: a page that would raise `SIGBUS` (or is inaccessible) makes it
+    /// fail with `EFAULT` instead. Holes are served by the fault service like
+    /// any other access.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let local = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (self.base + offset as usize + done) as *mut c_void,
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: `local` describes the caller's exclusive buffer, which
+            // the kernel writes through a copy (never a Rust reference into
+            // the region); `remote` lies inside the region (checked above).
+            // The call reports an unreachable page as an error instead of a
+            // signal.
+            let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(Errno::EFAULT.into()),
+                _ => return Err(last_errno().into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `data` into the region at `offset` (see [`Region::read`]): a
+    /// store that would raise `SIGBUS` fails with `EFAULT`, possibly after
+    /// storing the bytes before the faulting page.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len() as u64)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let local = libc::iovec {
+                iov_base: data[done..].as_ptr() as *mut c_void,
+                iov_len: data.len() - done,
+            };
+            let remote = libc::iovec {
+                iov_base: (self.base + offset as usize + done) as *mut c_void,
+                iov_len: data.len() - done,
+            };
+            // SAFETY: the kernel only reads `local` (the caller's buffer) and
+            // copies into `remote`, inside the region (checked above).
+            let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(Errno::EFAULT.into()),
+                _ => return Err(last_errno().into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn last_errno() -> Errno {
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EFAULT),
+    )
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base..base+len` is the reservation this value owns; after
+        // this nothing refers to it.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.len as usize) } {
+            tracing::warn!(target: "pinfs::map", error = %e, "munmap of a mapping failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_aligns_to_the_file_phase() {
+        for phase in [
+            0,
+            PAGE_BYTES,
+            HUGE_BYTES - PAGE_BYTES,
+            3 * HUGE_BYTES + 5 * PAGE_BYTES,
+        ] {
+            let r = Region::reserve(8 * PAGE_BYTES, phase).unwrap();
+            assert_eq!(r.base() as u64 % HUGE_BYTES, phase % HUGE_BYTES);
+            assert_eq!(r.len(), 8 * PAGE_BYTES);
+        }
+        assert!(Region::reserve(100, 0).is_err());
+    }
+
+    #[test]
+    fn anonymous_and_sigbus_pages() {
+        let r = Region::reserve(4 * PAGE_BYTES, 0).unwrap();
+        let mut buf = [1u8; 8];
+        // Reserved but inaccessible.
+        assert_eq!(r.read(0, &mut buf).unwrap_err().errno(), Errno::EFAULT);
+        r.place(0, 2 * PAGE_BYTES, Backing::Anon, true).unwrap();
+        r.write(PAGE_BYTES - 4, b"abcdefgh").unwrap();
+        r.read(PAGE_BYTES - 4, &mut buf).unwrap();
+        assert_eq!(&buf, b"abcdefgh");
+        let empty = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        use std::os::fd::AsFd;
+        r.place(
+            2 * PAGE_BYTES,
+            2 * PAGE_BYTES,
+            Backing::Sigbus { fd: empty.as_fd() },
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r.read(2 * PAGE_BYTES, &mut buf).unwrap_err().errno(),
+            Errno::EFAULT
+        );
+        assert_eq!(
+            r.write(2 * PAGE_BYTES - 4, b"12345678")
+                .unwrap_err()
+                .errno(),
+            Errno::EFAULT
+        );
+        assert!(r
+            .place(PAGE_BYTES, 4 * PAGE_BYTES, Backing::Anon, true)
+            .is_err());
+    }
+}
