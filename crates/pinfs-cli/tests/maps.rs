@@ -3,23 +3,9 @@
 //! with its lease and its invalidation, pins through a mapping, and the
 //! truncate policies meeting a direct-mapped, pinned file.
 
-use std::process::Command;
+mod support;
 
-fn io(opts: &[&str], cmds: &[&str]) -> (String, String, bool) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pinfs"));
-    c.arg("io").args(opts);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = c.output().expect("run pinfs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-        out.status.success(),
-    )
-}
+use support::io;
 
 fn field(out: &str, name: &str) -> Vec<u64> {
     out.lines()

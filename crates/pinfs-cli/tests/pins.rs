@@ -2,24 +2,9 @@
 //! actor pins a range under an unbreakable layout lease, gives the lease up
 //! (the pin stays), and another actor truncates the file.
 
-use std::process::Command;
+mod support;
 
-/// Run `pinfs io` with `opts` and the commands; (stdout, stderr, success).
-fn io(opts: &[&str], cmds: &[&str]) -> (String, String, bool) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pinfs"));
-    c.arg("io").args(opts);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = c.output().expect("run pinfs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-        out.status.success(),
-    )
-}
+use support::io;
 
 /// The set-up every scenario shares: /f of 64 KiB, 16 KiB of it pinned by
 /// @main, the lease given up.
