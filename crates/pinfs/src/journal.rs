@@ -166,14 +166,13 @@ pub enum Recovery {
 
 impl Journal {
     /// Write an empty journal (mkfs).
-    pub fn format(media: &dyn Media, start_block: u64, blocks: u64) -> Result<()> {
+    pub fn format(media: &dyn Media, start_block: u64) -> Result<()> {
         let mut h = JournalHeader::default();
         h.seal();
         let off = start_block * BLOCK_SIZE;
         media.fill(off, BLOCK_SIZE, 0)?;
         media.write(off, h.as_bytes())?;
         media.flush(off, BLOCK_SIZE)?;
-        let _ = blocks;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! (the blocks go to the busy-extent list until the last pin drops) or revoke.
 //! The pin table knows blocks and owners; it knows nothing of leases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -106,6 +106,8 @@ pub(crate) struct PinTable {
     pins: HashMap<PinId, PinEntry>,
     /// block → number of pins reaching it.
     by_block: BTreeMap<u64, u32>,
+    /// inode → its pins, so a layout change looks only at the file's pins.
+    by_ino: HashMap<u64, BTreeSet<PinId>>,
     next: u64,
 }
 
@@ -131,6 +133,7 @@ impl PinTable {
         }
         tracing::debug!(target: "pinfs::pin", id = self.next, owner = info.owner, ino = info.ino, offset = info.offset, len = info.len, "pin");
         let id = info.id;
+        self.by_ino.entry(info.ino).or_default().insert(id);
         self.pins.insert(id, PinEntry { info, revoke });
         Ok(id)
     }
@@ -138,6 +141,12 @@ impl PinTable {
     /// Drop a pin; returns the blocks no pin reaches any more.
     pub fn remove(&mut self, id: PinId) -> Option<Vec<Run>> {
         let e = self.pins.remove(&id)?;
+        if let Some(set) = self.by_ino.get_mut(&e.info.ino) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_ino.remove(&e.info.ino);
+            }
+        }
         tracing::debug!(target: "pinfs::pin", id = id.0, "unpin");
         let mut freed: Vec<Run> = Vec::new();
         for r in &e.info.blocks {
@@ -184,12 +193,16 @@ impl PinTable {
 
     /// Pins of inode `ino` overlapping file bytes `[start, end)`.
     pub fn of_file_range(&self, ino: u64, start: u64, end: u64) -> Vec<PinId> {
-        self.pins
-            .values()
-            .filter(|e| {
-                e.info.ino == ino && e.info.offset < end && start < e.info.offset + e.info.len
+        let Some(ids) = self.by_ino.get(&ino) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                self.pins
+                    .get(id)
+                    .is_some_and(|e| e.info.offset < end && start < e.info.offset + e.info.len)
             })
-            .map(|e| e.info.id)
             .collect()
     }
 
@@ -250,7 +263,10 @@ mod tests {
             t.split(Run { start: 13, len: 1 }).0,
             vec![Run { start: 13, len: 1 }]
         );
+        assert_eq!(t.of_file_range(5, 0, 4096), vec![b]);
+        assert_eq!(t.of_file_range(6, 0, 4096), vec![]);
         assert_eq!(t.remove(b).unwrap(), vec![Run { start: 12, len: 4 }]);
+        assert!(t.of_file_range(5, 0, u64::MAX).is_empty());
         assert!(t.split(Run { start: 0, len: 100 }).0.is_empty());
         assert_eq!(
             "revoke".parse::<TruncatePolicy>(),

@@ -98,6 +98,13 @@ impl ExtentMap {
         (l + e.len > logical).then_some((l, e))
     }
 
+    /// The pool block right after the one mapping file block `logical - 1`:
+    /// where a block for `logical` should go to keep the file contiguous.
+    pub fn goal(&self, logical: u64) -> Option<u64> {
+        let prev = logical.checked_sub(1)?;
+        self.lookup(prev).map(|(l, e)| e.physical + (logical - l))
+    }
+
     /// The end (one past the last block) of the last extent, 0 if none.
     pub fn end(&self) -> u64 {
         self.map.iter().next_back().map_or(0, |(&l, e)| l + e.len)
@@ -299,6 +306,8 @@ mod tests {
         m.shift(4, 3); // insert 3 blocks at 4
         assert_eq!(m.segments(4, 7), vec![Segment::Hole { logical: 4, len: 3 }]);
         assert_eq!(m.lookup(7), Some((7, ext(54, 6))));
+        assert_eq!(m.goal(8), Some(55), "right after the block mapping file block 7 (54)");
+        assert_eq!(m.goal(0), None);
         m.shift(7, -3); // collapse them again
         assert_eq!(m.len(), 1);
         assert_eq!(m.lookup(0), Some((0, ext(50, 10))));

@@ -77,6 +77,20 @@ impl MapTable {
             .unwrap_or_default()
     }
 
+    /// Whether a live `MAP_DIRECT` mapping of someone other than `owner`
+    /// covers part of `[offset, end)` of `ino` — asked on every `pwrite`, so
+    /// it allocates nothing.
+    fn direct_of_other(&self, ino: u64, owner: u64, offset: u64, end: u64) -> bool {
+        self.by_ino.get(&ino).is_some_and(|v| {
+            v.iter().filter_map(Weak::upgrade).any(|m| {
+                m.flags.direct
+                    && m.owner != owner
+                    && m.file_offset < end
+                    && offset < m.file_offset + m.region.len()
+            })
+        })
+    }
+
     fn all(&self) -> Vec<Arc<MapInner>> {
         self.by_addr.values().filter_map(Weak::upgrade).collect()
     }
@@ -852,13 +866,12 @@ impl Fs {
         owner: u64,
         nonblocking: bool,
     ) -> Result<Option<crate::lease::LayoutChangeGuard>> {
-        let hit = self.state.read().maps.of_ino(ino).iter().any(|m| {
-            m.flags.direct
-                && m.owner != owner
-                && m.file_offset < end
-                && offset < m.file_offset + m.region.len()
-        });
-        if !hit {
+        if !self
+            .state
+            .read()
+            .maps
+            .direct_of_other(ino, owner, offset, end)
+        {
             return Ok(None);
         }
         self.layout_change(ino, ByteRange::new(offset, end), owner, nonblocking)

@@ -369,7 +369,7 @@ impl Fs {
         // Metadata regions start zeroed: free inodes, zero reference counts.
         let meta_end = block_offset(sb.data_start.get());
         media.fill(0, meta_end, 0)?;
-        Journal::format(media, sb.journal_start.get(), sb.journal_blocks.get())?;
+        Journal::format(media, sb.journal_start.get())?;
         let mut state = format::StateBlock {
             next_generation: 1.into(),
             ..Default::default()
@@ -460,14 +460,9 @@ impl Fs {
             tracing::info!(ino, "freeing orphan left by a crash");
             let mut op = Op::new(&mut st, &*self.media);
             op.free_inode(ino)?;
-            self.commit(op)?;
+            op.commit()?;
         }
         Ok(())
-    }
-
-    /// Commit a staged operation.
-    fn commit(&self, op: Op<'_>) -> Result<()> {
-        op.commit()
     }
 
     /// The media the file system lives on.
@@ -593,7 +588,7 @@ impl Fs {
                 let d = op.inode_mut(dir)?;
                 d.mtime_ns = now;
                 d.ctime_ns = now;
-                self.commit(op)?;
+                op.commit()?;
                 created = true;
                 ino
             }
@@ -646,7 +641,7 @@ impl Fs {
         op.unlink_name(dir, name)?;
         touch_dir(&mut op, dir, now)?;
         drop_link(&mut op, ino, now)?;
-        self.commit(op)
+        op.commit()
     }
 
     /// Create a directory.
@@ -666,7 +661,7 @@ impl Fs {
         op.link(dir, name, ino)?;
         touch_dir(&mut op, dir, now)?;
         op.inode_mut(dir)?.nlink += 1;
-        self.commit(op)
+        op.commit()
     }
 
     /// Remove an empty directory.
@@ -687,7 +682,7 @@ impl Fs {
         op.inode_mut(dir)?.nlink -= 1;
         op.inode_mut(ino)?.nlink = 1;
         drop_link(&mut op, ino, now)?;
-        self.commit(op)
+        op.commit()
     }
 
     /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
@@ -752,7 +747,7 @@ impl Fs {
         op.inode_mut(ino)?.ctime_ns = now;
         touch_dir(&mut op, fdir, now)?;
         touch_dir(&mut op, tdir, now)?;
-        self.commit(op)
+        op.commit()
     }
 
     /// List a directory, sorted by name.
@@ -825,7 +820,7 @@ impl Fs {
             i.gid = g;
         }
         i.ctime_ns = now_ns();
-        self.commit(op)
+        op.commit()
     }
 
     /// Space in 4 KiB blocks.

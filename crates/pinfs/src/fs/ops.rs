@@ -124,11 +124,7 @@ fn fill_blocks(
 /// The pool block right after file block `logical - 1`'s, to keep files
 /// contiguous.
 fn goal_for(op: &Op<'_>, ino: u64, logical: u64) -> Result<Option<u64>> {
-    let i = op.inode(ino)?;
-    Ok(logical
-        .checked_sub(1)
-        .and_then(|prev| i.extents.lookup(prev))
-        .map(|(l, e)| e.physical + (logical - l)))
+    Ok(op.inode(ino)?.extents.goal(logical))
 }
 
 /// Write `[offset, offset+len)` of file `ino` from `src`: in place where the
@@ -291,8 +287,9 @@ fn allocate_unwritten(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result
 
 /// How a write of `[offset, end)` reaches the file.
 enum WritePlan {
-    /// Every block written, unshared, inside the file: copy in place.
-    InPlace,
+    /// Every block written, unshared, inside the file: copy in place into
+    /// these segments.
+    InPlace(Vec<Segment>),
     /// Only unwritten blocks to convert: not a layout change (SPEC §2).
     Convert,
     /// Allocation into holes, unsharing, or growth: a layout change of this range.
@@ -307,11 +304,11 @@ fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan
     if end > inode.size {
         return Ok(WritePlan::Layout(ByteRange::to_eof(offset.min(inode.size))));
     }
-    let mut plan = WritePlan::InPlace;
-    for seg in inode
+    let segs = inode
         .extents
-        .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
-    {
+        .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let mut convert = false;
+    for &seg in &segs {
         match seg {
             Segment::Hole { .. } => return Ok(WritePlan::Layout(ByteRange::new(offset, end))),
             Segment::Mapped {
@@ -323,13 +320,15 @@ fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan
                 if (physical..physical + len).any(|b| st.refcount(b) > 1) {
                     return Ok(WritePlan::Layout(ByteRange::new(offset, end)));
                 }
-                if unwritten {
-                    plan = WritePlan::Convert;
-                }
+                convert |= unwritten;
             }
         }
     }
-    Ok(plan)
+    Ok(if convert {
+        WritePlan::Convert
+    } else {
+        WritePlan::InPlace(segs)
+    })
 }
 
 impl Handle {
@@ -440,7 +439,9 @@ impl Handle {
                 // the pool suffice.
                 let st = self.fs.state.read();
                 match write_plan(&st, self.ino, offset, end)? {
-                    WritePlan::InPlace => return self.write_in_place(&st, offset, data),
+                    WritePlan::InPlace(segs) => {
+                        return self.write_in_place(&st, &segs, offset, data)
+                    }
                     WritePlan::Layout(range) if guard.is_none() => {
                         drop(st);
                         guard = Some(self.fs.layout_change(
@@ -476,15 +477,17 @@ impl Handle {
     }
 
     /// The in-place write of the fast path (see [`write_plan`]).
-    fn write_in_place(&self, st: &FsState, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write_in_place(
+        &self,
+        st: &FsState,
+        segs: &[Segment],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<usize> {
         let end = offset + data.len() as u64;
         let media = &*self.fs.media;
-        let inode = st.inode(self.ino)?;
         let rt = st.runtime.get(&self.ino).ok_or(Errno::EBADF)?;
-        for seg in inode
-            .extents
-            .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
-        {
+        for &seg in segs {
             let (bstart, bend) = bytes_of(seg.logical(), seg.len());
             let (from, to) = (offset.max(bstart), end.min(bend));
             if let Segment::Mapped { physical, .. } = seg {

@@ -483,11 +483,7 @@ impl<'a> Op<'a> {
             return Err(Errno::ENOSPC.into());
         }
         let logical = slots / DIRENTS_PER_BLOCK;
-        let goal = self
-            .inode(dir)?
-            .extents
-            .lookup(logical.wrapping_sub(1))
-            .map(|(l, e)| e.physical + e.len - (logical - l) + 1);
+        let goal = self.inode(dir)?.extents.goal(logical);
         let runs = self.alloc_zeroed(1, goal)?;
         let inode = self.inode_mut(dir)?;
         inode.extents.map(
