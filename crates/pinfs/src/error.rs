@@ -71,6 +71,15 @@ impl Errno {
     /// `EWOULDBLOCK` is `EAGAIN` on Linux; the name documents intent at call sites.
     pub const EWOULDBLOCK: Errno = Errno(libc::EWOULDBLOCK);
 
+    /// The errno the last failed system call of this thread left.
+    pub fn last() -> Errno {
+        Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+
     /// The C library's message for this errno (`strerror`).
     pub fn message(self) -> String {
         std::io::Error::from_raw_os_error(self.0)

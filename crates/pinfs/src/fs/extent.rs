@@ -306,7 +306,11 @@ mod tests {
         m.shift(4, 3); // insert 3 blocks at 4
         assert_eq!(m.segments(4, 7), vec![Segment::Hole { logical: 4, len: 3 }]);
         assert_eq!(m.lookup(7), Some((7, ext(54, 6))));
-        assert_eq!(m.goal(8), Some(55), "right after the block mapping file block 7 (54)");
+        assert_eq!(
+            m.goal(8),
+            Some(55),
+            "right after the block mapping file block 7 (54)"
+        );
         assert_eq!(m.goal(0), None);
         m.shift(7, -3); // collapse them again
         assert_eq!(m.len(), 1);

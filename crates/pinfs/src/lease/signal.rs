@@ -36,11 +36,7 @@ pub fn raise_signal(pid: i32, signo: i32) -> Result<(), Errno> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(Errno::last())
     }
 }
 
@@ -60,11 +56,7 @@ pub fn queue_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ))
+        Err(Errno::last())
     }
 }
 

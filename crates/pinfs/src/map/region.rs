@@ -241,7 +241,7 @@ impl Region {
             match n {
                 n if n > 0 => done += n as usize,
                 0 => return Err(Errno::EFAULT.into()),
-                _ => return Err(last_errno().into()),
+                _ => return Err(Errno::last().into()),
             }
         }
         Ok(())
@@ -268,19 +268,11 @@ impl Region {
             match n {
                 n if n > 0 => done += n as usize,
                 0 => return Err(Errno::EFAULT.into()),
-                _ => return Err(last_errno().into()),
+                _ => return Err(Errno::last().into()),
             }
         }
         Ok(())
     }
-}
-
-fn last_errno() -> Errno {
-    Errno(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EFAULT),
-    )
 }
 
 impl Drop for Region {
