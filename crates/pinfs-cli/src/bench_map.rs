@@ -148,23 +148,23 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
     let pool = fs.media().mapping().map(|m| m.base.as_ptr());
     let (mut memcpy, mut read, mut write, mut pool_read) =
         (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    // Every copy goes through `copy`, whose pointers are opaque to the
+    // optimiser: without that, LLVM may drop or merge copies into a buffer
+    // that is overwritten later (it did: memcpy once showed twice the
+    // machine's bandwidth).
+    let dst = a.as_mut_ptr();
     for _ in 0..rounds * 2 {
-        memcpy = memcpy.min(best(1, || a.copy_from_slice(&b)));
+        // SAFETY: `a` and `b` are distinct heap buffers of BANDWIDTH_BYTES.
+        memcpy = memcpy.min(best(1, || unsafe { copy(b.as_ptr(), dst) }));
         // SAFETY: as above.
-        read = read.min(best(1, || unsafe {
-            std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), BANDWIDTH_BYTES)
-        }));
+        read = read.min(best(1, || unsafe { copy(p, dst) }));
         // SAFETY: as above; nothing else reads or writes the file meanwhile.
-        write = write.min(best(1, || unsafe {
-            std::ptr::copy_nonoverlapping(b.as_ptr(), p, BANDWIDTH_BYTES)
-        }));
+        write = write.min(best(1, || unsafe { copy(b.as_ptr(), p) }));
         if let Some(base) = pool {
             // Diagnostic: the same copy straight from the pool's own mapping.
             // SAFETY: the pool mapping is over 1 GiB long and nothing holds a
             // reference into it.
-            pool_read = pool_read.min(best(1, || unsafe {
-                std::ptr::copy_nonoverlapping(base.add(64 << 20), a.as_mut_ptr(), BANDWIDTH_BYTES)
-            }));
+            pool_read = pool_read.min(best(1, || unsafe { copy(base.add(64 << 20), dst) }));
         }
     }
     std::hint::black_box(&a);
@@ -195,6 +195,17 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
     drop(h);
     fs.unlink(DEVICE, "/bw")?;
     Ok(())
+}
+
+/// Copy BANDWIDTH_BYTES from `src` to `dst`, opaque to the optimiser.
+///
+/// # Safety
+/// Both ranges must be valid for BANDWIDTH_BYTES and must not overlap.
+unsafe fn copy(src: *const u8, dst: *mut u8) {
+    let (src, dst) = (std::hint::black_box(src), std::hint::black_box(dst));
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, BANDWIDTH_BYTES) };
+    std::hint::black_box(dst);
 }
 
 /// Touch one byte per page of `len` bytes at `p`.
