@@ -153,8 +153,12 @@ impl Allocator {
         }
         let mut out = Vec::new();
         let mut left = want;
-        // 1. Continue right where the file's previous extent ends.
-        if let Some(g) = goal {
+        // 1. Continue right where the file's previous extent ends — unless
+        //    the request is whole 2 MiB pages and continuing would put them
+        //    off a 2 MiB boundary: then alignment wins (below), so that the
+        //    blocks can be mapped with 2 MiB pages.
+        let whole_huge = want >= HUGE_BLOCKS && want.is_multiple_of(HUGE_BLOCKS);
+        if let Some(g) = goal.filter(|g| !whole_huge || g.is_multiple_of(HUGE_BLOCKS)) {
             if let Some((&s, &l)) = self.by_start.range(..=g).next_back() {
                 if s + l > g {
                     let n = left.min(s + l - g);
@@ -289,6 +293,34 @@ mod tests {
         let r = a.alloc(1024, None).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].start % HUGE_BLOCKS, 0);
+    }
+
+    #[test]
+    fn whole_huge_pages_leave_a_misaligned_goal_for_alignment() {
+        // Continuing at block 100 would put 2 MiB off a 2 MiB boundary.
+        let mut a = with_free(&[(100, 4000)]);
+        assert_eq!(
+            a.alloc(HUGE_BLOCKS, Some(100)).unwrap(),
+            vec![Run {
+                start: HUGE_BLOCKS,
+                len: HUGE_BLOCKS
+            }]
+        );
+        // An aligned goal, or a request not of whole 2 MiB pages, continues.
+        assert_eq!(
+            a.alloc(HUGE_BLOCKS, Some(2 * HUGE_BLOCKS)).unwrap(),
+            vec![Run {
+                start: 2 * HUGE_BLOCKS,
+                len: HUGE_BLOCKS
+            }]
+        );
+        assert_eq!(
+            a.alloc(600, Some(100)).unwrap()[0],
+            Run {
+                start: 100,
+                len: 412
+            }
+        );
     }
 
     #[test]

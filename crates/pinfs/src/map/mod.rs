@@ -445,6 +445,15 @@ impl Mapping {
         self.inner.placed.lock().invalidated
     }
 
+    /// Bytes of the mapping the kernel currently maps with 2 MiB pages
+    /// (from `/proc/self/smaps`). A 2 MiB window of the file is mapped so
+    /// when its blocks are one 2 MiB-aligned run of pool blocks, written and
+    /// unshared, the pool has transparent 2 MiB pages
+    /// ([`crate::MediaCaps::huge_pages`]), and the window has been touched.
+    pub fn huge_mapped_bytes(&self) -> Result<u64> {
+        self.inner.region.huge_mapped_bytes()
+    }
+
     pub(crate) fn check(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.inner.len => Ok(()),

@@ -140,6 +140,46 @@ impl Region {
         }
     }
 
+    fn advise_huge(&self, offset: u64, len: u64) {
+        // SAFETY: `offset..offset+len` lies in the region (callers checked);
+        // the advice only lets the kernel use 2 MiB pages for it.
+        let r = unsafe {
+            rustix::mm::madvise(
+                (self.base + offset as usize) as *mut c_void,
+                len as usize,
+                Advice::LinuxHugepage,
+            )
+        };
+        if let Err(e) = r {
+            tracing::debug!(target: "pinfs::map", error = %e, "MADV_HUGEPAGE refused");
+        }
+    }
+
+    /// Bytes of the region the kernel currently maps with 2 MiB page-table
+    /// entries (the `ShmemPmdMapped` and `FilePmdMapped` lines of
+    /// `/proc/self/smaps` for the pieces placed in it).
+    pub(crate) fn huge_mapped_bytes(&self) -> Result<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps")
+            .map_err(|e| Error::media("read /proc/self/smaps", e))?;
+        let (lo, hi) = (self.base as u64, self.base as u64 + self.len);
+        let mut inside = false;
+        let mut total_kib = 0u64;
+        for line in smaps.lines() {
+            let mut words = line.split_ascii_whitespace();
+            let Some(first) = words.next() else { continue };
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    inside = a >= lo && b <= hi;
+                    continue;
+                }
+            }
+            if inside && matches!(first, "ShmemPmdMapped:" | "FilePmdMapped:") {
+                total_kib += words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            }
+        }
+        Ok(total_kib * 1024)
+    }
+
     /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
     /// region), readable, and writable when `writable`.
     pub(crate) fn place(
@@ -209,6 +249,9 @@ impl Region {
         match placed {
             Ok(p) if p == addr => {
                 self.dont_fork(offset, len);
+                if let Backing::Pool { .. } = backing {
+                    self.advise_huge(offset, len);
+                }
                 Ok(())
             }
             Ok(_) => Err(Errno::ENOMEM.into()),

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 
 use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
-use rustix::mm::{MapFlags, MsyncFlags, ProtFlags};
+use rustix::mm::{Advice, MapFlags, MsyncFlags, ProtFlags};
 
 use super::{check_range, flush, Durability, FlushMethod, Media, MediaCaps, MediaKind, PoolMemory};
 use crate::{Errno, Error, Result};
@@ -50,6 +50,10 @@ pub const MIN_POOL_BYTES: u64 = 1 << 20;
 
 /// Mapping alignment of device-dax when sysfs does not say (the common 2 MiB).
 const DEVDAX_DEFAULT_ALIGN_BYTES: u64 = 2 << 20;
+
+/// The pool is mapped at an address aligned to at least this, so that pool
+/// offsets and addresses agree modulo a 2 MiB page.
+const HUGE_ALIGN_BYTES: u64 = 2 << 20;
 
 /// `TMPFS_MAGIC` from `statfs(2)`.
 const TMPFS_MAGIC: u32 = 0x0102_1994;
@@ -98,6 +102,7 @@ impl MappedPool {
             long_term_pin: true,
             flush: flush::detect(),
             page_size: page_bytes,
+            huge_pages: page_bytes == 4096 && shmem_huge_allowed(None),
         };
         Self::map(fd, None, caps, len_bytes)
     }
@@ -173,21 +178,19 @@ impl MappedPool {
             .ok()
             .filter(|&n| isize::try_from(n).is_ok())
             .ok_or_else(|| too_large(&what, len_bytes))?;
-        // SAFETY: a null hint lets the kernel choose an unused address range,
-        // so the new mapping aliases no existing Rust object; `map_len` is
-        // non-zero (at least `MIN_POOL_BYTES`), whole pages, and within the
-        // file, and `fd` is a live descriptor opened read-write.
-        let addr = unsafe {
-            rustix::mm::mmap(
-                ptr::null_mut(),
-                map_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
+        let addr = map_aligned(&fd, map_len, caps.page_size.max(HUGE_ALIGN_BYTES))
+            .map_err(|e| Error::media(format!("map {what} ({len_bytes} bytes)"), e.into()))?;
+        if caps.page_size == 4096 {
+            // Ask for transparent 2 MiB pages: pool memory first touched through
+            // this mapping is then allocated in 2 MiB pages wherever the kernel
+            // allows it for this file (see `MediaCaps::huge_pages`), so that
+            // 2 MiB-aligned extents can be mapped with one page-table entry.
+            // SAFETY: the range is the mapping just created; the advice changes
+            // only how its pages are allocated, not their contents.
+            if let Err(e) = unsafe { rustix::mm::madvise(addr, map_len, Advice::LinuxHugepage) } {
+                tracing::debug!(pool = %what, error = %e, "MADV_HUGEPAGE refused");
+            }
         }
-        .map_err(|e| Error::media(format!("map {what} ({len_bytes} bytes)"), e.into()))?;
         let Some(base) = NonNull::new(addr.cast::<u8>()) else {
             return Err(Error::media(
                 format!("map {what}"),
@@ -348,6 +351,111 @@ impl Drop for MappedPool {
     }
 }
 
+/// Map `len` bytes of `fd` from offset 0, shared and read-write, at an
+/// address aligned to `align` (a power of two).
+fn map_aligned(fd: &OwnedFd, len: usize, align: u64) -> rustix::io::Result<*mut c_void> {
+    let align = usize::try_from(align).map_err(|_| rustix::io::Errno::NOMEM)?;
+    let total = len.checked_add(align).ok_or(rustix::io::Errno::NOMEM)?;
+    // SAFETY: a null hint lets the kernel choose an unused range, so this
+    // inaccessible reservation aliases nothing the program owns.
+    let raw = unsafe {
+        rustix::mm::mmap_anonymous(
+            ptr::null_mut(),
+            total,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }? as usize;
+    let base = raw.next_multiple_of(align);
+    let (head, tail) = (base - raw, raw + total - (base + len));
+    // SAFETY: `base..base+len` lies inside the reservation just made, which
+    // nothing else refers to, so MAP_FIXED replaces only it; `fd` is a live
+    // read-write descriptor at least `len` bytes long (callers checked).
+    let mapped = unsafe {
+        rustix::mm::mmap(
+            base as *mut c_void,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::FIXED,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: the trimmed pieces (and, on failure, the whole reservation) are
+    // parts of the reservation above that nothing refers to.
+    unsafe {
+        match mapped {
+            Ok(_) => {
+                if head > 0 {
+                    let _ = rustix::mm::munmap(raw as *mut c_void, head);
+                }
+                if tail > 0 {
+                    let _ = rustix::mm::munmap((base + len) as *mut c_void, tail);
+                }
+            }
+            Err(_) => {
+                let _ = rustix::mm::munmap(raw as *mut c_void, total);
+            }
+        }
+    }
+    mapped
+}
+
+/// Whether shmem memory may be allocated in transparent 2 MiB pages for a
+/// mapping advised `MADV_HUGEPAGE`: for a memfd (`mount_huge` = `None`) the
+/// `shmem_enabled` policy of the kernel's internal mount decides (the 2 MiB
+/// size's own setting, unless it says `inherit`); for a tmpfs file, the
+/// mount's `huge=` option (`mount_huge`), unless the global policy is
+/// `force` or `deny`.
+fn shmem_huge_allowed(mount_huge: Option<&str>) -> bool {
+    const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+    let selected = |path: &str| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let start = text.find('[')?;
+        let end = text[start..].find(']')? + start;
+        Some(text[start + 1..end].to_string())
+    };
+    let Some(global) = selected(&format!("{THP}/shmem_enabled")) else {
+        return false;
+    };
+    let allows = |v: &str| matches!(v, "always" | "within_size" | "advise" | "force");
+    match global.as_str() {
+        "force" => return true,
+        "deny" => return false,
+        _ => {}
+    }
+    match mount_huge {
+        Some(option) => allows(option),
+        None => match selected(&format!("{THP}/hugepages-2048kB/shmem_enabled")).as_deref() {
+            None | Some("inherit") => allows(&global),
+            Some(own) => allows(own),
+        },
+    }
+}
+
+/// The `huge=` option of the tmpfs mount holding `fd` (`never` when absent).
+fn tmpfs_huge_option(fd: &OwnedFd) -> Option<String> {
+    let stx = rustix::fs::statx(
+        fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').next() == Some(&stx.stx_mnt_id.to_string()))?;
+    let super_options = line.split(" - ").nth(1)?.split(' ').nth(2)?;
+    Some(
+        super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix("huge="))
+            .unwrap_or("never")
+            .to_string(),
+    )
+}
+
 /// Recognises the backend of `fd` and its size in bytes.
 fn detect(fd: &OwnedFd, what: &str) -> Result<(MediaCaps, u64)> {
     let stat =
@@ -371,6 +479,8 @@ fn detect(fd: &OwnedFd, what: &str) -> Result<(MediaCaps, u64)> {
                     long_term_pin: true,
                     flush: flush::detect(),
                     page_size: system_page_bytes(),
+                    huge_pages: system_page_bytes() == 4096
+                        && shmem_huge_allowed(tmpfs_huge_option(fd).as_deref()),
                 },
                 HUGETLBFS_MAGIC => MediaCaps {
                     kind: MediaKind::Hugetlbfs,
@@ -386,6 +496,7 @@ fn detect(fd: &OwnedFd, what: &str) -> Result<(MediaCaps, u64)> {
                                 io::Error::from_raw_os_error(libc::EINVAL),
                             )
                         })?,
+                    huge_pages: false,
                 },
                 _ => MediaCaps {
                     kind: MediaKind::File,
@@ -393,6 +504,7 @@ fn detect(fd: &OwnedFd, what: &str) -> Result<(MediaCaps, u64)> {
                     long_term_pin: false,
                     flush: FlushMethod::Msync,
                     page_size: system_page_bytes(),
+                    huge_pages: false,
                 },
             };
             Ok((caps, file_bytes))
@@ -433,6 +545,7 @@ fn detect_devdax(rdev: rustix::fs::Dev, what: &str) -> Result<(MediaCaps, u64)> 
         long_term_pin: true,
         flush: flush::detect(),
         page_size: align_bytes,
+        huge_pages: false,
     };
     Ok((caps, size_bytes))
 }

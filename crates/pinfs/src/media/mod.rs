@@ -82,13 +82,20 @@ pub struct MediaCaps {
     /// The page size the pool is mapped with (4 KiB, or 2 MiB for hugetlbfs
     /// and device-dax).
     pub page_size: u64,
+    /// Whether the kernel backs this 4 KiB-page pool with transparent 2 MiB
+    /// pages (shmem THP: a memfd with `shmem_enabled` `always`,
+    /// `within_size` or `advise`, or a tmpfs mounted `huge=` one of those).
+    /// Then a 2 MiB-aligned run of pool blocks mapped at a 2 MiB-aligned
+    /// address is one page-table entry, and a write fault into a wholly
+    /// unallocated 2 MiB window of a mapping allocates the whole window.
+    pub huge_pages: bool,
 }
 
 impl fmt::Display for MediaCaps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} pool: data lasts {}, long-term pins {}, flush by {:?}, {} KiB pages",
+            "{:?} pool: data lasts {}, long-term pins {}, flush by {:?}, {} KiB pages{}",
             self.kind,
             match self.durability {
                 Durability::AcrossReboot => "across reboot",
@@ -101,7 +108,12 @@ impl fmt::Display for MediaCaps {
                 "refused by the kernel"
             },
             self.flush,
-            self.page_size / 1024
+            self.page_size / 1024,
+            if self.huge_pages {
+                " (transparent 2 MiB pages)"
+            } else {
+                ""
+            }
         )
     }
 }

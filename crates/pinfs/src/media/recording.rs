@@ -305,6 +305,7 @@ impl Media for RecordingMedia {
             long_term_pin: false,
             flush: FlushMethod::None,
             page_size: 4096,
+            huge_pages: false,
         }
     }
 

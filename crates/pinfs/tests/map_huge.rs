@@ -1,0 +1,255 @@
+//! 2 MiB pages in mappings (issue 4: "2 MiB pages where extents allow").
+//!
+//! On a pool the kernel backs with transparent 2 MiB pages (a memfd with
+//! shmem THP allowed), a 2 MiB window of a file whose blocks are one
+//! 2 MiB-aligned run of pool blocks is mapped by one page-table entry; the
+//! kernel's own accounting (`/proc/self/smaps`, `ShmemPmdMapped`) is what
+//! these tests read. A store into a wholly unallocated window allocates the
+//! whole window, as a DAX file system's 2 MiB fault does. Each property has
+//! its control: misaligned extents, windows not wholly inside the mapping or
+//! the file, and partly allocated windows stay on 4 KiB pages.
+//!
+//! The tests set the machine up themselves (`shmem_enabled` = `advise`, as
+//! root) and skip with a printed reason only where that is impossible.
+
+#![allow(unsafe_code)]
+
+mod map_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use map_support::*;
+use pinfs::fs::{Cred, FallocMode, Fs, Handle};
+use pinfs::map::MapFlags;
+use pinfs::media::{MappedPool, Media};
+
+const LONG: Duration = Duration::from_secs(45);
+const HUGE: u64 = 2 << 20;
+const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+
+/// Let memfd memory advised `MADV_HUGEPAGE` be allocated in 2 MiB pages;
+/// `Err(reason)` where this machine cannot.
+fn enable_shmem_thp() -> Result<(), String> {
+    let selected = |path: &str| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let start = text.find('[')?;
+        let end = text[start..].find(']')? + start;
+        Some(text[start + 1..end].to_string())
+    };
+    let global = format!("{THP}/shmem_enabled");
+    let own = format!("{THP}/hugepages-2048kB/shmem_enabled");
+    let Some(current) = selected(&global) else {
+        return Err(format!("{global} is missing: no transparent huge pages"));
+    };
+    if matches!(current.as_str(), "never" | "deny") {
+        std::fs::write(&global, "advise")
+            .map_err(|e| format!("cannot set {global} to advise ({e}); it is {current}"))?;
+    }
+    if selected(&own).as_deref() == Some("never") {
+        std::fs::write(&own, "inherit")
+            .map_err(|e| format!("cannot set {own} to inherit ({e})"))?;
+    }
+    let probe = MappedPool::memfd(4 << 20).map_err(|e| e.to_string())?;
+    if !probe.caps().huge_pages {
+        return Err("memfd pools still get no 2 MiB pages".to_string());
+    }
+    Ok(())
+}
+
+/// A file system on a 64 MiB memfd pool with 2 MiB pages, or `None` (and a
+/// printed reason) where the machine cannot provide them.
+fn huge_fs(test: &str) -> Option<Arc<Fs>> {
+    match enable_shmem_thp() {
+        Ok(()) => {
+            let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(64 << 20).unwrap());
+            assert!(media.caps().huge_pages);
+            Some(mount_on(media, LONG))
+        }
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Load one byte of every page of `m`, as a device or application walking
+/// the mapping would; returns a checksum so the loads are not optimised out.
+fn touch_all(m: &pinfs::map::Mapping) -> u64 {
+    (0..m.len().div_ceil(PAGE))
+        .map(|p| u64::from(load(m, p * PAGE)))
+        .sum()
+}
+
+fn blocks(h: &Handle) -> u64 {
+    h.stat().unwrap().blocks
+}
+
+#[test]
+fn aligned_extents_are_mapped_with_2mib_pages() {
+    let Some(fs) = huge_fs("aligned_extents_are_mapped_with_2mib_pages") else {
+        return;
+    };
+    let h = file(&fs, "/f", 4 * HUGE, 0x5a);
+    for e in h.fiemap().unwrap() {
+        assert_eq!(e.physical % HUGE, 0, "2 MiB writes get aligned blocks");
+    }
+    let m = h.mmap(0, 4 * HUGE, MapFlags::SHARED).unwrap();
+    assert_eq!(touch_all(&m), 0x5a * 4 * HUGE / PAGE);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 4 * HUGE);
+    // A store through a 2 MiB page reaches the file.
+    store(&m, HUGE + 12345, 0x77);
+    assert_eq!(contents(&h, HUGE + 12344, 3), vec![0x5a, 0x77, 0x5a]);
+    // MAP_DIRECT mappings are placed the same way.
+    let d = h.mmap(0, 4 * HUGE, MapFlags::DIRECT).unwrap();
+    touch_all(&d);
+    assert_eq!(d.huge_mapped_bytes().unwrap(), 4 * HUGE);
+}
+
+#[test]
+fn misaligned_extents_stay_on_4k_pages() {
+    let Some(fs) = huge_fs("misaligned_extents_stay_on_4k_pages") else {
+        return;
+    };
+    // Two files written a block at a time, in turn: each one's blocks are
+    // scattered, so no window is one aligned run of pool blocks.
+    let a = file(&fs, "/a", 0, 0);
+    let b = file(&fs, "/b", 0, 0);
+    for i in 0..(2 * HUGE / PAGE) {
+        a.pwrite(i * PAGE, &[0xa1; PAGE as usize]).unwrap();
+        b.pwrite(i * PAGE, &[0xb2; PAGE as usize]).unwrap();
+    }
+    let m = a.mmap(0, 2 * HUGE, MapFlags::SHARED).unwrap();
+    assert_eq!(touch_all(&m), 0xa1 * 2 * HUGE / PAGE);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 0);
+    // Over aligned extents, a mapping gets 2 MiB pages exactly for the
+    // windows wholly inside it: none of [4 KiB, 4 MiB - 4 KiB), one of
+    // [4 KiB, 4 MiB).
+    let c = file(&fs, "/c", 2 * HUGE, 0xc3);
+    let m = c.mmap(PAGE, 2 * HUGE - 2 * PAGE, MapFlags::SHARED).unwrap();
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 0);
+    let m = c.mmap(PAGE, 2 * HUGE - PAGE, MapFlags::SHARED).unwrap();
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), HUGE);
+    let whole = c.mmap(0, 2 * HUGE, MapFlags::SHARED).unwrap();
+    touch_all(&whole);
+    assert_eq!(whole.huge_mapped_bytes().unwrap(), 2 * HUGE);
+}
+
+#[test]
+fn a_store_into_an_unallocated_window_allocates_the_whole_window() {
+    let Some(fs) = huge_fs("a_store_into_an_unallocated_window_allocates_the_whole_window") else {
+        return;
+    };
+    let h = file(&fs, "/sparse", 0, 0);
+    h.truncate(4 * HUGE + 5 * PAGE).unwrap();
+    let m = h.mmap(0, 4 * HUGE + 5 * PAGE, MapFlags::SHARED).unwrap();
+    let free = fs.statfs().free;
+    // One store in each of the four whole windows.
+    for w in 0..4 {
+        store(&m, w * HUGE + (w + 1) * 3 * PAGE + 17, 0x40 + w as u8);
+    }
+    assert_eq!(
+        blocks(&h),
+        4 * HUGE / PAGE,
+        "four stores, four whole windows"
+    );
+    assert_eq!(fs.statfs().free, free - 4 * HUGE / PAGE);
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 4 * HUGE);
+    // The rest of every window reads as zeros; the stores are in the file.
+    let data = contents(&h, 0, (4 * HUGE) as usize);
+    for (i, &b) in data.iter().enumerate() {
+        let i = i as u64;
+        let w = i / HUGE;
+        let want = if i == w * HUGE + (w + 1) * 3 * PAGE + 17 {
+            0x40 + w as u8
+        } else {
+            0
+        };
+        assert_eq!(b, want, "byte {i}");
+    }
+    // Controls: the window past the last whole one reaches beyond end of
+    // file, so a store there allocates one block.
+    store(&m, 4 * HUGE + PAGE, 1);
+    assert_eq!(blocks(&h), 4 * HUGE / PAGE + 1);
+}
+
+#[test]
+fn windows_not_wholly_free_or_not_wholly_mapped_allocate_one_block() {
+    let Some(fs) = huge_fs("windows_not_wholly_free_or_not_wholly_mapped_allocate_one_block")
+    else {
+        return;
+    };
+    let h = file(&fs, "/f", 0, 0);
+    h.truncate(4 * HUGE).unwrap();
+    // Window 0 partly allocated (one block written).
+    h.pwrite(7 * PAGE, &[9; PAGE as usize]).unwrap();
+    // Window 1 partly unwritten.
+    h.fallocate(FallocMode::Allocate { keep_size: true }, HUGE, PAGE)
+        .unwrap();
+    let m = h.mmap(0, 4 * HUGE, MapFlags::SHARED).unwrap();
+    store(&m, 3 * PAGE, 1);
+    assert_eq!(blocks(&h), 3, "partly allocated window: one more block");
+    store(&m, HUGE + 9 * PAGE, 2);
+    assert_eq!(blocks(&h), 4, "partly unwritten window: one more block");
+    // Window 3 is only half inside this mapping.
+    let half = h.mmap(3 * HUGE, HUGE / 2, MapFlags::SHARED).unwrap();
+    store(&half, 0, 3);
+    assert_eq!(blocks(&h), 5, "window not wholly inside the mapping");
+    // Window 2 is wholly free and mapped: the whole window.
+    store(&m, 2 * HUGE, 4);
+    assert_eq!(blocks(&h), 5 + HUGE / PAGE);
+    assert_eq!(contents(&h, 7 * PAGE, 1), vec![9]);
+    assert_eq!(contents(&h, 3 * PAGE, 1), vec![1]);
+    assert_eq!(contents(&h, 3 * HUGE, 1), vec![3]);
+}
+
+#[test]
+fn punch_truncate_and_reflink_split_a_2mib_page_and_keep_the_rest() {
+    let Some(fs) = huge_fs("punch_truncate_and_reflink_split_a_2mib_page_and_keep_the_rest") else {
+        return;
+    };
+    let h = file(&fs, "/f", 4 * HUGE, 0x31);
+    let m = h.mmap(0, 4 * HUGE, MapFlags::SHARED).unwrap();
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 4 * HUGE);
+    // Punch one block of window 1: it reads as zeros at once, the window
+    // falls back to 4 KiB pages, the others keep their 2 MiB pages.
+    h.fallocate(FallocMode::PunchHole, HUGE + 5 * PAGE, PAGE)
+        .unwrap();
+    assert_eq!(load(&m, HUGE + 5 * PAGE + 9), 0);
+    assert_eq!(load(&m, HUGE + 4 * PAGE), 0x31);
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 3 * HUGE);
+    // A store into the punched block allocates just that block.
+    let before = blocks(&h);
+    store(&m, HUGE + 5 * PAGE, 0x32);
+    assert_eq!(blocks(&h), before + 1);
+    // Reflink window 2 into another file: shared blocks are served
+    // write-protected copies, so window 2 leaves its 2 MiB page too.
+    let other = file(&fs, "/g", 0, 0);
+    other.reflink(&h, Some((2 * HUGE, 0, HUGE))).unwrap();
+    touch_all(&m);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), 2 * HUGE);
+    store(&m, 2 * HUGE + 8, 0x33);
+    assert_eq!(contents(&other, 8, 1), vec![0x31], "copy on write");
+    // Truncate into window 3: everything past the new end raises SIGBUS
+    // (checked through the copying accessor), window 0 stays huge.
+    h.truncate(3 * HUGE + PAGE).unwrap();
+    let mut b = [0u8; 1];
+    assert!(m.read(3 * HUGE + 2 * PAGE, &mut b).is_err());
+    touch_range(&m, 0, 3 * HUGE + PAGE);
+    assert_eq!(m.huge_mapped_bytes().unwrap(), HUGE);
+    assert_eq!(contents(&h, 0, 4), vec![0x31; 4]);
+    drop(m);
+    fs.unlink(Cred::ROOT, "/g").unwrap();
+}
+
+/// Load one byte of every page of `m` in `[from, to)`.
+fn touch_range(m: &pinfs::map::Mapping, from: u64, to: u64) {
+    for p in (from / PAGE)..to.div_ceil(PAGE) {
+        load(m, p * PAGE);
+    }
+}
