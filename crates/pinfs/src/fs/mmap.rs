@@ -244,11 +244,28 @@ fn changed_blocks(old: Option<&Inode>, new: &Inode) -> Option<(u64, u64)> {
         lo = old.size.min(new.size) / BLOCK_SIZE;
         hi = u64::MAX;
     }
+    // Only the blocks whose mapping differs: an extent that grew by one
+    // block (a write fault after another) changes one block, not the
+    // whole extent — re-placing the extent would make faults O(n) each.
     for (a, b) in [(old, new), (new, old)] {
         for (l, e) in a.extents.iter() {
-            if b.extents.lookup(l) != Some((l, e)) {
-                lo = lo.min(l);
-                hi = hi.max(l + e.len);
+            if b.extents.lookup(l) == Some((l, e)) {
+                continue;
+            }
+            for seg in b.extents.segments(l, l + e.len) {
+                let same = match seg {
+                    Segment::Mapped {
+                        logical,
+                        physical,
+                        unwritten,
+                        ..
+                    } => physical == e.physical + (logical - l) && unwritten == e.unwritten,
+                    Segment::Hole { .. } => false,
+                };
+                if !same {
+                    lo = lo.min(seg.logical());
+                    hi = hi.max(seg.logical() + seg.len());
+                }
             }
         }
     }
