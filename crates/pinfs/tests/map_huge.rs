@@ -328,3 +328,56 @@ fn negative_control_without_replacement_2mib_pages_leak_stores() {
         "with re-placement off the test must see corruption"
     );
 }
+
+/// A tmpfs of 64 MiB mounted with `huge=OPTION` at a fresh directory, or
+/// `None` where this process cannot mount; unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(option: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size=64m,huge={option}"))
+            .arg("pinfs-test")
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn tmpfs_pools_follow_their_mounts_huge_option() {
+    let global = std::fs::read_to_string(format!("{THP}/shmem_enabled")).unwrap_or_default();
+    if global.contains("[deny]") || global.contains("[force]") || global.is_empty() {
+        eprintln!("skipping tmpfs_pools_follow_their_mounts_huge_option: shmem_enabled overrides mounts: {global}");
+        return;
+    }
+    for (option, huge) in [("within_size", true), ("never", false)] {
+        let Some(mnt) = Tmpfs::mount(option) else {
+            eprintln!("skipping tmpfs_pools_follow_their_mounts_huge_option: cannot mount tmpfs here (not root?)");
+            return;
+        };
+        let pool = MappedPool::create(&mnt.0.path().join("pool"), 48 << 20).unwrap();
+        assert_eq!(pool.caps().huge_pages, huge, "huge={option}");
+        let fs = mount_on(Arc::new(pool), LONG);
+        let h = file(&fs, "/f", 2 * HUGE, 0x11);
+        let m = h.mmap(0, 2 * HUGE, MapFlags::SHARED).unwrap();
+        assert_eq!(touch_all(&m), 0x11 * 2 * HUGE / PAGE);
+        let want = if huge { 2 * HUGE } else { 0 };
+        assert_eq!(m.huge_mapped_bytes().unwrap(), want, "huge={option}");
+        drop(m);
+        drop(h);
+        drop(fs);
+    }
+}
