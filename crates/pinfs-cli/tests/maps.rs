@@ -201,3 +201,37 @@ fn a_pin_needs_a_direct_mapping() {
         "the pin outlives the mapping: {out}"
     );
 }
+
+#[test]
+fn mstat_shows_2mib_pages_where_the_extents_allow() {
+    // Let memfd memory advised MADV_HUGEPAGE have 2 MiB pages (as root).
+    let knob = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+    let now = std::fs::read_to_string(knob).unwrap_or_default();
+    let unavailable = now.is_empty()
+        || now.contains("[deny]")
+        || (now.contains("[never]") && std::fs::write(knob, "advise").is_err());
+    if unavailable {
+        eprintln!(
+            "skipping mstat_shows_2mib_pages_where_the_extents_allow: no shmem THP ({now:?})"
+        );
+        return;
+    }
+    let (out, err, ok) = io(
+        &[],
+        &[
+            "open -c /f",
+            "truncate 4m",
+            "mmap 0 4m",
+            "mwrite 0 4m", // two whole-window faults
+            "stat",
+            "mstat",
+            "fpunch 8k 4k", // window 0 leaves its 2 MiB page
+            "mread 0 4m",
+            "mstat",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(field(&out, "blocks "), vec![1024], "{out}");
+    assert_eq!(field(&out, "huge "), vec![4 << 20, 2 << 20], "{out}");
+    assert!(out.contains("flags shared\n"), "{out}");
+}

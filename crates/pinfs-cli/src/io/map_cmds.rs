@@ -13,7 +13,8 @@
 //! allocate, convert unwritten blocks or touch a reflinked file) prints
 //! `mwrite: SIGBUS` or `mread: SIGBUS` and fails; the actor goes on.
 //! `mread` prints nothing without `-v` (as `xfs_io`), the `pread -v` dump
-//! with it.
+//! with it. `mstat` prints the current mapping's `offset`, `length`, `flags`
+//! and `huge` (bytes the kernel maps with 2 MiB pages), one per line.
 
 use pinfs::map::MapFlags;
 use pinfs::Errno;
@@ -46,6 +47,7 @@ const MREAD: OptSpec = OptSpec {
 };
 const PERSIST: OptSpec = OptSpec::plain("persist OFF LEN");
 const MUNMAP: OptSpec = OptSpec::plain("munmap");
+const MSTAT: OptSpec = OptSpec::plain("mstat");
 
 /// Run `line` if it is a mapping command.
 pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
@@ -56,6 +58,7 @@ pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
             "mread" => (MREAD, mread),
             "persist" => (PERSIST, persist),
             "munmap" => (MUNMAP, munmap),
+            "mstat" => (MSTAT, mstat),
             _ => return None,
         };
     Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
@@ -143,6 +146,32 @@ fn mread(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 fn persist(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let (offset, len) = range(args)?;
     Ok(mapping(ctx)?.persist(offset, len)?)
+}
+
+fn mstat(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
+    let [] = args.exactly()?;
+    let m = mapping(ctx)?;
+    let f = m.flags();
+    let mut names = vec![if f.shared { "shared" } else { "private" }];
+    for (on, name) in [
+        (f.validate, "validate"),
+        (f.sync, "sync"),
+        (f.direct, "direct"),
+        (f.read_only, "read-only"),
+        (m.is_invalidated(), "invalidated"),
+    ] {
+        if on {
+            names.push(name);
+        }
+    }
+    let huge = m.huge_mapped_bytes()?;
+    let (offset, length) = (m.file_offset(), m.len());
+    let flags = names.join(",");
+    ctx.out.line(format_args!("offset {offset}"));
+    ctx.out.line(format_args!("length {length}"));
+    ctx.out.line(format_args!("flags {flags}"));
+    ctx.out.line(format_args!("huge {huge}"));
+    Ok(())
 }
 
 fn munmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
