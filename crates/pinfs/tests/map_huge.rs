@@ -279,7 +279,7 @@ fn huge_invariant(fs: &Arc<Fs>, rounds: usize) -> u64 {
                 if i % 61 == 60 {
                     let win = (i / 61) % WINDOWS;
                     let _ = h.fallocate(FallocMode::PunchHole, win * HUGE, HUGE);
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let _ = h.truncate(0);
                         let _ = h.truncate(WINDOWS * HUGE);
                     }
