@@ -449,7 +449,7 @@ impl Mapping {
     /// (from `/proc/self/smaps`). A 2 MiB window of the file is mapped so
     /// when its blocks are one 2 MiB-aligned run of pool blocks, written and
     /// unshared, the pool has transparent 2 MiB pages
-    /// ([`crate::MediaCaps::huge_pages`]), and the window has been touched.
+    /// ([`crate::media::MediaCaps::huge_pages`]), and the window has been touched.
     pub fn huge_mapped_bytes(&self) -> Result<u64> {
         self.inner.region.huge_mapped_bytes()
     }
