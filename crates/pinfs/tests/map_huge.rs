@@ -381,3 +381,110 @@ fn tmpfs_pools_follow_their_mounts_huge_option() {
         drop(fs);
     }
 }
+
+/// A hugetlbfs mount with at least 24 free 2 MiB pages (raising
+/// `vm.nr_hugepages` as root), or `None`; undone when dropped.
+struct Hugetlbfs {
+    dir: tempfile::TempDir,
+    raised_from: Option<u64>,
+}
+
+impl Hugetlbfs {
+    const NR: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn mount() -> Result<Hugetlbfs, String> {
+        let read =
+            |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+        let free = |_: ()| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut raised_from = None;
+        if free(()) < 24 {
+            let now = read(Self::NR).ok_or("no vm.nr_hugepages")?;
+            std::fs::write(Self::NR, (now + 24).to_string())
+                .map_err(|e| format!("cannot raise vm.nr_hugepages ({e})"))?;
+            raised_from = Some(now);
+        }
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "pinfs-test"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        let this = Hugetlbfs { dir, raised_from };
+        if !mounted {
+            return Err("cannot mount hugetlbfs".to_string());
+        }
+        if free(()) < 24 {
+            return Err(format!("only {} free 2 MiB pages", free(())));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Hugetlbfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+        if let Some(n) = self.raised_from {
+            let _ = std::fs::write(Self::NR, n.to_string());
+        }
+    }
+}
+
+/// hugetlbfs pools (2 MiB pages only): the file system, pins and policies
+/// work on them; `mmap` is refused with `EOPNOTSUPP` because a file's
+/// 4 KiB blocks cannot be placed from 2 MiB-only memory one by one.
+#[test]
+fn hugetlbfs_pools_work_and_refuse_mmap() {
+    let mnt = match Hugetlbfs::mount() {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipping hugetlbfs_pools_work_and_refuse_mmap: {why}");
+            return;
+        }
+    };
+    let pool = MappedPool::create(&mnt.dir.path().join("pool"), 32 << 20).unwrap();
+    assert_eq!(pool.caps().page_size, HUGE);
+    assert!(pool.caps().long_term_pin);
+    let fs = mount_on(Arc::new(pool), LONG);
+    let h = file(&fs, "/f", HUGE, 0x61);
+    h.fallocate(FallocMode::PunchHole, 8 * PAGE, PAGE).unwrap();
+    let data = contents(&h, 0, HUGE as usize);
+    assert!(data[8 * PAGE as usize..9 * PAGE as usize]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(
+        data.iter().filter(|&&b| b == 0x61).count() as u64,
+        HUGE - PAGE
+    );
+    assert_eq!(
+        h.mmap(0, HUGE, MapFlags::SHARED).unwrap_err().errno(),
+        pinfs::Errno::EOPNOTSUPP
+    );
+    // A long-term pin under an unbreakable layout lease; another owner's
+    // truncate under the default policy (defer) leaves the block busy.
+    use pinfs::lease::{LeaseRequest, OwnerId};
+    let (lf, lh, owner) = (h.lease_file(), h.lease_handle(), OwnerId(HOLDER.owner));
+    fs.leases()
+        .set_lease(lf, lh, owner, LeaseRequest::layout_shared().unbreakable())
+        .unwrap();
+    let pin = h.pin_long_term(0, PAGE, None).unwrap();
+    fs.leases()
+        .set_lease(lf, lh, owner, LeaseRequest::layout_unlock())
+        .unwrap();
+    let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
+    other.truncate(0).unwrap();
+    assert_eq!(fs.statfs().busy, 1);
+    drop(pin);
+    assert_eq!(fs.statfs().busy, 0);
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+}
