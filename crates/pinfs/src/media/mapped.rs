@@ -19,6 +19,11 @@
 //! flush and fence costs as device-dax would. A pool's length is the file's
 //! length rounded down to whole pages; it must be at least [`MIN_POOL_BYTES`].
 //!
+//! The pool is mapped at a 2 MiB-aligned address, and 4 KiB-page pools are
+//! advised `MADV_HUGEPAGE`, so that where the kernel gives shmem transparent
+//! 2 MiB pages (`MediaCaps::huge_pages`) pool offsets, addresses and those
+//! pages line up, and direct mappings of aligned extents use them.
+//!
 //! # Safety
 //!
 //! The mapping is created by [`MappedPool`] and unmapped only in its `Drop`,
