@@ -407,18 +407,11 @@ fn print_table(rows: &[Row]) {
 }
 
 /// [`OFFSETS`] offsets, multiples of `size`, uniformly spread over a file of
-/// `file_bytes`, from the fixed seed (xorshift64*).
+/// `file_bytes`, from the fixed seed.
 fn random_offsets(file_bytes: u64, size: u64) -> Vec<u64> {
-    let slots = (file_bytes / size).max(1);
-    let mut x = OFFSET_SEED;
-    (0..OFFSETS)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) % slots) * size
-        })
-        .collect()
+    let slots = file_bytes / size;
+    let mut rng = pinfs::util::SplitMix64::new(OFFSET_SEED);
+    (0..OFFSETS).map(|_| rng.below(slots) * size).collect()
 }
 
 /// A buffer of non-zero bytes (so nothing can shortcut zero pages).

@@ -389,15 +389,8 @@ fn missing_foreign_and_damaged_pools_are_one_line_errors() {
     pinfs(&["fsck".as_ref(), missing.as_os_str()]).fails_with_one_line();
 
     let random = pool.sibling("random");
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut rng = pinfs::util::SplitMix64::new(1);
+    let bytes: Vec<u8> = (0..4 << 20).map(|_| rng.next() as u8).collect();
     std::fs::write(&random, bytes).unwrap();
     let line = io(Some(&random), &["ls /"])
         .fails_with_one_line()

@@ -1,4 +1,5 @@
-//! Small helpers shared by the modules: size parsing and checked arithmetic.
+//! Small helpers shared by the modules: size parsing, checked arithmetic,
+//! and a seeded generator.
 
 use crate::{Errno, Result};
 
@@ -23,6 +24,34 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// `a + b`, or `EFBIG` when it overflows (offsets from the outside world).
 pub fn add(a: u64, b: u64) -> Result<u64> {
     a.checked_add(b).ok_or(Errno::EFBIG.into())
+}
+
+/// A tiny, seeded, deterministic generator (SplitMix64): crash images,
+/// damaged images, test workloads and benchmark offsets must be reproducible
+/// from a printed seed, and nothing here needs a `rand` crate for that.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// The sequence of `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
 
 #[cfg(test)]

@@ -20,24 +20,10 @@ use std::sync::Arc;
 use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
 use pinfs::media::recording::CrashMode;
 use pinfs::media::{Media, RecordingMedia};
+use pinfs::util::SplitMix64;
 
 const POOL: u64 = 8 << 20;
 const BS: u64 = 4096;
-
-/// splitmix64: a seeded generator for the workload.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What a file looks like to the checker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +62,7 @@ struct Open {
 }
 
 struct Workload {
-    rng: Rng,
+    rng: SplitMix64,
     fs: Arc<Fs>,
     model: Snapshot,
     open: Vec<Open>,
@@ -470,7 +456,7 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
     Fs::mkfs(&*media).unwrap();
     let fs = Fs::mount(media.clone() as Arc<dyn Media>).unwrap();
     let mut w = Workload {
-        rng: Rng(seed),
+        rng: SplitMix64::new(seed),
         fs,
         model: Snapshot {
             dirs: ["/".to_string()].into(),

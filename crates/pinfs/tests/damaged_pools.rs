@@ -37,6 +37,7 @@ use pinfs::format::{
 };
 use pinfs::fs::{Cred, Fs, OpenFlags};
 use pinfs::media::RecordingMedia;
+use pinfs::util::SplitMix64;
 use pinfs::Error;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -886,7 +887,7 @@ fn random_and_truncated_images() {
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     println!("random images: seed {seed} (replay with PINFS_DAMAGE_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     for i in 0..16 {
         let len = [POOL_BYTES as usize, BS, BS + 1, 8 << 20, 12_345][i % 5];
         let img: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
@@ -954,17 +955,4 @@ fn random_and_truncated_images() {
 
 fn data_start_bytes(p: &Pool) -> usize {
     (p.sb.data_start.get() * BLOCK_SIZE) as usize
-}
-
-/// splitmix64: seeded bytes for the random images.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }

@@ -50,6 +50,7 @@ use std::ops::Range;
 use parking_lot::Mutex;
 
 use super::{check_range, Durability, FlushMethod, Media, MediaCaps, MediaKind};
+use crate::util::SplitMix64;
 use crate::{Errno, Result};
 
 /// The unit of write-back, in bytes.
@@ -207,7 +208,7 @@ impl RecordingMedia {
         }
         let durable_after = st.durable_after_fence.as_deref().unwrap_or_default();
         let mut image = st.base.clone();
-        let mut rng = SplitMix64(match mode {
+        let mut rng = SplitMix64::new(match mode {
             CrashMode::Random(seed) => seed,
             _ => 0,
         });
@@ -432,20 +433,6 @@ fn apply(image: &mut [u8], store_bytes: &[u8], store: &Store, part: Range<u64>) 
             image[dst.clone()].copy_from_slice(&store_bytes[from..from + dst.len()]);
         }
         Payload::Fill(byte) => image[dst].fill(byte),
-    }
-}
-
-/// A tiny, seeded, deterministic generator (SplitMix64): crash images must be
-/// reproducible from a printed seed, and the crate needs no `rand` for this.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
