@@ -103,24 +103,37 @@ struct Row {
     targeted: bool,
 }
 
-/// A scratch directory in `/dev/shm`, removed with everything in it on drop
-/// (also when the benchmark fails half-way).
-struct ShmDir {
-    path: PathBuf,
+/// A scratch directory in `/dev/shm` (the kernel's tmpfs, the baseline of
+/// the benchmarks), removed with everything in it on drop (also when a
+/// benchmark fails half-way).
+pub(crate) struct ShmDir {
+    pub(crate) path: PathBuf,
 }
 
 impl ShmDir {
-    fn new() -> Result<ShmDir> {
-        let path = PathBuf::from(format!("/dev/shm/pinfs-bench-{}", std::process::id()));
+    /// `/dev/shm/pinfs-bench-TAG-PID`.
+    pub(crate) fn new(tag: &str) -> Result<ShmDir> {
+        let path = PathBuf::from(format!("/dev/shm/pinfs-bench-{tag}-{}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(ShmDir { path })
+    }
+
+    /// Create the new, empty file `name` in it, open for reading and writing.
+    pub(crate) fn create(&self, name: &str) -> Result<File> {
+        let path = self.path.join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("create {}", path.display()))
     }
 }
 
 impl Drop for ShmDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("bench fs: cannot remove {}: {e}", self.path.display());
+            eprintln!("bench: cannot remove {}: {e}", self.path.display());
         }
     }
 }
@@ -141,7 +154,7 @@ enum Direction {
 /// Run the benchmark and print the table; `quick` shrinks it to a smoke run.
 pub fn run(quick: bool) -> Result<()> {
     let plan = Plan::new(quick);
-    let shm = ShmDir::new()?;
+    let shm = ShmDir::new("fs")?;
 
     let pool: Arc<dyn Media> =
         Arc::new(MappedPool::memfd(plan.pool_bytes).context("create the memfd pool")?);
@@ -158,7 +171,7 @@ pub fn run(quick: bool) -> Result<()> {
         plan.round_bytes >> 20,
     );
 
-    let files = prepare_files(&fs, &shm.path, plan.file_bytes)?;
+    let files = prepare_files(&fs, &shm, plan.file_bytes)?;
     let mut rows = Vec::new();
     for (dir, op) in [(Direction::Read, "pread"), (Direction::Write, "pwrite")] {
         for size in IO_SIZES {
@@ -203,17 +216,11 @@ pub fn run(quick: bool) -> Result<()> {
 
 /// Create the file on both sides and write it once, so every later access
 /// lands on allocated, written blocks.
-fn prepare_files(fs: &Arc<Fs>, shm: &Path, file_bytes: u64) -> Result<Files> {
+fn prepare_files(fs: &Arc<Fs>, shm: &ShmDir, file_bytes: u64) -> Result<Files> {
     let pinfs = fs
         .open(Cred::ROOT, "/data", OpenFlags::CREATE, 0o644)
         .context("create /data in the pool")?;
-    let path = shm.join("data");
-    let tmpfs = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
+    let tmpfs = shm.create("data")?;
     let chunk = pattern(1 << 20);
     let mut off = 0;
     while off < file_bytes {

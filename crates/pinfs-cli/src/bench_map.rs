@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+use crate::bench_fs::ShmDir;
 use pinfs::fs::{Cred, FallocMode, Fs, MountOptions, OpenFlags, Pin, TruncatePolicy};
 use pinfs::lease::{LeaseRequest, OwnerId};
 use pinfs::map::MapFlags;
@@ -230,14 +232,8 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
     for at in (0..FILE_BYTES).step_by(chunk.len()) {
         h.pwrite(at, &chunk)?;
     }
-    let path = format!("/dev/shm/pinfs-bench-map-{}", std::process::id());
-    let tmpfs = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    let _cleanup = scopeguard(path.clone());
+    let shm = ShmDir::new("map")?;
+    let tmpfs = shm.create("touch")?;
     {
         use std::io::Write;
         let mut w = &tmpfs;
@@ -258,7 +254,7 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
     }
     let kernel_time = best(rounds, || {
         // SAFETY: `tmpfs` is an open file of `len` bytes.
-        std::hint::black_box(unsafe { kernel_map_and_touch(tmpfs.as_fd(), len, Touch::Load) });
+        std::hint::black_box(unsafe { kernel_map_and_touch(tmpfs.as_fd(), len, LOAD) });
     });
     row("map + touch 1 GiB (vs tmpfs mmap)", pinfs_time, kernel_time);
     // The stronger baseline: the kernel's own shmem with 2 MiB pages (a
@@ -268,12 +264,10 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
         let memfd = rustix::fs::memfd_create("pinfs-bench-thp", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&memfd, FILE_BYTES)?;
         // SAFETY: `memfd` is `len` bytes long.
-        unsafe { kernel_map_and_touch(memfd.as_fd(), len, Touch::HugeStore) };
+        unsafe { kernel_map_and_touch(memfd.as_fd(), len, HUGE_STORE) };
         let thp_time = best(rounds, || {
             // SAFETY: as above.
-            std::hint::black_box(unsafe {
-                kernel_map_and_touch(memfd.as_fd(), len, Touch::HugeLoad)
-            });
+            std::hint::black_box(unsafe { kernel_map_and_touch(memfd.as_fd(), len, HUGE_LOAD) });
         });
         row("map + touch 1 GiB (vs memfd + THP)", pinfs_time, thp_time);
     }
@@ -297,15 +291,30 @@ fn row(what: &str, pinfs: Duration, baseline: Duration) {
     );
 }
 
+const LOAD: Touch = Touch {
+    store: false,
+    huge: false,
+};
+const STORE: Touch = Touch {
+    store: true,
+    huge: false,
+};
+const HUGE_LOAD: Touch = Touch {
+    store: false,
+    huge: true,
+};
+const HUGE_STORE: Touch = Touch {
+    store: true,
+    huge: true,
+};
+
 /// How `kernel_map_and_touch` touches the pages.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Touch {
-    /// Load one byte per page.
-    Load,
-    /// The same, after `MADV_HUGEPAGE`.
-    HugeLoad,
-    /// Store one byte per page, after `MADV_HUGEPAGE` (allocates 2 MiB pages).
-    HugeStore,
+#[derive(Clone, Copy)]
+struct Touch {
+    /// Store one byte per page (allocating what is not there), else load.
+    store: bool,
+    /// Advise `MADV_HUGEPAGE` first.
+    huge: bool,
 }
 
 /// The kernel's side: map `len` bytes of `fd` shared at a 2 MiB-aligned
@@ -316,7 +325,7 @@ enum Touch {
 unsafe fn kernel_map_and_touch(fd: BorrowedFd<'_>, len: usize, how: Touch) -> u64 {
     use rustix::mm::{Advice, MapFlags as F, ProtFlags as P};
     const HUGE: usize = 2 << 20;
-    let prot = if how == Touch::HugeStore {
+    let prot = if how.store {
         P::READ | P::WRITE
     } else {
         P::READ
@@ -338,10 +347,10 @@ unsafe fn kernel_map_and_touch(fd: BorrowedFd<'_>, len: usize, how: Touch) -> u6
         let sum = match rustix::mm::mmap(at, len, prot, F::SHARED | F::FIXED, fd, 0) {
             Err(_) => 0,
             Ok(p) => {
-                if how != Touch::Load {
+                if how.huge {
                     let _ = rustix::mm::madvise(p, len, Advice::LinuxHugepage);
                 }
-                if how == Touch::HugeStore {
+                if how.store {
                     for off in (0..len).step_by(4096) {
                         std::ptr::write_volatile(p.cast::<u8>().add(off), 0x44);
                     }
@@ -361,14 +370,8 @@ unsafe fn kernel_map_and_touch(fd: BorrowedFd<'_>, len: usize, how: Touch) -> u6
 /// the same on a sparse tmpfs file.
 fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
     let len = bytes as usize;
-    let path = format!("/dev/shm/pinfs-bench-map-faults-{}", std::process::id());
-    let tmpfs = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
-    let _cleanup = scopeguard(path.clone());
+    let shm = ShmDir::new("map-faults")?;
+    let tmpfs = shm.create("faults")?;
     let mut pinfs_time = Duration::MAX;
     let mut kernel_time = Duration::MAX;
     for _ in 0..rounds {
@@ -389,7 +392,7 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
         tmpfs.set_len(bytes)?;
         let t = Instant::now();
         // SAFETY: `tmpfs` is `len` bytes long.
-        unsafe { kernel_store(tmpfs.as_fd(), len) };
+        unsafe { kernel_map_and_touch(tmpfs.as_fd(), len, STORE) };
         kernel_time = kernel_time.min(t.elapsed());
         tmpfs.set_len(0)?;
     }
@@ -405,7 +408,7 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
             rustix::fs::ftruncate(&memfd, bytes)?;
             let t = Instant::now();
             // SAFETY: `memfd` is `len` bytes long.
-            unsafe { kernel_map_and_touch(memfd.as_fd(), len, Touch::HugeStore) };
+            unsafe { kernel_map_and_touch(memfd.as_fd(), len, HUGE_STORE) };
             thp_time = thp_time.min(t.elapsed());
             rustix::fs::ftruncate(&memfd, 0)?;
         }
@@ -416,44 +419,6 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Map `len` bytes of `fd` shared and writable, store to every page, unmap.
-///
-/// # Safety
-/// `fd` must be a file at least `len` bytes long.
-unsafe fn kernel_store(fd: BorrowedFd<'_>, len: usize) {
-    use rustix::mm::{MapFlags as F, ProtFlags as P};
-    // SAFETY: a fresh shared mapping the kernel places where nothing is
-    // mapped, of a file of `len` bytes (caller); unmapped below, and nothing
-    // else refers to it.
-    unsafe {
-        let Ok(p) = rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            P::READ | P::WRITE,
-            F::SHARED,
-            fd,
-            0,
-        ) else {
-            return;
-        };
-        for off in (0..len).step_by(4096) {
-            std::ptr::write_volatile(p.cast::<u8>().add(off), 0x55);
-        }
-        let _ = rustix::mm::munmap(p, len);
-    }
-}
-
-/// Removes a file when dropped.
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-fn scopeguard(path: String) -> Cleanup {
-    Cleanup(path)
 }
 
 /// `pinfs bench map`.
