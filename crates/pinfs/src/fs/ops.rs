@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use super::extent::{Extent, Segment};
 use super::state::{FsState, Op};
 use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
+use crate::alloc::Run;
 use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
 use crate::lease::{ByteRange, HandleId};
 use crate::media::Media;
@@ -149,20 +150,9 @@ pub(super) fn write_range(
     for seg in segs {
         match seg {
             Segment::Hole { logical, len: n } => {
-                let goal = goal_for(op, ino, logical)?;
-                let mut l = logical;
-                for r in op.alloc(n, goal)? {
-                    fill_blocks(op, l, r.start, r.len, range, src, None)?;
-                    op.inode_mut(ino)?.extents.map(
-                        l,
-                        Extent {
-                            physical: r.start,
-                            len: r.len,
-                            unwritten: false,
-                        },
-                    );
-                    l += r.len;
-                }
+                allocate_hole(op, ino, logical, n, false, |op, l, r| {
+                    fill_blocks(op, l, r.start, r.len, range, src, None)
+                })?;
             }
             Segment::Mapped {
                 logical,
@@ -181,23 +171,12 @@ pub(super) fn write_range(
                     }
                     let (l, p) = (logical + i, physical + i);
                     if shared {
-                        let goal = goal_for(op, ino, l)?;
                         op.inode_mut(ino)?.extents.unmap(l, l + k);
                         op.decref(p, k);
-                        let mut at = 0;
-                        for r in op.alloc(k, goal)? {
-                            let old = (!unwritten).then_some(p + at);
-                            fill_blocks(op, l + at, r.start, r.len, range, src, old)?;
-                            op.inode_mut(ino)?.extents.map(
-                                l + at,
-                                Extent {
-                                    physical: r.start,
-                                    len: r.len,
-                                    unwritten: false,
-                                },
-                            );
-                            at += r.len;
-                        }
+                        allocate_hole(op, ino, l, k, false, |op, at, r| {
+                            let old = (!unwritten).then_some(p + (at - l));
+                            fill_blocks(op, at, r.start, r.len, range, src, old)
+                        })?;
                     } else if unwritten {
                         fill_blocks(op, l, p, k, range, src, None)?;
                         op.inode_mut(ino)?.extents.set_written(l, l + k);
@@ -267,20 +246,37 @@ fn allocate_unwritten(op: &mut Op<'_>, ino: u64, start: u64, end: u64) -> Result
     let segs = op.inode(ino)?.extents.segments(start, end);
     for seg in segs {
         if let Segment::Hole { logical, len } = seg {
-            let goal = goal_for(op, ino, logical)?;
-            let mut l = logical;
-            for r in op.alloc(len, goal)? {
-                op.inode_mut(ino)?.extents.map(
-                    l,
-                    Extent {
-                        physical: r.start,
-                        len: r.len,
-                        unwritten: true,
-                    },
-                );
-                l += r.len;
-            }
+            allocate_hole(op, ino, logical, len, true, |_, _, _| Ok(()))?;
         }
+    }
+    Ok(())
+}
+
+/// Allocate blocks for the hole at file blocks `logical..logical+n` of
+/// `ino`, placed after the file's previous block where possible, and map
+/// them (`unwritten` or written); `prepare(op, first file block, run)`
+/// fills each run before it is mapped.
+fn allocate_hole(
+    op: &mut Op<'_>,
+    ino: u64,
+    logical: u64,
+    n: u64,
+    unwritten: bool,
+    mut prepare: impl FnMut(&mut Op<'_>, u64, Run) -> Result<()>,
+) -> Result<()> {
+    let goal = goal_for(op, ino, logical)?;
+    let mut l = logical;
+    for r in op.alloc(n, goal)? {
+        prepare(op, l, r)?;
+        op.inode_mut(ino)?.extents.map(
+            l,
+            Extent {
+                physical: r.start,
+                len: r.len,
+                unwritten,
+            },
+        );
+        l += r.len;
     }
     Ok(())
 }
@@ -718,7 +714,7 @@ impl Handle {
             } = seg
             {
                 let at = db + (logical - sb);
-                let whole = crate::alloc::Run {
+                let whole = Run {
                     start: physical,
                     len: n,
                 };
