@@ -124,6 +124,7 @@ fn place_ctx<'a>(st: &'a FsState, media: &'a dyn Media) -> Option<PlaceCtx<'a>> 
     Some(PlaceCtx {
         pool: mem.fd,
         uffd: st.maps.uffd.as_deref(),
+        huge: media.caps().huge_pages,
     })
 }
 

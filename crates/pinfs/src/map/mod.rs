@@ -195,6 +195,9 @@ pub(crate) struct PlaceCtx<'a> {
     pub pool: std::os::fd::BorrowedFd<'a>,
     /// The fault service's userfaultfd (writable shared mappings only).
     pub uffd: Option<&'a fault::Uffd>,
+    /// The pool has transparent 2 MiB pages (`MediaCaps::huge_pages`):
+    /// advise pool placements `MADV_HUGEPAGE`.
+    pub huge: bool,
 }
 
 /// The shared part of a mapping: what the file system and the fault service
@@ -282,6 +285,7 @@ impl MapInner {
                     fd: ctx.pool,
                     offset: block * PAGE_BYTES,
                     shared: self.flags.shared,
+                    huge: ctx.huge,
                 },
                 writable,
             ),

@@ -45,11 +45,14 @@ pub(crate) const HUGE_BYTES: u64 = 2 << 20;
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Backing<'a> {
     /// The pool's descriptor at `offset` (bytes); `shared`: `MAP_SHARED`
-    /// (stores reach the pool), else `MAP_PRIVATE` (copy on write).
+    /// (stores reach the pool), else `MAP_PRIVATE` (copy on write); `huge`:
+    /// the pool has transparent 2 MiB pages, so the placement is advised
+    /// `MADV_HUGEPAGE`.
     Pool {
         fd: BorrowedFd<'a>,
         offset: u64,
         shared: bool,
+        huge: bool,
     },
     /// Private anonymous memory: zero-fill, or served by userfaultfd once
     /// registered.
@@ -211,7 +214,9 @@ impl Region {
         // reference to the file afterwards.
         let placed = unsafe {
             match backing {
-                Backing::Pool { fd, offset, shared } => rustix::mm::mmap(
+                Backing::Pool {
+                    fd, offset, shared, ..
+                } => rustix::mm::mmap(
                     addr,
                     size,
                     prot,
@@ -249,7 +254,7 @@ impl Region {
         match placed {
             Ok(p) if p == addr => {
                 self.dont_fork(offset, len);
-                if let Backing::Pool { .. } = backing {
+                if let Backing::Pool { huge: true, .. } = backing {
                     self.advise_huge(offset, len);
                 }
                 Ok(())
