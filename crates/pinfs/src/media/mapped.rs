@@ -19,10 +19,10 @@
 //! flush and fence costs as device-dax would. A pool's length is the file's
 //! length rounded down to whole pages; it must be at least [`MIN_POOL_BYTES`].
 //!
-//! The pool is mapped at a 2 MiB-aligned address, and 4 KiB-page pools are
-//! advised `MADV_HUGEPAGE`, so that where the kernel gives shmem transparent
-//! 2 MiB pages (`MediaCaps::huge_pages`) pool offsets, addresses and those
-//! pages line up, and direct mappings of aligned extents use them.
+//! The pool is mapped at a 2 MiB-aligned address, and advised
+//! `MADV_HUGEPAGE` where the kernel gives its shmem transparent 2 MiB pages
+//! (`MediaCaps::huge_pages`), so that pool offsets, addresses and those pages
+//! line up, and direct mappings of aligned extents use them.
 //!
 //! # Safety
 //!
@@ -185,11 +185,11 @@ impl MappedPool {
             .ok_or_else(|| too_large(&what, len_bytes))?;
         let addr = map_aligned(&fd, map_len, caps.page_size.max(HUGE_ALIGN_BYTES))
             .map_err(|e| Error::media(format!("map {what} ({len_bytes} bytes)"), e.into()))?;
-        if caps.page_size == 4096 {
+        if caps.huge_pages {
             // Ask for transparent 2 MiB pages: pool memory first touched through
-            // this mapping is then allocated in 2 MiB pages wherever the kernel
-            // allows it for this file (see `MediaCaps::huge_pages`), so that
-            // 2 MiB-aligned extents can be mapped with one page-table entry.
+            // this mapping is then allocated in 2 MiB pages (the kernel allows
+            // it for this file: `MediaCaps::huge_pages`), so that 2 MiB-aligned
+            // extents can be mapped with one page-table entry.
             // SAFETY: the range is the mapping just created; the advice changes
             // only how its pages are allocated, not their contents.
             if let Err(e) = unsafe { rustix::mm::madvise(addr, map_len, Advice::LinuxHugepage) } {
