@@ -46,16 +46,8 @@ use pinfs::media::{MappedPool, Media};
 
 const FILE_BYTES: u64 = 1 << 30;
 const BLOCK: u64 = 4096;
-const DEVICE: Cred = Cred {
-    uid: 0,
-    gid: 0,
-    owner: 1,
-};
-const TRUNCATOR: Cred = Cred {
-    uid: 0,
-    gid: 0,
-    owner: 2,
-};
+const DEVICE: Cred = Cred::root_as(1);
+const TRUNCATOR: Cred = Cred::root_as(2);
 
 /// A file of `FILE_BYTES` with `pins` one-block pins spread evenly.
 fn pinned_file(fs: &Arc<Fs>, pins: u64) -> Result<Vec<Pin>> {

@@ -77,15 +77,8 @@ fn show_leases(fs: &Fs, path: &str) {
 /// holder is notified while the truncate waits, releases, and the truncate
 /// completes.
 fn leases(fs: &Arc<Fs>) -> Result<()> {
-    let holder = Cred {
-        uid: 0,
-        gid: 0,
-        owner: HOLDER,
-    };
-    let breaker = Cred {
-        owner: BREAKER,
-        ..holder
-    };
+    let holder = Cred::root_as(HOLDER);
+    let breaker = Cred::root_as(BREAKER);
     println!(
         "5. Leases: owner {HOLDER} holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT)."
     );
@@ -163,15 +156,8 @@ fn direct_mapping() -> Result<()> {
             policy: TruncatePolicy::Defer,
         },
     )?;
-    let holder = Cred {
-        uid: 0,
-        gid: 0,
-        owner: HOLDER,
-    };
-    let breaker = Cred {
-        owner: BREAKER,
-        ..holder
-    };
+    let holder = Cred::root_as(HOLDER);
+    let breaker = Cred::root_as(BREAKER);
     println!(
         "6. Direct access: a second pool, lease-break-time {} s, truncate policy defer.",
         BREAK_TIME.as_secs()
@@ -281,11 +267,7 @@ pub fn run() -> Result<()> {
         "   mkfs: {} data blocks of 4 KiB, {} free; {} inodes",
         start.blocks, start.free, start.inodes
     );
-    let me = Cred {
-        uid: 0,
-        gid: 0,
-        owner: 1,
-    };
+    let me = Cred::root_as(1);
 
     println!();
     println!("1. Create /original and write 64 KiB of 0xab: one extent, 16 blocks.");

@@ -12,16 +12,8 @@ use pinfs::lease::{ByteRange, EventKind, LeaseRequest, LeaseType, OwnerId};
 use pinfs::media::{MappedPool, Media};
 use pinfs::Errno;
 
-const HOLDER: Cred = Cred {
-    uid: 0,
-    gid: 0,
-    owner: 1,
-};
-const OTHER: Cred = Cred {
-    uid: 0,
-    gid: 0,
-    owner: 2,
-};
+const HOLDER: Cred = Cred::root_as(1);
+const OTHER: Cred = Cred::root_as(2);
 
 fn mount(break_time: Duration) -> Arc<Fs> {
     let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(32 << 20).unwrap());

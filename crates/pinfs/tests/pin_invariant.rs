@@ -25,11 +25,7 @@ const DEVICES: usize = 3;
 const PINNED: u64 = 256 << 10;
 /// Device tags: 0xd0 + device index. Files of the churn threads write other bytes.
 const TAG: u8 = 0xd0;
-const DEVICE: Cred = Cred {
-    uid: 0,
-    gid: 0,
-    owner: 100,
-};
+const DEVICE: Cred = Cred::root_as(100);
 
 struct Device {
     stop: Arc<AtomicBool>,
@@ -136,11 +132,7 @@ fn run(policy: TruncatePolicy, protected: bool, rounds: usize) -> Outcome {
     let changer = {
         let (fs, refused, max_busy) = (fs.clone(), refused.clone(), max_busy.clone());
         thread::spawn(move || {
-            let me = Cred {
-                uid: 0,
-                gid: 0,
-                owner: 200,
-            };
+            let me = Cred::root_as(200);
             for round in 0..rounds {
                 let path = format!("/dev{}", round % DEVICES);
                 let h = fs.open(me, &path, OpenFlags::RDWR, 0).unwrap();
@@ -170,11 +162,7 @@ fn run(policy: TruncatePolicy, protected: bool, rounds: usize) -> Outcome {
         .map(|t| {
             let (fs, corrupt) = (fs.clone(), corrupt.clone());
             thread::spawn(move || {
-                let me = Cred {
-                    uid: 0,
-                    gid: 0,
-                    owner: 300 + t,
-                };
+                let me = Cred::root_as(300 + t);
                 let mut live: Vec<(String, u8)> = Vec::new();
                 for i in 0..rounds * 2 {
                     let byte = 0x10 + ((i + t as usize * 7) % 0x70) as u8;

@@ -211,11 +211,7 @@ impl Actor {
     fn new(name: &str, owner: u64, events: EventQueue) -> Self {
         Actor {
             name: name.to_string(),
-            cred: Cred {
-                uid: 0,
-                gid: 0,
-                owner,
-            },
+            cred: Cred::root_as(owner),
             file: None,
             events,
             mapping: None,

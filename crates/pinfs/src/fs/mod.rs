@@ -52,11 +52,17 @@ pub struct Cred {
 
 impl Cred {
     /// Root, owner 0.
-    pub const ROOT: Cred = Cred {
-        uid: 0,
-        gid: 0,
-        owner: 0,
-    };
+    pub const ROOT: Cred = Cred::root_as(0);
+
+    /// Root (uid and gid 0) acting as actor `owner`: root processes differ
+    /// only in who holds their leases, pins and mappings.
+    pub const fn root_as(owner: u64) -> Cred {
+        Cred {
+            uid: 0,
+            gid: 0,
+            owner,
+        }
+    }
 }
 
 /// How a file is opened (`open(2)` flags).
