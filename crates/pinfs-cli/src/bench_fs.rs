@@ -242,58 +242,37 @@ fn measure_io(files: &Files, plan: &Plan, dir: Direction, size: u64) -> Result<(
     let ops = (plan.round_bytes / size).max(1) as usize;
     let mut buf = pattern(size as usize);
     // One untimed warm-up pass on each side (page tables, caches, CPU clock).
-    run_io_pinfs(
-        &files.pinfs,
-        dir,
-        &offsets,
-        ops.min(offsets.len()),
-        &mut buf,
-    )?;
-    run_io_tmpfs(
-        &files.tmpfs,
-        dir,
-        &offsets,
-        ops.min(offsets.len()),
-        &mut buf,
-    )?;
+    for side in [Side::Pinfs, Side::Tmpfs] {
+        run_io(files, side, dir, &offsets, ops.min(offsets.len()), &mut buf)?;
+    }
     let mut pinfs = Vec::new();
     let mut tmpfs = Vec::new();
     for _ in 0..plan.rounds {
         pinfs.push(gib_per_s(
             ops as u64 * size,
-            run_io_pinfs(&files.pinfs, dir, &offsets, ops, &mut buf)?,
+            run_io(files, Side::Pinfs, dir, &offsets, ops, &mut buf)?,
         ));
         tmpfs.push(gib_per_s(
             ops as u64 * size,
-            run_io_tmpfs(&files.tmpfs, dir, &offsets, ops, &mut buf)?,
+            run_io(files, Side::Tmpfs, dir, &offsets, ops, &mut buf)?,
         ));
     }
     Ok((median(pinfs), median(tmpfs)))
 }
 
-fn run_io_pinfs(
-    h: &Handle,
-    dir: Direction,
-    offsets: &[u64],
-    ops: usize,
-    buf: &mut [u8],
-) -> Result<Duration> {
-    let start = Instant::now();
-    for &off in offsets.iter().cycle().take(ops) {
-        let n = match dir {
-            Direction::Read => h.pread(off, buf),
-            Direction::Write => h.pwrite(off, buf),
-        }
-        .with_context(|| format!("pinfs I/O of {} bytes at {off}", buf.len()))?;
-        if n != buf.len() {
-            bail!("pinfs: short I/O of {n} bytes at {off}");
-        }
-    }
-    Ok(start.elapsed())
+/// Which side of the comparison an I/O loop runs on.
+#[derive(Clone, Copy)]
+enum Side {
+    Pinfs,
+    Tmpfs,
 }
 
-fn run_io_tmpfs(
-    f: &File,
+/// `ops` operations at `offsets` (cycled) on one side's file, timed: one
+/// call per operation (`pread(2)`/`pwrite(2)` on tmpfs), as an application
+/// does.
+fn run_io(
+    files: &Files,
+    side: Side,
     dir: Direction,
     offsets: &[u64],
     ops: usize,
@@ -301,14 +280,19 @@ fn run_io_tmpfs(
 ) -> Result<Duration> {
     let start = Instant::now();
     for &off in offsets.iter().cycle().take(ops) {
-        // One pread(2)/pwrite(2) per operation, like an application would.
-        let n = match dir {
-            Direction::Read => f.read_at(buf, off),
-            Direction::Write => f.write_at(buf, off),
-        }
-        .with_context(|| format!("tmpfs I/O of {} bytes at {off}", buf.len()))?;
+        let n: Result<usize> = match (side, dir) {
+            (Side::Pinfs, Direction::Read) => files.pinfs.pread(off, buf).map_err(Into::into),
+            (Side::Pinfs, Direction::Write) => files.pinfs.pwrite(off, buf).map_err(Into::into),
+            (Side::Tmpfs, Direction::Read) => files.tmpfs.read_at(buf, off).map_err(Into::into),
+            (Side::Tmpfs, Direction::Write) => files.tmpfs.write_at(buf, off).map_err(Into::into),
+        };
+        let name = match side {
+            Side::Pinfs => "pinfs",
+            Side::Tmpfs => "tmpfs",
+        };
+        let n = n.with_context(|| format!("{name} I/O of {} bytes at {off}", buf.len()))?;
         if n != buf.len() {
-            bail!("tmpfs: short I/O of {n} bytes at {off}");
+            bail!("{name}: short I/O of {n} bytes at {off}");
         }
     }
     Ok(start.elapsed())
