@@ -721,10 +721,19 @@ impl Mapping {
     }
 
     /// Take a long-term pin of `[offset, offset+len)` (into the mapping,
-    /// block-aligned outward) through this `MAP_DIRECT` mapping (SPEC §4.2):
-    /// `EPERM` unless the mapping is `MAP_DIRECT`, its lease is held and not
-    /// being broken, and it covers the range. Like any pin, it first makes
-    /// the range written and private, and it outlives the mapping.
+    /// block-aligned outward) through this mapping (SPEC §4.2). Entitled by
+    /// either this mapping being `MAP_DIRECT` with its lease held and not
+    /// being broken (Dan Williams' model), or the mapping's owner holding an
+    /// unbreakable layout lease (`F_LAYOUT|F_EXCLUSIVE`) over the range —
+    /// Ira Weiny's flow: plain `mmap(MAP_SHARED)`, take the lease, register.
+    /// Either way the mapping must be shared and writable: a long-term pin is
+    /// writable (the device stores into the blocks), and as the kernel's
+    /// `FOLL_LONGTERM | FOLL_WRITE` needs a shared writable VMA to reach the
+    /// file's pages, a `MAP_PRIVATE` mapping (whose stores never reach the
+    /// file) or a read-only one does not entitle it. `EPERM` otherwise, and
+    /// when the mapping is invalidated or the range passes its end. Like any
+    /// pin, it first makes the range written and private, and it outlives
+    /// the mapping.
     pub fn pin_long_term(
         &self,
         offset: u64,
@@ -736,23 +745,27 @@ impl Mapping {
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(Errno::EINVAL)?;
-        let lease_ok = (*m.lease.lock())
-            .and_then(|id| self.fs.leases.lease(id))
-            .is_some_and(|l| l.state == LeaseState::Active);
-        if !m.flags.direct || !lease_ok || self.is_invalidated() || end > m.len {
+        if !m.flags.writes_file() || self.is_invalidated() || end > m.len {
             return Err(Errno::EPERM.into());
         }
         let start = (m.file_offset + offset) / BLOCK_SIZE * BLOCK_SIZE;
         let end = (m.file_offset + end).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        self.fs.pin_range(
-            m.ino,
-            m.owner,
-            start,
-            end,
-            PinVia::DirectMapping(m.id),
-            revoke,
-            false,
-        )
+        let direct_lease_held = m.flags.direct
+            && (*m.lease.lock())
+                .and_then(|id| self.fs.leases.lease(id))
+                .is_some_and(|l| l.state == LeaseState::Active);
+        let via = if direct_lease_held {
+            PinVia::DirectMapping(m.id)
+        } else if self
+            .fs
+            .holds_unbreakable_lease(m.ino, m.owner, start, end)?
+        {
+            PinVia::ExclusiveLease
+        } else {
+            return Err(Errno::EPERM.into());
+        };
+        self.fs
+            .pin_range(m.ino, m.owner, start, end, via, revoke, false)
     }
 }
 

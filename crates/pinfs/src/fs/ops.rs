@@ -543,11 +543,15 @@ impl Handle {
             FallocMode::CollapseRange => (offset, end),
             FallocMode::Allocate { .. } | FallocMode::InsertRange => (0, 0),
         };
-        self.fs.pins_before_break(self.ino, removed.0, removed.1)?;
-        let _layout =
-            self.fs
-                .layout_change(self.ino, range, self.cred.owner, self.flags.nonblocking)?;
-        self.fs.pins_after_break(self.ino, removed.0, removed.1)?;
+        let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
+        let bound = self
+            .fs
+            .pins_before_break(self.ino, removed.0, removed.1, owner)?;
+        let _layout = self
+            .fs
+            .layout_change_until(self.ino, range, owner, nb, bound)?;
+        self.fs
+            .pins_after_break(self.ino, removed.0, removed.1, bound)?;
         let mut st = self.fs.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
@@ -657,12 +661,19 @@ impl Handle {
             dst_range.start / BLOCK_SIZE * BLOCK_SIZE,
             dst_range.end.saturating_add(BLOCK_SIZE - 1) / BLOCK_SIZE * BLOCK_SIZE,
         );
+        // One bound for the whole operation (SPEC §3.3.5): both lease
+        // breaks and the wait for pins share it.
+        let bound = self
+            .fs
+            .pins_before_break(self.ino, dst_blocks.0, dst_blocks.1, owner)?;
+        let _dst_layout = self
+            .fs
+            .layout_change_until(self.ino, dst_range, owner, nb, bound)?;
+        let _src_layout = self
+            .fs
+            .layout_change_until(src.ino, src_range, owner, nb, bound)?;
         self.fs
-            .pins_before_break(self.ino, dst_blocks.0, dst_blocks.1)?;
-        let _dst_layout = self.fs.layout_change(self.ino, dst_range, owner, nb)?;
-        let _src_layout = self.fs.layout_change(src.ino, src_range, owner, nb)?;
-        self.fs
-            .pins_after_break(self.ino, dst_blocks.0, dst_blocks.1)?;
+            .pins_after_break(self.ino, dst_blocks.0, dst_blocks.1, bound)?;
         let mut st = self.fs.state.write();
         let src_inode = st.inode(src.ino)?;
         if !src_inode.is_reg() {
@@ -834,10 +845,15 @@ impl Fs {
         }
         let seen = self.state.read().inode(ino)?.size;
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        self.pins_before_break(ino, removed, u64::MAX)?;
-        let _layout =
-            self.layout_change(ino, ByteRange::to_eof(size.min(seen)), owner, nonblocking)?;
-        self.pins_after_break(ino, removed, u64::MAX)?;
+        let bound = self.pins_before_break(ino, removed, u64::MAX, owner)?;
+        let _layout = self.layout_change_until(
+            ino,
+            ByteRange::to_eof(size.min(seen)),
+            owner,
+            nonblocking,
+            bound,
+        )?;
+        self.pins_after_break(ino, removed, u64::MAX, bound)?;
         let mut st = self.state.write();
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);

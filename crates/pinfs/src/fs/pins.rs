@@ -2,7 +2,8 @@
 //! (SPEC §4).
 //!
 //! A long-term pin is opt-in: it needs an unbreakable layout lease of the
-//! pinning owner over the range, or a live `MAP_DIRECT` mapping covering it
+//! pinning owner over the range (through the handle, or through any shared
+//! writable mapping), or a live `MAP_DIRECT` mapping covering it
 //! (`Mapping::pin_long_term`, in `mmap.rs`); `EPERM` otherwise. Pinning first makes the
 //! range written and private — holes allocated zeroed, unwritten blocks
 //! zeroed and converted, shared blocks copied — so a device can write to the
@@ -10,9 +11,11 @@
 //! records the pool blocks, which the owner hands to its device.
 //!
 //! A layout change that removes pinned blocks from a file applies the
-//! truncate policy: `fail` refuses before any lease break, `wait` waits for
-//! the pins to drop (at most lease-break-time), `revoke` waits and then
-//! revokes them, `defer` goes ahead. Whatever the policy, blocks a pin still
+//! truncate policy: `fail` refuses before any lease break and tells the pin
+//! holders, `wait` waits for the pins to drop, `revoke` waits and then
+//! revokes them, `defer` goes ahead. The operation's one deadline —
+//! lease-break-time from its start — bounds its lease breaks and its wait
+//! for pins together (SPEC §3.3.5). Whatever the policy, blocks a pin still
 //! reaches never return to free space: `FsState::release_blocks` puts them on
 //! the busy-extent list, and the last unpin frees them.
 
@@ -25,7 +28,7 @@ use super::state::Op;
 use super::{Fs, Handle};
 use crate::alloc::Run;
 use crate::format::{BLOCK_SIZE, MAX_FILE_BYTES};
-use crate::lease::{ByteRange, LeaseKind, LeaseState, OwnerId};
+use crate::lease::{BreakDeadline, ByteRange, LayoutChangeGuard, LeaseKind, LeaseState, OwnerId};
 use crate::pin::{PinId, PinInfo, PinVia, RevokeFn, TruncatePolicy};
 use crate::{Errno, Result};
 
@@ -95,15 +98,7 @@ impl Handle {
             end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE,
         );
         let owner = self.cred.owner;
-        let entitled = fs.leases.list_file(self.key).iter().any(|l| {
-            l.kind == LeaseKind::Layout
-                && l.unbreakable
-                && l.state == LeaseState::Active
-                && l.owner == OwnerId(owner)
-                && l.range.start <= start
-                && l.range.end >= end
-        });
-        if !entitled {
+        if !fs.holds_unbreakable_lease(self.ino, owner, start, end)? {
             return Err(Errno::EPERM.into());
         }
         fs.pin_range(
@@ -119,6 +114,31 @@ impl Handle {
 }
 
 impl Fs {
+    /// Whether `owner` holds an active unbreakable layout lease
+    /// (`F_LAYOUT|F_EXCLUSIVE`) covering `[start, end)` of `ino`: what
+    /// entitles a long-term pin through a handle or an ordinary shared
+    /// mapping (SPEC §4.2). A lease being broken no longer entitles.
+    pub(crate) fn holds_unbreakable_lease(
+        &self,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<bool> {
+        let key = {
+            let st = self.state.read();
+            super::file_key(ino, st.inode(ino)?.generation)
+        };
+        Ok(self.leases.list_file(key).iter().any(|l| {
+            l.kind == LeaseKind::Layout
+                && l.unbreakable
+                && l.state == LeaseState::Active
+                && l.owner == OwnerId(owner)
+                && l.range.start <= start
+                && l.range.end >= end
+        }))
+    }
+
     /// Pin `[start, end)` (block-aligned) of `ino` for `owner`, entitled by
     /// `via` (the caller checked the entitlement).
     #[allow(clippy::too_many_arguments)]
@@ -238,25 +258,91 @@ impl Fs {
         st.pins.of_file_range(ino, start, end)
     }
 
-    /// The `fail` policy, checked before any lease break: a layout change
-    /// that would remove pinned blocks `[start, end)` of `ino` fails at once.
-    pub(super) fn pins_before_break(&self, ino: u64, start: u64, end: u64) -> Result<()> {
-        if self.policy == TruncatePolicy::Fail && !self.pinned_in(ino, start, end).is_empty() {
-            tracing::info!(target: "pinfs::pin", ino, start, end, "layout change over pinned blocks refused (fail)");
-            return Err(Errno::ETXTBSY.into());
+    /// The start of a layout change that may remove the blocks `[start,
+    /// end)` of `ino` (SPEC §4.3), by `breaker`: fixes the operation's one
+    /// bound — lease-break-time from now — and applies `fail`, which refuses
+    /// at once, before any lease break, when a pin reaches those blocks, and
+    /// tells each pin holder (other than the breaker) with the same
+    /// `Refused` event an unbreakable lease's holder gets. The bound returned
+    /// is then shared by the lease breaks ([`Fs::layout_change_until`]) and
+    /// the wait for pins ([`Fs::pins_after_break`]), so that the whole
+    /// operation waits at most lease-break-time (SPEC §3.3.5), not once per
+    /// phase.
+    pub(super) fn pins_before_break(
+        &self,
+        ino: u64,
+        start: u64,
+        end: u64,
+        breaker: u64,
+    ) -> Result<BreakDeadline> {
+        let deadline = self.leases.break_deadline();
+        if self.policy != TruncatePolicy::Fail {
+            return Ok(deadline);
         }
-        Ok(())
+        let pins = self.pinned_in(ino, start, end);
+        if pins.is_empty() {
+            return Ok(deadline);
+        }
+        tracing::info!(target: "pinfs::pin", ino, start, end, "layout change over pinned blocks refused (fail)");
+        let (key, holders) = {
+            let st = self.state.read();
+            let key = super::file_key(ino, st.inode(ino)?.generation);
+            let holders: Vec<OwnerId> = pins
+                .iter()
+                .filter_map(|&id| st.pins.get(id).map(|e| OwnerId(e.info.owner)))
+                .collect();
+            (key, holders)
+        };
+        // Told with no file-system lock held: the holders' callbacks may call
+        // back into the file system (unpin, release a lease).
+        self.leases
+            .notify_refused(key, &holders, ByteRange::new(start, end), OwnerId(breaker));
+        Err(Errno::ETXTBSY.into())
+    }
+
+    /// [`Fs::layout_change`] bounded by the operation's deadline from
+    /// [`Fs::pins_before_break`]: leases it breaks are forced by then at
+    /// the latest.
+    pub(super) fn layout_change_until(
+        &self,
+        ino: u64,
+        range: ByteRange,
+        owner: u64,
+        nonblocking: bool,
+        deadline: BreakDeadline,
+    ) -> Result<LayoutChangeGuard> {
+        let key = {
+            let st = self.state.read();
+            super::file_key(ino, st.inode(ino)?.generation)
+        };
+        Ok(self.leases.begin_layout_change(
+            key,
+            range,
+            OwnerId(owner),
+            &super::break_options(nonblocking).until(deadline),
+        )?)
     }
 
     /// The `wait` and `revoke` policies, after the lease break: wait for the
-    /// pins over `[start, end)` of `ino` to drop, at most lease-break-time
-    /// (forever when it is 0); then `ETXTBSY` (`wait`) or revoke (`revoke`).
-    pub(super) fn pins_after_break(&self, ino: u64, start: u64, end: u64) -> Result<()> {
+    /// pins over `[start, end)` of `ino` to drop until the operation's
+    /// `deadline` (the one the lease break had: together they wait at most
+    /// lease-break-time; forever when it is 0); then `ETXTBSY` (`wait`) or
+    /// revoke (`revoke`).
+    pub(super) fn pins_after_break(
+        &self,
+        ino: u64,
+        start: u64,
+        end: u64,
+        deadline: BreakDeadline,
+    ) -> Result<()> {
         if !matches!(self.policy, TruncatePolicy::Wait | TruncatePolicy::Revoke) {
             return Ok(());
         }
-        let break_time = self.leases.break_time();
-        let deadline = (!break_time.is_zero()).then(|| Instant::now() + break_time);
+        // The engine's clock converted once to the condition variable's.
+        let deadline = self
+            .leases
+            .time_left(deadline)
+            .map(|left| Instant::now() + left);
         loop {
             let mut seen = self.unpins.lock();
             if self.pinned_in(ino, start, end).is_empty() {
@@ -265,7 +351,7 @@ impl Fs {
             match deadline {
                 None => self.unpinned.wait(&mut seen),
                 Some(d) => {
-                    if self.unpinned.wait_until(&mut seen, d).timed_out() {
+                    if Instant::now() >= d || self.unpinned.wait_until(&mut seen, d).timed_out() {
                         break;
                     }
                 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use super::notify::{BreakCallback, EventQueue, QueueInner, RevokeHook};
 use super::sync::{self, Condvar, Mutex, MutexGuard, Runtime};
 use super::{
-    Access, BreakEvent, BreakOptions, BreakReason, ByteRange, EventKind, FileKey, HandleId,
-    LeaseId, LeaseInfo, LeaseKind, LeaseRequest, LeaseState, LeaseType, OwnerId, ENOLCK,
+    Access, BreakDeadline, BreakEvent, BreakOptions, BreakReason, ByteRange, EventKind, FileKey,
+    HandleId, LeaseId, LeaseInfo, LeaseKind, LeaseRequest, LeaseState, LeaseType, OwnerId, ENOLCK,
     MAX_CHANGES_PER_FILE, MAX_HANDLES_PER_FILE, MAX_LEASES_PER_FILE, MAX_OWNER_ENTRIES,
 };
 use crate::Errno;
@@ -797,7 +797,7 @@ impl Inner {
         let mut waited = false;
         let mut broken = 0u64;
         let result = loop {
-            let notes = self.mark(&mut st, file, breaker_owner, breaker);
+            let notes = self.mark(&mut st, file, breaker_owner, breaker, opts.deadline);
             if !notes.is_empty() {
                 broken += notes.len() as u64;
                 st = self.deliver(st, notes);
@@ -921,8 +921,14 @@ impl Inner {
         file: FileKey,
         breaker_owner: OwnerId,
         breaker: Breaker,
+        bound: Option<BreakDeadline>,
     ) -> Vec<Note> {
-        let deadline = self.deadline(st);
+        // lease-break-time from now, but no later than the bound of the
+        // operation this break is part of (SPEC §3.3.5).
+        let deadline = match (self.deadline(st), bound.and_then(|b| b.at_ns)) {
+            (Some(own), Some(bound)) => Some(own.min(bound)),
+            (own, bound) => own.or(bound),
+        };
         let reason = breaker.reason();
         let Some(fs) = st.files.get_mut(&file) else {
             return Vec::new();
@@ -1016,6 +1022,95 @@ impl LeaseEngine {
     #[doc(hidden)]
     pub fn inject_fault(&self, fault: Fault) {
         self.inner.state.lock().fault = fault;
+    }
+
+    /// The deadline of an operation that starts now: lease-break-time from
+    /// now on the engine's clock, or never when it is 0. Compute it once, at
+    /// the start, and pass it to every wait of the operation
+    /// ([`BreakOptions::until`], [`LeaseEngine::time_left`]).
+    pub fn break_deadline(&self) -> BreakDeadline {
+        let st = self.inner.state.lock();
+        BreakDeadline {
+            at_ns: self.inner.deadline(&st),
+        }
+    }
+
+    /// How long until `deadline` on the engine's clock (zero once it has
+    /// passed); `None` when it never comes.
+    pub fn time_left(&self, deadline: BreakDeadline) -> Option<Duration> {
+        let at = deadline.at_ns?;
+        let st = self.inner.state.lock();
+        Some(Duration::from_nanos(at.saturating_sub(self.inner.now(&st))))
+    }
+
+    /// Tells the `holders` of pins over `range` of `file` that `breaker`'s
+    /// layout change was refused because of their pins (SPEC §4.3, `fail`:
+    /// "pin holders are notified") — the same [`EventKind::Refused`] event
+    /// an unbreakable lease's holder gets. Each holder gets one event, about
+    /// its layout lease over the range when it has one (so that lease's
+    /// callback runs too); a holder with no such lease (pins outlive leases,
+    /// SPEC §4.2) gets it about no lease: `lease.id` is `LeaseId(0)`, which
+    /// no lease has, `lease.ty` is `Unlock` and `lease.range` is `range`.
+    /// The breaker itself is never told of its own refusal.
+    pub fn notify_refused(
+        &self,
+        file: FileKey,
+        holders: &[OwnerId],
+        range: ByteRange,
+        breaker: OwnerId,
+    ) {
+        let st = self.inner.state.lock();
+        let reason = BreakReason::LayoutChange(range);
+        let mut notes = Vec::new();
+        let mut told: Vec<OwnerId> = Vec::new();
+        for &owner in holders {
+            if owner == breaker || told.contains(&owner) {
+                continue;
+            }
+            told.push(owner);
+            let lease = st.files.get(&file).and_then(|fs| {
+                let mine = || {
+                    fs.leases.iter().filter(|l| {
+                        l.kind == LeaseKind::Layout && l.owner == owner && l.range.overlaps(&range)
+                    })
+                };
+                // The unbreakable lease, when there is one, is the one that
+                // entitles pins (SPEC §4.2).
+                mine().find(|l| l.unbreakable).or_else(|| mine().next())
+            });
+            let note = match lease {
+                Some(l) => st.note(l, file, EventKind::Refused, l.ty, reason, breaker),
+                None => {
+                    let entry = st.owners.get(&owner);
+                    Note {
+                        event: BreakEvent {
+                            kind: EventKind::Refused,
+                            lease: LeaseInfo {
+                                id: LeaseId(0),
+                                kind: LeaseKind::Layout,
+                                ty: LeaseType::Unlock,
+                                target: LeaseType::Unlock,
+                                unbreakable: false,
+                                state: LeaseState::Active,
+                                owner,
+                                handle: HandleId(0),
+                                file,
+                                range,
+                            },
+                            target: LeaseType::Unlock,
+                            reason,
+                            breaker,
+                        },
+                        lease_cb: None,
+                        owner_cb: entry.and_then(|o| o.callback.clone()),
+                        queue: entry.and_then(|o| o.queue.clone()),
+                    }
+                }
+            };
+            notes.push(note);
+        }
+        tracing::info!(target: TARGET, file = file.0, breaker = breaker.0, ?range, holders = notes.len(), "pin holders told of a refused layout change");
+        drop(self.inner.deliver(st, notes));
     }
 
     /// lease-break-time.

@@ -356,7 +356,59 @@ pub struct BreakOptions {
     /// Where the call reports how long it took and how many leases it
     /// broke (for tracing, benchmarks and the model check).
     pub report: Option<Arc<BreakReport>>,
+    /// The bound of the whole operation this break is part of (SPEC §3.3.5):
+    /// leases this call marks are forced no later than this, so an
+    /// operation that breaks leases more than once (reflink: destination
+    /// and source) and then waits for pins still waits at most one
+    /// lease-break-time. `None`: lease-break-time from when they are marked.
+    pub deadline: Option<BreakDeadline>,
 }
+
+/// When lease-break-time runs out for one operation, on the engine's clock
+/// (virtual time under the model checker): computed once, when the
+/// operation starts ([`LeaseEngine::break_deadline`]), and shared by every
+/// wait of that operation — its lease breaks ([`BreakOptions::until`]) and
+/// the file system's wait for pins (SPEC §3.3.5: one bound for the whole
+/// operation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakDeadline {
+    /// Engine clock, nanoseconds; `None`: lease-break-time is 0, never.
+    pub(crate) at_ns: Option<u64>,
+}
+
+impl BreakDeadline {
+    /// The deadline of an operation under lease-break-time 0: never.
+    pub const NEVER: BreakDeadline = BreakDeadline { at_ns: None };
+
+    /// Whether it never comes (lease-break-time 0).
+    pub fn is_never(&self) -> bool {
+        self.at_ns.is_none()
+    }
+}
+
+/// Longest lease-break-time [`break_time_from_secs`] accepts: a day (a
+/// typo should not make a breaker wait for years).
+pub const MAX_BREAK_TIME_SECS: f64 = 86_400.0;
+
+/// lease-break-time from a number of seconds as a user gives it (`0.5`):
+/// `0` is "never force"; any positive value, however small, becomes at least
+/// the engine's smallest positive unit (1 ns) — it never rounds down to
+/// `0`, which would mean the opposite (wait forever). Negative, not finite
+/// or above [`MAX_BREAK_TIME_SECS`]: `EINVAL`. Edges (the command line, the
+/// daemon's options) convert through this one function.
+pub fn break_time_from_secs(secs: f64) -> Result<std::time::Duration, Errno> {
+    if !secs.is_finite() || !(0.0..=MAX_BREAK_TIME_SECS).contains(&secs) {
+        return Err(Errno::EINVAL);
+    }
+    if secs == 0.0 {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let d = std::time::Duration::try_from_secs_f64(secs).map_err(|_| Errno::EINVAL)?;
+    Ok(d.max(MIN_BREAK_TIME))
+}
+
+/// The smallest positive lease-break-time: one unit of the engine's clock.
+pub const MIN_BREAK_TIME: std::time::Duration = std::time::Duration::from_nanos(1);
 
 /// What one breaking call did, filled in when it returns (see
 /// [`BreakOptions::report`]).
@@ -411,6 +463,13 @@ impl BreakOptions {
             ..Self::default()
         }
     }
+
+    /// Force the leases this call marks no later than `deadline`, the bound
+    /// of the operation the call is part of.
+    pub fn until(mut self, deadline: BreakDeadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
 }
 
 impl fmt::Debug for BreakOptions {
@@ -419,6 +478,7 @@ impl fmt::Debug for BreakOptions {
             .field("nonblocking", &self.nonblocking)
             .field("interruptible", &self.interrupt.is_some())
             .field("report", &self.report.is_some())
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
