@@ -683,6 +683,34 @@ mod tests {
     }
 
     #[test]
+    fn a_positive_break_time_never_rounds_to_never() {
+        use std::time::Duration;
+        // The control: the plain conversion rounds 0.1 ns down to zero,
+        // which the engine reads as "never force".
+        assert_eq!(Duration::try_from_secs_f64(1e-10), Ok(Duration::ZERO));
+        assert_eq!(break_time_from_secs(1e-10), Ok(MIN_BREAK_TIME));
+        assert_eq!(break_time_from_secs(f64::MIN_POSITIVE), Ok(MIN_BREAK_TIME));
+        assert_eq!(break_time_from_secs(0.0), Ok(Duration::ZERO));
+        assert_eq!(break_time_from_secs(0.5), Ok(Duration::from_millis(500)));
+        assert_eq!(break_time_from_secs(45.0), Ok(Duration::from_secs(45)));
+        assert_eq!(
+            break_time_from_secs(MAX_BREAK_TIME_SECS),
+            Ok(Duration::from_secs(86_400))
+        );
+        for bad in [
+            -1.0,
+            -1e-10,
+            f64::NAN,
+            f64::INFINITY,
+            MAX_BREAK_TIME_SECS * 2.0,
+        ] {
+            assert_eq!(break_time_from_secs(bad), Err(Errno::EINVAL), "{bad}");
+        }
+        // -0.0 is zero, not negative.
+        assert_eq!(break_time_from_secs(-0.0), Ok(Duration::ZERO));
+    }
+
+    #[test]
     fn labels_match_proc_locks() {
         assert_eq!(LeaseKind::Layout.to_string(), "LAYOUT");
         assert_eq!(LeaseState::Breaking.to_string(), "BREAKING");
