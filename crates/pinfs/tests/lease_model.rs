@@ -23,6 +23,16 @@
 //! Negative controls (STYLE 16): the same check against an engine with the
 //! wait skipped, or with notifications dropped, must fail.
 //!
+//! A third scenario checks the one bound of SPEC §3.3.5: one operation
+//! (a reflink: destination and source) breaks the layout leases of two
+//! holders on two files, one after the other, with one deadline computed at
+//! its start ([`LeaseEngine::break_deadline`], [`BreakOptions::until`]).
+//! Whether the holders answer or not, and whenever the scheduler lets time
+//! pass, the two breaks together wait at most `break_time`, and what is
+//! left of the deadline for the pin wait that follows brings the whole
+//! operation to at most `break_time` as well. Negative control: each break
+//! with its own `break_time` (the defect) must be caught.
+//!
 //! Seeds: `PINFS_MODEL_SEED` (default fixed) and `PINFS_MODEL_ITERATIONS`
 //! (default 4000 per scheduler and configuration) reproduce a run.
 #![cfg(feature = "model-check")]
@@ -34,8 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pinfs::lease::{
-    Access, BreakOptions, BreakReport, ByteRange, EventKind, Fault, FileKey, HandleId, LeaseEngine,
-    LeaseId, LeaseInfo, LeaseRequest, OwnerId, QueueError,
+    Access, BreakDeadline, BreakOptions, BreakReport, ByteRange, EventKind, Fault, FileKey,
+    HandleId, LeaseEngine, LeaseId, LeaseInfo, LeaseRequest, OwnerId, QueueError,
 };
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::sync::Mutex;
@@ -356,4 +366,129 @@ fn broken_variant_that_loses_notifications_is_caught() {
             assert_caught(scenario, Fault::SkipNotify, break_time);
         }
     }
+}
+
+/// The files and holders of the one-bound scenario, and its breaker.
+const BOUND_FILES: [FileKey; 2] = [FileKey(7), FileKey(8)];
+const BOUND_HOLDERS: [OwnerId; 2] = [OwnerId(1), OwnerId(4)];
+const BOUND_BREAKER: OwnerId = OwnerId(2);
+
+/// One operation breaking two files' layout leases under one deadline
+/// (`shared_bound`) or, as the defect did, a fresh `break_time` per break.
+/// Holders that `answer` release their lease when told; the others never do.
+fn bounded_operation(break_time: Duration, answer: bool, shared_bound: bool) {
+    EXECUTIONS.with(|n| n.set(n.get() + 1));
+    let engine = LeaseEngine::new_model(break_time);
+    let revoked = Arc::new(Mutex::new(HashSet::new()));
+    {
+        let revoked = Arc::clone(&revoked);
+        engine.set_revoke_hook(Some(Arc::new(move |info: &LeaseInfo| {
+            revoked.lock().unwrap().insert(info.id);
+        })));
+    }
+    let mut leases = Vec::new();
+    let mut holders = Vec::new();
+    for (i, (&file, &owner)) in BOUND_FILES.iter().zip(&BOUND_HOLDERS).enumerate() {
+        let events = engine.owner_events(owner).unwrap();
+        let id = engine
+            .set_lease(
+                file,
+                HandleId(1 + i as u64),
+                owner,
+                LeaseRequest::layout_shared(),
+            )
+            .unwrap();
+        leases.push(id);
+        let engine = engine.clone();
+        holders.push(shuttle::thread::spawn(move || loop {
+            match events.recv() {
+                Ok(ev) if ev.kind == EventKind::Break && answer => {
+                    let _ = engine.release(ev.lease.id);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }));
+    }
+    // The operation starts: its one deadline.
+    let deadline: BreakDeadline = engine.break_deadline();
+    let mut waited = Duration::ZERO;
+    for (&file, &id) in BOUND_FILES.iter().zip(&leases) {
+        let report = BreakReport::new();
+        let mut opts = BreakOptions::blocking().with_report(Arc::clone(&report));
+        if shared_bound {
+            opts = opts.until(deadline);
+        }
+        let guard = engine
+            .begin_layout_change(file, ByteRange::WHOLE, BOUND_BREAKER, &opts)
+            .unwrap();
+        // Proceeding past a lease needs it released, or forced and revoked.
+        assert!(
+            engine.lease(id).is_none(),
+            "proceeded past the active lease {id:?}"
+        );
+        if !answer {
+            assert!(revoked.lock().unwrap().contains(&id), "{id:?} not revoked");
+        }
+        waited += report.waited();
+        drop(guard);
+    }
+    assert!(
+        waited <= break_time,
+        "one operation's lease breaks waited {waited:?} > break_time {break_time:?}"
+    );
+    // What is left of the deadline is all the pin wait may still use.
+    let left = engine
+        .time_left(deadline)
+        .expect("break_time > 0 has a deadline");
+    assert!(
+        waited + left <= break_time,
+        "breaks {waited:?} + pin wait {left:?} > break_time {break_time:?}"
+    );
+    for owner in BOUND_HOLDERS {
+        engine.drop_owner(owner);
+    }
+    for h in holders {
+        h.join().unwrap();
+    }
+}
+
+/// Runs the one-bound scenario under both schedulers.
+fn check_bound(answer: bool, shared_bound: bool, iterations: usize) -> usize {
+    let before = executions();
+    let f = move || bounded_operation(BREAK_TIME, answer, shared_bound);
+    Runner::new(RandomScheduler::new_from_seed(seed(), iterations), config()).run(f);
+    Runner::new(PctScheduler::new_from_seed(seed(), 3, iterations), config()).run(f);
+    executions() - before
+}
+
+/// Fewer schedules than the main check: the scenario is small.
+fn bound_iterations() -> usize {
+    iterations().min(1000)
+}
+
+#[test]
+fn one_operation_waits_one_break_time_for_all_its_breaks() {
+    let mut n = 0;
+    for answer in [false, true] {
+        n += check_bound(answer, true, bound_iterations());
+    }
+    println!(
+        "lease model check: one bound per operation: {n} schedules explored, all within break_time (seed {:#x})",
+        seed()
+    );
+}
+
+#[test]
+fn broken_variant_with_a_break_time_per_break_is_caught() {
+    let before = executions();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        check_bound(false, false, bound_iterations())
+    }));
+    let ran = executions() - before;
+    assert!(
+        result.is_err(),
+        "the model check did not catch a fresh break_time per break in {ran} schedules"
+    );
+    println!("lease model check: a break_time per break caught after {ran} schedules");
 }
