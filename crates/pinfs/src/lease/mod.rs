@@ -90,6 +90,18 @@
 //!   breaking, and the next breaker enforces the deadline; `set_lease` and
 //!   `get_lease` enforce it for open leases, as Linux's
 //!   `time_out_leases`). [`BreakReport`] tells a caller how long it waited.
+//! * One bound per operation (SPEC §3.3.5): an operation that breaks leases
+//!   more than once or waits for something else afterwards (the file
+//!   system's wait for pins) takes [`LeaseEngine::break_deadline`] once, at
+//!   its start, and passes it to each break ([`BreakOptions::until`]: the
+//!   leases it marks are forced by then at the latest) and to its other
+//!   waits ([`LeaseEngine::time_left`]), so the whole operation waits at
+//!   most `break_time`. [`break_time_from_secs`] is the one conversion from
+//!   a user's seconds: a positive value never rounds down to 0 ("never").
+//! * Pin holders: [`LeaseEngine::notify_refused`] raises the
+//!   [`EventKind::Refused`] event for the holders of pins that made a layout
+//!   change fail (the `fail` truncate policy), whether or not they still
+//!   hold a lease.
 //! * Notification ([`notify`]): per lease ([`LeaseRequest::callback`]) and
 //!   per owner ([`LeaseEngine::set_owner_callback`]) callbacks, both run for
 //!   every event; the per-owner [`EventQueue`] ([`LeaseEngine::owner_events`])
