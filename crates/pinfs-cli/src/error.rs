@@ -95,6 +95,10 @@ pub fn describe(err: &Error, pool: Option<&Path>) -> String {
             }
             if context.is_empty() {
                 err.errno().to_string()
+            } else if err.errno() == Errno::EBUSY {
+                // "Device or resource busy: pool is in use by pid 1234
+                // (pinfs); share it ...": the hint reads last.
+                format!("{}: {context}", err.errno())
             } else {
                 format!("{context}: {}", err.errno())
             }

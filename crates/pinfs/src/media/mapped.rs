@@ -117,6 +117,8 @@ impl MappedPool {
     pub fn open(path: &Path) -> Result<Self> {
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| Error::media(format!("open {}", path.display()), e.into()))?;
+        // One process at a time (SPEC §7): locked before anything is read.
+        super::lock::lock_exclusive(fd.as_fd(), path)?;
         Self::from_fd(fd, path)
     }
 
@@ -134,6 +136,8 @@ impl MappedPool {
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|e| Error::media(format!("create {what}"), e.into()))?;
+        // Locked before it is resized: a mounted pool must not change size.
+        super::lock::lock_exclusive(fd.as_fd(), path)?;
         let (caps, current_bytes) = detect(&fd, &what)?;
         if caps.kind == MediaKind::DevDax {
             if current_bytes < size_bytes {

@@ -18,6 +18,7 @@ use std::ptr::NonNull;
 use crate::Result;
 
 pub mod flush;
+pub mod lock;
 pub mod mapped;
 pub mod recording;
 
