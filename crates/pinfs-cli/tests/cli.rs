@@ -422,11 +422,11 @@ fn missing_foreign_and_damaged_pools_are_one_line_errors() {
 #[test]
 fn options_are_validated() {
     let line = io(None, &[]).code;
-    assert_eq!(line, Some(2), "clap usage error without -c");
+    assert_eq!(line, Some(1), "a usage error without -c is exit status 1");
     let run = pinfs(&["io", "--policy", "sometimes", "-c", "echo"]);
-    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(run.code, Some(1), "{run:#?}");
     let run = pinfs(&["io", "--break-time", "forever", "-c", "echo"]);
-    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(run.code, Some(1), "{run:#?}");
     let run = pinfs(&[
         "io",
         "--policy",

@@ -94,16 +94,7 @@ impl Default for Settings {
 /// Parse `--break-time SECONDS`: a non-negative decimal, fractions allowed
 /// (`0.5`), at most [`MAX_BREAK_TIME_SECS`]; `0` means never force.
 pub fn parse_break_time(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
-    if !secs.is_finite() || !(0.0..=MAX_BREAK_TIME_SECS).contains(&secs) {
-        return Err(format!(
-            "{s} seconds is out of range (0 to {MAX_BREAK_TIME_SECS}; 0 = never force)"
-        ));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    parse::number::seconds(s, MAX_BREAK_TIME_SECS)
 }
 
 /// What every actor of a run shares.
