@@ -496,7 +496,7 @@ fn stat(path: &Path) -> Result<(), CliError> {
     let leases = fs.leases().list();
     println!("leases {}", leases.len());
     for info in &leases {
-        let owner = format!("#{}", info.owner.0);
+        let owner = io::unnamed_actor(info.owner);
         println!("{}", io::lease_cmds::listing_line(info, &owner, "?"));
     }
     Ok(())

@@ -97,6 +97,12 @@ pub fn parse_break_time(s: &str) -> Result<Duration, String> {
     parse::number::seconds(s, MAX_BREAK_TIME_SECS)
 }
 
+/// How an owner that no script named is shown (`@owner-7`): every output
+/// names an actor the same way, `@NAME`, whether a script named it or not.
+pub fn unnamed_actor(owner: OwnerId) -> String {
+    format!("@owner-{}", owner.0)
+}
+
 /// What every actor of a run shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -129,11 +135,12 @@ impl Shared {
         self.names.lock().insert(owner, name.to_string());
     }
 
-    /// `@NAME` of a lease owner (`#N` for an owner that is no actor).
+    /// `@NAME` of a lease owner ([`unnamed_actor`] for an owner that is no
+    /// actor of this run).
     pub fn actor_label(&self, owner: OwnerId) -> String {
         match self.names.lock().get(&owner) {
             Some(name) => format!("@{name}"),
-            None => format!("#{}", owner.0),
+            None => unnamed_actor(owner),
         }
     }
 
