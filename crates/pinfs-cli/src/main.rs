@@ -80,7 +80,8 @@ enum Command {
         /// The pool.
         pool: PathBuf,
     },
-    /// Run xfs_io-style commands (-c, in order) against a pool.
+    /// Run xfs_io-style commands (-c, in order) against a pool; `pinfs io
+    /// --help` lists them.
     #[command(after_help = IO_AFTER_HELP)]
     Io(IoArgs),
     /// Show a pool's space, inodes and journal.
@@ -104,30 +105,62 @@ enum Command {
     },
 }
 
-/// The end of `pinfs io --help`: the lease commands' output, and the
-/// extensions to CLI.md.
+/// The end of `pinfs io --help` (and `pinfs help io`): every command, in
+/// short; docs/cli.md has the full reference.
 const IO_AFTER_HELP: &str = "\
-Commands are those of CLI.md (modelled on xfs_io); `@NAME CMD` runs CMD as actor NAME.
+Script: each -c is one command, run in order against the actor's current file
+(like xfs_io). `@NAME CMD` runs CMD as actor NAME (its own identity, files,
+mappings, pins, leases and thread; no prefix = @main); `CMD &` runs it in the
+background; `@NAME wait` collects its background results (`wait: nothing
+pending` when there are none). OFF/LEN take k/m/g suffixes or 0x hex; a
+failing command prints `CMD: MESSAGE` on stderr (strerror text) and the run
+goes on; io exits 1 if any command failed.
+
+Files:
+  open [-r] [-w] [-c] [-t] [-n] PATH   current file; -r read-only, -w write-only,
+                                       -c create, -t truncate, -n non-blocking
+  close                                close the current file
+  pwrite [-S BYTE] OFF LEN             prints `wrote LEN/LEN bytes at offset OFF`
+  pread [-v] OFF LEN                   prints `read N/LEN bytes at offset OFF`;
+                                       -v dumps the bytes as xfs_io does
+  truncate LEN | truncate -p PATH LEN  ftruncate(2) / truncate(2) by path
+  falloc [-k] OFF LEN                  allocate unwritten; -k keep size
+  fpunch | fzero [-k] | fcollapse | finsert OFF LEN
+  reflink SRC [SRC_OFF DST_OFF LEN]    clone SRC (or a range) into the current file
+  fsync
+  stat      `size N`, `blocks N`, `extents N`
+  fiemap    one line per extent: `LOGICAL PHYSICAL LEN unwritten|shared|-`
+  statfs    `blocks N`, `free N`, `busy N` (4 KiB blocks)
+  unlink PATH, mkdir PATH, rmdir PATH, rename FROM TO, ls [PATH]
 
 Leases (on the current file):
   lease read|write|none [--layout] [--exclusive] [--range OFF LEN]
-      read = F_RDLCK, write = F_WRLCK, none = F_UNLCK (release); --layout: a layout
-      lease; --exclusive: unbreakable (F_LAYOUT|F_EXCLUSIVE, implies --layout);
-      `lease none --layout` releases the handle's layout leases (over the range)
-  getlease      prints read, write or none (the target type while a break is pending)
-  wait-break MS waits up to MS for a notification to this actor and prints one of
-      break FILE read|none   the lease is being broken: downgrade to read / release
-      break FILE refused     a layout change was refused (Text file busy) because of
-                             this actor's unbreakable layout lease
+      read = F_RDLCK, write = F_WRLCK, none = F_UNLCK (release); --layout: a
+      layout lease; --exclusive: unbreakable (F_LAYOUT|F_EXCLUSIVE)
+  getlease      `read`, `write` or `none` (the target type while a break is pending)
+  wait-break MS waits up to MS for a notification to this actor:
+      break FILE read|none   being broken: downgrade to read / release
+      break FILE refused     a layout change was refused (Text file busy) because
+                             of this actor's unbreakable layout lease
       break FILE lost        lease-break-time passed: the lease was removed
-      break FILE downgraded  lease-break-time passed: the lease was downgraded to read
+      break FILE downgraded  lease-break-time passed: downgraded to read
       or fails with `wait-break: Connection timed out`
-  leases        lists every lease, as /proc/locks:
-      ID LEASE|LAYOUT TYPE ACTIVE|BREAKING ACTOR PATH START END
-      e.g. `1 LAYOUT READ+EXCL ACTIVE @h /f 0 EOF` (TYPE is the target type)
+  leases        every lease, as /proc/locks:
+      ID LEASE|LAYOUT TYPE ACTIVE|BREAKING @ACTOR PATH START END
 
-Extension: `truncate -p PATH LEN` truncates by path (truncate(2), which breaks
-open leases); `truncate LEN` is ftruncate(2) of the current file.";
+Mappings and pins (on the current file / mapping):
+  mmap [-r] [-s] [-d] [-F HEXFLAGS] OFF LEN   -r read-only, -s MAP_SYNC,
+                                       -d MAP_DIRECT, -F raw MAP_SHARED_VALIDATE bits
+  mwrite [-S BYTE] OFF LEN, mread [-v] OFF LEN   store/load (a fault fails with SIGBUS)
+  persist OFF LEN   flush a range of the mapping to the media
+  munmap
+  mstat     `offset N`, `length N`, `flags ...`, `huge N`
+  pin OFF LEN       long-term pin of a range of the mapping; prints `pin ID`
+  unpin ID
+  pins      per actor a line `@ACTOR`, then `<TAB>PATH START END` per pinned range
+
+Other: sleep MS, echo TEXT.
+Not yet available: dma-reg, dma-write, dma-read, dma-dereg (devices), --socket.";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]
@@ -165,8 +198,8 @@ struct IoArgs {
         allow_hyphen_values = true
     )]
     break_time: Duration,
-    /// A command (see CLI.md); repeat for a script. `@NAME CMD` runs it in
-    /// actor NAME; a trailing ` &` runs it in the background.
+    /// A command (listed below); repeat for a script. `@NAME CMD` runs it
+    /// in actor NAME; a trailing ` &` runs it in the background.
     #[arg(
         short = 'c',
         value_name = "CMD",
