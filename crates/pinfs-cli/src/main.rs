@@ -10,6 +10,7 @@
 mod bench_fs;
 mod bench_lease;
 mod bench_map;
+mod bench_target;
 mod demo;
 mod error;
 mod io;
