@@ -165,7 +165,9 @@ pub fn run(quick: bool) -> Result<()> {
         );
     }
     println!();
-    println!("target: pinfs break round trip (two threads) {LEASE_GOAL} the kernel's (two processes)");
+    println!(
+        "target: pinfs break round trip (two threads) {LEASE_GOAL} the kernel's (two processes)"
+    );
     println!("{}", card.summary());
     Ok(())
 }

@@ -285,7 +285,12 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()
             // SAFETY: as above.
             std::hint::black_box(unsafe { kernel_map_and_touch(memfd.as_fd(), len, HUGE_LOAD) });
         });
-        row("map + touch 1 GiB (vs memfd + THP)", pinfs_time, thp_time, None);
+        row(
+            "map + touch 1 GiB (vs memfd + THP)",
+            pinfs_time,
+            thp_time,
+            None,
+        );
     }
     println!(
         "  (the pinfs mapping had {} of {} MiB mapped with 2 MiB pages)",
@@ -554,8 +559,8 @@ pub fn run(quick: bool) -> Result<()> {
     let per_pin_in_range = (t2.as_secs_f64() - t1.as_secs_f64()).max(0.0) / extra_pins;
     let (wb1, wt1) = whole_times[0];
     let (wb2, wt2) = whole_times[1];
-    let per_pin_whole = (wt2.as_secs_f64() - wt1.as_secs_f64()).max(1e-9)
-        / (wb2 as f64 - wb1 as f64).max(1.0);
+    let per_pin_whole =
+        (wt2.as_secs_f64() - wt1.as_secs_f64()).max(1e-9) / (wb2 as f64 - wb1 as f64).max(1.0);
     let scaling = per_pin_in_range / per_pin_whole;
     let verdict = card.check("scaling", scaling, SCALING_GOAL);
     println!(

@@ -72,7 +72,10 @@ impl Scorecard {
         if self.missed.is_empty() {
             format!("all {n} targets: target met")
         } else {
-            format!("all {n} targets: target NOT met: {}", self.missed.join(", "))
+            format!(
+                "all {n} targets: target NOT met: {}",
+                self.missed.join(", ")
+            )
         }
     }
 }

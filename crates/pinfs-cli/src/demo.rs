@@ -91,9 +91,7 @@ fn show_leases(fs: &Fs, path: &str) {
 fn leases(fs: &Arc<Fs>) -> Result<()> {
     let holder = Cred::root_as(HOLDER);
     let breaker = Cred::root_as(BREAKER);
-    println!(
-        "5. Leases: @holder holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT)."
-    );
+    println!("5. Leases: @holder holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT).");
     // The queue exists before the lease does: no notification is lost.
     let events = fs.leases().owner_events(OwnerId(HOLDER))?;
     let file = fs.open(holder, "/leased", OpenFlags::CREATE, 0o644)?;

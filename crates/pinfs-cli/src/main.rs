@@ -240,11 +240,13 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
                 let _ = e.print();
-                return Err(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                });
+                return Err(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    },
+                );
             }
             eprintln!("pinfs: {}", one_line(&e.render().to_string()));
             Err(ExitCode::FAILURE)
@@ -354,7 +356,8 @@ fn mkfs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
     let result = make_fs(path, size, force);
     if let Err(e) = &result {
         // Not when the pool is busy: then someone else may have created it.
-        let busy = matches!(e, CliError::Pool { source, .. } if source.errno() == pinfs::Errno::EBUSY);
+        let busy =
+            matches!(e, CliError::Pool { source, .. } if source.errno() == pinfs::Errno::EBUSY);
         if !existed && !busy {
             let _ = std::fs::remove_file(path);
         }

@@ -517,7 +517,13 @@ fn a_mounted_pool_is_busy_for_every_other_process() {
         pool.io(&["open /f", "truncate 0"]),
         pool.fsck(),
         pinfs(&["mkfs".as_ref(), "-f".as_ref(), path]),
-        pinfs(&["mkfs".as_ref(), "-f".as_ref(), "--size".as_ref(), "8m".as_ref(), path]),
+        pinfs(&[
+            "mkfs".as_ref(),
+            "-f".as_ref(),
+            "--size".as_ref(),
+            "8m".as_ref(),
+            path,
+        ]),
         pinfs(&["stat".as_ref(), path]),
     ] {
         let line = run.fails_with_one_line();
@@ -560,7 +566,13 @@ fn mkfs_refuses_an_existing_file_system_without_force() {
     let line = pool.io(&["open /keep"]).fails_with_one_line().to_string();
     assert_eq!(line, "open: No such file or directory");
     // -f --size resizes, as asked.
-    let run = pinfs(&["mkfs".as_ref(), "--force".as_ref(), "--size".as_ref(), "8m".as_ref(), path]);
+    let run = pinfs(&[
+        "mkfs".as_ref(),
+        "--force".as_ref(),
+        "--size".as_ref(),
+        "8m".as_ref(),
+        path,
+    ]);
     run.ok();
     assert!(run.stdout.contains("8388608 bytes"), "{run:#?}");
     pool.fsck().ok();
@@ -571,20 +583,37 @@ fn mkfs_sizes_are_checked_and_a_failed_mkfs_leaves_nothing() {
     let pool = Pool::mkfs();
     let fresh = pool.sibling("fresh");
     for size in ["1m", "4095k", "0"] {
-        let line = pinfs(&["mkfs".as_ref(), "--size".as_ref(), size.as_ref(), fresh.as_os_str()])
-            .fails_with_one_line()
-            .to_string();
-        assert!(line.contains("too small for a file system (at least 4 MiB): Invalid argument"), "{line}");
-        assert!(!fresh.exists(), "mkfs --size {size} left {} behind", fresh.display());
+        let line = pinfs(&[
+            "mkfs".as_ref(),
+            "--size".as_ref(),
+            size.as_ref(),
+            fresh.as_os_str(),
+        ])
+        .fails_with_one_line()
+        .to_string();
+        assert!(
+            line.contains("too small for a file system (at least 4 MiB): Invalid argument"),
+            "{line}"
+        );
+        assert!(
+            !fresh.exists(),
+            "mkfs --size {size} left {} behind",
+            fresh.display()
+        );
     }
     for (size, says) in [
         ("-1", "\"-1\": must not be negative"),
         ("12q", "\"12q\" is not a size"),
         ("99999999999999999999", "too large"),
     ] {
-        let line = pinfs(&["mkfs".as_ref(), "--size".as_ref(), size.as_ref(), fresh.as_os_str()])
-            .fails_with_one_line()
-            .to_string();
+        let line = pinfs(&[
+            "mkfs".as_ref(),
+            "--size".as_ref(),
+            size.as_ref(),
+            fresh.as_os_str(),
+        ])
+        .fails_with_one_line()
+        .to_string();
         assert!(line.starts_with("pinfs: ") && line.contains(says), "{line}");
         assert!(!fresh.exists());
     }
@@ -594,15 +623,25 @@ fn mkfs_sizes_are_checked_and_a_failed_mkfs_leaves_nothing() {
     let nowhere = pool.sibling("no/such/dir");
     pinfs(&["mkfs".as_ref(), nowhere.as_os_str()]).fails_with_one_line();
     // The true minimum works.
-    let run = pinfs(&["mkfs".as_ref(), "--size".as_ref(), "4m".as_ref(), fresh.as_os_str()]);
+    let run = pinfs(&[
+        "mkfs".as_ref(),
+        "--size".as_ref(),
+        "4m".as_ref(),
+        fresh.as_os_str(),
+    ]);
     run.ok();
     assert!(run.stdout.contains("4194304 bytes"), "{run:#?}");
     // A small existing file without a file system is refused with the same
     // words, and is left as it was (mkfs did not create it).
     let small = pool.sibling("small");
     std::fs::write(&small, vec![0u8; 2 << 20]).unwrap();
-    let line = pinfs(&["mkfs".as_ref(), small.as_os_str()]).fails_with_one_line().to_string();
-    assert!(line.contains("too small for a file system (at least 4 MiB)"), "{line}");
+    let line = pinfs(&["mkfs".as_ref(), small.as_os_str()])
+        .fails_with_one_line()
+        .to_string();
+    assert!(
+        line.contains("too small for a file system (at least 4 MiB)"),
+        "{line}"
+    );
     assert_eq!(std::fs::metadata(&small).unwrap().len(), 2 << 20);
     // A directory is no pool.
     pinfs(&["mkfs".as_ref(), pool.dir.path().as_os_str()]).fails_with_one_line();
@@ -626,7 +665,11 @@ fn mkfs_says_precisely_what_the_kernel_refuses() {
         assert_eq!(run.lines().last(), Some(&"pin 1"));
     } else {
         // The temporary directory is on tmpfs: the kernel allows it.
-        assert!(run.stdout.contains("kernel DMA (io_uring fixed buffers) allowed"), "{run:#?}");
+        assert!(
+            run.stdout
+                .contains("kernel DMA (io_uring fixed buffers) allowed"),
+            "{run:#?}"
+        );
     }
 }
 
@@ -635,8 +678,20 @@ fn trace_events_reach_stderr_only_when_asked_for() {
     // A holder that never reacts: the lease is forcibly removed at
     // lease-break-time, which the library traces as a warning.
     let script = [
-        "-c", "open -c /f", "-c", "pwrite 0 4k", "-c", "@h open /f", "-c", "@h lease read --layout",
-        "-c", "@b open /f", "-c", "@b truncate 0", "-c", "@h wait-break 5000",
+        "-c",
+        "open -c /f",
+        "-c",
+        "pwrite 0 4k",
+        "-c",
+        "@h open /f",
+        "-c",
+        "@h lease read --layout",
+        "-c",
+        "@b open /f",
+        "-c",
+        "@b truncate 0",
+        "-c",
+        "@h wait-break 5000",
     ];
     let mut args = vec!["io", "--break-time", "0.1"];
     args.extend(script);
@@ -669,7 +724,10 @@ fn numbers_are_never_negative_and_say_so_in_one_line() {
         vec!["mkfs", "--size", "-1", "/nonexistent/pool"],
     ] {
         let line = pinfs(&args).fails_with_one_line().to_string();
-        assert!(line.starts_with("pinfs: ") && line.ends_with("\"-1\": must not be negative"), "{line}");
+        assert!(
+            line.starts_with("pinfs: ") && line.ends_with("\"-1\": must not be negative"),
+            "{line}"
+        );
     }
     let run = io(
         None,
@@ -700,13 +758,21 @@ fn numbers_are_never_negative_and_say_so_in_one_line() {
 fn wait_with_nothing_pending_says_so_and_uncollected_results_are_reported() {
     let run = io(None, &["@x wait", "wait"]);
     run.ok();
-    assert_eq!(run.lines(), ["wait: nothing pending", "wait: nothing pending"]);
+    assert_eq!(
+        run.lines(),
+        ["wait: nothing pending", "wait: nothing pending"]
+    );
 
     // Background commands nobody waits for: each result is reported at the
     // end, and a failure among them fails the run.
     let run = io(
         None,
-        &["open -c /f", "@a open /f", "@a pwrite 0 4k &", "@b truncate 4k &"],
+        &[
+            "open -c /f",
+            "@a open /f",
+            "@a pwrite 0 4k &",
+            "@b truncate 4k &",
+        ],
     );
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert_eq!(run.lines(), ["wrote 4096/4096 bytes at offset 0"]);
@@ -719,7 +785,10 @@ fn wait_with_nothing_pending_says_so_and_uncollected_results_are_reported() {
     );
     let run = io(None, &["@a echo hi &"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(run.err_lines(), ["@a: result of 'echo hi' never collected: ok"]);
+    assert_eq!(
+        run.err_lines(),
+        ["@a: result of 'echo hi' never collected: ok"]
+    );
 }
 
 #[test]
@@ -741,7 +810,10 @@ fn help_lists_io_commands_and_policies() {
             "defer  — completes at once",
             "revoke — breaks layout leases",
         ] {
-            assert!(run.stdout.contains(needle), "{needle:?} missing from {args:?}");
+            assert!(
+                run.stdout.contains(needle),
+                "{needle:?} missing from {args:?}"
+            );
         }
     }
 }
@@ -768,9 +840,14 @@ fn bad_input_is_one_line_and_exit_1() {
         let line = pinfs(&args).fails_with_one_line().to_string();
         assert!(line.starts_with("pinfs: "), "{args:?}: {line}");
     }
-    let line = pinfs(&["io", "--policy", "x", "-c", "echo"]).fails_with_one_line().to_string();
+    let line = pinfs(&["io", "--policy", "x", "-c", "echo"])
+        .fails_with_one_line()
+        .to_string();
     assert!(line.contains("fail, wait, defer or revoke"), "{line}");
-    assert!(!Path::new(missing).exists(), "a failed mkfs left its pool behind");
+    assert!(
+        !Path::new(missing).exists(),
+        "a failed mkfs left its pool behind"
+    );
 }
 
 #[test]
@@ -779,21 +856,68 @@ fn the_docs_are_complete_in_this_repository() {
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let cli = std::fs::read_to_string(root.join("docs/cli.md")).unwrap();
     for (name, text) in [("README.md", &readme), ("docs/cli.md", &cli)] {
-        assert!(!text.contains("../shared"), "{name} sends readers outside the repository");
+        assert!(
+            !text.contains("../shared"),
+            "{name} sends readers outside the repository"
+        );
     }
     assert!(readme.contains("docs/cli.md"));
     // Every io command the help lists is in the reference, as code.
     for cmd in [
-        "open", "close", "pwrite", "pread", "truncate", "falloc", "fpunch", "fzero", "fcollapse",
-        "finsert", "reflink", "fsync", "stat", "fiemap", "statfs", "unlink", "mkdir", "rmdir",
-        "rename", "ls", "lease", "getlease", "wait-break", "leases", "mmap", "mwrite", "mread",
-        "persist", "munmap", "mstat", "pin", "unpin", "pins", "sleep", "echo", "wait", "dma-reg",
-        "pinfs serve", "pinfs mkfs", "pinfs fsck", "pinfs io", "pinfs stat", "pinfs demo",
-        "pinfs bench", "PINFS_LOG", "RUST_LOG",
+        "open",
+        "close",
+        "pwrite",
+        "pread",
+        "truncate",
+        "falloc",
+        "fpunch",
+        "fzero",
+        "fcollapse",
+        "finsert",
+        "reflink",
+        "fsync",
+        "stat",
+        "fiemap",
+        "statfs",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "rename",
+        "ls",
+        "lease",
+        "getlease",
+        "wait-break",
+        "leases",
+        "mmap",
+        "mwrite",
+        "mread",
+        "persist",
+        "munmap",
+        "mstat",
+        "pin",
+        "unpin",
+        "pins",
+        "sleep",
+        "echo",
+        "wait",
+        "dma-reg",
+        "pinfs serve",
+        "pinfs mkfs",
+        "pinfs fsck",
+        "pinfs io",
+        "pinfs stat",
+        "pinfs demo",
+        "pinfs bench",
+        "PINFS_LOG",
+        "RUST_LOG",
     ] {
         assert!(cli.contains(&format!("`{cmd}")), "docs/cli.md lacks `{cmd}");
     }
-    for words in ["Exit status", "Device or resource busy", "not yet available"] {
+    for words in [
+        "Exit status",
+        "Device or resource busy",
+        "not yet available",
+    ] {
         assert!(cli.contains(words), "docs/cli.md lacks {words:?}");
     }
 }

@@ -639,7 +639,12 @@ fn a_script_that_ends_with_a_breaker_waiting_does_not_hang() {
     assert_eq!(out.code, Some(0), "{out:#?}");
     assert_eq!(
         out.lines(),
-        [WROTE, "break /f none", "end", "wrote 4096/4096 bytes at offset 0"],
+        [
+            WROTE,
+            "break /f none",
+            "end",
+            "wrote 4096/4096 bytes at offset 0"
+        ],
         "{out:#?}"
     );
     assert_eq!(

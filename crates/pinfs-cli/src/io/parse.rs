@@ -387,7 +387,11 @@ mod tests {
         let w = words("-1 4k");
         let p = SPEC.parse(&w).unwrap();
         assert_eq!(p.operands, ["-1", "4k"]);
-        assert!(p.size("-1").unwrap_err().to_string().contains("must not be negative"));
+        assert!(p
+            .size("-1")
+            .unwrap_err()
+            .to_string()
+            .contains("must not be negative"));
     }
 
     #[test]
@@ -403,7 +407,9 @@ mod tests {
         }
         assert_eq!(number::size("4k"), Ok(4096));
         assert_eq!(number::size("0x10"), Ok(16));
-        assert!(number::size("99999999999999999999").unwrap_err().contains("too large"));
+        assert!(number::size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
         assert!(number::size("4q").unwrap_err().contains("is not a size"));
         assert_eq!(number::count("250", "ms"), Ok(250));
         assert!(number::count("1k", "ms").is_err());

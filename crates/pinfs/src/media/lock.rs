@@ -107,7 +107,11 @@ fn holder_of(fd: BorrowedFd<'_>) -> Option<u32> {
     let key = lock_key(fd)?;
     let procs = std::fs::read_dir("/proc").ok()?;
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fdinfo")) else {
@@ -163,7 +167,11 @@ mod tests {
         lock_exclusive(first.as_fd(), &path).unwrap();
         // Locking again through the same description is no conflict.
         lock_exclusive(first.as_fd(), &path).unwrap();
-        let second = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let second = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         let err = lock_exclusive(second.as_fd(), &path).unwrap_err();
         assert_eq!(err.errno(), crate::Errno::EBUSY);
         let text = err.to_string();
@@ -183,7 +191,7 @@ mod tests {
     #[test]
     fn a_second_mount_in_one_process_is_ebusy() {
         use crate::fs::Fs;
-        use crate::media::{MappedPool, Media};
+        use crate::media::MappedPool;
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool");
@@ -219,7 +227,9 @@ mod tests {
         let second = Fs::mount(pool.clone()).unwrap();
         let me = Cred::root_as(1);
         first.open(me, "/first", OpenFlags::CREATE, 0o644).unwrap();
-        second.open(me, "/second", OpenFlags::CREATE, 0o644).unwrap();
+        second
+            .open(me, "/second", OpenFlags::CREATE, 0o644)
+            .unwrap();
         drop((first, second));
         let fs = Fs::mount(pool).unwrap();
         let names: Vec<String> = fs
