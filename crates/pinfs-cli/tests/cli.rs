@@ -744,11 +744,12 @@ fn numbers_are_never_negative_and_say_so_in_one_line() {
             "unpin -1",
             "lease read --layout --range -1 4k",
             "mmap -1 4k",
+            "mmap -F -1 0 4k",
         ],
     );
     assert_eq!(run.code, Some(1), "{run:#?}");
     let lines = run.err_lines();
-    assert_eq!(lines.len(), 11, "{run:#?}");
+    assert_eq!(lines.len(), 12, "{run:#?}");
     for line in lines {
         assert!(line.contains(": must not be negative; usage: "), "{line}");
     }

@@ -247,6 +247,11 @@ impl<'a> Parsed<'a> {
         number::count(s, "number of milliseconds").map_err(|e| self.error(e))
     }
 
+    /// `s` as raw flag bits in hex.
+    pub fn hex_bits(&self, s: &str) -> Result<u32, CmdError> {
+        number::hex_bits(s).map_err(|e| self.error(e))
+    }
+
     /// `s` as an id (of a pin, a registration: plain decimal).
     pub fn id(&self, s: &str, what: &str) -> Result<u64, CmdError> {
         number::count(s, what).map_err(|e| self.error(e))
@@ -298,6 +303,17 @@ pub mod number {
             return t.parse().map_err(|_| format!("\"{s}\": too large"));
         }
         Err(format!("\"{s}\" is not a {what} (a plain decimal number)"))
+    }
+
+    /// Raw flag bits in hex, `0x` optional (`mmap -F 0x3`).
+    pub fn hex_bits(s: &str) -> Result<u32, String> {
+        let t = not_negative(s)?;
+        let digits = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        u32::from_str_radix(digits, 16)
+            .map_err(|_| format!("\"{s}\" is not hexadecimal flag bits (at most 32 bits)"))
     }
 
     /// A byte value: `0xcd` or `205`.
@@ -401,6 +417,7 @@ mod tests {
             number::size("-4k").unwrap_err(),
             number::count("-5", "milliseconds").unwrap_err(),
             number::byte("-1").unwrap_err(),
+            number::hex_bits("-1").unwrap_err(),
             number::seconds("-1", 10.0).unwrap_err(),
         ] {
             assert!(e.ends_with("must not be negative"), "{e}");
@@ -417,5 +434,8 @@ mod tests {
         assert_eq!(number::seconds("0.5", 10.0), Ok(Duration::from_millis(500)));
         assert!(number::seconds("11", 10.0).is_err());
         assert!(number::seconds("nan", 10.0).is_err());
+        assert_eq!(number::hex_bits("0x13"), Ok(0x13));
+        assert_eq!(number::hex_bits("3"), Ok(3));
+        assert!(number::hex_bits("0x1_0000_0000").is_err());
     }
 }
