@@ -113,7 +113,8 @@ impl MappedPool {
     }
 
     /// Opens an existing pool: a regular file, a file on tmpfs or hugetlbfs,
-    /// or a device-dax character device.
+    /// or a device-dax character device. Locks it for this value alone
+    /// ([`super::lock`]): `EBUSY`, naming the holder, while another has it.
     pub fn open(path: &Path) -> Result<Self> {
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| Error::media(format!("open {}", path.display()), e.into()))?;
@@ -126,7 +127,7 @@ impl MappedPool {
     /// `size_bytes` (rounded up to the file system's page size, e.g. 2 MiB on
     /// hugetlbfs), and opens it. An existing file is resized to that length,
     /// whatever it was. A device-dax device cannot be resized; it must hold at
-    /// least `size_bytes`.
+    /// least `size_bytes`. Locked as [`MappedPool::open`], before resizing.
     pub fn create(path: &Path, size_bytes: u64) -> Result<Self> {
         let what = path.display().to_string();
         check_min_size(&what, size_bytes)?;
