@@ -38,6 +38,11 @@ use pinfs::fs::{Cred, Fs, Handle, OpenFlags};
 use pinfs::media::{MappedPool, Media};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::bench_target::{Goal, Scorecard};
+
+/// The target of the pread and pwrite rows: at least tmpfs's speed.
+const FS_GOAL: Goal = Goal::AtLeast(1.0);
+
 /// Size of the pool the pinfs side runs on.
 const POOL_BYTES: u64 = 1 << 30;
 /// Size of the file read and written, on both sides.
@@ -367,34 +372,29 @@ fn print_table(rows: &[Row]) {
         "{:<14} {:>6} {:>12} {:>12} {:>7}  unit",
         "operation", "size", "pinfs", "tmpfs", "ratio"
     );
+    let mut card = Scorecard::default();
     for r in rows {
         let (p, t) = if r.unit == "ops/s" {
             (format!("{:.0}", r.pinfs), format!("{:.0}", r.tmpfs))
         } else {
             (format!("{:.2}", r.pinfs), format!("{:.2}", r.tmpfs))
         };
-        println!(
-            "{:<14} {:>6} {:>12} {:>12} {:>6.2}x  {}",
-            r.op,
-            r.size,
-            p,
-            t,
-            r.pinfs / r.tmpfs,
-            r.unit
+        let ratio = r.pinfs / r.tmpfs;
+        // pread and pwrite rows have a target: as fast as tmpfs.
+        let verdict = if r.targeted {
+            card.check(&format!("{} {}", r.op, r.size), ratio, FS_GOAL)
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{:<14} {:>6} {:>12} {:>12} {:>6.2}x  {:<6} {verdict}",
+            r.op, r.size, p, t, ratio, r.unit
         );
+        println!("{}", line.trim_end());
     }
-    let missed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.targeted && r.pinfs < r.tmpfs)
-        .map(|r| format!("{} {} ({:.2}x)", r.op, r.size, r.pinfs / r.tmpfs))
-        .collect();
     println!();
-    println!("target: pinfs >= 1.0x tmpfs for pread and pwrite at every size");
-    if missed.is_empty() {
-        println!("target met");
-    } else {
-        println!("target NOT met: {}", missed.join(", "));
-    }
+    println!("target: pinfs {FS_GOAL} tmpfs for pread and pwrite at every size");
+    println!("{}", card.summary());
 }
 
 /// [`OFFSETS`] offsets, multiples of `size`, uniformly spread over a file of

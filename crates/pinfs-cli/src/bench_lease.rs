@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::bench_target::{Goal, Scorecard};
 use anyhow::{bail, Context, Result};
 use pinfs::lease::{Access, BreakOptions, FileKey, HandleId, LeaseEngine, LeaseRequest, OwnerId};
 
@@ -60,7 +61,7 @@ const SIDE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `fcntl(F_SETSIG)` (not exported by the `libc` crate for this target).
 const F_SETSIG: libc::c_int = 10;
 /// Target: pinfs round trip at most this fraction of the kernel's.
-const TARGET_RATIO: f64 = 0.25;
+const LEASE_GOAL: Goal = Goal::AtMost(0.25);
 
 /// Run the benchmark and print the results; `quick` shrinks it.
 pub fn run(quick: bool) -> Result<()> {
@@ -125,23 +126,21 @@ pub fn run(quick: bool) -> Result<()> {
         "{:<28} {:>12} {:>12} {:>8}",
         "break round trip", "pinfs", "kernel", "ratio"
     );
-    let mut missed = Vec::new();
+    let mut card = Scorecard::default();
     for (mode, pinfs, kernel) in &rows {
         for (label, p, k) in [
             ("p50", pinfs.p50, kernel.p50),
             ("p99", pinfs.p99, kernel.p99),
         ] {
             let ratio = p.as_secs_f64() / k.as_secs_f64();
+            let verdict = card.check(&format!("{mode} {label}"), ratio, LEASE_GOAL);
             println!(
-                "{:<28} {:>10.1}us {:>10.1}us {:>7.3}x",
+                "{:<28} {:>10.1}us {:>10.1}us {:>7.3}x  {verdict}",
                 format!("{mode} {label}"),
                 p.as_secs_f64() * 1e6,
                 k.as_secs_f64() * 1e6,
                 ratio
             );
-            if ratio > TARGET_RATIO {
-                missed.push(format!("{mode} {label} ({ratio:.3}x)"));
-            }
         }
     }
     let hot_kernel = rows[0].2;
@@ -166,12 +165,10 @@ pub fn run(quick: bool) -> Result<()> {
         );
     }
     println!();
-    println!("target: pinfs break round trip (two threads) <= {TARGET_RATIO}x the kernel's (two processes)");
-    if missed.is_empty() {
-        println!("target met");
-    } else {
-        println!("target NOT met: {}", missed.join(", "));
-    }
+    println!(
+        "target: pinfs break round trip (two threads) {LEASE_GOAL} the kernel's (two processes)"
+    );
+    println!("{}", card.summary());
     Ok(())
 }
 

@@ -18,6 +18,10 @@
 //!   removed range). The target is a cost proportional to the pins in the
 //!   truncated range, not to all pins: with 10× the pins in the file but the
 //!   same removed range, the time should grow by the pins in that range only.
+//!   Its verdict compares the marginal cost of a pin in that range with the
+//!   marginal cost of a pin in a whole-file truncate (at most 3×).
+//!
+//! Every line with a target ends with the verdict of `bench_target`.
 //!
 //!
 //! Pins are taken as a device owner would take them (under an unbreakable
@@ -39,6 +43,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::bench_fs::ShmDir;
+use crate::bench_target::{Goal, Scorecard};
+
+/// Target of mapped bandwidth: speed relative to `memcpy`.
+const BANDWIDTH_GOAL: Goal = Goal::AtLeast(0.95);
+
+/// Target of mapping and touching a file: speed relative to tmpfs `mmap`.
+const TOUCH_GOAL: Goal = Goal::AtLeast(0.9);
+
+/// Target of the scaling measurement: the marginal cost of a pin in the
+/// truncated range, relative to the marginal cost of a pin when the whole
+/// file is truncated (every pin in range). A cost that grew with all the
+/// file's pins would put many times more on each pin in range.
+const SCALING_GOAL: Goal = Goal::AtMost(3.0);
 use pinfs::fs::{Cred, FallocMode, Fs, MountOptions, OpenFlags, Pin, TruncatePolicy};
 use pinfs::lease::{LeaseRequest, OwnerId};
 use pinfs::map::MapFlags;
@@ -127,7 +144,7 @@ fn best(rounds: usize, mut f: impl FnMut()) -> Duration {
 }
 
 /// Bandwidth through a mapping against memcpy between plain buffers.
-fn bandwidth(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
+fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     let h = fs.open(DEVICE, "/bw", OpenFlags::CREATE, 0o644)?;
     h.pwrite(0, &vec![0x33u8; BANDWIDTH_BYTES])?;
     let map = h.mmap(0, BANDWIDTH_BYTES as u64, MapFlags::SHARED)?;
@@ -177,13 +194,15 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
         ("read through mapping", read),
         ("write through mapping", write),
     ] {
+        let ratio = memcpy.as_secs_f64() / t.as_secs_f64();
+        let verdict = card.check(what, ratio, BANDWIDTH_GOAL);
         println!(
-            "{:<34} {:>10} {:>12.2} {:>10.2} {:>7.2}x",
+            "{:<34} {:>10} {:>12.2} {:>10.2} {:>7.2}x  {verdict}",
             what,
             "",
             gibs(BANDWIDTH_BYTES, t),
             gibs(BANDWIDTH_BYTES, memcpy),
-            memcpy.as_secs_f64() / t.as_secs_f64()
+            ratio
         );
     }
     drop(map);
@@ -217,7 +236,7 @@ unsafe fn touch(p: *const u8, len: usize) -> u64 {
 }
 
 /// Map and touch a 1 GiB file, against the kernel's tmpfs.
-fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
+fn map_and_touch(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     let len = FILE_BYTES as usize;
     let h = fs.open(DEVICE, "/touch", OpenFlags::CREATE, 0o644)?;
     let chunk = vec![0x44u8; 8 << 20];
@@ -248,7 +267,12 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
         // SAFETY: `tmpfs` is an open file of `len` bytes.
         std::hint::black_box(unsafe { kernel_map_and_touch(tmpfs.as_fd(), len, LOAD) });
     });
-    row("map + touch 1 GiB (vs tmpfs mmap)", pinfs_time, kernel_time);
+    row(
+        "map + touch 1 GiB (vs tmpfs mmap)",
+        pinfs_time,
+        kernel_time,
+        Some((card, TOUCH_GOAL)),
+    );
     // The stronger baseline: the kernel's own shmem with 2 MiB pages (a
     // memfd filled through a MADV_HUGEPAGE mapping), where this kernel
     // allows them.
@@ -261,7 +285,12 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
             // SAFETY: as above.
             std::hint::black_box(unsafe { kernel_map_and_touch(memfd.as_fd(), len, HUGE_LOAD) });
         });
-        row("map + touch 1 GiB (vs memfd + THP)", pinfs_time, thp_time);
+        row(
+            "map + touch 1 GiB (vs memfd + THP)",
+            pinfs_time,
+            thp_time,
+            None,
+        );
     }
     println!(
         "  (the pinfs mapping had {} of {} MiB mapped with 2 MiB pages)",
@@ -273,14 +302,21 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-fn row(what: &str, pinfs: Duration, baseline: Duration) {
-    println!(
-        "{:<45} {:>10.2}ms {:>8.2}ms {:>7.2}x",
+/// One timed row; with a target, it ends with the verdict.
+fn row(what: &str, pinfs: Duration, baseline: Duration, target: Option<(&mut Scorecard, Goal)>) {
+    let ratio = baseline.as_secs_f64() / pinfs.as_secs_f64();
+    let verdict = match target {
+        Some((card, goal)) => card.check(what, ratio, goal),
+        None => String::new(),
+    };
+    let line = format!(
+        "{:<45} {:>10.2}ms {:>8.2}ms {:>7.2}x  {verdict}",
         what,
         ms(pinfs),
         ms(baseline),
-        baseline.as_secs_f64() / pinfs.as_secs_f64()
+        ratio
     );
+    println!("{}", line.trim_end());
 }
 
 const LOAD: Touch = Touch {
@@ -392,6 +428,7 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
         &format!("map + store {} MiB sparse (vs tmpfs)", bytes >> 20),
         pinfs_time,
         kernel_time,
+        None,
     );
     if fs.media().caps().huge_pages {
         let memfd = rustix::fs::memfd_create("pinfs-bench-thp", rustix::fs::MemfdFlags::CLOEXEC)?;
@@ -408,6 +445,7 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
             &format!("map + store {} MiB sparse (vs memfd+THP)", bytes >> 20),
             pinfs_time,
             thp_time,
+            None,
         );
     }
     Ok(())
@@ -436,8 +474,9 @@ pub fn run(quick: bool) -> Result<()> {
         );
     }
     println!();
-    bandwidth(&fs, rounds)?;
-    map_and_touch(&fs, rounds)?;
+    let mut card = Scorecard::default();
+    bandwidth(&fs, rounds, &mut card)?;
+    map_and_touch(&fs, rounds, &mut card)?;
     // Without 2 MiB pages every page is its own durable allocation (one
     // commit each), so the sparse file is kept small enough to finish.
     store_faults(
@@ -449,7 +488,7 @@ pub fn run(quick: bool) -> Result<()> {
             64 << 20
         },
     )?;
-    println!("targets: bandwidth >= 0.95x memcpy; map + touch >= 0.9x as fast as tmpfs mmap");
+    println!("targets: bandwidth {BANDWIDTH_GOAL} memcpy; map + touch {TOUCH_GOAL} as fast as tmpfs mmap");
     println!();
     println!(
         "truncate of a {} MiB file carrying long-term pins (one 4 KiB block each, evenly spread), policy defer, memfd pool; median of {rounds} round(s)",
@@ -469,8 +508,10 @@ pub fn run(quick: bool) -> Result<()> {
         0,
         "1.00x"
     );
+    let mut whole_times = Vec::new();
     for pins in [1_000u64, 10_000] {
         let (t, busy) = measure(&fs, pins, 0, rounds)?;
+        whole_times.push((busy, t));
         println!(
             "{:<34} {:>10} {:>10.2}ms {:>10} {:>7.2}x",
             "whole file",
@@ -515,10 +556,20 @@ pub fn run(quick: bool) -> Result<()> {
         ms(t2),
         ratio(t2, t1)
     );
+    let per_pin_in_range = (t2.as_secs_f64() - t1.as_secs_f64()).max(0.0) / extra_pins;
+    let (wb1, wt1) = whole_times[0];
+    let (wb2, wt2) = whole_times[1];
+    let per_pin_whole =
+        (wt2.as_secs_f64() - wt1.as_secs_f64()).max(1e-9) / (wb2 as f64 - wb1 as f64).max(1.0);
+    let scaling = per_pin_in_range / per_pin_whole;
+    let verdict = card.check("scaling", scaling, SCALING_GOAL);
     println!(
-        "marginal cost per pin in the truncated range: {:.2} us; target: proportional to the pins in the truncated range, not to all pins",
-        (t2.as_secs_f64() - t1.as_secs_f64()).max(0.0) * 1e6 / extra_pins
+        "marginal cost per pin in the truncated range: {:.2} us, {scaling:.2}x that of a whole-file truncate ({:.2} us); {verdict}",
+        per_pin_in_range * 1e6,
+        per_pin_whole * 1e6
     );
+    println!();
+    println!("{}", card.summary());
     Ok(())
 }
 

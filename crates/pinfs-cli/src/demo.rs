@@ -48,40 +48,50 @@ fn show_fiemap(name: &str, h: &Handle) -> Result<()> {
     Ok(())
 }
 
-/// Lease owner of the lease section's holder (the file steps run as owner 1).
+/// Lease owner of the file steps, shown as `@main` (as `io` names it).
+const MAIN: u64 = 1;
+
+/// Lease owner of the lease section's holder, shown as `@holder`.
 const HOLDER: u64 = 2;
 
-/// Lease owner of the lease section's breaker.
+/// Lease owner of the lease section's breaker, shown as `@breaker`.
 const BREAKER: u64 = 3;
+
+/// An owner as `io` shows an actor: `@NAME`.
+fn actor(owner: OwnerId) -> String {
+    match owner.0 {
+        MAIN => "@main".to_string(),
+        HOLDER => "@holder".to_string(),
+        BREAKER => "@breaker".to_string(),
+        _ => crate::io::unnamed_actor(owner),
+    }
+}
 
 /// How long the holder waits for its notification before the demo gives up
 /// (only a bug makes it wait at all: the breaker is already on its way).
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Print the lease listing, indented, in the format of `io`'s `leases`
-/// (owners as `#N`; `path` is the leased file's).
+/// (owners as `@NAME`; `path` is the leased file's).
 fn show_leases(fs: &Fs, path: &str) {
-    println!("   leases (id kind type state owner path start end):");
+    println!("   leases (id kind type state actor path start end):");
     let leases = fs.leases().list();
     if leases.is_empty() {
         println!("     (none)");
     }
     for l in leases {
-        let owner = format!("#{}", l.owner.0);
-        println!("     {}", listing_line(&l, &owner, path));
+        println!("     {}", listing_line(&l, &actor(l.owner), path));
     }
 }
 
-/// The lease section: a holder (owner 2) keeps a shared layout lease on
-/// /leased; a breaker (owner 3, on its own thread) truncates the file; the
+/// The lease section: a holder (`@holder`) keeps a shared layout lease on
+/// /leased; a breaker (`@breaker`, on its own thread) truncates the file; the
 /// holder is notified while the truncate waits, releases, and the truncate
 /// completes.
 fn leases(fs: &Arc<Fs>) -> Result<()> {
     let holder = Cred::root_as(HOLDER);
     let breaker = Cred::root_as(BREAKER);
-    println!(
-        "5. Leases: owner {HOLDER} holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT)."
-    );
+    println!("5. Leases: @holder holds a shared layout lease on /leased (F_RDLCK|F_LAYOUT).");
     // The queue exists before the lease does: no notification is lost.
     let events = fs.leases().owner_events(OwnerId(HOLDER))?;
     let file = fs.open(holder, "/leased", OpenFlags::CREATE, 0o644)?;
@@ -94,7 +104,7 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
     )?;
     show_leases(fs, "/leased");
 
-    println!("   Owner {BREAKER} truncates /leased to 4 KiB, on its own thread: it must wait.");
+    println!("   @breaker truncates /leased to 4 KiB, on its own thread: it must wait.");
     let theirs = fs.open(breaker, "/leased", OpenFlags::RDWR, 0)?;
     let truncated = Arc::new(AtomicBool::new(false));
     let flag = truncated.clone();
@@ -111,8 +121,9 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
         "unexpected notification {event:?}"
     );
     println!(
-        "   owner {HOLDER} is notified: lease {} is breaking (layout change by owner {}); the truncate waits",
-        event.lease.id, event.breaker.0
+        "   @holder is notified: lease {} is breaking (layout change by {}); the truncate waits",
+        event.lease.id,
+        actor(event.breaker)
     );
     ensure!(
         !truncated.load(Ordering::SeqCst),
@@ -124,7 +135,7 @@ fn leases(fs: &Arc<Fs>) -> Result<()> {
     );
     show_leases(fs, "/leased");
 
-    println!("   Owner {HOLDER} lets go of what it holds over the file and releases the lease.");
+    println!("   @holder lets go of what it holds over the file and releases the lease.");
     fs.leases().set_lease(
         file.lease_file(),
         file.lease_handle(),
@@ -174,10 +185,10 @@ fn direct_mapping() -> Result<()> {
         map.write(0, b"written through the mapping")?;
         map.persist(0, 4096)?;
         println!(
-            "   Owner {HOLDER} maps /direct with MAP_DIRECT, pins 16 KiB of it for a device, and stores through the mapping."
+            "   @holder maps /direct with MAP_DIRECT, pins 16 KiB of it for a device, and stores through the mapping."
         );
         show_leases(&fs, "/direct");
-        println!("   Owner {BREAKER} truncates /direct to 4 KiB on its own thread.");
+        println!("   @breaker truncates /direct to 4 KiB on its own thread.");
         let theirs = fs.open(breaker, "/direct", OpenFlags::RDWR, 0)?;
         let started = std::time::Instant::now();
         let truncate = std::thread::spawn(move || theirs.truncate(4096));
@@ -189,7 +200,7 @@ fn direct_mapping() -> Result<()> {
             "unexpected notification {event:?}"
         );
         println!(
-            "   owner {HOLDER} is notified: its MAP_DIRECT lease {} is breaking",
+            "   @holder is notified: its MAP_DIRECT lease {} is breaking",
             event.lease.id
         );
         if reacts {
@@ -267,7 +278,7 @@ pub fn run() -> Result<()> {
         "   mkfs: {} data blocks of 4 KiB, {} free; {} inodes",
         start.blocks, start.free, start.inodes
     );
-    let me = Cred::root_as(1);
+    let me = Cred::root_as(MAIN);
 
     println!();
     println!("1. Create /original and write 64 KiB of 0xab: one extent, 16 blocks.");

@@ -23,6 +23,13 @@ pub enum CliError {
         /// What the library said.
         source: Error,
     },
+    /// `mkfs` without `-f` on a pool that holds a file system.
+    Exists {
+        /// The pool.
+        path: PathBuf,
+        /// What it holds.
+        what: String,
+    },
     /// `fsck` found problems (each already printed on its own line).
     Inconsistent {
         /// The pool.
@@ -57,6 +64,11 @@ impl fmt::Display for CliError {
             CliError::Pool { path, source } => {
                 write!(f, "{}: {}", path.display(), describe(source, Some(path)))
             }
+            CliError::Exists { path, what } => write!(
+                f,
+                "{}: holds {what}; use -f to overwrite it (its files are lost)",
+                path.display()
+            ),
             CliError::Inconsistent { path, problems } => write!(
                 f,
                 "{}: file system inconsistent ({problems} problem{})",
@@ -95,6 +107,10 @@ pub fn describe(err: &Error, pool: Option<&Path>) -> String {
             }
             if context.is_empty() {
                 err.errno().to_string()
+            } else if err.errno() == Errno::EBUSY {
+                // "Device or resource busy: pool is in use by pid 1234
+                // (pinfs); share it ...": the hint reads last.
+                format!("{}: {context}", err.errno())
             } else {
                 format!("{context}: {}", err.errno())
             }

@@ -10,6 +10,7 @@
 mod bench_fs;
 mod bench_lease;
 mod bench_map;
+mod bench_target;
 mod demo;
 mod error;
 mod io;
@@ -36,21 +37,41 @@ const DEFAULT_POOL_BYTES: u64 = 256 << 20;
     name = "pinfs",
     version,
     about = "A persistent-memory file system whose data can be pinned for long-term DMA",
-    long_about = None
+    long_about = None,
+    after_help = ENV_HELP
 )]
 struct Cli {
+    /// Show the library's trace events on stderr (lease conflicts, breaks,
+    /// revocations, pins, busy extents): -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The environment variables, at the end of `pinfs --help`.
+const ENV_HELP: &str = "\
+Environment:
+  PINFS_LOG, RUST_LOG  which library trace events reach stderr, in tracing's
+                       filter syntax (e.g. `info`, `pinfs::lease=debug`);
+                       PINFS_LOG wins over RUST_LOG, and both over -v.
+                       Without any of them only errors are shown.
+
+Exit status: 0 success; 1 any error (one line on stderr, `pinfs: ...`), or
+for `io` any failed command. The full reference is docs/cli.md.";
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a file system on POOL (a file, created when missing; a file on
     /// /dev/shm or hugetlbfs; or a device-dax device).
     Mkfs {
-        /// Pool size (k/m/g suffixes). Default: the size of an existing pool,
-        /// else 256m. Resizes an existing file.
-        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        /// Overwrite a pool that already holds a pinfs file system.
+        #[arg(short, long)]
+        force: bool,
+        /// Pool size (k/m/g suffixes; at least 4m). Default: the size of an
+        /// existing pool, else 256m. Resizes an existing file (with -f when it
+        /// holds a file system).
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes, allow_hyphen_values = true)]
         size: Option<u64>,
         /// The pool.
         pool: PathBuf,
@@ -60,7 +81,8 @@ enum Command {
         /// The pool.
         pool: PathBuf,
     },
-    /// Run xfs_io-style commands (-c, in order) against a pool.
+    /// Run xfs_io-style commands (-c, in order) against a pool; `pinfs io
+    /// --help` lists them.
     #[command(after_help = IO_AFTER_HELP)]
     Io(IoArgs),
     /// Show a pool's space, inodes and journal.
@@ -84,30 +106,62 @@ enum Command {
     },
 }
 
-/// The end of `pinfs io --help`: the lease commands' output, and the
-/// extensions to CLI.md.
+/// The end of `pinfs io --help` (and `pinfs help io`): every command, in
+/// short; docs/cli.md has the full reference.
 const IO_AFTER_HELP: &str = "\
-Commands are those of CLI.md (modelled on xfs_io); `@NAME CMD` runs CMD as actor NAME.
+Script: each -c is one command, run in order against the actor's current file
+(like xfs_io). `@NAME CMD` runs CMD as actor NAME (its own identity, files,
+mappings, pins, leases and thread; no prefix = @main); `CMD &` runs it in the
+background; `@NAME wait` collects its background results (`wait: nothing
+pending` when there are none). OFF/LEN take k/m/g suffixes or 0x hex; a
+failing command prints `CMD: MESSAGE` on stderr (strerror text) and the run
+goes on; io exits 1 if any command failed.
+
+Files:
+  open [-r] [-w] [-c] [-t] [-n] PATH   current file; -r read-only, -w write-only,
+                                       -c create, -t truncate, -n non-blocking
+  close                                close the current file
+  pwrite [-S BYTE] OFF LEN             prints `wrote LEN/LEN bytes at offset OFF`
+  pread [-v] OFF LEN                   prints `read N/LEN bytes at offset OFF`;
+                                       -v dumps the bytes as xfs_io does
+  truncate LEN | truncate -p PATH LEN  ftruncate(2) / truncate(2) by path
+  falloc [-k] OFF LEN                  allocate unwritten; -k keep size
+  fpunch | fzero [-k] | fcollapse | finsert OFF LEN
+  reflink SRC [SRC_OFF DST_OFF LEN]    clone SRC (or a range) into the current file
+  fsync
+  stat      `size N`, `blocks N`, `extents N`
+  fiemap    one line per extent: `LOGICAL PHYSICAL LEN unwritten|shared|-`
+  statfs    `blocks N`, `free N`, `busy N` (4 KiB blocks)
+  unlink PATH, mkdir PATH, rmdir PATH, rename FROM TO, ls [PATH]
 
 Leases (on the current file):
   lease read|write|none [--layout] [--exclusive] [--range OFF LEN]
-      read = F_RDLCK, write = F_WRLCK, none = F_UNLCK (release); --layout: a layout
-      lease; --exclusive: unbreakable (F_LAYOUT|F_EXCLUSIVE, implies --layout);
-      `lease none --layout` releases the handle's layout leases (over the range)
-  getlease      prints read, write or none (the target type while a break is pending)
-  wait-break MS waits up to MS for a notification to this actor and prints one of
-      break FILE read|none   the lease is being broken: downgrade to read / release
-      break FILE refused     a layout change was refused (Text file busy) because of
-                             this actor's unbreakable layout lease
+      read = F_RDLCK, write = F_WRLCK, none = F_UNLCK (release); --layout: a
+      layout lease; --exclusive: unbreakable (F_LAYOUT|F_EXCLUSIVE)
+  getlease      `read`, `write` or `none` (the target type while a break is pending)
+  wait-break MS waits up to MS for a notification to this actor:
+      break FILE read|none   being broken: downgrade to read / release
+      break FILE refused     a layout change was refused (Text file busy) because
+                             of this actor's unbreakable layout lease
       break FILE lost        lease-break-time passed: the lease was removed
-      break FILE downgraded  lease-break-time passed: the lease was downgraded to read
+      break FILE downgraded  lease-break-time passed: downgraded to read
       or fails with `wait-break: Connection timed out`
-  leases        lists every lease, as /proc/locks:
-      ID LEASE|LAYOUT TYPE ACTIVE|BREAKING ACTOR PATH START END
-      e.g. `1 LAYOUT READ+EXCL ACTIVE @h /f 0 EOF` (TYPE is the target type)
+  leases        every lease, as /proc/locks:
+      ID LEASE|LAYOUT TYPE ACTIVE|BREAKING @ACTOR PATH START END
 
-Extension: `truncate -p PATH LEN` truncates by path (truncate(2), which breaks
-open leases); `truncate LEN` is ftruncate(2) of the current file.";
+Mappings and pins (on the current file / mapping):
+  mmap [-r] [-s] [-d] [-F HEXFLAGS] OFF LEN   -r read-only, -s MAP_SYNC,
+                                       -d MAP_DIRECT, -F raw MAP_SHARED_VALIDATE bits
+  mwrite [-S BYTE] OFF LEN, mread [-v] OFF LEN   store/load (a fault fails with SIGBUS)
+  persist OFF LEN   flush a range of the mapping to the media
+  munmap
+  mstat     `offset N`, `length N`, `flags ...`, `huge N`
+  pin OFF LEN       long-term pin of a range of the mapping; prints `pin ID`
+  unpin ID
+  pins      per actor a line `@ACTOR`, then `<TAB>PATH START END` per pinned range
+
+Other: sleep MS, echo TEXT.
+Not yet available: dma-reg, dma-write, dma-read, dma-dereg (devices), --socket.";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]
@@ -120,14 +174,33 @@ struct IoArgs {
     /// Be a client of a daemon (not supported yet).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// What a layout change does about long-term-pinned blocks.
-    #[arg(long, default_value = "defer", value_parser = parse_policy)]
+    /// What a layout change does about long-term-pinned blocks (SPEC §4.3):
+    ///   fail   — fails at once with "Text file busy", changes nothing;
+    ///   wait   — breaks layout leases, waits up to lease-break-time for the
+    ///            pins to drop, then "Text file busy";
+    ///   defer  — completes at once; pinned blocks stay busy (not reused)
+    ///            until their last pin drops;
+    ///   revoke — breaks layout leases; at lease-break-time revokes device
+    ///            access, then frees the blocks.
+    #[arg(
+        long,
+        value_name = "fail|wait|defer|revoke",
+        default_value = "defer",
+        value_parser = parse_policy,
+        verbatim_doc_comment
+    )]
     policy: TruncatePolicy,
     /// lease-break-time in seconds (fractions allowed; 0 = never force).
-    #[arg(long, value_name = "SECONDS", value_parser = io::parse_break_time, default_value = "45")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = io::parse_break_time,
+        default_value = "45",
+        allow_hyphen_values = true
+    )]
     break_time: Duration,
-    /// A command (see CLI.md); repeat for a script. `@NAME CMD` runs it in
-    /// actor NAME; a trailing ` &` runs it in the background.
+    /// A command (listed below); repeat for a script. `@NAME CMD` runs it
+    /// in actor NAME; a trailing ` &` runs it in the background.
     #[arg(
         short = 'c',
         value_name = "CMD",
@@ -147,16 +220,65 @@ enum BenchName {
     Map,
 }
 
-/// `--size`: a size with k/m/g suffixes.
+/// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    pinfs::util::parse_size(s).ok_or_else(|| format!("\"{s}\" is not a size (e.g. 256m)"))
+    io::parse::number::size(s)
+}
+
+/// Parse the command line. `--help` and `--version` print and exit 0;
+/// any other mistake is one line, `pinfs: ...`, and exit status 1 (as every
+/// other bad input), not clap's multi-line report and status 2.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Err(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    },
+                );
+            }
+            eprintln!("pinfs: {}", one_line(&e.render().to_string()));
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Clap's report in one line: without `error: `, the usage and the "for
+/// more information" lines (`--help` has those), the rest joined.
+fn one_line(report: &str) -> String {
+    let mut words = Vec::new();
+    for line in report.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information")
+        {
+            continue;
+        }
+        words.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+    }
+    let text = words.join(" ");
+    // "for more information, try '--help'" sometimes shares the line.
+    text.replace("  ", " ")
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    init_tracing(cli.verbose);
     let result = match cli.command {
-        Command::Mkfs { size, pool } => mkfs(&pool, size),
+        Command::Mkfs { force, size, pool } => mkfs(&pool, size, force),
         Command::Fsck { pool } => fsck(&pool),
         Command::Io(args) => match run_io(args) {
             Ok(true) => Ok(()),
@@ -180,12 +302,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Library traces go to stderr, filtered by `PINFS_LOG` (default: warnings,
-/// such as a lease forcibly broken at lease-break-time); colours only on a
-/// terminal, so that scripts capture plain text.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PINFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+/// Library trace events go to stderr only when asked for: `PINFS_LOG`, else
+/// `RUST_LOG` (tracing's filter syntax), else `-v` (info, debug, trace);
+/// without any, errors only — the demo and `io` tell their own story on
+/// stdout, and a forcibly broken lease is theirs to report, not a log line
+/// in the middle of it. Colours only on a terminal, so that scripts capture
+/// plain text.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PINFS_LOG")
+        .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
+        .unwrap_or_else(|_| {
+            EnvFilter::new(match verbose {
+                0 => "error",
+                1 => "info",
+                2 => "debug",
+                _ => "trace",
+            })
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -211,18 +345,98 @@ fn volatile_fs(size_bytes: u64, options: MountOptions) -> Result<Arc<Fs>, CliErr
     Fs::mount_with(Arc::new(pool), options).map_err(CliError::Volatile)
 }
 
-fn mkfs(path: &Path, size: Option<u64>) -> Result<(), CliError> {
-    let pool = match (std::fs::metadata(path), size) {
-        (_, Some(size)) => MappedPool::create(path, size),
-        // A missing or empty file gets the default size.
-        (Err(e), None) if e.kind() == std::io::ErrorKind::NotFound => {
-            MappedPool::create(path, DEFAULT_POOL_BYTES)
+/// `pinfs mkfs`. A file that mkfs itself created is removed again when mkfs
+/// fails, so a failed mkfs leaves nothing behind.
+fn mkfs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
+    // Checked before anything is created: a size the file system cannot use.
+    if let Some(size) = size {
+        check_fs_size(path, size)?;
+    }
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    let result = make_fs(path, size, force);
+    if let Err(e) = &result {
+        // Not when the pool is busy: then someone else may have created it.
+        let busy =
+            matches!(e, CliError::Pool { source, .. } if source.errno() == pinfs::Errno::EBUSY);
+        if !existed && !busy {
+            let _ = std::fs::remove_file(path);
         }
-        (Ok(m), None) if m.is_file() && m.len() == 0 => {
-            MappedPool::create(path, DEFAULT_POOL_BYTES)
+    }
+    result
+}
+
+/// `EINVAL` for a pool size below the file system's minimum.
+fn check_fs_size(path: &Path, size: u64) -> Result<(), CliError> {
+    if size < pinfs::format::MIN_POOL_BYTES {
+        return Err(CliError::pool(
+            path,
+            pinfs::Error::media(
+                format!(
+                    "--size {size} is too small for a file system (at least {} MiB)",
+                    pinfs::format::MIN_POOL_BYTES >> 20
+                ),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What an existing pool file holds at block 0, when it is a pinfs
+/// superblock: `pinfs file system (format version V, N bytes)`. Read through
+/// a plain descriptor, so it works on files too small to be opened as pools.
+fn existing_fs(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if head[..8] != pinfs::format::SUPER_MAGIC {
+        return None;
+    }
+    let version = u32::from_le_bytes(head[8..12].try_into().ok()?);
+    let total_blocks = u64::from_le_bytes(head[16..24].try_into().ok()?);
+    Some(format!(
+        "a pinfs file system (format version {version}, {} bytes)",
+        total_blocks.saturating_mul(pinfs::format::BLOCK_SIZE)
+    ))
+}
+
+fn make_fs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
+    let pool = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            MappedPool::create(path, size.unwrap_or(DEFAULT_POOL_BYTES))
         }
-        // An existing pool keeps its size (and other errors surface from open).
-        _ => MappedPool::open(path),
+        Err(e) => Err(pinfs::Error::media(format!("stat {}", path.display()), e)),
+        Ok(meta) => {
+            // Opened (and so locked) first: a mounted pool is EBUSY before
+            // anything else is said about it, and is never resized.
+            let existing = MappedPool::open(path);
+            if let Err(e) = &existing {
+                if e.errno() == pinfs::Errno::EBUSY {
+                    return Err(CliError::pool(path, existing.unwrap_err()));
+                }
+            }
+            if let Some(what) = existing_fs(path) {
+                if !force {
+                    return Err(CliError::Exists {
+                        path: path.to_path_buf(),
+                        what,
+                    });
+                }
+            }
+            match (existing, size) {
+                // An existing pool keeps its size: mkfs never shrinks silently.
+                (Ok(pool), None) => Ok(pool),
+                (Ok(pool), Some(size)) if pool.len_bytes() == size => Ok(pool),
+                (existing, Some(size)) => {
+                    drop(existing);
+                    MappedPool::create(path, size)
+                }
+                (Err(_), None) if meta.is_file() && meta.len() == 0 => {
+                    MappedPool::create(path, DEFAULT_POOL_BYTES)
+                }
+                (Err(e), None) => Err(e),
+            }
+        }
     }
     .map_err(|e| CliError::pool(path, e))?;
     Fs::mkfs(&pool).map_err(|e| CliError::pool(path, e))?;
@@ -319,7 +533,7 @@ fn stat(path: &Path) -> Result<(), CliError> {
     let leases = fs.leases().list();
     println!("leases {}", leases.len());
     for info in &leases {
-        let owner = format!("#{}", info.owner.0);
+        let owner = io::unnamed_actor(info.owner);
         println!("{}", io::lease_cmds::listing_line(info, &owner, "?"));
     }
     Ok(())

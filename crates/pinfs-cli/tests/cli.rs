@@ -44,11 +44,19 @@ impl Run {
     }
 }
 
-/// Run `pinfs ARGS`.
+/// Run `pinfs ARGS` (with neither `PINFS_LOG` nor `RUST_LOG` set).
 fn pinfs<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    pinfs_env(args, &[])
+}
+
+/// Run `pinfs ARGS` with environment variables `env` set (and no other
+/// log filter).
+fn pinfs_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_pinfs"))
         .args(args)
         .env_remove("PINFS_LOG")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("run pinfs");
     Run {
@@ -422,11 +430,11 @@ fn missing_foreign_and_damaged_pools_are_one_line_errors() {
 #[test]
 fn options_are_validated() {
     let line = io(None, &[]).code;
-    assert_eq!(line, Some(2), "clap usage error without -c");
+    assert_eq!(line, Some(1), "a usage error without -c is exit status 1");
     let run = pinfs(&["io", "--policy", "sometimes", "-c", "echo"]);
-    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(run.code, Some(1), "{run:#?}");
     let run = pinfs(&["io", "--break-time", "forever", "-c", "echo"]);
-    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(run.code, Some(1), "{run:#?}");
     let run = pinfs(&[
         "io",
         "--policy",
@@ -455,21 +463,462 @@ fn stat_and_demo() {
         lines.contains(&"busy 0") && lines.contains(&"bytes 268435456"),
         "{lines:?}"
     );
+    // The demo tells its own story: its unresponsive holder makes the lease
+    // engine and the mapping layer emit forced-removal and invalidation
+    // trace events, but they reach stderr only when asked for.
     let run = pinfs(&["demo"]);
-    assert_eq!(run.code, Some(0), "{run:#?}");
-    // The demo's unresponsive holder makes the lease engine and the mapping
-    // layer log their forced-removal and invalidation trace events (SPEC §9)
-    // as warnings; nothing else may reach stderr.
-    for line in run.stderr.lines() {
-        assert!(
-            line.contains(" WARN pinfs::"),
-            "unexpected stderr line {line:?}"
-        );
-    }
+    run.ok();
     assert!(run.stdout.contains("consistent"), "{run:#?}");
+    // One name per actor: `@NAME`, as io prints it.
+    assert!(
+        run.stdout.contains("@holder is notified") && run.stdout.contains("ACTIVE @holder /leased"),
+        "{run:#?}"
+    );
+    assert!(!run.stdout.contains("owner "), "{run:#?}");
     assert!(
         run.stdout
             .contains("A store through the invalidated mapping now raises SIGBUS"),
         "{run:#?}"
     );
+}
+
+/// Start `pinfs io --pool POOL -c "echo mounted" -c "sleep 3000"` and return
+/// once it has mounted (it printed its first line): the holder of the pool.
+fn hold(pool: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinfs"))
+        .args(["io", "--pool"])
+        .arg(pool)
+        .args(["-c", "echo mounted", "-c", "sleep 3000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the holder");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "mounted\n");
+    child
+}
+
+#[test]
+fn a_mounted_pool_is_busy_for_every_other_process() {
+    let pool = Pool::mkfs();
+    pool.io(&["open -c /f", "pwrite -S 0x61 0 4k"]).ok();
+    let mut holder = hold(&pool.path);
+    let busy = format!(
+        "Device or resource busy: pool is in use by pid {} (pinfs); share it through the daemon: pinfs serve",
+        holder.id()
+    );
+    // A second io, fsck, mkfs -f (with and without --size), stat: each one
+    // line naming the holder, and nothing changed.
+    let path = pool.path.as_os_str();
+    for run in [
+        pool.io(&["open /f", "truncate 0"]),
+        pool.fsck(),
+        pinfs(&["mkfs".as_ref(), "-f".as_ref(), path]),
+        pinfs(&[
+            "mkfs".as_ref(),
+            "-f".as_ref(),
+            "--size".as_ref(),
+            "8m".as_ref(),
+            path,
+        ]),
+        pinfs(&["stat".as_ref(), path]),
+    ] {
+        let line = run.fails_with_one_line();
+        assert_eq!(line, format!("pinfs: {}: {busy}", pool.path.display()));
+    }
+    assert_eq!(std::fs::metadata(&pool.path).unwrap().len(), 256 << 20);
+    // The holder dies (as a crash would end it): the lock goes with it.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    pool.fsck().ok();
+    let run = pool.io(&["open /f", "stat"]);
+    run.ok();
+    assert_eq!(run.lines()[0], "size 4096");
+}
+
+#[test]
+fn mkfs_refuses_an_existing_file_system_without_force() {
+    let pool = Pool::mkfs();
+    pool.io(&["open -c /keep", "pwrite 0 4k"]).ok();
+    let path = pool.path.as_os_str();
+    for args in [vec!["mkfs"], vec!["mkfs", "--size", "8m"]] {
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.push(path);
+        let line = pinfs(&args).fails_with_one_line().to_string();
+        assert_eq!(
+            line,
+            format!(
+                "pinfs: {}: holds a pinfs file system (format version 1, 268435456 bytes); use -f to overwrite it (its files are lost)",
+                pool.path.display()
+            )
+        );
+    }
+    // Untouched: same size, same file.
+    assert_eq!(std::fs::metadata(&pool.path).unwrap().len(), 256 << 20);
+    pool.io(&["open /keep", "stat"]).ok();
+    // -f without --size keeps the pool's size (never shrinks silently).
+    let run = pinfs(&["mkfs".as_ref(), "-f".as_ref(), path]);
+    run.ok();
+    assert!(run.stdout.contains("268435456 bytes"), "{run:#?}");
+    let line = pool.io(&["open /keep"]).fails_with_one_line().to_string();
+    assert_eq!(line, "open: No such file or directory");
+    // -f --size resizes, as asked.
+    let run = pinfs(&[
+        "mkfs".as_ref(),
+        "--force".as_ref(),
+        "--size".as_ref(),
+        "8m".as_ref(),
+        path,
+    ]);
+    run.ok();
+    assert!(run.stdout.contains("8388608 bytes"), "{run:#?}");
+    pool.fsck().ok();
+}
+
+#[test]
+fn mkfs_sizes_are_checked_and_a_failed_mkfs_leaves_nothing() {
+    let pool = Pool::mkfs();
+    let fresh = pool.sibling("fresh");
+    for size in ["1m", "4095k", "0"] {
+        let line = pinfs(&[
+            "mkfs".as_ref(),
+            "--size".as_ref(),
+            size.as_ref(),
+            fresh.as_os_str(),
+        ])
+        .fails_with_one_line()
+        .to_string();
+        assert!(
+            line.contains("too small for a file system (at least 4 MiB): Invalid argument"),
+            "{line}"
+        );
+        assert!(
+            !fresh.exists(),
+            "mkfs --size {size} left {} behind",
+            fresh.display()
+        );
+    }
+    for (size, says) in [
+        ("-1", "\"-1\": must not be negative"),
+        ("12q", "\"12q\" is not a size"),
+        ("99999999999999999999", "too large"),
+    ] {
+        let line = pinfs(&[
+            "mkfs".as_ref(),
+            "--size".as_ref(),
+            size.as_ref(),
+            fresh.as_os_str(),
+        ])
+        .fails_with_one_line()
+        .to_string();
+        assert!(line.starts_with("pinfs: ") && line.contains(says), "{line}");
+        assert!(!fresh.exists());
+    }
+    // A file mkfs created but could not use is removed: a directory that
+    // does not exist cannot even be created in; a pool inside a missing
+    // directory fails cleanly.
+    let nowhere = pool.sibling("no/such/dir");
+    pinfs(&["mkfs".as_ref(), nowhere.as_os_str()]).fails_with_one_line();
+    // The true minimum works.
+    let run = pinfs(&[
+        "mkfs".as_ref(),
+        "--size".as_ref(),
+        "4m".as_ref(),
+        fresh.as_os_str(),
+    ]);
+    run.ok();
+    assert!(run.stdout.contains("4194304 bytes"), "{run:#?}");
+    // A small existing file without a file system is refused with the same
+    // words, and is left as it was (mkfs did not create it).
+    let small = pool.sibling("small");
+    std::fs::write(&small, vec![0u8; 2 << 20]).unwrap();
+    let line = pinfs(&["mkfs".as_ref(), small.as_os_str()])
+        .fails_with_one_line()
+        .to_string();
+    assert!(
+        line.contains("too small for a file system (at least 4 MiB)"),
+        "{line}"
+    );
+    assert_eq!(std::fs::metadata(&small).unwrap().len(), 2 << 20);
+    // A directory is no pool.
+    pinfs(&["mkfs".as_ref(), pool.dir.path().as_os_str()]).fails_with_one_line();
+}
+
+#[test]
+fn mkfs_says_precisely_what_the_kernel_refuses() {
+    let pool = Pool::mkfs();
+    let run = pinfs(&["mkfs".as_ref(), "-f".as_ref(), pool.path.as_os_str()]);
+    run.ok();
+    if run.stdout.contains("File pool") {
+        assert!(
+            run.stdout.contains(
+                "kernel DMA refused (the kernel will not pin MAP_SHARED pages of a disk file for io_uring fixed buffers; pinfs long-term pins, mappings and leases work)"
+            ),
+            "{run:#?}"
+        );
+        // And pinfs's own long-term pin works on it.
+        let run = pool.io(&["open -c /f", "pwrite 0 64k", "mmap -d 0 64k", "pin 0 16k"]);
+        run.ok();
+        assert_eq!(run.lines().last(), Some(&"pin 1"));
+    } else {
+        // The temporary directory is on tmpfs: the kernel allows it.
+        assert!(
+            run.stdout
+                .contains("kernel DMA (io_uring fixed buffers) allowed"),
+            "{run:#?}"
+        );
+    }
+}
+
+#[test]
+fn trace_events_reach_stderr_only_when_asked_for() {
+    // A holder that never reacts: the lease is forcibly removed at
+    // lease-break-time, which the library traces as a warning.
+    let script = [
+        "-c",
+        "open -c /f",
+        "-c",
+        "pwrite 0 4k",
+        "-c",
+        "@h open /f",
+        "-c",
+        "@h lease read --layout",
+        "-c",
+        "@b open /f",
+        "-c",
+        "@b truncate 0",
+        "-c",
+        "@h wait-break 5000",
+    ];
+    let mut args = vec!["io", "--break-time", "0.1"];
+    args.extend(script);
+    let run = pinfs(&args);
+    run.ok();
+    let story = ["wrote 4096/4096 bytes at offset 0", "break /f none"];
+    assert_eq!(run.lines(), story);
+    for env in [[("RUST_LOG", "info")], [("PINFS_LOG", "info")]] {
+        let run = pinfs_env(&args, &env);
+        assert_eq!(run.code, Some(0), "{run:#?}");
+        assert!(run.stderr.contains("pinfs::lease"), "{env:?}: {run:#?}");
+        assert_eq!(run.lines(), story, "stdout stays the script's own");
+    }
+    let mut verbose = vec!["-v"];
+    verbose.extend(&args);
+    let run = pinfs(&verbose);
+    assert!(run.stderr.contains("pinfs::lease"), "{run:#?}");
+    // PINFS_LOG wins over -v and RUST_LOG.
+    let run = pinfs_env(&verbose, &[("PINFS_LOG", "off"), ("RUST_LOG", "trace")]);
+    run.ok();
+    // Both are documented where a user looks.
+    let help = pinfs(&["--help"]);
+    assert!(help.stdout.contains("PINFS_LOG, RUST_LOG") && help.stdout.contains("-v, --verbose"));
+}
+
+#[test]
+fn numbers_are_never_negative_and_say_so_in_one_line() {
+    for args in [
+        vec!["io", "--break-time", "-1", "-c", "echo"],
+        vec!["mkfs", "--size", "-1", "/nonexistent/pool"],
+    ] {
+        let line = pinfs(&args).fails_with_one_line().to_string();
+        assert!(
+            line.starts_with("pinfs: ") && line.ends_with("\"-1\": must not be negative"),
+            "{line}"
+        );
+    }
+    let run = io(
+        None,
+        &[
+            "open -c /f",
+            "pwrite -1 4k",
+            "pwrite 0 -4k",
+            "pread -v -1 4",
+            "truncate -1",
+            "fpunch -1 4k",
+            "pwrite -S -1 0 4",
+            "sleep -5",
+            "wait-break -1",
+            "unpin -1",
+            "lease read --layout --range -1 4k",
+            "mmap -1 4k",
+            "mmap -F -1 0 4k",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let lines = run.err_lines();
+    assert_eq!(lines.len(), 12, "{run:#?}");
+    for line in lines {
+        assert!(line.contains(": must not be negative; usage: "), "{line}");
+    }
+}
+
+#[test]
+fn wait_with_nothing_pending_says_so_and_uncollected_results_are_reported() {
+    let run = io(None, &["@x wait", "wait"]);
+    run.ok();
+    assert_eq!(
+        run.lines(),
+        ["wait: nothing pending", "wait: nothing pending"]
+    );
+
+    // Background commands nobody waits for: each result is reported at the
+    // end, and a failure among them fails the run.
+    let run = io(
+        None,
+        &[
+            "open -c /f",
+            "@a open /f",
+            "@a pwrite 0 4k &",
+            "@b truncate 4k &",
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert_eq!(run.lines(), ["wrote 4096/4096 bytes at offset 0"]);
+    assert_eq!(
+        run.err_lines(),
+        [
+            "@a: result of 'pwrite 0 4k' never collected: ok",
+            "@b: result of 'truncate 4k' never collected: Bad file descriptor",
+        ]
+    );
+    let run = io(None, &["@a echo hi &"]);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.err_lines(),
+        ["@a: result of 'echo hi' never collected: ok"]
+    );
+}
+
+#[test]
+fn help_lists_io_commands_and_policies() {
+    for args in [vec!["io", "--help"], vec!["help", "io"]] {
+        let run = pinfs(&args);
+        run.ok();
+        for needle in [
+            "open [-r] [-w] [-c] [-t] [-n] PATH",
+            "fiemap",
+            "wait-break MS",
+            "mmap [-r] [-s] [-d] [-F HEXFLAGS] OFF LEN",
+            "pin OFF LEN",
+            "pins",
+            "wait: nothing",
+            "Not yet available: dma-reg",
+            "fail   — fails at once",
+            "wait   — breaks layout leases",
+            "defer  — completes at once",
+            "revoke — breaks layout leases",
+        ] {
+            assert!(
+                run.stdout.contains(needle),
+                "{needle:?} missing from {args:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["io", "--pool", missing, "-c", "ls /"],
+        vec!["io", "--policy", "sometimes", "-c", "echo"],
+        vec!["io", "--break-time", "forever", "-c", "echo"],
+        vec!["io", "--break-time", "1e9", "-c", "echo"],
+        vec!["io"],
+        vec!["fsck", missing],
+        vec!["stat", missing],
+        vec!["mkfs", "--size", "lots", missing],
+        vec!["mkfs", "--size", "2m", missing],
+        vec!["bench", "everything"],
+        vec!["frobnicate"],
+        vec!["fsck"],
+    ] {
+        let line = pinfs(&args).fails_with_one_line().to_string();
+        assert!(line.starts_with("pinfs: "), "{args:?}: {line}");
+    }
+    let line = pinfs(&["io", "--policy", "x", "-c", "echo"])
+        .fails_with_one_line()
+        .to_string();
+    assert!(line.contains("fail, wait, defer or revoke"), "{line}");
+    assert!(
+        !Path::new(missing).exists(),
+        "a failed mkfs left its pool behind"
+    );
+}
+
+#[test]
+fn the_docs_are_complete_in_this_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let cli = std::fs::read_to_string(root.join("docs/cli.md")).unwrap();
+    for (name, text) in [("README.md", &readme), ("docs/cli.md", &cli)] {
+        assert!(
+            !text.contains("../shared"),
+            "{name} sends readers outside the repository"
+        );
+    }
+    assert!(readme.contains("docs/cli.md"));
+    // Every io command the help lists is in the reference, as code.
+    for cmd in [
+        "open",
+        "close",
+        "pwrite",
+        "pread",
+        "truncate",
+        "falloc",
+        "fpunch",
+        "fzero",
+        "fcollapse",
+        "finsert",
+        "reflink",
+        "fsync",
+        "stat",
+        "fiemap",
+        "statfs",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "rename",
+        "ls",
+        "lease",
+        "getlease",
+        "wait-break",
+        "leases",
+        "mmap",
+        "mwrite",
+        "mread",
+        "persist",
+        "munmap",
+        "mstat",
+        "pin",
+        "unpin",
+        "pins",
+        "sleep",
+        "echo",
+        "wait",
+        "dma-reg",
+        "pinfs serve",
+        "pinfs mkfs",
+        "pinfs fsck",
+        "pinfs io",
+        "pinfs stat",
+        "pinfs demo",
+        "pinfs bench",
+        "PINFS_LOG",
+        "RUST_LOG",
+    ] {
+        assert!(cli.contains(&format!("`{cmd}")), "docs/cli.md lacks `{cmd}");
+    }
+    for words in [
+        "Exit status",
+        "Device or resource busy",
+        "not yet available",
+    ] {
+        assert!(cli.contains(words), "docs/cli.md lacks {words:?}");
+    }
 }

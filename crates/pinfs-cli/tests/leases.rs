@@ -623,7 +623,8 @@ fn stat_of_a_pool_lists_its_leases() {
 fn a_script_that_ends_with_a_breaker_waiting_does_not_hang() {
     // With lease-break-time 0 the breaker would wait forever; at the end of
     // the script the idle holder exits, its lease goes with it, and the
-    // breaker completes (and is reported).
+    // breaker completes (and is reported, with a warning that nobody
+    // collected it).
     let out = io(
         &["--break-time", "0"],
         &script(&[
@@ -635,10 +636,23 @@ fn a_script_that_ends_with_a_breaker_waiting_does_not_hang() {
             "echo end",
         ]),
     );
-    out.ok_with(&[
-        WROTE,
-        "break /f none",
-        "end",
-        "wrote 4096/4096 bytes at offset 0",
-    ]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.lines(),
+        [
+            WROTE,
+            "break /f none",
+            "end",
+            "wrote 4096/4096 bytes at offset 0"
+        ],
+        "{out:#?}"
+    );
+    assert_eq!(
+        out.err_lines(),
+        [
+            "@b: result of 'open -w /f' never collected: ok",
+            "@b: result of 'pwrite 0 4k' never collected: ok",
+        ],
+        "{out:#?}"
+    );
 }

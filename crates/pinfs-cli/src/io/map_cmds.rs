@@ -81,8 +81,7 @@ fn mmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let (offset, len) = range(args)?;
     let mut flags = match args.value('F') {
         Some(hex) => {
-            let bits = u32::from_str_radix(hex.trim_start_matches("0x"), 16)
-                .map_err(|_| args.error(format!("\"{hex}\" is not hexadecimal flag bits")))?;
+            let bits = args.hex_bits(hex)?;
             MapFlags::from_raw(bits)?
         }
         None => MapFlags::SHARED,

@@ -94,16 +94,13 @@ impl Default for Settings {
 /// Parse `--break-time SECONDS`: a non-negative decimal, fractions allowed
 /// (`0.5`), at most [`MAX_BREAK_TIME_SECS`]; `0` means never force.
 pub fn parse_break_time(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
-    if !secs.is_finite() || !(0.0..=MAX_BREAK_TIME_SECS).contains(&secs) {
-        return Err(format!(
-            "{s} seconds is out of range (0 to {MAX_BREAK_TIME_SECS}; 0 = never force)"
-        ));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    parse::number::seconds(s, MAX_BREAK_TIME_SECS)
+}
+
+/// How an owner that no script named is shown (`@owner-7`): every output
+/// names an actor the same way, `@NAME`, whether a script named it or not.
+pub fn unnamed_actor(owner: OwnerId) -> String {
+    format!("@owner-{}", owner.0)
 }
 
 /// What every actor of a run shares.
@@ -138,11 +135,12 @@ impl Shared {
         self.names.lock().insert(owner, name.to_string());
     }
 
-    /// `@NAME` of a lease owner (`#N` for an owner that is no actor).
+    /// `@NAME` of a lease owner ([`unnamed_actor`] for an owner that is no
+    /// actor of this run).
     pub fn actor_label(&self, owner: OwnerId) -> String {
         match self.names.lock().get(&owner) {
             Some(name) => format!("@{name}"),
-            None => format!("#{}", owner.0),
+            None => unnamed_actor(owner),
         }
     }
 
@@ -351,8 +349,9 @@ fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
 struct ActorSlot {
     name: String,
     jobs: Sender<Job>,
-    /// Background commands not yet waited for, oldest first.
-    pending: VecDeque<(String, Receiver<Outcome>)>,
+    /// Background commands not yet waited for, oldest first: the command's
+    /// name, its text (for the warning when nobody collects it), its outcome.
+    pending: VecDeque<(String, String, Receiver<Outcome>)>,
     thread: JoinHandle<()>,
 }
 
@@ -385,6 +384,31 @@ impl Runner {
         match done.recv() {
             Ok(outcome) => self.report(outcome),
             Err(_) => self.fail(&name, &CmdError::ActorLost),
+        }
+    }
+
+    /// A background command of `actor` that the script never waited for:
+    /// its output, then one warning line with its result.
+    fn uncollected(&mut self, actor: &str, text: &str, done: &Receiver<Outcome>) {
+        let result = match done.recv() {
+            Ok(outcome) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&outcome.held_output);
+                let _ = stdout.flush();
+                outcome.result
+            }
+            Err(_) => Err(CmdError::ActorLost),
+        };
+        let said = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "@{actor}: result of '{text}' never collected: {said}"
+        );
+        if result.is_err() {
+            self.failed = true;
         }
     }
 
@@ -424,13 +448,21 @@ impl Runner {
         Ok(self.actors.len() - 1)
     }
 
-    /// `@NAME wait`: report every background command of the actor.
+    /// `@NAME wait`: report every background command of the actor. With
+    /// none, it says `wait: nothing pending` and succeeds: like `xfs_io`'s
+    /// informational commands, it reports a state, not a failure of the file
+    /// system (a script that meant to wait for something sees the line).
     fn wait(&mut self, name: &str) {
-        let Some(i) = self.actors.iter().position(|a| a.name == name) else {
-            // An actor that never ran anything has nothing to wait for.
+        let pending = self
+            .actors
+            .iter()
+            .position(|a| a.name == name)
+            .filter(|&i| !self.actors[i].pending.is_empty());
+        let Some(i) = pending else {
+            Output::Direct.line("wait: nothing pending");
             return;
         };
-        while let Some((cmd, done)) = self.actors[i].pending.pop_front() {
+        while let Some((cmd, _, done)) = self.actors[i].pending.pop_front() {
             self.collect(cmd, &done);
         }
     }
@@ -470,6 +502,11 @@ impl Runner {
         }
         let (done, outcome) = mpsc::channel();
         let name = line.name.clone();
+        let text = if line.rest.is_empty() {
+            line.name.clone()
+        } else {
+            format!("{} {}", line.name, line.rest)
+        };
         let background = line.background;
         let job = Job {
             line,
@@ -480,7 +517,7 @@ impl Runner {
             return self.fail(&name, &CmdError::ActorLost);
         }
         if background {
-            self.actors[i].pending.push_back((name, outcome));
+            self.actors[i].pending.push_back((name, text, outcome));
         } else {
             self.collect(name, &outcome);
         }
@@ -489,7 +526,9 @@ impl Runner {
     /// The end of the script: every actor exits once it has run what it was
     /// given (as a process does at the end of its program), dropping what it
     /// holds; the runner reports what was still in the background, actor by
-    /// actor. Hanging up on all actors first matters: an idle holder's leases
+    /// actor, each with a warning on stderr that nobody collected it
+    /// (`@b: result of 'truncate 4k' never collected: Text file busy`); a
+    /// failure among them still fails the run. Hanging up on all actors first matters: an idle holder's leases
     /// go with it, so a breaker still waiting for them proceeds instead of
     /// waiting out lease-break-time (or forever, with `--break-time 0`).
     fn finish(mut self) -> bool {
@@ -498,11 +537,11 @@ impl Runner {
         for slot in slots {
             // The actor still runs the jobs already queued, then exits.
             drop(slot.jobs);
-            ending.push((slot.pending, slot.thread));
+            ending.push((slot.name, slot.pending, slot.thread));
         }
-        for (pending, thread) in ending {
-            for (cmd, done) in pending {
-                self.collect(cmd, &done);
+        for (actor, pending, thread) in ending {
+            for (_, text, done) in pending {
+                self.uncollected(&actor, &text, &done);
             }
             // A panicked actor was reported when its outcome went missing.
             let _ = thread.join();

@@ -151,7 +151,12 @@ impl OptSpec {
                     );
                 }
                 parsed.longs.push((long, values));
-            } else if w.len() > 1 && w.starts_with('-') {
+            } else if w.len() > 1
+                && w.starts_with('-')
+                && !w[1..].starts_with(|c: char| c.is_ascii_digit())
+            {
+                // `-1` is a (negative) number, not an option: no command has
+                // digit options, and the number's parser says what is wrong.
                 let letters = &w[1..];
                 for (i, c) in letters.char_indices() {
                     if self.flags.contains(c) {
@@ -229,28 +234,115 @@ impl<'a> Parsed<'a> {
 
     /// Operand `s` as a size (offsets and lengths: k/m/g suffixes, `0x` hex).
     pub fn size(&self, s: &str) -> Result<u64, CmdError> {
-        pinfs::util::parse_size(s).ok_or_else(|| self.error(format!("bad number \"{s}\"")))
+        number::size(s).map_err(|e| self.error(e))
     }
 
     /// `s` as a byte value (`0xcd` or `205`).
     pub fn byte(&self, s: &str) -> Result<u8, CmdError> {
-        let value = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            Some(hex) => u8::from_str_radix(hex, 16).ok(),
-            None => s.parse::<u8>().ok(),
-        };
-        value.ok_or_else(|| self.error(format!("bad byte \"{s}\" (0..=255, decimal or 0x hex)")))
+        number::byte(s).map_err(|e| self.error(e))
     }
 
     /// `s` as a count of milliseconds (plain decimal).
     pub fn millis(&self, s: &str) -> Result<u64, CmdError> {
-        s.parse()
-            .map_err(|_| self.error(format!("bad milliseconds \"{s}\"")))
+        number::count(s, "number of milliseconds").map_err(|e| self.error(e))
+    }
+
+    /// `s` as raw flag bits in hex.
+    pub fn hex_bits(&self, s: &str) -> Result<u32, CmdError> {
+        number::hex_bits(s).map_err(|e| self.error(e))
+    }
+
+    /// `s` as an id (of a pin, a registration: plain decimal).
+    pub fn id(&self, s: &str, what: &str) -> Result<u64, CmdError> {
+        number::count(s, what).map_err(|e| self.error(e))
+    }
+}
+
+/// Every number of the command line, parsed in one place so that every one
+/// says the same thing about the same mistake: `pinfs mkfs --size`, `pinfs io
+/// --break-time`, and the sizes, offsets, bytes, milliseconds and ids of
+/// `io` commands. A leading `-` is always "must not be negative" (no number
+/// here can be), never an unknown option or an unexpected argument.
+pub mod number {
+    use std::time::Duration;
+
+    /// `Err` for a negative number, which nothing here accepts.
+    fn not_negative(s: &str) -> Result<&str, String> {
+        let t = s.trim();
+        if t.starts_with('-') && t.len() > 1 {
+            return Err(format!("\"{s}\": must not be negative"));
+        }
+        Ok(t)
+    }
+
+    /// A size or offset: decimal with an optional k/m/g/t suffix (powers of
+    /// 1024), or `0x` hex.
+    pub fn size(s: &str) -> Result<u64, String> {
+        let t = not_negative(s)?;
+        pinfs::util::parse_size(t).ok_or_else(|| {
+            if t.bytes().any(|b| b.is_ascii_digit()) && too_large(t) {
+                format!("\"{s}\": too large")
+            } else {
+                format!("\"{s}\" is not a size (a number with an optional k, m, g or t suffix, or 0x hex)")
+            }
+        })
+    }
+
+    /// Whether `t` is all digits (after any suffix) but overflows a `u64`.
+    fn too_large(t: &str) -> bool {
+        let digits = t.trim_end_matches(|c: char| "kKmMgGtTbB".contains(c));
+        let digits = digits.strip_prefix("0x").unwrap_or(digits);
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// A plain decimal number; `what` names it (`number of milliseconds`,
+    /// `pin id`).
+    pub fn count(s: &str, what: &str) -> Result<u64, String> {
+        let t = not_negative(s)?;
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            return t.parse().map_err(|_| format!("\"{s}\": too large"));
+        }
+        Err(format!("\"{s}\" is not a {what} (a plain decimal number)"))
+    }
+
+    /// Raw flag bits in hex, `0x` optional (`mmap -F 0x3`).
+    pub fn hex_bits(s: &str) -> Result<u32, String> {
+        let t = not_negative(s)?;
+        let digits = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        u32::from_str_radix(digits, 16)
+            .map_err(|_| format!("\"{s}\" is not hexadecimal flag bits (at most 32 bits)"))
+    }
+
+    /// A byte value: `0xcd` or `205`.
+    pub fn byte(s: &str) -> Result<u8, String> {
+        let t = not_negative(s)?;
+        let value = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16).ok(),
+            None => t.parse::<u8>().ok(),
+        };
+        value.ok_or_else(|| format!("\"{s}\" is not a byte (0..=255, decimal or 0x hex)"))
+    }
+
+    /// Seconds, fractions allowed (`0.5`), from 0 to `max`.
+    pub fn seconds(s: &str, max: f64) -> Result<Duration, String> {
+        let t = not_negative(s)?;
+        let secs: f64 = t
+            .parse()
+            .map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
+        if !secs.is_finite() || !(0.0..=max).contains(&secs) {
+            return Err(format!("\"{s}\": out of range (0 to {max} seconds)"));
+        }
+        Duration::try_from_secs_f64(secs).map_err(|e| format!("\"{s}\": {e}"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
@@ -308,5 +400,42 @@ mod tests {
         assert!(SPEC.parse(&w).is_err());
         let w = words("-- -5");
         assert_eq!(SPEC.parse(&w).unwrap().operands, ["-5"]);
+        let w = words("-1 4k");
+        let p = SPEC.parse(&w).unwrap();
+        assert_eq!(p.operands, ["-1", "4k"]);
+        assert!(p
+            .size("-1")
+            .unwrap_err()
+            .to_string()
+            .contains("must not be negative"));
+    }
+
+    #[test]
+    fn numbers_say_the_same_about_the_same_mistake() {
+        for e in [
+            number::size("-1").unwrap_err(),
+            number::size("-4k").unwrap_err(),
+            number::count("-5", "milliseconds").unwrap_err(),
+            number::byte("-1").unwrap_err(),
+            number::hex_bits("-1").unwrap_err(),
+            number::seconds("-1", 10.0).unwrap_err(),
+        ] {
+            assert!(e.ends_with("must not be negative"), "{e}");
+        }
+        assert_eq!(number::size("4k"), Ok(4096));
+        assert_eq!(number::size("0x10"), Ok(16));
+        assert!(number::size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(number::size("4q").unwrap_err().contains("is not a size"));
+        assert_eq!(number::count("250", "ms"), Ok(250));
+        assert!(number::count("1k", "ms").is_err());
+        assert!(number::count("", "ms").is_err());
+        assert_eq!(number::seconds("0.5", 10.0), Ok(Duration::from_millis(500)));
+        assert!(number::seconds("11", 10.0).is_err());
+        assert!(number::seconds("nan", 10.0).is_err());
+        assert_eq!(number::hex_bits("0x13"), Ok(0x13));
+        assert_eq!(number::hex_bits("3"), Ok(3));
+        assert!(number::hex_bits("0x1_0000_0000").is_err());
     }
 }

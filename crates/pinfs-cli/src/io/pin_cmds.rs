@@ -59,9 +59,7 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 
 fn unpin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [id] = args.exactly()?;
-    let id: u64 = id
-        .parse()
-        .map_err(|_| args.error(format!("\"{id}\" is not a pin id")))?;
+    let id = args.id(id, "pin id")?;
     // Only the owner drops its pins (SPEC §4.2).
     match ctx.actor.pins.remove(&id) {
         Some(pin) => {

@@ -361,8 +361,19 @@ impl FsState {
 }
 
 impl Fs {
-    /// Create an empty file system on `media` (mkfs).
+    /// Create an empty file system on `media` (mkfs). A pool smaller than
+    /// [`format::MIN_POOL_BYTES`] is `EINVAL`, with a message saying so.
     pub fn mkfs(media: &dyn Media) -> Result<()> {
+        if media.len_bytes() < format::MIN_POOL_BYTES {
+            return Err(Error::media(
+                format!(
+                    "a pool of {} bytes is too small for a file system (at least {} MiB)",
+                    media.len_bytes(),
+                    format::MIN_POOL_BYTES >> 20
+                ),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
         let mut sb = format::plan_layout(media.len_bytes())?;
         let now = now_ns();
         sb.created_ns = now.into();

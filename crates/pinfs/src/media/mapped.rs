@@ -113,10 +113,13 @@ impl MappedPool {
     }
 
     /// Opens an existing pool: a regular file, a file on tmpfs or hugetlbfs,
-    /// or a device-dax character device.
+    /// or a device-dax character device. Locks it for this value alone
+    /// ([`super::lock`]): `EBUSY`, naming the holder, while another has it.
     pub fn open(path: &Path) -> Result<Self> {
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| Error::media(format!("open {}", path.display()), e.into()))?;
+        // One process at a time (SPEC §7): locked before anything is read.
+        super::lock::lock_exclusive(fd.as_fd(), path)?;
         Self::from_fd(fd, path)
     }
 
@@ -124,7 +127,7 @@ impl MappedPool {
     /// `size_bytes` (rounded up to the file system's page size, e.g. 2 MiB on
     /// hugetlbfs), and opens it. An existing file is resized to that length,
     /// whatever it was. A device-dax device cannot be resized; it must hold at
-    /// least `size_bytes`.
+    /// least `size_bytes`. Locked as [`MappedPool::open`], before resizing.
     pub fn create(path: &Path, size_bytes: u64) -> Result<Self> {
         let what = path.display().to_string();
         check_min_size(&what, size_bytes)?;
@@ -134,6 +137,8 @@ impl MappedPool {
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|e| Error::media(format!("create {what}"), e.into()))?;
+        // Locked before it is resized: a mounted pool must not change size.
+        super::lock::lock_exclusive(fd.as_fd(), path)?;
         let (caps, current_bytes) = detect(&fd, &what)?;
         if caps.kind == MediaKind::DevDax {
             if current_bytes < size_bytes {

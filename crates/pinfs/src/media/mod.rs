@@ -18,6 +18,7 @@ use std::ptr::NonNull;
 use crate::Result;
 
 pub mod flush;
+pub mod lock;
 pub mod mapped;
 pub mod recording;
 
@@ -95,17 +96,20 @@ impl fmt::Display for MediaCaps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} pool: data lasts {}, long-term pins {}, flush by {:?}, {} KiB pages{}",
+            "{:?} pool: data lasts {}, {}, flush by {:?}, {} KiB pages{}",
             self.kind,
             match self.durability {
                 Durability::AcrossReboot => "across reboot",
                 Durability::UntilHostReboot => "until host reboot",
                 Durability::ProcessLifetime => "for the process lifetime",
             },
+            // What "no" means precisely: only the kernel's own pins are
+            // refused; everything pinfs does itself works on every pool.
             if self.long_term_pin {
-                "allowed"
+                "kernel DMA (io_uring fixed buffers) allowed"
             } else {
-                "refused by the kernel"
+                "kernel DMA refused (the kernel will not pin MAP_SHARED pages of a disk \
+                 file for io_uring fixed buffers; pinfs long-term pins, mappings and leases work)"
             },
             self.flush,
             self.page_size / 1024,
