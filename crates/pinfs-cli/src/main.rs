@@ -142,7 +142,8 @@ Leases (on the current file):
   wait-break MS waits up to MS for a notification to this actor:
       break FILE read|none   being broken: downgrade to read / release
       break FILE refused     a layout change was refused (Text file busy) because
-                             of this actor's unbreakable layout lease
+                             of this actor's unbreakable layout lease, or of
+                             its pins (--policy fail)
       break FILE lost        lease-break-time passed: the lease was removed
       break FILE downgraded  lease-break-time passed: downgraded to read
       or fails with `wait-break: Connection timed out`

@@ -153,7 +153,6 @@ fn wait_and_revoke_take_one_break_time_not_two() {
 const HANG: Duration = Duration::from_secs(20);
 
 #[test]
-#[ignore = "needs the CLI to convert --break-time through pinfs::lease::break_time_from_secs"]
 fn a_tiny_break_time_forces_the_break_rather_than_never() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pinfs"))
         .args(["io", "--break-time", "0.0000000001"])

@@ -61,7 +61,7 @@ pub const MAX_ACTORS: usize = 64;
 pub const MAX_PENDING: usize = 1024;
 
 /// Longest lease-break-time accepted, in seconds (a day).
-pub const MAX_BREAK_TIME_SECS: f64 = 86_400.0;
+pub const MAX_BREAK_TIME_SECS: f64 = pinfs::lease::MAX_BREAK_TIME_SECS;
 
 /// Most files whose path a run remembers for the `leases` listing and
 /// `wait-break` (each distinct file opened adds one); past it, new files
@@ -94,7 +94,10 @@ impl Default for Settings {
 /// Parse `--break-time SECONDS`: a non-negative decimal, fractions allowed
 /// (`0.5`), at most [`MAX_BREAK_TIME_SECS`]; `0` means never force.
 pub fn parse_break_time(s: &str) -> Result<Duration, String> {
-    parse::number::seconds(s, MAX_BREAK_TIME_SECS)
+    // Through the library's one conversion: a positive time, however small,
+    // never rounds down to 0 ("never force").
+    let secs = parse::number::seconds_f64(s, MAX_BREAK_TIME_SECS)?;
+    pinfs::lease::break_time_from_secs(secs).map_err(|e| format!("\"{s}\": {e}"))
 }
 
 /// How an owner that no script named is shown (`@owner-7`): every output

@@ -326,8 +326,8 @@ pub mod number {
         value.ok_or_else(|| format!("\"{s}\" is not a byte (0..=255, decimal or 0x hex)"))
     }
 
-    /// Seconds, fractions allowed (`0.5`), from 0 to `max`.
-    pub fn seconds(s: &str, max: f64) -> Result<Duration, String> {
+    /// Seconds as a number, fractions allowed (`0.5`), from 0 to `max`.
+    pub fn seconds_f64(s: &str, max: f64) -> Result<f64, String> {
         let t = not_negative(s)?;
         let secs: f64 = t
             .parse()
@@ -335,6 +335,12 @@ pub mod number {
         if !secs.is_finite() || !(0.0..=max).contains(&secs) {
             return Err(format!("\"{s}\": out of range (0 to {max} seconds)"));
         }
+        Ok(secs)
+    }
+
+    /// Seconds, fractions allowed (`0.5`), from 0 to `max`.
+    pub fn seconds(s: &str, max: f64) -> Result<Duration, String> {
+        let secs = seconds_f64(s, max)?;
         Duration::try_from_secs_f64(secs).map_err(|e| format!("\"{s}\": {e}"))
     }
 }

@@ -4,10 +4,11 @@
 //! `@ACTOR`, then one tab-indented line `PATH START END` per pinned range
 //! (END is the last byte, as in the `leases` listing).
 //!
-//! A long-term pin needs an entitlement (SPEC §4.2): with a current mapping,
-//! that mapping must be `MAP_DIRECT` and cover the range (offsets relative
-//! to it); without one, an unbreakable layout lease of the actor over the
-//! current file's range (`lease read --layout --exclusive`). Else `pin:
+//! A long-term pin needs an entitlement (SPEC §4.2): with a current mapping
+//! (offsets relative to it), that mapping must be `MAP_DIRECT`, or a shared
+//! writable mapping under the actor's unbreakable layout lease over the
+//! range (`lease read --layout --exclusive`: `mmap`, lease, pin); without a
+//! mapping, that lease over the current file's range. Else `pin:
 //! Operation not permitted`. Pins belong to the actor: closing the file does not drop them;
 //! `unpin` or the actor's end does. Under `--policy revoke`, a layout change
 //! still blocked by a pin at lease-break-time revokes it: it disappears from
@@ -43,8 +44,8 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     // A pin taken here has no device behind it: revoking it (the `revoke`
     // policy) has nothing to stop, so the revocation completes at once.
     let revoke: pinfs::pin::RevokeFn = std::sync::Arc::new(|| {});
-    // Through the current mapping (MAP_DIRECT, offsets relative to it) when
-    // there is one; else the current file's range (exclusive layout lease).
+    // Through the current mapping (MAP_DIRECT, or shared under the actor's
+    // unbreakable lease; offsets relative to it) when there is one; else the current file's range (exclusive layout lease).
     let pin = match &ctx.actor.mapping {
         Some(m) => m.pin_long_term(off, len, Some(revoke))?,
         None => file.handle.pin_long_term(off, len, Some(revoke))?,
