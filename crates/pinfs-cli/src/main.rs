@@ -346,24 +346,63 @@ fn volatile_fs(size_bytes: u64, options: MountOptions) -> Result<Arc<Fs>, CliErr
     Fs::mount_with(Arc::new(pool), options).map_err(CliError::Volatile)
 }
 
-/// `pinfs mkfs`. A file that mkfs itself created is removed again when mkfs
-/// fails, so a failed mkfs leaves nothing behind.
+/// `pinfs mkfs`. A missing pool file is created exclusively (`O_EXCL`), so
+/// mkfs knows it made it and removes it again when it fails: a failed mkfs
+/// leaves nothing behind. An existing pool is opened (and so locked: a
+/// mounted pool is `EBUSY`) before anything is said about it, is refused
+/// when it holds anything but zeros unless `-f`, and keeps its size unless
+/// `--size` says otherwise.
 fn mkfs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
     // Checked before anything is created: a size the file system cannot use.
     if let Some(size) = size {
         check_fs_size(path, size)?;
     }
-    let existed = std::fs::symlink_metadata(path).is_ok();
-    let result = make_fs(path, size, force);
-    if let Err(e) = &result {
-        // Not when the pool is busy: then someone else may have created it.
-        let busy =
-            matches!(e, CliError::Pool { source, .. } if source.errno() == pinfs::Errno::EBUSY);
-        if !existed && !busy {
-            let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let pool = MappedPool::create_new(path, size.unwrap_or(DEFAULT_POOL_BYTES))
+                .map_err(|e| CliError::pool(path, e))?;
+            let made = format_pool(path, pool);
+            if made.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            made
+        }
+        Err(e) => Err(CliError::pool(
+            path,
+            pinfs::Error::media(format!("stat {}", path.display()), e),
+        )),
+        Ok(meta) => {
+            let existing = MappedPool::open(path);
+            if let Err(e) = &existing {
+                if e.errno() == pinfs::Errno::EBUSY {
+                    return Err(CliError::pool(path, existing.unwrap_err()));
+                }
+            }
+            if !force {
+                if let Some(what) = occupant(path, existing.as_ref().ok()) {
+                    return Err(CliError::Exists {
+                        path: path.to_path_buf(),
+                        what,
+                    });
+                }
+            }
+            let pool = match (existing, size) {
+                // An existing pool keeps its size: mkfs never shrinks silently.
+                (Ok(pool), None) => Ok(pool),
+                (Ok(pool), Some(size)) if pool.len_bytes() == size => Ok(pool),
+                (existing, Some(size)) => {
+                    drop(existing);
+                    MappedPool::create(path, size)
+                }
+                (Err(_), None) if meta.is_file() && meta.len() == 0 => {
+                    MappedPool::create(path, DEFAULT_POOL_BYTES)
+                }
+                (Err(e), None) => Err(e),
+            }
+            .map_err(|e| CliError::pool(path, e))?;
+            format_pool(path, pool)
         }
     }
-    result
 }
 
 /// `EINVAL` for a pool size below the file system's minimum.
@@ -383,63 +422,58 @@ fn check_fs_size(path: &Path, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-/// What an existing pool file holds at block 0, when it is a pinfs
-/// superblock: `pinfs file system (format version V, N bytes)`. Read through
-/// a plain descriptor, so it works on files too small to be opened as pools.
-fn existing_fs(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut head = [0u8; 24];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    if head[..8] != pinfs::format::SUPER_MAGIC {
+/// What an existing pool holds in its first block, when it holds anything
+/// but zeros: a pinfs file system (its version and size, or that its
+/// superblock is damaged), or data of something else — either of which a
+/// mkfs without `-f` must not destroy. Read through the opened pool when
+/// there is one (a device-dax pool cannot be `read(2)`), else through a
+/// plain descriptor (a file too small to be a pool).
+fn occupant(path: &Path, pool: Option<&MappedPool>) -> Option<String> {
+    use pinfs::format::{Superblock, BLOCK_SIZE, SUPER_MAGIC};
+    let mut head = vec![0u8; BLOCK_SIZE as usize];
+    let len = match pool {
+        Some(pool) => {
+            let n = head.len().min(pool.len_bytes() as usize);
+            pool.read(0, &mut head[..n]).ok()?;
+            n
+        }
+        None => {
+            use std::io::Read;
+            let mut file = std::fs::File::open(path).ok()?;
+            let mut n = 0;
+            while n < head.len() {
+                match file.read(&mut head[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(_) => return None,
+                }
+            }
+            n
+        }
+    };
+    let head = &head[..len];
+    if head.iter().all(|&b| b == 0) {
         return None;
     }
-    let version = u32::from_le_bytes(head[8..12].try_into().ok()?);
-    let total_blocks = u64::from_le_bytes(head[16..24].try_into().ok()?);
-    Some(format!(
-        "a pinfs file system (format version {version}, {} bytes)",
-        total_blocks.saturating_mul(pinfs::format::BLOCK_SIZE)
-    ))
+    if head.len() < 8 || head[..8] != SUPER_MAGIC {
+        return Some("data that is not a pinfs file system".into());
+    }
+    let pool_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let pool_bytes = pool.map_or(pool_bytes, |p| p.len_bytes());
+    Some(
+        match pinfs::format::decode::<Superblock>(head, "superblock") {
+            Ok(sb) if sb.validate(pool_bytes).is_ok() => format!(
+                "a pinfs file system (format version {}, {} bytes)",
+                sb.version.get(),
+                sb.total_blocks.get().saturating_mul(BLOCK_SIZE)
+            ),
+            _ => "a damaged pinfs file system".into(),
+        },
+    )
 }
 
-fn make_fs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
-    let pool = match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            MappedPool::create(path, size.unwrap_or(DEFAULT_POOL_BYTES))
-        }
-        Err(e) => Err(pinfs::Error::media(format!("stat {}", path.display()), e)),
-        Ok(meta) => {
-            // Opened (and so locked) first: a mounted pool is EBUSY before
-            // anything else is said about it, and is never resized.
-            let existing = MappedPool::open(path);
-            if let Err(e) = &existing {
-                if e.errno() == pinfs::Errno::EBUSY {
-                    return Err(CliError::pool(path, existing.unwrap_err()));
-                }
-            }
-            if let Some(what) = existing_fs(path) {
-                if !force {
-                    return Err(CliError::Exists {
-                        path: path.to_path_buf(),
-                        what,
-                    });
-                }
-            }
-            match (existing, size) {
-                // An existing pool keeps its size: mkfs never shrinks silently.
-                (Ok(pool), None) => Ok(pool),
-                (Ok(pool), Some(size)) if pool.len_bytes() == size => Ok(pool),
-                (existing, Some(size)) => {
-                    drop(existing);
-                    MappedPool::create(path, size)
-                }
-                (Err(_), None) if meta.is_file() && meta.len() == 0 => {
-                    MappedPool::create(path, DEFAULT_POOL_BYTES)
-                }
-                (Err(e), None) => Err(e),
-            }
-        }
-    }
-    .map_err(|e| CliError::pool(path, e))?;
+/// Format `pool` and say what it is.
+fn format_pool(path: &Path, pool: MappedPool) -> Result<(), CliError> {
     Fs::mkfs(&pool).map_err(|e| CliError::pool(path, e))?;
     let caps = pool.caps();
     let len_bytes = pool.len_bytes();

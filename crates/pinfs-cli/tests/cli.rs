@@ -507,8 +507,9 @@ fn a_mounted_pool_is_busy_for_every_other_process() {
     pool.io(&["open -c /f", "pwrite -S 0x61 0 4k"]).ok();
     let mut holder = hold(&pool.path);
     let busy = format!(
-        "Device or resource busy: pool is in use by pid {} (pinfs); share it through the daemon: pinfs serve",
-        holder.id()
+        "Device or resource busy: pool is in use by pid {} (pinfs); {}",
+        holder.id(),
+        pinfs::media::lock::SHARE_HINT
     );
     // A second io, fsck, mkfs -f (with and without --size), stat: each one
     // line naming the holder, and nothing changed.
@@ -576,6 +577,33 @@ fn mkfs_refuses_an_existing_file_system_without_force() {
     run.ok();
     assert!(run.stdout.contains("8388608 bytes"), "{run:#?}");
     pool.fsck().ok();
+    // A file holding something else, or a damaged pinfs superblock, is not
+    // formatted over without -f either; one of zeros is.
+    let other = pool.sibling("other");
+    for (head, what) in [
+        (
+            b"not a file system".to_vec(),
+            "data that is not a pinfs file system",
+        ),
+        (b"PINFS\0\r\n\x01".to_vec(), "a damaged pinfs file system"),
+    ] {
+        let mut bytes = head.clone();
+        bytes.resize(8 << 20, 0);
+        std::fs::write(&other, &bytes).unwrap();
+        let line = pinfs(&["mkfs".as_ref(), other.as_os_str()])
+            .fails_with_one_line()
+            .to_string();
+        assert_eq!(
+            line,
+            format!(
+                "pinfs: {}: holds {what}; use -f to overwrite it (its files are lost)",
+                other.display()
+            )
+        );
+        assert_eq!(std::fs::read(&other).unwrap(), bytes, "untouched");
+    }
+    std::fs::write(&other, vec![0u8; 8 << 20]).unwrap();
+    pinfs(&["mkfs".as_ref(), other.as_os_str()]).ok();
 }
 
 #[test]
@@ -712,6 +740,8 @@ fn trace_events_reach_stderr_only_when_asked_for() {
     // PINFS_LOG wins over -v and RUST_LOG.
     let run = pinfs_env(&verbose, &[("PINFS_LOG", "off"), ("RUST_LOG", "trace")]);
     run.ok();
+    assert!(!run.stderr.contains("pinfs::lease"), "{run:#?}");
+    assert_eq!(run.lines(), story);
     // Both are documented where a user looks.
     let help = pinfs(&["--help"]);
     assert!(help.stdout.contains("PINFS_LOG, RUST_LOG") && help.stdout.contains("-v, --verbose"));

@@ -264,8 +264,6 @@ impl<'a> Parsed<'a> {
 /// `io` commands. A leading `-` is always "must not be negative" (no number
 /// here can be), never an unknown option or an unexpected argument.
 pub mod number {
-    use std::time::Duration;
-
     /// `Err` for a negative number, which nothing here accepts.
     fn not_negative(s: &str) -> Result<&str, String> {
         let t = s.trim();
@@ -336,12 +334,6 @@ pub mod number {
             return Err(format!("\"{s}\": out of range (0 to {max} seconds)"));
         }
         Ok(secs)
-    }
-
-    /// Seconds, fractions allowed (`0.5`), from 0 to `max`.
-    pub fn seconds(s: &str, max: f64) -> Result<Duration, String> {
-        let secs = seconds_f64(s, max)?;
-        Duration::try_from_secs_f64(secs).map_err(|e| format!("\"{s}\": {e}"))
     }
 }
 
@@ -424,7 +416,7 @@ mod tests {
             number::count("-5", "milliseconds").unwrap_err(),
             number::byte("-1").unwrap_err(),
             number::hex_bits("-1").unwrap_err(),
-            number::seconds("-1", 10.0).unwrap_err(),
+            number::seconds_f64("-1", 10.0).unwrap_err(),
         ] {
             assert!(e.ends_with("must not be negative"), "{e}");
         }
@@ -437,9 +429,20 @@ mod tests {
         assert_eq!(number::count("250", "ms"), Ok(250));
         assert!(number::count("1k", "ms").is_err());
         assert!(number::count("", "ms").is_err());
-        assert_eq!(number::seconds("0.5", 10.0), Ok(Duration::from_millis(500)));
-        assert!(number::seconds("11", 10.0).is_err());
-        assert!(number::seconds("nan", 10.0).is_err());
+        assert_eq!(number::seconds_f64("0.5", 10.0), Ok(0.5));
+        assert!(number::seconds_f64("11", 10.0).is_err());
+        assert!(number::seconds_f64("nan", 10.0).is_err());
+        // --break-time: a positive time, however small, never becomes 0
+        // ("never force").
+        assert_eq!(
+            crate::io::parse_break_time("0.5"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(crate::io::parse_break_time("0"), Ok(Duration::ZERO));
+        assert!(crate::io::parse_break_time("0.0000000001").unwrap() > Duration::ZERO);
+        assert!(crate::io::parse_break_time("-1")
+            .unwrap_err()
+            .ends_with("must not be negative"));
         assert_eq!(number::hex_bits("0x13"), Ok(0x13));
         assert_eq!(number::hex_bits("3"), Ok(3));
         assert!(number::hex_bits("0x1_0000_0000").is_err());

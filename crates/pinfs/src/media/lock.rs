@@ -37,7 +37,8 @@ use std::path::Path;
 use crate::{Error, Result};
 
 /// The hint every refusal ends with: how to share a pool between processes.
-pub const SHARE_HINT: &str = "share it through the daemon: pinfs serve";
+pub const SHARE_HINT: &str =
+    "a pool is used by one process at a time: stop the holder first (sharing a pool among processes needs the daemon, `pinfs serve`, not yet available)";
 
 /// Lock the pool behind `fd` (opened from `path`) for this descriptor alone.
 ///

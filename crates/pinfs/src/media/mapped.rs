@@ -129,11 +129,22 @@ impl MappedPool {
     /// whatever it was. A device-dax device cannot be resized; it must hold at
     /// least `size_bytes`. Locked as [`MappedPool::open`], before resizing.
     pub fn create(path: &Path, size_bytes: u64) -> Result<Self> {
+        Self::create_with(path, size_bytes, OFlags::empty())
+    }
+
+    /// As [`MappedPool::create`], but the file must not exist yet
+    /// (`O_EXCL`): the caller then knows it made the file (and may remove
+    /// it again if formatting fails).
+    pub fn create_new(path: &Path, size_bytes: u64) -> Result<Self> {
+        Self::create_with(path, size_bytes, OFlags::EXCL)
+    }
+
+    fn create_with(path: &Path, size_bytes: u64, extra: OFlags) -> Result<Self> {
         let what = path.display().to_string();
         check_min_size(&what, size_bytes)?;
         let fd = rustix::fs::open(
             path,
-            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | extra,
             Mode::RUSR | Mode::WUSR,
         )
         .map_err(|e| Error::media(format!("create {what}"), e.into()))?;
