@@ -1079,3 +1079,59 @@ fn listing_shows_kind_type_state_owner_and_range() {
         ]
     );
 }
+
+/// SPEC §3.3.5, one bound per operation, when another breaker marked the
+/// lease first: an operation whose deadline was fixed before that mark must
+/// not inherit the later breaker's (later) deadline. The lease's forced-at
+/// time may only move earlier, to the operation's own bound. Observed on the
+/// engine's clock values, not by timing the wait.
+#[test]
+fn an_earlier_operation_bound_tightens_a_lease_another_breaker_marked() {
+    let e = engine(LONG_BREAK_TIME);
+    let holder = Actor::new(&e, 1);
+    let id = e
+        .set_lease(
+            FILE,
+            HandleId(1),
+            holder.owner,
+            LeaseRequest::layout_shared(),
+        )
+        .unwrap();
+    // The operation begins: its one deadline (now + lease-break-time).
+    let bound = e.break_deadline();
+    thread::sleep(Duration::from_millis(20));
+    // Another breaker marks the lease later: forced at its own, later time.
+    let nonblocking = BreakOptions {
+        nonblocking: true,
+        ..BreakOptions::blocking()
+    };
+    assert_eq!(
+        e.begin_layout_change(FILE, ByteRange::WHOLE, OwnerId(2), &nonblocking)
+            .err(),
+        Some(Errno::EWOULDBLOCK)
+    );
+    let theirs = e.forced_at(id).expect("breaking");
+    assert_ne!(theirs, bound, "the later breaker's deadline is its own");
+    // The operation reaches the same lease: now forced at its bound.
+    assert_eq!(
+        e.begin_layout_change(
+            FILE,
+            ByteRange::WHOLE,
+            OwnerId(3),
+            &nonblocking.clone().until(bound)
+        )
+        .err(),
+        Some(Errno::EWOULDBLOCK)
+    );
+    assert_eq!(e.forced_at(id), Some(bound));
+    // A later bound never pushes it back out.
+    let later = e.break_deadline();
+    let _ = e.begin_layout_change(
+        FILE,
+        ByteRange::WHOLE,
+        OwnerId(4),
+        &nonblocking.until(later),
+    );
+    assert_eq!(e.forced_at(id), Some(bound));
+    e.release(id).unwrap();
+}

@@ -283,17 +283,15 @@ fn wait_and_revoke_take_one_break_time_not_two() {
     assert!(revoke.0.is_ok(), "{:?}", revoke.0);
     assert!(revoke.2, "`revoke` revoked the pin");
     for (policy, took) in [("wait", wait.1), ("revoke", revoke.1)] {
-        // Margins: the holder is owed the whole BREAK (a timed wait never
-        // ends early), so took >= BREAK. With one deadline shared by the
-        // lease break and the pin wait, took is BREAK plus scheduling and
-        // revocation (milliseconds); with the defect (a fresh BREAK for the
-        // pin wait) took >= 2 * BREAK = 4 s. 3.5 s splits the two with 1.5 s
-        // of slack for a loaded machine, and cannot pass with the defect.
+        // The holder is owed the whole BREAK (a timed wait never ends
+        // early). That the lease break and the pin wait share one deadline
+        // (≈ BREAK in all, not 2 × BREAK) is checked without a clock: the
+        // lease model check (`lease_model`, virtual time, with the per-break
+        // defect as negative control) and `lease_semantics`'s
+        // `an_earlier_operation_bound_tightens_a_lease_another_breaker_marked`.
+        // Tests assert no wall-clock upper bound; the figure is printed.
         assert!(took >= BREAK, "{policy}: {took:?}");
-        assert!(
-            took < BREAK * 7 / 4,
-            "{policy}: the lease break and the pin wait took {took:?}: more than one lease-break-time"
-        );
+        println!("{policy}: truncate over an unanswered pin took {took:?} (break time {BREAK:?})");
     }
 }
 
@@ -415,4 +413,58 @@ fn shared_layout(fs: &Fs, h: &Handle) {
             LeaseRequest::layout_shared(),
         )
         .unwrap();
+}
+
+/// Two owners, each with an unbreakable layout lease over the same written
+/// range, can each pin it: pinning a range that is already written and
+/// private changes no layout, so it needs no layout change — which the other
+/// owner's unbreakable lease would refuse (`ETXTBSY`, and a spurious
+/// `refused` notification to it). Pinning a hole still is a layout change,
+/// and is still refused.
+#[test]
+fn owners_with_unbreakable_leases_over_one_written_range_each_pin_it() {
+    let fs = mount(TruncatePolicy::Defer, LONG);
+    let h = file(&fs);
+    let g = fs.open(OTHER, "/f", OpenFlags::default(), 0).unwrap();
+    let (q_holder, q_other) = (queue(&fs, HOLDER), queue(&fs, OTHER));
+    let range = ByteRange::new(0, FILE_BYTES);
+    let mine = unbreakable(&fs, &h, range);
+    let theirs = fs
+        .leases()
+        .set_lease(
+            g.lease_file(),
+            g.lease_handle(),
+            OwnerId(OTHER.owner),
+            LeaseRequest::layout_shared().unbreakable().range(range),
+        )
+        .unwrap();
+    let a = h.pin_long_term(0, PINNED, None).unwrap();
+    let b = g.pin_long_term(0, PINNED, None).unwrap();
+    assert_eq!(a.pool_ranges(), b.pool_ranges(), "the same blocks");
+    assert!(events(&q_holder, Duration::from_millis(50)).is_empty());
+    assert!(events(&q_other, Duration::from_millis(50)).is_empty());
+    // A hole: pinning it allocates, a layout change the other lease refuses.
+    h.fallocate(pinfs::fs::FallocMode::PunchHole, FILE_BYTES - BLOCK, BLOCK)
+        .unwrap_err();
+    drop((a, b));
+    release(&fs, theirs);
+    h.fallocate(pinfs::fs::FallocMode::PunchHole, FILE_BYTES - BLOCK, BLOCK)
+        .unwrap();
+    let theirs = fs
+        .leases()
+        .set_lease(
+            g.lease_file(),
+            g.lease_handle(),
+            OwnerId(OTHER.owner),
+            LeaseRequest::layout_shared().unbreakable().range(range),
+        )
+        .unwrap();
+    assert_eq!(
+        h.pin_long_term(FILE_BYTES - BLOCK, BLOCK, None)
+            .unwrap_err()
+            .errno(),
+        Errno::ETXTBSY
+    );
+    release(&fs, theirs);
+    release(&fs, mine);
 }

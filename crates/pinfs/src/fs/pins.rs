@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::ops::{write_range, Source};
-use super::state::Op;
+use super::state::{FsState, Op};
 use super::{Fs, Handle};
 use crate::alloc::Run;
 use crate::format::{BLOCK_SIZE, MAX_FILE_BYTES};
@@ -154,15 +154,52 @@ impl Fs {
     ) -> Result<Pin> {
         let fs = self.clone();
         // Making the range written and private is the holder's own layout
-        // change: it needs no notification to the holder.
-        let _layout = fs.layout_change(ino, ByteRange::new(start, end), owner, nonblocking)?;
-        let mut st = fs.state.write();
-        if end.div_ceil(BLOCK_SIZE) > st.inode(ino)?.size.div_ceil(BLOCK_SIZE) {
-            return Err(Errno::EINVAL.into());
-        }
-        let mut op = Op::new(&mut st, &*fs.media);
-        write_range(&mut op, ino, start, end - start, Source::Keep)?;
-        op.commit()?;
+        // change: it needs no notification to the holder. A range that
+        // already is changes nothing, so it takes no layout change at all —
+        // which also lets owners holding unbreakable leases over the same
+        // written range each pin it (their leases refuse each other's
+        // layout changes, not each other's pins).
+        let ready = |st: &FsState| -> Result<bool> {
+            let inode = st.inode(ino)?;
+            if end.div_ceil(BLOCK_SIZE) > inode.size.div_ceil(BLOCK_SIZE) {
+                return Err(Errno::EINVAL.into());
+            }
+            Ok(inode
+                .extents
+                .segments(start / BLOCK_SIZE, end / BLOCK_SIZE)
+                .iter()
+                .all(|seg| match *seg {
+                    super::Segment::Mapped {
+                        physical,
+                        len,
+                        unwritten,
+                        ..
+                    } => !unwritten && (physical..physical + len).all(|b| st.refcount(b) == 1),
+                    super::Segment::Hole { .. } => false,
+                }))
+        };
+        let mut take_change = !ready(&fs.state.read())?;
+        let (_layout, mut st) = loop {
+            let layout = match take_change {
+                true => {
+                    Some(fs.layout_change(ino, ByteRange::new(start, end), owner, nonblocking)?)
+                }
+                false => None,
+            };
+            let mut st = fs.state.write();
+            if !ready(&st)? {
+                if layout.is_none() {
+                    // Changed between the two looks: take the layout change
+                    // after all (guard before state lock: the lock order).
+                    take_change = true;
+                    continue;
+                }
+                let mut op = Op::new(&mut st, &*fs.media);
+                write_range(&mut op, ino, start, end - start, Source::Keep)?;
+                op.commit()?;
+            }
+            break (layout, st);
+        };
         let mut blocks: Vec<Run> = Vec::new();
         for seg in st
             .inode(ino)?

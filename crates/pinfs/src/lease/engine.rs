@@ -954,6 +954,19 @@ impl Inner {
                 }
                 _ => false,
             };
+            if !newly {
+                // Already breaking (another breaker marked it, perhaps later
+                // than this operation began): its deadline may only move
+                // earlier, to this operation's bound, so that no operation
+                // waits past its own (SPEC §3.3.5).
+                let pending = match (l.removal.as_mut(), l.downgrade.as_mut()) {
+                    (Some(p), _) | (None, Some(p)) => Some(p),
+                    (None, None) => None,
+                };
+                if let (Some(p), Some(ours)) = (pending, deadline) {
+                    p.deadline = Some(p.deadline.map_or(ours, |theirs| theirs.min(ours)));
+                }
+            }
             if newly {
                 tracing::info!(
                     target: TARGET,
@@ -1575,6 +1588,19 @@ impl LeaseEngine {
             .iter()
             .find(|l| l.id == id)
             .map(|l| l.info(file))
+    }
+
+    /// When a breaking lease will be forced (downgraded or removed), as a
+    /// [`BreakDeadline`] comparable with an operation's; `None` when the
+    /// lease is not held or not breaking. (`BreakDeadline::never()` for a
+    /// break under lease-break-time 0.)
+    pub fn forced_at(&self, id: LeaseId) -> Option<BreakDeadline> {
+        let st = self.inner.state.lock();
+        let file = *st.lease_files.get(&id)?;
+        let l = st.files[&file].leases.iter().find(|l| l.id == id)?;
+        l.breaking().then(|| BreakDeadline {
+            at_ns: l.next_deadline(),
+        })
     }
 
     /// Every lease, by id: the `/proc/locks`-style listing.
