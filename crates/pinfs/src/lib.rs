@@ -5,12 +5,14 @@
 //! This crate is the whole core: the media a pool lives on ([`media`]), the
 //! on-media format ([`format`](mod@format)), the metadata journal ([`journal`]), the block
 //! allocator ([`alloc`]), the file system itself ([`fs`]), its mappings into
-//! the address space ([`map`]) and the lease engine ([`lease`]). Binaries
+//! the address space ([`map`]), the devices that reach file memory by DMA
+//! ([`dma`]) and the lease engine ([`lease`]). Binaries
 //! (the `pinfs` command, later the daemon and the FUSE mount) only parse,
 //! wire and translate. See `ARCHITECTURE.md` for the map.
 #![deny(unsafe_code)]
 
 pub mod alloc;
+pub mod dma;
 pub mod error;
 pub mod format;
 pub mod fs;
