@@ -154,6 +154,9 @@ pub struct StatFs {
     pub inodes: u64,
     /// Free inode slots.
     pub free_inodes: u64,
+    /// The file system shut down after a journal error and is read-only
+    /// ([`Fs::is_shut_down`]).
+    pub read_only: bool,
 }
 
 /// One extent as `fiemap` reports it, in bytes.
@@ -529,6 +532,7 @@ impl Fs {
     /// `truncate(2)` by path: breaks every open lease (by removal), then
     /// changes the layout.
     pub fn truncate_path(&self, cred: Cred, path: &str, size: u64) -> Result<()> {
+        self.writable()?;
         let (ino, key) = {
             let st = self.state.read();
             let ino = st.walk(&cred, &components(path)?)?;
@@ -634,6 +638,7 @@ impl Fs {
     /// Remove a name of a regular file; its blocks are freed when it has no
     /// links and nothing keeps it open.
     pub fn unlink(&self, cred: Cred, path: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
@@ -652,6 +657,7 @@ impl Fs {
 
     /// Create a directory.
     pub fn mkdir(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
+        self.writable()?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
         if st.dirs[&dir].entries.contains_key(name) {
@@ -672,6 +678,7 @@ impl Fs {
 
     /// Remove an empty directory.
     pub fn rmdir(&self, cred: Cred, path: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
@@ -693,6 +700,7 @@ impl Fs {
 
     /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
     pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = if from == to {
             None
         } else {
@@ -838,6 +846,27 @@ impl Fs {
             busy: st.alloc.busy_blocks(),
             inodes: st.sb.inode_count.get() - 1,
             free_inodes: st.free_inodes.len() as u64,
+            read_only: st.shut_down,
+        }
+    }
+
+    /// Whether the file system has shut down: a commit failed after its
+    /// commit point (a flush of the journal failed once the transaction was
+    /// durable), so memory holds what the pool will replay and every change
+    /// since fails with `EIO`; reads still work. Remounting the pool
+    /// replays the transaction and makes it writable again.
+    pub fn is_shut_down(&self) -> bool {
+        self.state.read().shut_down
+    }
+
+    /// `EIO` once the file system has shut down: checked by every change
+    /// before it breaks a lease or writes anything ([`state::Op::commit`]
+    /// checks again, for the paths that reach it directly).
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.state.read().shut_down {
+            Err(Errno::EIO.into())
+        } else {
+            Ok(())
         }
     }
 
