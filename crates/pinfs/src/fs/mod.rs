@@ -859,9 +859,17 @@ impl Fs {
         self.state.read().shut_down
     }
 
+    /// Test-only negative control: operations commit inodes without the
+    /// validation mount runs, so a test can show that what it guards
+    /// against (a pool mount refuses) really happens without it.
+    #[doc(hidden)]
+    pub fn disable_commit_validation_for_tests(&self) {
+        self.state.write().validate_commits = false;
+    }
+
     /// `EIO` once the file system has shut down: checked by every change
-    /// before it breaks a lease or writes anything ([`state::Op::commit`]
-    /// checks again, for the paths that reach it directly).
+    /// before it breaks a lease or writes anything (`Op::commit` checks
+    /// again, for the paths that reach it directly).
     pub(crate) fn writable(&self) -> Result<()> {
         if self.state.read().shut_down {
             Err(Errno::EIO.into())
