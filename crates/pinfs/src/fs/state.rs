@@ -6,7 +6,10 @@
 //! copies of what it changes in an [`Op`], which serializes them into a
 //! journal transaction, commits it, and only then installs the copies. A
 //! failure before the commit point leaves both the pool and the in-memory
-//! state as they were.
+//! state as they were; a failure after it installs the copies (the pool will
+//! replay them) and shuts the file system down. Before anything is written,
+//! every staged inode passes [`Inode::validate`], the same check mount runs,
+//! so nothing is committed that mount would refuse.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
