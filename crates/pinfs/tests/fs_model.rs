@@ -159,14 +159,12 @@ fn apply_model(model: &mut Model, op: &FileOp) -> Expect {
             file,
             off_blocks,
             len_blocks,
-        } => {
-            if off_blocks * BS < model.bytes[file].len() as u64
-                && model.high[file]
-                    .last()
-                    .is_some_and(|&b| b + len_blocks >= MAX_BLOCKS)
-            {
-                return Expect::TooBig;
-            }
+        } if off_blocks * BS < model.bytes[file].len() as u64
+            && model.high[file]
+                .last()
+                .is_some_and(|&b| b + len_blocks >= MAX_BLOCKS) =>
+        {
+            return Expect::TooBig;
         }
         _ => {}
     }
@@ -474,10 +472,10 @@ fn run(ops: &[FileOp]) {
                     );
                 }
             }
-            for f in 0..2 {
+            for (f, (handle, want)) in h.iter().zip(&model.bytes).enumerate() {
                 same(
-                    &contents(&h[f]),
-                    &model.bytes[f],
+                    &contents(handle),
+                    want,
                     &format!("file {f} after op {i} {op:?}"),
                 );
             }
