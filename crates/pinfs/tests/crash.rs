@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use pinfs::format::MAX_FILE_BYTES;
+use pinfs::format::MAX_FILE_BLOCKS;
 use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
 use pinfs::media::recording::CrashMode;
 use pinfs::media::{Media, RecordingMedia};
@@ -30,8 +30,6 @@ use pinfs::util::SplitMix64;
 
 const POOL: u64 = 8 << 20;
 const BS: u64 = 4096;
-/// The largest file, in blocks.
-const MAX_BLOCKS: u64 = MAX_FILE_BYTES / BS;
 
 /// What a file looks like to the checker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -369,7 +367,10 @@ impl Workload {
                 } else if !collapse {
                     let r = h.fallocate(FallocMode::InsertRange, off, len);
                     // Blocks near the largest file would move past it.
-                    if high.last().is_some_and(|&b| b + len_blocks >= MAX_BLOCKS) {
+                    if high
+                        .last()
+                        .is_some_and(|&b| b + len_blocks >= MAX_FILE_BLOCKS)
+                    {
                         assert_eq!(r.unwrap_err().errno(), pinfs::Errno::EFBIG);
                         let p = self.open[i].path.clone();
                         return (format!("insert {p:?} {off}+{len} refused (EFBIG)"), None);
@@ -416,7 +417,7 @@ impl Workload {
             1 => FallocMode::ZeroRange { keep_size: true },
             _ => FallocMode::PunchHole,
         };
-        let first = MAX_BLOCKS - back;
+        let first = MAX_FILE_BLOCKS - back;
         let r = self.open[i].handle.fallocate(mode, first * BS, len * BS);
         let p = self.open[i].path.clone();
         let what = format!("{mode:?} {p:?} {back} blocks below the largest file, {len} blocks");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use pinfs::format::{MAX_EXTENTS_PER_FILE, MAX_FILE_BYTES};
 use pinfs::fs::{Cred, FallocMode, FiemapExtent, Fs, Handle, OpenFlags};
+use pinfs::map::MapFlags;
 use pinfs::media::{MappedPool, Media};
 use pinfs::Errno;
 
@@ -302,6 +303,23 @@ fn every_path_refuses_to_pass_the_extent_limit() {
     must_refuse(&fs, &f, "reflink into a hole", || {
         f.reflink(&q, Some((0, hole, BS)))
     });
+    // A whole-file clone of a file of two extents over the first three
+    // blocks: one extent out, two in.
+    let two = fs
+        .open(Cred::ROOT, "/two", OpenFlags::CREATE, 0o644)
+        .unwrap();
+    two.pwrite(0, &[2; BS as usize]).unwrap();
+    two.pwrite(2 * BS, &[2; BS as usize]).unwrap();
+    two.fallocate(FallocMode::PunchHole, BS, BS).unwrap();
+    assert_eq!(two.fiemap().unwrap().len(), 2);
+    must_refuse(&fs, &f, "whole-file reflink", || f.reflink(&two, None));
+    // A write fault goes through the same path: the store into the hole
+    // would allocate a block, a new extent.
+    let map = f.mmap(0, 8 * BS, MapFlags::SHARED).unwrap();
+    must_refuse(&fs, &f, "write fault into a hole", || {
+        map.write(hole + 10, b"x")
+    });
+    drop(map);
     // Boundary: removing one extent makes room for exactly one.
     f.fallocate(FallocMode::PunchHole, 0, 3 * BS).unwrap();
     assert_eq!(f.fiemap().unwrap().len(), MAX_EXTENTS_PER_FILE - 1);
@@ -309,7 +327,7 @@ fn every_path_refuses_to_pass_the_extent_limit() {
     assert_eq!(f.fiemap().unwrap().len(), MAX_EXTENTS_PER_FILE);
     must_refuse(&fs, &f, "the next hole", || f.pwrite(hole + 4 * BS, b"y"));
     assert!(fs.check().is_empty());
-    drop((f, _other, q));
+    drop((f, _other, q, two));
     drop(fs);
     remount_is_clean(&media);
 }

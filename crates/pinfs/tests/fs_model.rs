@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeSet;
 
-use pinfs::format::MAX_FILE_BYTES;
+use pinfs::format::{MAX_FILE_BLOCKS, MAX_FILE_BYTES};
 use pinfs::fs::{Cred, FallocMode, Fs, OpenFlags};
 use pinfs::media::{MappedPool, Media};
 use proptest::prelude::*;
@@ -91,9 +91,6 @@ enum HighMode {
     Punch,
 }
 
-/// The largest file, in blocks.
-const MAX_BLOCKS: u64 = MAX_FILE_BYTES / BS;
-
 /// What the model says pinfs must do.
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
@@ -142,9 +139,9 @@ fn apply_model(model: &mut Model, op: &FileOp) -> Expect {
             back_blocks,
             len_blocks,
         } => {
-            let first = MAX_BLOCKS - back_blocks;
+            let first = MAX_FILE_BLOCKS - back_blocks;
             let end = first + len_blocks;
-            if end > MAX_BLOCKS {
+            if end > MAX_FILE_BLOCKS {
                 return Expect::TooBig;
             }
             let high = &mut model.high[file];
@@ -162,7 +159,7 @@ fn apply_model(model: &mut Model, op: &FileOp) -> Expect {
         } if off_blocks * BS < model.bytes[file].len() as u64
             && model.high[file]
                 .last()
-                .is_some_and(|&b| b + len_blocks >= MAX_BLOCKS) =>
+                .is_some_and(|&b| b + len_blocks >= MAX_FILE_BLOCKS) =>
         {
             return Expect::TooBig;
         }

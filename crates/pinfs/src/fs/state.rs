@@ -84,9 +84,6 @@ impl Violation {
     }
 }
 
-/// The largest file, in blocks: no extent reaches past it.
-pub(crate) const MAX_FILE_BLOCKS: u64 = MAX_FILE_BYTES / BLOCK_SIZE;
-
 impl Inode {
     /// The one validation of an inode: mount and fsck run it on every inode
     /// read from a pool, and [`Op`] runs it on every inode it stages before
