@@ -10,6 +10,10 @@
 //! commit issues four fences (records, commit point, apply, applied), so the
 //! first flush after 2 or 3 more fences is after the commit point, and the
 //! next flush (0) is before it.
+//!
+//! The negative control turns the shutdown off: the next change then writes
+//! its journal records over those the pool still has to replay, and a power
+//! failure during it leaves a pool that does not mount.
 
 use std::sync::Arc;
 
@@ -102,6 +106,52 @@ fn a_failure_after_the_commit_point_shuts_the_file_system_down() {
             "after fence {fences}: durable image"
         );
         assert_eq!(remounted(media.image()), want);
+        // A power failure at any point since: the image mounts, with the
+        // state before the operation or the committed one.
+        for k in 0..=media.fence_count() {
+            let got = remounted(media.crash_image(k, CrashMode::DurableOnly));
+            assert!(
+                got == want || got == want[..BS as usize],
+                "crash point {k}: neither state"
+            );
+        }
+    }
+}
+
+/// The crash points at which the pool, power lost there, does not mount.
+fn unmountable_crash_points(media: &RecordingMedia) -> Vec<usize> {
+    (0..=media.fence_count())
+        .filter(|&k| {
+            let image = media.crash_image(k, CrashMode::DurableOnly);
+            Fs::mount(Arc::new(RecordingMedia::from_image(image))).is_err()
+        })
+        .collect()
+}
+
+/// Negative control: without the shutdown, the next change commits over
+/// the journal records the pool still has to replay, and a power failure
+/// during it leaves a pool that does not mount. With it, nothing does.
+#[test]
+fn without_the_shutdown_the_next_commit_destroys_the_replay() {
+    for protected in [true, false] {
+        let (media, fs, f) = setup();
+        if !protected {
+            fs.disable_shutdown_for_tests();
+        }
+        media.fail_flush_after_fences(2);
+        assert!(f.pwrite(BS, &[2; BS as usize]).is_err());
+        let next = f.pwrite(2 * BS, &[3; BS as usize]);
+        let bad = unmountable_crash_points(&media);
+        if protected {
+            assert_eq!(next.unwrap_err().errno(), Errno::EIO);
+            assert!(bad.is_empty(), "crash points {bad:?} do not mount");
+        } else {
+            next.expect("unprotected, the next change commits");
+            assert!(
+                !bad.is_empty(),
+                "the control must show the damage the shutdown prevents"
+            );
+        }
     }
 }
 

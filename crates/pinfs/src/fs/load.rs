@@ -121,6 +121,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         pins: Default::default(),
         protect_pinned: true,
         shut_down: false,
+        shut_down_on_journal_error: true,
         validate_commits: true,
         maps: Default::default(),
     };

@@ -867,6 +867,14 @@ impl Fs {
         self.state.write().validate_commits = false;
     }
 
+    /// Test-only negative control: a commit that fails after its commit
+    /// point no longer shuts the file system down, so a test can show the
+    /// damage the shutdown prevents.
+    #[doc(hidden)]
+    pub fn disable_shutdown_for_tests(&self) {
+        self.state.write().shut_down_on_journal_error = false;
+    }
+
     /// `EIO` once the file system has shut down: checked by every change
     /// before it breaks a lease or writes anything (`Op::commit` checks
     /// again, for the paths that reach it directly).

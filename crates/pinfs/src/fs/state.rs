@@ -260,6 +260,11 @@ pub(crate) struct FsState {
     /// will replay, and nothing may change any more (`EIO`), as a kernel
     /// file system shuts down on a journal error.
     pub shut_down: bool,
+    /// Test-only: when false, a commit that fails after its commit point
+    /// leaves the file system writable (the negative control of the
+    /// shutdown tests: the next commit then overwrites records the pool
+    /// still has to replay).
+    pub shut_down_on_journal_error: bool,
     /// Test-only: when false, operations commit inodes without
     /// [`Inode::validate`] (the negative control of the limit tests).
     pub validate_commits: bool,
@@ -626,7 +631,7 @@ impl<'a> Op<'a> {
                     error = %e,
                     "journal commit failed after its commit point: the file system is now read-only"
                 );
-                self.st.shut_down = true;
+                self.st.shut_down = self.st.shut_down_on_journal_error;
                 self.install();
                 Err(e)
             }
