@@ -238,12 +238,8 @@ fn load_dir(
 ) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
+    // Its size and blocks passed `Inode::validate` (`load_inode`).
     let blocks = inode.size / BLOCK_SIZE;
-    if !inode.size.is_multiple_of(BLOCK_SIZE)
-        || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK
-    {
-        return Err(bad(format!("size {}", inode.size)));
-    }
     let count = sb.inode_count.get();
     let mut dir = Dir {
         slots: blocks * DIRENTS_PER_BLOCK,
@@ -296,9 +292,6 @@ fn load_dir(
                 )));
             }
         }
-    }
-    if inode.extents.end() > blocks {
-        return Err(bad("blocks beyond its size".into()));
     }
     Ok(dir)
 }

@@ -90,8 +90,9 @@ impl Inode {
     /// anything is committed — so no operation can commit an inode that
     /// mount would refuse. Checks the file type, the size and extent-count
     /// limits, every extent (non-empty, representable, inside the data
-    /// region, inside the largest file, sorted and disjoint), and that no
-    /// written block lies past the block holding end of file.
+    /// region, inside the largest file, sorted and disjoint), that no
+    /// written block lies past the block holding end of file, and that a
+    /// directory is whole written blocks within its entry limit.
     pub fn validate(&self, sb: &Superblock) -> std::result::Result<(), Violation> {
         if self.mode & S_IFMT != S_IFREG && self.mode & S_IFMT != S_IFDIR {
             return Err(Violation::Broken(format!(
@@ -130,6 +131,35 @@ impl Inode {
             if !e.unwritten && next_logical > eof_block {
                 return Err(Violation::Broken("written blocks beyond its size".into()));
             }
+        }
+        if self.is_dir() {
+            self.validate_dir()?;
+        }
+        Ok(())
+    }
+
+    /// A directory is whole written blocks of entry slots, no more than its
+    /// entry limit needs (directories grow by one block when full).
+    fn validate_dir(&self) -> std::result::Result<(), Violation> {
+        let blocks = self.size / BLOCK_SIZE;
+        if !self.size.is_multiple_of(BLOCK_SIZE)
+            || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK
+        {
+            return Err(Violation::Broken(format!("directory size {}", self.size)));
+        }
+        let mut at = 0;
+        for (l, e) in self.extents.iter() {
+            if l != at || e.unwritten {
+                return Err(Violation::Broken(format!(
+                    "directory block {at} is a hole or unwritten"
+                )));
+            }
+            at = l + e.len;
+        }
+        if at != blocks {
+            return Err(Violation::Broken(format!(
+                "directory blocks end at {at}, its size at {blocks}"
+            )));
         }
         Ok(())
     }
