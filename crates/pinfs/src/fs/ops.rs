@@ -10,6 +10,18 @@
 //!   of the last block alone until the size commits, so every operation that
 //!   grows a file zeroes `[old size, end of that block)` first
 //!   ([`zero_eof_tail`]).
+//!
+//! And three rules keep operations honest:
+//! - *Limits refuse before anything is visible*: the staged inode passes the
+//!   mount-time validation's limits before any data is written in place
+//!   (`Op::validate_limits`), and the whole validation before commit, so an
+//!   operation past 2^50 bytes or 32,768 extents fails with `EFBIG` and
+//!   changes nothing; a `pwrite` crossing 2^50 bytes writes up to it.
+//! - *A change that changes nothing is no layout change*
+//!   ([`falloc_changes_nothing`], truncate to the same size, an empty clone):
+//!   no lease break, no copy, no allocation; timestamps only.
+//! - *Zero range leaves its whole block range allocated*, the partial blocks
+//!   at its edges included.
 
 use std::sync::atomic::Ordering;
 
