@@ -64,8 +64,11 @@ pub const INDEX_LEAVES: usize = 510;
 /// Most extents one file may have (a named limit: bounds the size of a
 /// metadata transaction; `EFBIG` beyond it).
 pub const MAX_EXTENTS_PER_FILE: usize = 32 * 1024;
-/// Largest file size.
+/// Largest file size (SPEC §7; `EFBIG` beyond it).
 pub const MAX_FILE_BYTES: u64 = 1 << 50;
+/// The largest file in blocks: no extent of a file reaches past block
+/// `MAX_FILE_BLOCKS` (preallocation past end of file included).
+pub const MAX_FILE_BLOCKS: u64 = MAX_FILE_BYTES / BLOCK_SIZE;
 
 /// Size of a directory entry slot.
 pub const DIRENT_SIZE: u64 = 272;

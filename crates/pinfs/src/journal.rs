@@ -19,6 +19,13 @@
 //! torn during step 2, before anything was written in place, and the previous
 //! transaction had been applied (step 4 is fenced before the next step 1), so
 //! it is discarded. `docs/format.md` has the case-by-case crash analysis.
+//!
+//! A commit that fails says on which side of the commit point it failed
+//! ([`CommitError`]): before it, the pool will not replay the transaction and
+//! the caller rolls back; from the header write on, the pool may (or will)
+//! replay it, so the caller must treat the transaction as done and stop
+//! committing (the file system goes read-only), because the journal's record
+//! area can no longer be reused safely.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +127,28 @@ impl Transaction {
                 .copy_from_slice(&bytes[(from - o) as usize..(to - o) as usize]);
         }
         Ok(())
+    }
+}
+
+/// Why [`Journal::commit`] failed, relative to the commit point.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Failed before the header was written: the pool will not replay the
+    /// transaction; nothing of it is visible after a crash. Roll back.
+    NotCommitted(Error),
+    /// Failed once the header had been written: the next mount will (or, if
+    /// the header write never reached the media, may) replay the
+    /// transaction. The caller must act as if it committed, and commit
+    /// nothing more.
+    Committed(Error),
+}
+
+impl CommitError {
+    /// The underlying error.
+    pub fn into_error(self) -> Error {
+        match self {
+            CommitError::NotCommitted(e) | CommitError::Committed(e) => e,
+        }
     }
 }
 
@@ -336,8 +365,29 @@ impl Journal {
 
     /// Commit `tx` atomically and durably (steps 1–4 of the module doc).
     /// Fails with `EFBIG`, changing nothing, when the transaction does not
-    /// fit the journal.
-    pub fn commit(&mut self, media: &dyn Media, tx: &Transaction) -> Result<()> {
+    /// fit the journal. A failure says whether it came before or after the
+    /// commit point ([`CommitError`]).
+    pub fn commit(
+        &mut self,
+        media: &dyn Media,
+        tx: &Transaction,
+    ) -> std::result::Result<(), CommitError> {
+        let len = self
+            .commit_records(media, tx)
+            .map_err(CommitError::NotCommitted)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.commit_header_and_apply(media, len)
+            .map_err(CommitError::Committed)?;
+        self.stats.commits += 1;
+        self.stats.record_bytes += len;
+        Ok(())
+    }
+
+    /// Step 1: the data ranges and the records, durable. Returns the record
+    /// bytes (0: nothing to commit). Nothing here is visible after a crash.
+    fn commit_records(&mut self, media: &dyn Media, tx: &Transaction) -> Result<u64> {
         for &(off, len) in &tx.data {
             media.flush(off, len)?;
         }
@@ -354,15 +404,23 @@ impl Journal {
             if !tx.data.is_empty() {
                 media.fence();
             }
-            return Ok(());
+            return Ok(0);
         }
+        // Recovery refuses u64::MAX, so this cannot wrap in practice; a
+        // pool that commits 2^64 transactions fails cleanly instead.
+        self.seq.checked_add(1).ok_or(Errno::EOVERFLOW)?;
         // Step 1: records.
         media.write(self.area_offset, &self.scratch)?;
         media.flush(self.area_offset, len)?;
         media.fence();
+        Ok(len)
+    }
+
+    /// Steps 2–4: the header (the commit point), the in-place apply, and
+    /// `applied_seq`. Any failure here may leave a transaction the next
+    /// mount replays.
+    fn commit_header_and_apply(&mut self, media: &dyn Media, len: u64) -> Result<()> {
         // Step 2: the commit point.
-        // Recovery refuses u64::MAX, so this cannot wrap in practice; a
-        // pool that commits 2^64 transactions fails cleanly instead.
         let seq = self.seq.checked_add(1).ok_or(Errno::EOVERFLOW)?;
         let mut h = JournalHeader {
             seq: seq.into(),
@@ -387,8 +445,6 @@ impl Journal {
         media.write_u64(self.header_offset + JOURNAL_APPLIED_OFFSET, seq)?;
         media.flush(self.header_offset + JOURNAL_APPLIED_OFFSET, 8)?;
         media.fence();
-        self.stats.commits += 1;
-        self.stats.record_bytes += len;
         Ok(())
     }
 }

@@ -12,11 +12,17 @@
 //!   reflinked into it), and files whose data was made durable (fsync, or
 //!   only changed through transactions) must match byte for byte.
 //!
+//! Some operations work near the largest file (keep-size preallocation,
+//! zeroing and punching in its last blocks, then inserts that must not push
+//! those blocks past it): the workload predicts each `EFBIG`, and every crash
+//! image of the run must still mount.
+//!
 //! Replay a failure with `PINFS_CRASH_SEED=<seed>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use pinfs::format::MAX_FILE_BLOCKS;
 use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
 use pinfs::media::recording::CrashMode;
 use pinfs::media::{Media, RecordingMedia};
@@ -69,6 +75,8 @@ struct Workload {
     next_id: u64,
     ids: BTreeMap<String, u64>,
     writes: u64,
+    /// Per open file (by id), its blocks allocated near the largest file.
+    high: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 impl Workload {
@@ -161,6 +169,10 @@ impl Workload {
                 };
                 let size = self.rng.below(44 * BS);
                 self.open[i].handle.truncate(size).unwrap();
+                if size < self.file(i).content.len() as u64 {
+                    // Everything past the new size is freed.
+                    self.high.remove(&self.open[i].id);
+                }
                 self.file(i).content.resize(size as usize, 0);
                 let p = self.open[i].path.clone();
                 (format!("truncate {p:?} {size}"), p)
@@ -169,6 +181,9 @@ impl Workload {
                 let Some(i) = self.pick_linked() else {
                     return ("noop".into(), None);
                 };
+                if self.rng.below(4) == 0 {
+                    return self.near_the_largest_file(i);
+                }
                 let off = self.rng.below(40 * BS);
                 let len = 1 + self.rng.below(8 * BS);
                 let mode = match self.rng.below(3) {
@@ -336,13 +351,32 @@ impl Workload {
                 let len = (1 + self.rng.below(2)) * BS;
                 let collapse = self.rng.below(2) == 0;
                 let h = &self.open[i].handle;
+                let id = self.open[i].id;
+                let (off_blocks, len_blocks) = (off / BS, len / BS);
+                let high = self.high.entry(id).or_default();
                 if collapse && off + len < size {
                     h.fallocate(FallocMode::CollapseRange, off, len).unwrap();
+                    *high = high
+                        .iter()
+                        .filter(|&&b| b >= off_blocks + len_blocks)
+                        .map(|&b| b - len_blocks)
+                        .collect();
                     self.file(i)
                         .content
                         .drain(off as usize..(off + len) as usize);
                 } else if !collapse {
-                    h.fallocate(FallocMode::InsertRange, off, len).unwrap();
+                    let r = h.fallocate(FallocMode::InsertRange, off, len);
+                    // Blocks near the largest file would move past it.
+                    if high
+                        .last()
+                        .is_some_and(|&b| b + len_blocks >= MAX_FILE_BLOCKS)
+                    {
+                        assert_eq!(r.unwrap_err().errno(), pinfs::Errno::EFBIG);
+                        let p = self.open[i].path.clone();
+                        return (format!("insert {p:?} {off}+{len} refused (EFBIG)"), None);
+                    }
+                    r.unwrap();
+                    *high = high.iter().map(|&b| b + len_blocks).collect();
                     self.file(i)
                         .content
                         .splice(off as usize..off as usize, vec![0; len as usize]);
@@ -367,6 +401,37 @@ impl Workload {
                 (format!("fsync {:?}", self.open[i].path), None)
             }
         }
+    }
+}
+
+impl Workload {
+    /// A keep-size allocate, zero range or punch of `1..=4` blocks starting
+    /// `1..=4` blocks below the largest file (refused with `EFBIG` when it
+    /// would pass it). The bytes of the file do not change: the blocks lie
+    /// past its end.
+    fn near_the_largest_file(&mut self, i: usize) -> (String, Option<String>) {
+        let back = 1 + self.rng.below(4);
+        let len = 1 + self.rng.below(4);
+        let mode = match self.rng.below(3) {
+            0 => FallocMode::Allocate { keep_size: true },
+            1 => FallocMode::ZeroRange { keep_size: true },
+            _ => FallocMode::PunchHole,
+        };
+        let first = MAX_FILE_BLOCKS - back;
+        let r = self.open[i].handle.fallocate(mode, first * BS, len * BS);
+        let p = self.open[i].path.clone();
+        let what = format!("{mode:?} {p:?} {back} blocks below the largest file, {len} blocks");
+        if len > back {
+            assert_eq!(r.unwrap_err().errno(), pinfs::Errno::EFBIG, "{what}");
+            return (format!("{what}: refused (EFBIG)"), None);
+        }
+        r.unwrap();
+        let high = self.high.entry(self.open[i].id).or_default();
+        match mode {
+            FallocMode::PunchHole => high.retain(|b| !(first..first + len).contains(b)),
+            _ => high.extend(first..first + len),
+        }
+        (what, None)
     }
 }
 
@@ -466,6 +531,7 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
         next_id: 0,
         ids: BTreeMap::new(),
         writes: 0,
+        high: BTreeMap::new(),
     };
     media.start_recording();
     // (fences before, description, state before, state after, touched path)
@@ -555,6 +621,12 @@ fn run(seed: u64, ops: usize) -> (usize, usize) {
         failures.len(),
         failures[..failures.len().min(5)].join("\n")
     );
+    let near = steps
+        .iter()
+        .filter(|s| s.2.contains("largest file") || s.2.contains("EFBIG"))
+        .count();
+    let refused = steps.iter().filter(|s| s.2.contains("EFBIG")).count();
+    println!("seed {seed}: {near} operations near the largest file, {refused} refused with EFBIG");
     (images, steps.len())
 }
 

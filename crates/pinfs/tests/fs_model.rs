@@ -2,9 +2,20 @@
 //! operations on two files, compared byte for byte with plain vectors, with
 //! the metadata cross-checked (the fsck checks) after every operation and the
 //! pool remounted at the end.
+//!
+//! Some operations work near the largest file (2^50 bytes): preallocation,
+//! zeroing and punching in the last blocks below it (keeping the size, so
+//! the model's bytes do not change), which later inserts must not push
+//! past it. The model tracks those blocks and predicts each `EFBIG`; every
+//! refused operation must leave both files' extents and free space as they
+//! were, and after every operation the pool on the media must pass the
+//! checks mount runs (`Fs::fsck`).
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
+use pinfs::format::{MAX_FILE_BLOCKS, MAX_FILE_BYTES};
 use pinfs::fs::{Cred, FallocMode, Fs, OpenFlags};
 use pinfs::media::{MappedPool, Media};
 use proptest::prelude::*;
@@ -59,6 +70,43 @@ enum FileOp {
     ReflinkWhole {
         to: usize,
     },
+    /// A keep-size fallocate of `len_blocks` starting `back_blocks` below
+    /// the largest file (past it when `len_blocks > back_blocks`).
+    High {
+        file: usize,
+        mode: HighMode,
+        back_blocks: u64,
+        len_blocks: u64,
+    },
+    /// Truncate past the largest file.
+    TruncateTooBig {
+        file: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum HighMode {
+    Alloc,
+    Zero,
+    Punch,
+}
+
+/// What the model says pinfs must do.
+#[derive(Debug, PartialEq, Eq)]
+enum Expect {
+    Done,
+    /// Refused (EINVAL and the like), nothing changed.
+    Refused,
+    /// Refused with `EFBIG`, nothing changed.
+    TooBig,
+}
+
+/// The model: each file's bytes, and its blocks allocated near the largest
+/// file (beyond end of file, so they do not show in the bytes).
+#[derive(Clone, Debug, Default)]
+struct Model {
+    bytes: [Vec<u8>; 2],
+    high: [BTreeSet<u64>; 2],
 }
 
 fn file_op() -> impl Strategy<Value = FileOp> {
@@ -74,12 +122,95 @@ fn file_op() -> impl Strategy<Value = FileOp> {
         1 => (file.clone(), 0u64..30, 1u64..8).prop_map(|(file, off_blocks, len_blocks)| FileOp::Collapse { file, off_blocks, len_blocks }),
         1 => (file.clone(), 0u64..30, 1u64..8).prop_map(|(file, off_blocks, len_blocks)| FileOp::Insert { file, off_blocks, len_blocks }),
         2 => (file.clone(), 0u64..30, 0u64..30, 1u64..10).prop_map(|(to, src_blocks, dst_blocks, len_blocks)| FileOp::Reflink { to, src_blocks, dst_blocks, len_blocks }),
-        1 => file.prop_map(|to| FileOp::ReflinkWhole { to }),
+        1 => file.clone().prop_map(|to| FileOp::ReflinkWhole { to }),
+        2 => (file.clone(), prop_oneof![Just(HighMode::Alloc), Just(HighMode::Zero), Just(HighMode::Punch)], 1u64..6, 1u64..5)
+            .prop_map(|(file, mode, back_blocks, len_blocks)| FileOp::High { file, mode, back_blocks, len_blocks }),
+        1 => file.prop_map(|file| FileOp::TruncateTooBig { file }),
     ]
 }
 
-/// Apply an operation to the model; `false` when pinfs must refuse it.
-fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
+/// Apply an operation to the model, saying what pinfs must do.
+fn apply_model(model: &mut Model, op: &FileOp) -> Expect {
+    // Blocks near the largest file first: they decide `EFBIG`.
+    match *op {
+        FileOp::High {
+            file,
+            mode,
+            back_blocks,
+            len_blocks,
+        } => {
+            let first = MAX_FILE_BLOCKS - back_blocks;
+            let end = first + len_blocks;
+            if end > MAX_FILE_BLOCKS {
+                return Expect::TooBig;
+            }
+            let high = &mut model.high[file];
+            match mode {
+                HighMode::Alloc | HighMode::Zero => high.extend(first..end),
+                HighMode::Punch => high.retain(|b| !(first..end).contains(b)),
+            }
+            return Expect::Done;
+        }
+        FileOp::TruncateTooBig { .. } => return Expect::TooBig,
+        FileOp::Insert {
+            file,
+            off_blocks,
+            len_blocks,
+        } if off_blocks * BS < model.bytes[file].len() as u64
+            && model.high[file]
+                .last()
+                .is_some_and(|&b| b + len_blocks >= MAX_FILE_BLOCKS) =>
+        {
+            return Expect::TooBig;
+        }
+        _ => {}
+    }
+    let before = model.bytes.clone();
+    if !apply_bytes(&mut model.bytes, op) {
+        return Expect::Refused;
+    }
+    // Truncating down frees everything past the new size; insert and
+    // collapse move the blocks after the range.
+    match *op {
+        FileOp::Truncate { file, size } if size < before[file].len() as u64 => {
+            model.high[file].clear();
+        }
+        FileOp::Insert {
+            file,
+            off_blocks,
+            len_blocks,
+        } => {
+            let h = &mut model.high[file];
+            *h = h
+                .iter()
+                .map(|&b| if b >= off_blocks { b + len_blocks } else { b })
+                .collect();
+        }
+        FileOp::Collapse {
+            file,
+            off_blocks,
+            len_blocks,
+        } => {
+            let h = &mut model.high[file];
+            *h = h
+                .iter()
+                .filter(|&&b| !(off_blocks..off_blocks + len_blocks).contains(&b))
+                .map(|&b| {
+                    if b >= off_blocks + len_blocks {
+                        b - len_blocks
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    Expect::Done
+}
+
+/// Apply an operation to the model's bytes; `false` when pinfs must refuse it.
+fn apply_bytes(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
     match *op {
         FileOp::Write {
             file,
@@ -193,6 +324,7 @@ fn apply_model(m: &mut [Vec<u8>; 2], op: &FileOp) -> bool {
             }
             dst[..src.len()].copy_from_slice(&src);
         }
+        FileOp::High { .. } | FileOp::TruncateTooBig { .. } => {}
     }
     true
 }
@@ -246,10 +378,16 @@ fn run(ops: &[FileOp]) {
         ];
         // The root directory's block is allocated by now; the files have none.
         free_at_start = fs.statfs().free;
-        let mut model = [Vec::new(), Vec::new()];
+        let mut model = Model::default();
         for (i, op) in ops.iter().enumerate() {
-            let before = model.clone();
-            let allowed = apply_model(&mut model, op);
+            let before = model.bytes.clone();
+            let saved = model.clone();
+            let layout_before = (
+                h[0].fiemap().unwrap(),
+                h[1].fiemap().unwrap(),
+                fs.statfs().free,
+            );
+            let expect = apply_model(&mut model, op);
             let r = match *op {
                 FileOp::Write {
                     file,
@@ -292,22 +430,61 @@ fn run(ops: &[FileOp]) {
                     }
                 }
                 FileOp::ReflinkWhole { to } => h[to].reflink(&h[1 - to], None),
+                FileOp::High {
+                    file,
+                    mode,
+                    back_blocks,
+                    len_blocks,
+                } => {
+                    let mode = match mode {
+                        HighMode::Alloc => FallocMode::Allocate { keep_size: true },
+                        HighMode::Zero => FallocMode::ZeroRange { keep_size: true },
+                        HighMode::Punch => FallocMode::PunchHole,
+                    };
+                    h[file].fallocate(mode, MAX_FILE_BYTES - back_blocks * BS, len_blocks * BS)
+                }
+                FileOp::TruncateTooBig { file } => h[file].truncate(MAX_FILE_BYTES + 1),
             };
-            if allowed {
-                r.unwrap_or_else(|e| panic!("op {i} {op:?} failed: {e}"));
-            } else {
-                assert!(r.is_err(), "op {i} {op:?} should have been refused");
-                model = before;
+            match expect {
+                Expect::Done => {
+                    r.unwrap_or_else(|e| panic!("op {i} {op:?} failed: {e}"));
+                }
+                Expect::Refused | Expect::TooBig => {
+                    let e = match r {
+                        Err(e) => e,
+                        Ok(()) => panic!("op {i} {op:?} should have been refused"),
+                    };
+                    if expect == Expect::TooBig {
+                        assert_eq!(e.errno(), pinfs::Errno::EFBIG, "op {i} {op:?}");
+                    }
+                    model = saved;
+                    let layout_after = (
+                        h[0].fiemap().unwrap(),
+                        h[1].fiemap().unwrap(),
+                        fs.statfs().free,
+                    );
+                    assert!(
+                        layout_after == layout_before,
+                        "op {i} {op:?} was refused ({e}) but changed extents or free space"
+                    );
+                }
             }
-            for f in 0..2 {
+            for (f, (handle, want)) in h.iter().zip(&model.bytes).enumerate() {
                 same(
-                    &contents(&h[f]),
-                    &model[f],
+                    &contents(handle),
+                    want,
                     &format!("file {f} after op {i} {op:?}"),
                 );
             }
             let problems = fs.check();
             assert!(problems.is_empty(), "after op {i} {op:?}: {problems:?}");
+            // What the next mount would say of the pool as committed now.
+            let report = Fs::fsck(&*media).unwrap_or_else(|e| panic!("after op {i} {op:?}: {e}"));
+            assert!(
+                report.problems.is_empty(),
+                "after op {i} {op:?}: {:?}",
+                report.problems
+            );
         }
         drop(h);
         // Remount and compare again.
@@ -315,7 +492,11 @@ fn run(ops: &[FileOp]) {
         let fs = Fs::mount(media.clone()).unwrap();
         for (f, name) in ["/a", "/b"].iter().enumerate() {
             let h = fs.open(Cred::ROOT, name, OpenFlags::RDONLY, 0).unwrap();
-            same(&contents(&h), &model[f], &format!("{name} after remount"));
+            same(
+                &contents(&h),
+                &model.bytes[f],
+                &format!("{name} after remount"),
+            );
         }
         fs.unlink(Cred::ROOT, "/a").unwrap();
         fs.unlink(Cred::ROOT, "/b").unwrap();

@@ -468,3 +468,34 @@ fn owners_with_unbreakable_leases_over_one_written_range_each_pin_it() {
     release(&fs, theirs);
     release(&fs, mine);
 }
+
+/// Truncate by path breaks open leases too (as truncate(2) does); under
+/// `fail` a pinned range is still refused *before any* lease break (SPEC
+/// §4.3): the holder's open write lease is not even broken, and nothing
+/// waits for it (with lease-break-time an hour, a wait would show as a hang).
+#[test]
+fn truncate_by_path_under_fail_refuses_before_breaking_open_leases() {
+    let fs = mount(TruncatePolicy::Fail, LONG);
+    let h = file(&fs);
+    let lease = unbreakable(&fs, &h, ByteRange::new(0, PINNED));
+    let _pin = h.pin_long_term(0, PINNED, None).unwrap();
+    release(&fs, lease);
+    let open_lease = fs
+        .leases()
+        .set_lease(
+            h.lease_file(),
+            h.lease_handle(),
+            OwnerId(HOLDER.owner),
+            LeaseRequest::write(),
+        )
+        .unwrap();
+    let fs2 = fs.clone();
+    let r = promptly("truncate by path under `fail`", move || {
+        fs2.truncate_path(OTHER, "/f", BLOCK)
+    });
+    assert_eq!(r.unwrap_err().errno(), Errno::ETXTBSY);
+    let info = fs.leases().lease(open_lease).expect("still held");
+    assert_eq!(info.state, pinfs::lease::LeaseState::Active, "not broken");
+    assert_eq!(h.stat().unwrap().size, FILE_BYTES);
+    release(&fs, open_lease);
+}

@@ -120,6 +120,9 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         runtime: HashMap::new(),
         pins: Default::default(),
         protect_pinned: true,
+        shut_down: false,
+        shut_down_on_journal_error: true,
+        validate_commits: true,
         maps: Default::default(),
     };
     Ok((st, recovery))
@@ -128,15 +131,10 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
 fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -> Result<Inode> {
     let bad = |what: &str| Error::corrupt(format!("inode {ino}: {what}"));
     let mode = rec.mode.get();
-    if mode & S_IFMT != S_IFREG && mode & S_IFMT != S_IFDIR {
-        return Err(bad(&format!("unknown file type {:o}", mode & S_IFMT)));
-    }
     let n = rec.extent_count.get() as usize;
+    // Bounds what is read below; `Inode::validate` names the limit again.
     if n > MAX_EXTENTS_PER_FILE {
         return Err(bad("too many extents"));
-    }
-    if rec.size.get() > MAX_FILE_BYTES {
-        return Err(bad("size too large"));
     }
     let mut records = Vec::with_capacity(n);
     let mut leaves = Vec::new();
@@ -186,20 +184,21 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
     let mut next_logical = 0u64;
     for r in &records {
         let (l, p, len) = (r.logical.get(), r.physical.get(), u64::from(r.len.get()));
-        if len == 0 || l < next_logical || !sb.is_data_range(p, len) {
+        // Only what building the map needs (non-empty, in order, block
+        // numbers whose sums cannot overflow); everything else is
+        // `Inode::validate`'s, below.
+        let Some(end) = l
+            .checked_add(len)
+            .filter(|_| len > 0 && l >= next_logical && sb.is_data_range(p, len))
+        else {
             return Err(bad(&format!(
                 "extent {l}+{len}@{p} invalid or out of order"
             )));
-        }
-        if l.checked_add(len)
-            .is_none_or(|e| e > MAX_FILE_BYTES / BLOCK_SIZE)
-        {
-            return Err(bad("extent beyond the largest file"));
-        }
+        };
         if r.flags.get() & !EXTENT_UNWRITTEN != 0 {
             return Err(bad("unknown extent flags"));
         }
-        next_logical = l + len;
+        next_logical = end;
         extents.map(
             l,
             Extent {
@@ -209,7 +208,7 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
             },
         );
     }
-    Ok(Inode {
+    let inode = Inode {
         ino,
         generation: rec.generation.get(),
         mode,
@@ -225,7 +224,10 @@ fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -
         extents,
         index_block: index,
         leaves,
-    })
+    };
+    // The same validation every operation passes before it commits.
+    inode.validate(sb).map_err(|v| bad(&v.message()))?;
+    Ok(inode)
 }
 
 fn load_dir(
@@ -236,12 +238,8 @@ fn load_dir(
 ) -> Result<Dir> {
     let ino = inode.ino;
     let bad = |what: String| Error::corrupt(format!("directory {ino}: {what}"));
+    // Its size and blocks passed `Inode::validate` (`load_inode`).
     let blocks = inode.size / BLOCK_SIZE;
-    if !inode.size.is_multiple_of(BLOCK_SIZE)
-        || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK
-    {
-        return Err(bad(format!("size {}", inode.size)));
-    }
     let count = sb.inode_count.get();
     let mut dir = Dir {
         slots: blocks * DIRENTS_PER_BLOCK,
@@ -294,9 +292,6 @@ fn load_dir(
                 )));
             }
         }
-    }
-    if inode.extents.end() > blocks {
-        return Err(bad("blocks beyond its size".into()));
     }
     Ok(dir)
 }
@@ -385,13 +380,11 @@ pub(crate) fn check(st: &FsState) -> Vec<String> {
         if orphan && inode.nlink != 0 {
             problems.push(format!("inode {ino}: on the orphan list but still linked"));
         }
-        let eof_block = inode.size.div_ceil(BLOCK_SIZE);
-        if inode
-            .extents
-            .iter()
-            .any(|(l, e)| !e.unwritten && l + e.len > eof_block)
-        {
-            problems.push(format!("inode {ino}: written blocks beyond its size"));
+        // Mount ran it on what it read; run it again on what is in memory
+        // now (a mounted file system's check), so a test after every
+        // operation sees what the next mount would.
+        if let Err(v) = inode.validate(sb) {
+            problems.push(format!("inode {ino}: {}", v.message()));
         }
     }
     match st.inodes.get(&ROOT_INO) {

@@ -154,6 +154,9 @@ pub struct StatFs {
     pub inodes: u64,
     /// Free inode slots.
     pub free_inodes: u64,
+    /// The file system shut down after a journal error and is read-only
+    /// ([`Fs::is_shut_down`]).
+    pub read_only: bool,
 }
 
 /// One extent as `fiemap` reports it, in bytes.
@@ -227,6 +230,49 @@ pub struct Fs {
     /// The thread answering page faults of mappings, started by the first
     /// mapping that needs it.
     faults: parking_lot::Mutex<Option<crate::map::fault::FaultService>>,
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if let Some(flag) = self.media.mount_flag() {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The in-process claim on a media (SPEC §7: a pool has one mount at a time;
+/// see [`Media::mount_flag`]). Given back when dropped, unless kept — then
+/// the mounted `Fs` gives it back when it is dropped.
+struct MountClaim<'a> {
+    flag: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+impl<'a> MountClaim<'a> {
+    fn take(media: &'a dyn Media) -> Result<Self> {
+        let flag = media.mount_flag();
+        if let Some(f) = flag {
+            if f.swap(true, Ordering::AcqRel) {
+                return Err(Error::media(
+                    "pool is already mounted by this process; a pool has one mount at a time",
+                    std::io::Error::from_raw_os_error(libc::EBUSY),
+                ));
+            }
+        }
+        Ok(MountClaim { flag })
+    }
+
+    /// The claim now belongs to the `Fs` just built.
+    fn keep(mut self) {
+        self.flag = None;
+    }
+}
+
+impl Drop for MountClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.flag {
+            f.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Fs {
@@ -429,6 +475,9 @@ impl Fs {
 
     /// Mount with options.
     pub fn mount_with(media: Arc<dyn Media>, options: MountOptions) -> Result<Arc<Fs>> {
+        // Claimed before journal recovery writes anything; given back if
+        // the mount fails, else when the `Fs` is dropped.
+        let claim = MountClaim::take(&*media)?;
         let (st, recovery) = load::load(&*media)?;
         if recovery != Recovery::Clean {
             tracing::info!(?recovery, "journal recovery");
@@ -444,6 +493,8 @@ impl Fs {
                 }
             )));
         }
+        // From here the `Fs` owns the claim (its `Drop` gives it back).
+        claim.keep();
         let fs = Arc::new(Fs {
             media,
             state: RwLock::new(st),
@@ -460,6 +511,7 @@ impl Fs {
 
     /// Check a pool without changing it beyond journal recovery.
     pub fn fsck(media: &dyn Media) -> Result<FsckReport> {
+        let _claim = MountClaim::take(media)?;
         let (st, recovery) = load::load(media)?;
         let problems = load::check(&st);
         Ok(FsckReport {
@@ -540,6 +592,7 @@ impl Fs {
     /// `truncate(2)` by path: breaks every open lease (by removal), then
     /// changes the layout.
     pub fn truncate_path(&self, cred: Cred, path: &str, size: u64) -> Result<()> {
+        self.writable()?;
         let (ino, key) = {
             let st = self.state.read();
             let ino = st.walk(&cred, &components(path)?)?;
@@ -550,9 +603,16 @@ impl Fs {
             st.may(&cred, ino, MAY_WRITE)?;
             (ino, file_key(ino, i.generation))
         };
-        self.leases
-            .break_for_truncate(key, OwnerId(cred.owner), &BreakOptions::blocking())?;
-        self.truncate_inode(ino, size, cred.owner, false)
+        // One bound for the open-lease break, the layout-lease breaks and the
+        // wait for pins; `fail` refuses before any of them waits (SPEC §4.3).
+        let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        let bound = self.pins_before_break(ino, removed, u64::MAX, cred.owner)?;
+        self.leases.break_for_truncate(
+            key,
+            OwnerId(cred.owner),
+            &BreakOptions::blocking().until(bound),
+        )?;
+        self.truncate_inode(ino, size, cred.owner, false, Some(bound))
     }
 
     /// Open (and maybe create) `path`.
@@ -645,6 +705,7 @@ impl Fs {
     /// Remove a name of a regular file; its blocks are freed when it has no
     /// links and nothing keeps it open.
     pub fn unlink(&self, cred: Cred, path: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
@@ -663,6 +724,7 @@ impl Fs {
 
     /// Create a directory.
     pub fn mkdir(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
+        self.writable()?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
         if st.dirs[&dir].entries.contains_key(name) {
@@ -683,6 +745,7 @@ impl Fs {
 
     /// Remove an empty directory.
     pub fn rmdir(&self, cred: Cred, path: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = self.freeing_layout_change(cred, path)?;
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path)?;
@@ -704,6 +767,7 @@ impl Fs {
 
     /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
     pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
+        self.writable()?;
         let _freeing = if from == to {
             None
         } else {
@@ -849,6 +913,43 @@ impl Fs {
             busy: st.alloc.busy_blocks(),
             inodes: st.sb.inode_count.get() - 1,
             free_inodes: st.free_inodes.len() as u64,
+            read_only: st.shut_down,
+        }
+    }
+
+    /// Whether the file system has shut down: a commit failed after its
+    /// commit point (a flush of the journal failed once the transaction was
+    /// durable), so memory holds what the pool will replay and every change
+    /// since fails with `EIO`; reads still work. Remounting the pool
+    /// replays the transaction and makes it writable again.
+    pub fn is_shut_down(&self) -> bool {
+        self.state.read().shut_down
+    }
+
+    /// Test-only negative control: operations commit inodes without the
+    /// validation mount runs, so a test can show that what it guards
+    /// against (a pool mount refuses) really happens without it.
+    #[doc(hidden)]
+    pub fn disable_commit_validation_for_tests(&self) {
+        self.state.write().validate_commits = false;
+    }
+
+    /// Test-only negative control: a commit that fails after its commit
+    /// point no longer shuts the file system down, so a test can show the
+    /// damage the shutdown prevents.
+    #[doc(hidden)]
+    pub fn disable_shutdown_for_tests(&self) {
+        self.state.write().shut_down_on_journal_error = false;
+    }
+
+    /// `EIO` once the file system has shut down: checked by every change
+    /// before it breaks a lease or writes anything (`Op::commit` checks
+    /// again, for the paths that reach it directly).
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.state.read().shut_down {
+            Err(Errno::EIO.into())
+        } else {
+            Ok(())
         }
     }
 

@@ -10,6 +10,18 @@
 //!   of the last block alone until the size commits, so every operation that
 //!   grows a file zeroes `[old size, end of that block)` first
 //!   ([`zero_eof_tail`]).
+//!
+//! And three rules keep operations honest:
+//! - *Limits refuse before anything is visible*: the staged inode passes the
+//!   mount-time validation's limits before any data is written in place
+//!   (`Op::validate_limits`), and the whole validation before commit, so an
+//!   operation past 2^50 bytes or 32,768 extents fails with `EFBIG` and
+//!   changes nothing; a `pwrite` crossing 2^50 bytes writes up to it.
+//! - *A change that changes nothing is no layout change*
+//!   ([`falloc_changes_nothing`], truncate to the same size, an empty clone):
+//!   no lease break, no copy, no allocation; timestamps only.
+//! - *Zero range leaves its whole block range allocated*, the partial blocks
+//!   at its edges included.
 
 use std::sync::atomic::Ordering;
 
@@ -18,7 +30,7 @@ use super::state::{FsState, Op};
 use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
 use crate::alloc::Run;
 use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
-use crate::lease::{ByteRange, HandleId};
+use crate::lease::{BreakDeadline, ByteRange, HandleId};
 use crate::media::Media;
 use crate::{Errno, Result};
 
@@ -131,6 +143,13 @@ fn goal_for(op: &Op<'_>, ino: u64, logical: u64) -> Result<Option<u64>> {
 /// Write `[offset, offset+len)` of file `ino` from `src`: in place where the
 /// blocks are written and unshared, into fresh blocks for holes, converting
 /// unwritten blocks, copying shared blocks first (copy-on-write).
+///
+/// In two passes: first everything that changes the block map (holes,
+/// copies, conversions — their bytes go to blocks no reader sees until the
+/// commit), then, once the staged inode has passed the mount-time
+/// validation's limits ([`Op::validate_limits`]: `EFBIG`), the in-place
+/// writes, which a rollback could not undo. So a write refused for a limit
+/// changes nothing.
 pub(super) fn write_range(
     op: &mut Op<'_>,
     ino: u64,
@@ -147,6 +166,7 @@ pub(super) fn write_range(
         .inode(ino)?
         .extents
         .segments(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let mut in_place = Vec::new();
     for seg in segs {
         match seg {
             Segment::Hole { logical, len: n } => {
@@ -181,16 +201,23 @@ pub(super) fn write_range(
                         fill_blocks(op, l, p, k, range, src, None)?;
                         op.inode_mut(ino)?.extents.set_written(l, l + k);
                     } else {
-                        let (bstart, bend) = bytes_of(l, k);
-                        let (cstart, cend) = (offset.max(bstart), end.min(bend));
-                        let pool = block_offset(p) + (cstart - bstart);
-                        src.put(op.media, pool, cstart - offset, cend - cstart)?;
-                        op.tx.data_written(pool, cend - cstart);
+                        in_place.push((l, p, k));
                     }
                     i += k;
                 }
             }
         }
+    }
+    if in_place.is_empty() {
+        return Ok(());
+    }
+    op.validate_limits()?;
+    for (l, p, k) in in_place {
+        let (bstart, bend) = bytes_of(l, k);
+        let (cstart, cend) = (offset.max(bstart), end.min(bend));
+        let pool = block_offset(p) + (cstart - bstart);
+        src.put(op.media, pool, cstart - offset, cend - cstart)?;
+        op.tx.data_written(pool, cend - cstart);
     }
     Ok(())
 }
@@ -281,6 +308,244 @@ fn allocate_hole(
     Ok(())
 }
 
+/// The partial blocks at the edges of `[offset, end)`, as byte ranges: the
+/// whole range when it holds no whole block, else the parts before the first
+/// and after the last whole block.
+fn partial_edges(offset: u64, end: u64) -> Vec<(u64, u64)> {
+    let (first_full, last_full) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
+    if first_full >= last_full {
+        return vec![(offset, end)];
+    }
+    [
+        (offset, first_full * BLOCK_SIZE),
+        (last_full * BLOCK_SIZE, end),
+    ]
+    .into_iter()
+    .filter(|(from, to)| from < to)
+    .collect()
+}
+
+/// Whether any of pool blocks `physical..physical+len` is shared.
+fn any_shared(refcount: impl Fn(u64) -> u32, physical: u64, len: u64) -> bool {
+    (physical..physical + len).any(|b| refcount(b) > 1)
+}
+
+/// Whether `fallocate(mode, offset, end - offset)` would leave file `ino`
+/// as it is (apart from timestamps) — then it is no layout change at all.
+/// Must agree with [`stage_fallocate`]: whenever this says so, that stages
+/// no change.
+fn falloc_changes_nothing(
+    st: &FsState,
+    ino: u64,
+    mode: FallocMode,
+    offset: u64,
+    end: u64,
+) -> Result<bool> {
+    let inode = st.inode(ino)?;
+    let size = inode.size;
+    let (first, last) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let (first_full, last_full) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
+    let map = &inode.extents;
+    let mapped = |s: &Segment| matches!(s, Segment::Mapped { .. });
+    Ok(match mode {
+        FallocMode::CollapseRange | FallocMode::InsertRange => false,
+        FallocMode::Allocate { keep_size } => {
+            (keep_size || end <= size) && map.segments(first, last).iter().all(mapped)
+        }
+        FallocMode::PunchHole => {
+            let whole =
+                first_full < last_full && map.segments(first_full, last_full).iter().any(mapped);
+            // Partial blocks: only their written bytes below end of file
+            // need zeroing (unwritten blocks read as zeros already, and
+            // bytes past end of file are never trusted).
+            let partial = partial_edges(offset, end).into_iter().any(|(from, to)| {
+                let to = to.min(size);
+                from < to
+                    && map
+                        .segments(from / BLOCK_SIZE, to.div_ceil(BLOCK_SIZE))
+                        .iter()
+                        .any(|s| {
+                            matches!(
+                                s,
+                                Segment::Mapped {
+                                    unwritten: false,
+                                    ..
+                                }
+                            )
+                        })
+            });
+            !whole && !partial
+        }
+        FallocMode::ZeroRange { keep_size } => {
+            if !keep_size && end > size {
+                return Ok(false);
+            }
+            let visible_end = end.min(size);
+            map.segments(first, last).iter().all(|s| match *s {
+                Segment::Hole { .. } => false,
+                Segment::Mapped {
+                    logical,
+                    physical,
+                    len,
+                    unwritten,
+                } => {
+                    let (bstart, bend) = bytes_of(logical, len);
+                    let seen = offset.max(bstart) < visible_end.min(bend);
+                    !seen || (unwritten && !any_shared(|b| st.refcount(b), physical, len))
+                }
+            })
+        }
+    })
+}
+
+/// Stage the change of `fallocate(mode, offset, end - offset)` on file
+/// `ino` (the caller holds the layout guard).
+fn stage_fallocate(
+    op: &mut Op<'_>,
+    ino: u64,
+    mode: FallocMode,
+    offset: u64,
+    end: u64,
+) -> Result<()> {
+    let size = op.inode(ino)?.size;
+    let len = end - offset;
+    let (first, last) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+    let (first_full, last_full) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
+    let grow = |op: &mut Op<'_>, keep: bool| -> Result<()> {
+        if !keep && end > size {
+            zero_eof_tail(op, ino)?;
+            op.inode_mut(ino)?.size = end;
+        }
+        Ok(())
+    };
+    match mode {
+        FallocMode::Allocate { keep_size } => {
+            allocate_unwritten(op, ino, first, last)?;
+            grow(op, keep_size)?;
+        }
+        FallocMode::PunchHole => {
+            if first_full < last_full {
+                unmap_blocks(op, ino, first_full, last_full)?;
+            }
+            let visible = clip(partial_edges(offset, end), size);
+            zero_edges(op, ino, &visible, false)?;
+        }
+        FallocMode::ZeroRange { keep_size } => {
+            let new_size = if keep_size { size } else { size.max(end) };
+            // Whole blocks that hold data or are shared, below end of file:
+            // replaced by fresh unwritten blocks (allocated below), so a
+            // later write there needs no copy. Unwritten blocks of this file
+            // alone stay as they are.
+            if first_full < last_full {
+                let segs = op.inode(ino)?.extents.segments(first_full, last_full);
+                for seg in segs {
+                    if let Segment::Mapped {
+                        logical,
+                        physical,
+                        len: n,
+                        unwritten,
+                    } = seg
+                    {
+                        let seen = logical * BLOCK_SIZE < new_size;
+                        if seen && (!unwritten || any_shared(|b| op.refcount(b), physical, n)) {
+                            unmap_blocks(op, ino, logical, logical + n)?;
+                        }
+                    }
+                }
+            }
+            // fallocate(2): the whole block range is allocated afterwards,
+            // the partial blocks at the edges included, so no later write
+            // into the range fails for want of space.
+            allocate_unwritten(op, ino, first, last)?;
+            grow(op, keep_size)?;
+            let visible = clip(partial_edges(offset, end), new_size);
+            zero_edges(op, ino, &visible, true)?;
+        }
+        FallocMode::CollapseRange => {
+            if end >= size {
+                return Err(Errno::EINVAL.into());
+            }
+            unmap_blocks(op, ino, first_full, last_full)?;
+            op.inode_mut(ino)?
+                .extents
+                .shift(last_full, -((len / BLOCK_SIZE) as i64));
+            op.inode_mut(ino)?.size = size - len;
+        }
+        FallocMode::InsertRange => {
+            if offset >= size {
+                return Err(Errno::EINVAL.into());
+            }
+            // Past the largest file: the size here; blocks preallocated
+            // beyond end of file are caught by the inode validation at
+            // commit (`EFBIG`, nothing changed).
+            if size + len > MAX_FILE_BYTES {
+                return Err(Errno::EFBIG.into());
+            }
+            op.inode_mut(ino)?
+                .extents
+                .shift(first_full, (len / BLOCK_SIZE) as i64);
+            op.inode_mut(ino)?.size = size + len;
+        }
+    }
+    Ok(())
+}
+
+/// The parts of byte ranges below `limit`.
+fn clip(ranges: Vec<(u64, u64)>, limit: u64) -> Vec<(u64, u64)> {
+    ranges
+        .into_iter()
+        .map(|(from, to)| (from, to.min(limit)))
+        .filter(|(from, to)| from < to)
+        .collect()
+}
+
+/// Make byte ranges `ranges` (inside the partial blocks at the edges of a
+/// punch or zero range) read as zeros: written blocks are zeroed (copied
+/// first when shared); with `unshare`, shared unwritten blocks get private
+/// zeroed copies too (zero range leaves its blocks ready to write).
+///
+/// Copies first, then the limits check, then the in-place zeroing: a
+/// refused operation must not have changed data in place.
+fn zero_edges(op: &mut Op<'_>, ino: u64, ranges: &[(u64, u64)], unshare: bool) -> Result<()> {
+    let mut pieces = Vec::new();
+    for &(from, to) in ranges {
+        let segs = op
+            .inode(ino)?
+            .extents
+            .segments(from / BLOCK_SIZE, to.div_ceil(BLOCK_SIZE));
+        for seg in segs {
+            if let Segment::Mapped {
+                logical,
+                physical,
+                len,
+                unwritten,
+            } = seg
+            {
+                for i in 0..len {
+                    let (bstart, bend) = bytes_of(logical + i, 1);
+                    let (f, t) = (from.max(bstart), to.min(bend));
+                    let shared = op.refcount(physical + i) > 1;
+                    if f < t && (!unwritten || (shared && unshare)) {
+                        pieces.push((f, t, shared));
+                    }
+                }
+            }
+        }
+    }
+    for &(f, t, shared) in &pieces {
+        if shared {
+            write_range(op, ino, f, t - f, Source::Zeros)?;
+        }
+    }
+    op.validate_limits()?;
+    for &(f, t, shared) in &pieces {
+        if !shared {
+            write_range(op, ino, f, t - f, Source::Zeros)?;
+        }
+    }
+    Ok(())
+}
+
 /// How a write of `[offset, end)` reaches the file.
 enum WritePlan {
     /// Every block written, unshared, inside the file: copy in place into
@@ -296,6 +561,9 @@ fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan
     let inode = st.inode(ino)?;
     if inode.is_dir() {
         return Err(Errno::EISDIR.into());
+    }
+    if st.shut_down {
+        return Err(Errno::EIO.into());
     }
     if end > inode.size {
         return Ok(WritePlan::Layout(ByteRange::to_eof(offset.min(inode.size))));
@@ -409,17 +677,22 @@ impl Handle {
         Ok(n as usize)
     }
 
-    /// Write `data` at `offset`; returns `data.len()`.
+    /// Write `data` at `offset`; returns the bytes written: `data.len()`,
+    /// or fewer when the write would cross the largest file size
+    /// (`MAX_FILE_BYTES`), where it stops, as Linux does; `EFBIG` when
+    /// `offset` is at or past it.
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
         self.need_write()?;
-        let len = data.len() as u64;
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= MAX_FILE_BYTES)
-            .ok_or(Errno::EFBIG)?;
-        if len == 0 {
+        if data.is_empty() {
             return Ok(0);
         }
+        let room = MAX_FILE_BYTES
+            .checked_sub(offset)
+            .filter(|&r| r > 0)
+            .ok_or(Errno::EFBIG)?;
+        let data = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        let len = data.len() as u64;
+        let end = offset + len;
         let _direct = self.fs.break_direct_for_write(
             self.ino,
             offset,
@@ -510,11 +783,22 @@ impl Handle {
     /// Truncate without the handle's access check (`O_TRUNC` on open, which
     /// checked write permission itself).
     pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
-        self.fs
-            .truncate_inode(self.ino, size, self.cred.owner, self.flags.nonblocking)
+        self.fs.truncate_inode(
+            self.ino,
+            size,
+            self.cred.owner,
+            self.flags.nonblocking,
+            None,
+        )
     }
 
     /// `fallocate(2)`.
+    ///
+    /// A call that would change nothing (SPEC §2: no block mapped or
+    /// unmapped, no data changed, no size change — punching holes, zeroing
+    /// unwritten blocks, allocating what is allocated) changes nothing: it
+    /// is no layout change, breaks no lease, copies no shared block, and
+    /// only updates the timestamps, as Linux does.
     pub fn fallocate(&self, mode: FallocMode, offset: u64, len: u64) -> Result<()> {
         self.need_write()?;
         if len == 0 {
@@ -524,16 +808,12 @@ impl Handle {
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(Errno::EFBIG)?;
-        let seen = self.fs.state.read().inode(self.ino)?.size;
-        let range = match mode {
-            FallocMode::PunchHole
-            | FallocMode::Allocate { keep_size: true }
-            | FallocMode::ZeroRange { keep_size: true } => ByteRange::new(offset, end),
-            FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. } if end <= seen => {
-                ByteRange::new(offset, end)
-            }
-            _ => ByteRange::to_eof(offset.min(seen)),
-        };
+        if matches!(mode, FallocMode::CollapseRange | FallocMode::InsertRange)
+            && (!offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE))
+        {
+            return Err(Errno::EINVAL.into());
+        }
+        self.fs.writable()?;
         // The blocks the change removes from the file.
         let removed = match mode {
             FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (
@@ -543,81 +823,54 @@ impl Handle {
             FallocMode::CollapseRange => (offset, end),
             FallocMode::Allocate { .. } | FallocMode::InsertRange => (0, 0),
         };
-        let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
-        let bound = self
-            .fs
-            .pins_before_break(self.ino, removed.0, removed.1, owner)?;
-        let _layout = self
-            .fs
-            .layout_change_until(self.ino, range, owner, nb, bound)?;
-        self.fs
-            .pins_after_break(self.ino, removed.0, removed.1, bound)?;
-        let mut st = self.fs.state.write();
+        let mut layout = None;
+        let mut st = loop {
+            if layout.is_none() {
+                let (seen, noop) = {
+                    let st = self.fs.state.read();
+                    let seen = st.inode(self.ino)?.size;
+                    (
+                        seen,
+                        falloc_changes_nothing(&st, self.ino, mode, offset, end)?,
+                    )
+                };
+                if !noop {
+                    let range = match mode {
+                        FallocMode::PunchHole
+                        | FallocMode::Allocate { keep_size: true }
+                        | FallocMode::ZeroRange { keep_size: true } => ByteRange::new(offset, end),
+                        FallocMode::Allocate { .. } | FallocMode::ZeroRange { .. }
+                            if end <= seen =>
+                        {
+                            ByteRange::new(offset, end)
+                        }
+                        _ => ByteRange::to_eof(offset.min(seen)),
+                    };
+                    let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
+                    let bound = self
+                        .fs
+                        .pins_before_break(self.ino, removed.0, removed.1, owner)?;
+                    layout = Some(
+                        self.fs
+                            .layout_change_until(self.ino, range, owner, nb, bound)?,
+                    );
+                    self.fs
+                        .pins_after_break(self.ino, removed.0, removed.1, bound)?;
+                }
+            }
+            let st = self.fs.state.write();
+            // Without a layout guard, the file must still be one this call
+            // leaves alone (it may have changed while no lock was held).
+            if layout.is_none() && !falloc_changes_nothing(&st, self.ino, mode, offset, end)? {
+                continue;
+            }
+            break st;
+        };
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.fs.media);
         let ino = self.ino;
-        let size = op.inode(ino)?.size;
-        let (first_full, last_full) = (offset.div_ceil(BLOCK_SIZE), end / BLOCK_SIZE);
-        let grow = |op: &mut Op<'_>, keep: bool| -> Result<()> {
-            if !keep && end > size {
-                zero_eof_tail(op, ino)?;
-                op.inode_mut(ino)?.size = end;
-            }
-            Ok(())
-        };
-        match mode {
-            FallocMode::Allocate { keep_size } => {
-                allocate_unwritten(&mut op, ino, offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))?;
-                grow(&mut op, keep_size)?;
-            }
-            FallocMode::PunchHole | FallocMode::ZeroRange { .. } => {
-                if first_full < last_full {
-                    unmap_blocks(&mut op, ino, first_full, last_full)?;
-                    zero_existing(&mut op, ino, offset, first_full * BLOCK_SIZE - offset)?;
-                    zero_existing(
-                        &mut op,
-                        ino,
-                        last_full * BLOCK_SIZE,
-                        end - last_full * BLOCK_SIZE,
-                    )?;
-                } else {
-                    zero_existing(&mut op, ino, offset, len)?;
-                }
-                if let FallocMode::ZeroRange { keep_size } = mode {
-                    if first_full < last_full {
-                        allocate_unwritten(&mut op, ino, first_full, last_full)?;
-                    }
-                    grow(&mut op, keep_size)?;
-                }
-            }
-            FallocMode::CollapseRange => {
-                if !offset.is_multiple_of(BLOCK_SIZE)
-                    || !len.is_multiple_of(BLOCK_SIZE)
-                    || end >= size
-                {
-                    return Err(Errno::EINVAL.into());
-                }
-                unmap_blocks(&mut op, ino, first_full, last_full)?;
-                op.inode_mut(ino)?
-                    .extents
-                    .shift(last_full, -((len / BLOCK_SIZE) as i64));
-                op.inode_mut(ino)?.size = size - len;
-            }
-            FallocMode::InsertRange => {
-                if !offset.is_multiple_of(BLOCK_SIZE)
-                    || !len.is_multiple_of(BLOCK_SIZE)
-                    || offset >= size
-                {
-                    return Err(Errno::EINVAL.into());
-                }
-                if size + len > MAX_FILE_BYTES {
-                    return Err(Errno::EFBIG.into());
-                }
-                op.inode_mut(ino)?
-                    .extents
-                    .shift(first_full, (len / BLOCK_SIZE) as i64);
-                op.inode_mut(ino)?.size = size + len;
-            }
+        if layout.is_some() {
+            stage_fallocate(&mut op, ino, mode, offset, end)?;
         }
         let i = op.inode_mut(ino)?;
         i.mtime_ns = now;
@@ -648,6 +901,14 @@ impl Handle {
             Some((s, d, 0)) => (s, d, src_size.saturating_sub(s)),
             Some(r) => r,
         };
+        if len == 0 && so <= src_size {
+            // Nothing to clone: no layout change of either file.
+            return Ok(());
+        }
+        if dof.checked_add(len).is_none_or(|e| e > MAX_FILE_BYTES) {
+            return Err(Errno::EFBIG.into());
+        }
+        self.fs.writable()?;
         let dst_range = match dof.checked_add(len) {
             Some(e) if e <= dst_size && len > 0 => ByteRange::new(dof, e),
             _ => ByteRange::to_eof(dof.min(dst_size)),
@@ -774,6 +1035,11 @@ impl Handle {
     /// Make the file's data and metadata durable.
     pub fn fsync(&self) -> Result<()> {
         let mut st = self.fs.state.write();
+        if st.shut_down {
+            // As on a kernel file system that shut down: nothing more is
+            // made durable.
+            return Err(Errno::EIO.into());
+        }
         let media = &*self.fs.media;
         let rt = st.runtime(self.ino);
         let ranges: Vec<(u64, u64)> = std::mem::take(&mut *rt.dirty.lock());
@@ -832,29 +1098,48 @@ impl Handle {
 
 impl Fs {
     /// Set the size of file `ino`: a layout change of everything past the
-    /// smaller of the old and new sizes.
+    /// smaller of the old and new sizes. `bound`: the operation's one
+    /// deadline when the caller already fixed it (and applied `fail`) before
+    /// breaking other leases itself — truncate by path breaks open leases
+    /// first (SPEC §3.3.5: one bound for the whole operation).
     pub(super) fn truncate_inode(
         &self,
         ino: u64,
         size: u64,
         owner: u64,
         nonblocking: bool,
+        bound: Option<BreakDeadline>,
     ) -> Result<()> {
         if size > MAX_FILE_BYTES {
             return Err(Errno::EFBIG.into());
         }
-        let seen = self.state.read().inode(ino)?.size;
+        self.writable()?;
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let bound = self.pins_before_break(ino, removed, u64::MAX, owner)?;
-        let _layout = self.layout_change_until(
-            ino,
-            ByteRange::to_eof(size.min(seen)),
-            owner,
-            nonblocking,
-            bound,
-        )?;
-        self.pins_after_break(ino, removed, u64::MAX, bound)?;
-        let mut st = self.state.write();
+        let mut layout = None;
+        let mut st = loop {
+            let seen = self.state.read().inode(ino)?.size;
+            // Truncate to the size the file has is no layout change: only
+            // the timestamps change, as in Linux; no lease breaks.
+            if layout.is_none() && seen != size {
+                let bound = match bound {
+                    Some(b) => b,
+                    None => self.pins_before_break(ino, removed, u64::MAX, owner)?,
+                };
+                layout = Some(self.layout_change_until(
+                    ino,
+                    ByteRange::to_eof(size.min(seen)),
+                    owner,
+                    nonblocking,
+                    bound,
+                )?);
+                self.pins_after_break(ino, removed, u64::MAX, bound)?;
+            }
+            let st = self.state.write();
+            if layout.is_none() && st.inode(ino)?.size != size {
+                continue;
+            }
+            break st;
+        };
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);
         let old = op.inode(ino)?.size;

@@ -6,7 +6,10 @@
 //! copies of what it changes in an [`Op`], which serializes them into a
 //! journal transaction, commits it, and only then installs the copies. A
 //! failure before the commit point leaves both the pool and the in-memory
-//! state as they were.
+//! state as they were; a failure after it installs the copies (the pool will
+//! replay them) and shuts the file system down. Before anything is written,
+//! every staged inode passes [`Inode::validate`], the same check mount runs,
+//! so nothing is committed that mount would refuse.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -18,7 +21,7 @@ use zerocopy::{FromZeros, IntoBytes};
 use super::extent::{Extent, ExtentMap};
 use crate::alloc::{Allocator, Run};
 use crate::format::*;
-use crate::journal::{Journal, Transaction};
+use crate::journal::{CommitError, Journal, Transaction};
 use crate::media::Media;
 use crate::{Errno, Result};
 
@@ -44,7 +47,123 @@ pub(crate) struct Inode {
     pub leaves: Vec<u64>,
 }
 
+/// Why an inode is not one mount accepts ([`Inode::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// Past a limit of SPEC §7 (2^50 bytes, 32,768 extents): an operation
+    /// that would cause it fails with `EFBIG` and changes nothing.
+    Limit(&'static str),
+    /// A structure no correct operation produces: on a pool, damage; staged
+    /// by an operation, a bug (refused before commit, never written).
+    Broken(String),
+}
+
+impl Violation {
+    /// The message, as mount and fsck name it.
+    pub fn message(&self) -> String {
+        match self {
+            Violation::Limit(m) => (*m).to_string(),
+            Violation::Broken(m) => m.clone(),
+        }
+    }
+
+    /// The error an operation that staged this inode returns: `EFBIG` for a
+    /// limit; for a broken structure an invariant error (`EUCLEAN`, logged)
+    /// — and a panic in debug builds, where tests should stop at the bug.
+    pub fn into_error(self, ino: u64) -> crate::Error {
+        match self {
+            Violation::Limit(_) => Errno::EFBIG.into(),
+            Violation::Broken(m) => {
+                tracing::error!(ino, problem = %m, "an operation staged an invalid inode; refused before commit");
+                debug_assert!(false, "inode {ino}: operation staged an invalid inode: {m}");
+                crate::Error::corrupt(format!(
+                    "inode {ino}: invariant broken by an operation: {m}"
+                ))
+            }
+        }
+    }
+}
+
 impl Inode {
+    /// The one validation of an inode: mount and fsck run it on every inode
+    /// read from a pool, and [`Op`] runs it on every inode it stages before
+    /// anything is committed — so no operation can commit an inode that
+    /// mount would refuse. Checks the file type, the size and extent-count
+    /// limits, every extent (non-empty, representable, inside the data
+    /// region, inside the largest file, sorted and disjoint), that no
+    /// written block lies past the block holding end of file, and that a
+    /// directory is whole written blocks within its entry limit.
+    pub fn validate(&self, sb: &Superblock) -> std::result::Result<(), Violation> {
+        if self.mode & S_IFMT != S_IFREG && self.mode & S_IFMT != S_IFDIR {
+            return Err(Violation::Broken(format!(
+                "unknown file type {:o}",
+                self.mode & S_IFMT
+            )));
+        }
+        if self.size > MAX_FILE_BYTES {
+            return Err(Violation::Limit("size too large"));
+        }
+        if self.extents.len() > MAX_EXTENTS_PER_FILE {
+            return Err(Violation::Limit("too many extents"));
+        }
+        // Extents are disjoint and sorted (checked below; mount checks that
+        // their ends do not overflow before building the map): the last
+        // one ends last.
+        if self.extents.end() > MAX_FILE_BLOCKS {
+            return Err(Violation::Limit("extent beyond the largest file"));
+        }
+        // Every limit is checked above, before any structural rule, so that
+        // an operation half-way through (`Op::validate_limits`) sees them.
+        let eof_block = self.size.div_ceil(BLOCK_SIZE);
+        let mut next_logical = 0u64;
+        for (l, e) in self.extents.iter() {
+            if e.len == 0
+                || e.len > u64::from(u32::MAX)
+                || l < next_logical
+                || !sb.is_data_range(e.physical, e.len)
+            {
+                return Err(Violation::Broken(format!(
+                    "extent {l}+{}@{} invalid or out of order",
+                    e.len, e.physical
+                )));
+            }
+            next_logical = l + e.len;
+            if !e.unwritten && next_logical > eof_block {
+                return Err(Violation::Broken("written blocks beyond its size".into()));
+            }
+        }
+        if self.is_dir() {
+            self.validate_dir()?;
+        }
+        Ok(())
+    }
+
+    /// A directory is whole written blocks of entry slots, no more than its
+    /// entry limit needs (directories grow by one block when full).
+    fn validate_dir(&self) -> std::result::Result<(), Violation> {
+        let blocks = self.size / BLOCK_SIZE;
+        if !self.size.is_multiple_of(BLOCK_SIZE)
+            || blocks * DIRENTS_PER_BLOCK > MAX_DIR_ENTRIES + DIRENTS_PER_BLOCK
+        {
+            return Err(Violation::Broken(format!("directory size {}", self.size)));
+        }
+        let mut at = 0;
+        for (l, e) in self.extents.iter() {
+            if l != at || e.unwritten {
+                return Err(Violation::Broken(format!(
+                    "directory block {at} is a hole or unwritten"
+                )));
+            }
+            at = l + e.len;
+        }
+        if at != blocks {
+            return Err(Violation::Broken(format!(
+                "directory blocks end at {at}, its size at {blocks}"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn is_dir(&self) -> bool {
         self.mode & S_IFMT == S_IFDIR
     }
@@ -167,6 +286,18 @@ pub(crate) struct FsState {
     pub protect_pinned: bool,
     /// Live mappings, re-placed by every committed layout change.
     pub maps: super::mmap::MapTable,
+    /// A commit failed after its commit point: memory holds what the pool
+    /// will replay, and nothing may change any more (`EIO`), as a kernel
+    /// file system shuts down on a journal error.
+    pub shut_down: bool,
+    /// Test-only: when false, a commit that fails after its commit point
+    /// leaves the file system writable (the negative control of the
+    /// shutdown tests: the next commit then overwrites records the pool
+    /// still has to replay).
+    pub shut_down_on_journal_error: bool,
+    /// Test-only: when false, operations commit inodes without
+    /// [`Inode::validate`] (the negative control of the limit tests).
+    pub validate_commits: bool,
 }
 
 impl FsState {
@@ -499,31 +630,83 @@ impl<'a> Op<'a> {
         Ok(slots)
     }
 
-    /// Serialize, commit, install. On failure nothing changed.
+    /// Serialize, commit, install.
+    ///
+    /// A failure before the commit point (a staged inode mount would refuse,
+    /// a transaction too large, a media error writing the records) changes
+    /// nothing. A failure after it cannot be undone — the next mount replays
+    /// the transaction — so the operation is installed in memory as the pool
+    /// will have it, the file system shuts down (read-only: every later
+    /// change fails with `EIO`), and the error is returned.
     pub fn commit(mut self) -> Result<()> {
-        match self
-            .prepare()
-            .and_then(|()| self.st.journal.commit(self.media, &self.tx))
-        {
+        if self.st.shut_down {
+            self.rollback();
+            return Err(Errno::EIO.into());
+        }
+        if let Err(e) = self.prepare() {
+            self.rollback();
+            return Err(e);
+        }
+        match self.st.journal.commit(self.media, &self.tx) {
             Ok(()) => {
                 self.install();
                 Ok(())
             }
-            Err(e) => {
+            Err(CommitError::NotCommitted(e)) => {
                 self.rollback();
+                Err(e)
+            }
+            Err(CommitError::Committed(e)) => {
+                tracing::error!(
+                    error = %e,
+                    "journal commit failed after its commit point: the file system is now read-only"
+                );
+                self.st.shut_down = self.st.shut_down_on_journal_error;
+                self.install();
                 Err(e)
             }
         }
     }
 
+    /// Every inode this operation has staged is one mount accepts
+    /// ([`Inode::validate`]): `EFBIG` past a limit, an invariant error for a
+    /// broken structure (a bug). Run before anything is committed.
+    fn validate_staged(&self) -> Result<()> {
+        if !self.st.validate_commits {
+            return Ok(());
+        }
+        for inode in self.inodes.values() {
+            inode
+                .validate(&self.st.sb)
+                .map_err(|v| v.into_error(inode.ino))?;
+        }
+        Ok(())
+    }
+
+    /// The limits part of [`Inode::validate`] on every inode staged so far
+    /// (`EFBIG`), for an operation half-way through — whose structure may be
+    /// transiently off, a write's blocks mapped before its size grows. Run
+    /// before writing data in place, which a rollback cannot undo, so an
+    /// operation refused for a limit changes nothing. [`Op::commit`] runs
+    /// the whole validation again.
+    pub fn validate_limits(&self) -> Result<()> {
+        if !self.st.validate_commits {
+            return Ok(());
+        }
+        for inode in self.inodes.values() {
+            if let Err(v @ Violation::Limit(_)) = inode.validate(&self.st.sb) {
+                return Err(v.into_error(inode.ino));
+            }
+        }
+        Ok(())
+    }
+
     fn prepare(&mut self) -> Result<()> {
+        self.validate_staged()?;
         let staged: Vec<u64> = self.inodes.keys().copied().collect();
         for ino in staged {
             self.write_extent_tree(ino)?;
             let inode = &self.inodes[&ino];
-            if inode.extents.len() > MAX_EXTENTS_PER_FILE {
-                return Err(Errno::EFBIG.into());
-            }
             let rec = inode.record();
             self.tx.write_struct(self.st.sb.inode_offset(ino), &rec);
         }
@@ -571,9 +754,12 @@ impl<'a> Op<'a> {
     fn write_extent_tree(&mut self, ino: u64) -> Result<()> {
         let inode = &self.inodes[&ino];
         let n = inode.extents.len();
-        if n > MAX_EXTENTS_PER_FILE {
-            return Err(Errno::EFBIG.into());
-        }
+        // `validate_staged` ran first; the tree below has room for exactly
+        // this many records.
+        assert!(
+            n <= MAX_EXTENTS_PER_FILE,
+            "inode {ino}: unchecked extent count {n}"
+        );
         let need_leaves = if n <= INLINE_EXTENTS {
             0
         } else {
@@ -632,21 +818,21 @@ impl<'a> Op<'a> {
         Ok(())
     }
 
-    fn install(self) {
-        let Op {
-            st,
-            media,
-            inodes,
-            refs,
-            taken_inodes,
-            released_inodes,
-            dir_edits,
-            dir_new_slots,
-            orphans,
-            generation,
-            released_blocks,
-            ..
-        } = self;
+    fn install(mut self) {
+        // Installed: the blocks it allocated are the file system's now, not
+        // to be given back when the `Op` drops.
+        self.allocated.clear();
+        let inodes = std::mem::take(&mut self.inodes);
+        let refs = std::mem::take(&mut self.refs);
+        let taken_inodes = std::mem::take(&mut self.taken_inodes);
+        let released_inodes = std::mem::take(&mut self.released_inodes);
+        let dir_edits = std::mem::take(&mut self.dir_edits);
+        let dir_new_slots = std::mem::take(&mut self.dir_new_slots);
+        let orphans = self.orphans.take();
+        let generation = self.generation.take();
+        let released_blocks = std::mem::take(&mut self.released_blocks);
+        let media = self.media;
+        let st = &mut *self.st;
         // Live mappings this changes, found before it is installed.
         let remap = super::mmap::affected(st, &inodes, &refs);
         let data_start = st.sb.data_start.get();
@@ -706,8 +892,18 @@ impl<'a> Op<'a> {
         super::mmap::replace(st, media, remap);
     }
 
+    /// Give back what staging took; nothing else reached memory or the pool.
     fn rollback(self) {
-        for r in self.allocated {
+        drop(self);
+    }
+}
+
+impl Drop for Op<'_> {
+    /// An `Op` dropped without being installed — rolled back, or abandoned
+    /// by an early `?` while staging — returns the blocks it allocated, so a
+    /// failed operation leaves free space as it was.
+    fn drop(&mut self) {
+        for r in self.allocated.drain(..) {
             self.st.alloc.free(r);
         }
     }

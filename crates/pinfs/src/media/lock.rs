@@ -213,18 +213,31 @@ mod tests {
         Fs::mount(Arc::new(pool)).unwrap();
     }
 
-    /// The negative control: what the lock prevents. Two mounts of one pool
-    /// with no lock between them (a memfd, shared in-process, takes none)
-    /// each commit from their own in-memory mirror, and after a remount one
-    /// mount's work is gone or the metadata is inconsistent.
+    /// The in-process half: a second mount (or an fsck) of the same open
+    /// pool — one descriptor, so the OFD lock cannot tell — is `EBUSY`; and
+    /// the negative control, what that prevents: with the claim cleared
+    /// (protection off), two mounts of one pool each commit from their own
+    /// in-memory mirror, and after a remount one mount's work is gone or the
+    /// metadata is inconsistent.
     #[test]
-    fn without_the_lock_two_mounts_lose_data() {
+    fn a_second_mount_of_one_open_pool_is_ebusy_and_would_lose_data() {
         use crate::fs::{Cred, Fs, OpenFlags};
         use crate::media::{MappedPool, Media};
+        use std::sync::atomic::Ordering;
         use std::sync::Arc;
         let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(8 << 20).unwrap());
         Fs::mkfs(&*pool).unwrap();
         let first = Fs::mount(pool.clone()).unwrap();
+        let err = Fs::mount(pool.clone()).unwrap_err();
+        assert_eq!(err.errno(), crate::Errno::EBUSY, "{err}");
+        assert!(err.to_string().contains("already mounted"), "{err}");
+        let err = Fs::fsck(&*pool).unwrap_err();
+        assert_eq!(err.errno(), crate::Errno::EBUSY, "{err}");
+        // A refused mount gives nothing back that it did not take: the first
+        // mount still holds the claim.
+        assert!(pool.mount_flag().unwrap().load(Ordering::Acquire));
+        // Protection off: the claim cleared by hand.
+        pool.mount_flag().unwrap().store(false, Ordering::Release);
         let second = Fs::mount(pool.clone()).unwrap();
         let me = Cred::root_as(1);
         first.open(me, "/first", OpenFlags::CREATE, 0o644).unwrap();
@@ -232,6 +245,8 @@ mod tests {
             .open(me, "/second", OpenFlags::CREATE, 0o644)
             .unwrap();
         drop((first, second));
+        // Both dropped: the pool is free again, in this process too.
+        assert!(!pool.mount_flag().unwrap().load(Ordering::Acquire));
         let fs = Fs::mount(pool).unwrap();
         let names: Vec<String> = fs
             .readdir(me, "/")
@@ -242,7 +257,7 @@ mod tests {
         let both = names.iter().any(|n| n == "first") && names.iter().any(|n| n == "second");
         assert!(
             !both || !fs.check().is_empty(),
-            "two unlocked mounts kept both files consistently ({names:?}): the control shows nothing"
+            "two unguarded mounts kept both files consistently ({names:?}): the control shows nothing"
         );
     }
 }

@@ -42,6 +42,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::AtomicBool;
 
 use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::mm::{Advice, MapFlags, MsyncFlags, ProtFlags};
@@ -77,6 +78,9 @@ pub struct MappedPool {
     /// Where the pool was opened from (`None` for a memfd).
     path: Option<PathBuf>,
     caps: MediaCaps,
+    /// A file system is mounted on this pool in this process (the in-process
+    /// half of SPEC §7's one-mount rule; the OFD lock is the other half).
+    mounted: AtomicBool,
 }
 
 // SAFETY: `MappedPool` owns its mapping and descriptor outright; the raw base
@@ -224,6 +228,7 @@ impl MappedPool {
             fd,
             path,
             caps,
+            mounted: AtomicBool::new(false),
         };
         // Device-dax maps only at addresses aligned to its page size; the kernel
         // picks such an address, but a misaligned one would fault on every access.
@@ -346,6 +351,10 @@ impl Media for MappedPool {
             }
             _ => flush::fence(),
         }
+    }
+
+    fn mount_flag(&self) -> Option<&AtomicBool> {
+        Some(&self.mounted)
     }
 
     fn mapping(&self) -> Option<PoolMemory<'_>> {

@@ -153,6 +153,16 @@ pub trait Media: Send + Sync + fmt::Debug {
     /// Order: every flush issued before the fence is durable after it.
     fn fence(&self);
 
+    /// Whether a file system is mounted on this media in this process: `Fs`
+    /// claims it at mount (a second mount, or an fsck, of the same open
+    /// media is `EBUSY`) and clears it when dropped. The pool lock
+    /// ([`lock`]) keeps other processes out; this keeps a second mount of
+    /// the same descriptor out (SPEC §7). `None`: media that cannot be
+    /// claimed (the default).
+    fn mount_flag(&self) -> Option<&std::sync::atomic::AtomicBool> {
+        None
+    }
+
     /// The pool's memory, when it is mapped into this process (every real
     /// backend; `None` for media that only emulate one). Used by direct
     /// mappings and device registrations, which must reach pool memory itself.

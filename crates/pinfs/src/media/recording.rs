@@ -39,6 +39,13 @@
 //!   pending store with probability 1/2, from a seeded generator, so a failing
 //!   image can be rebuilt from its seed.
 //!
+//! # Fault injection
+//!
+//! [`RecordingMedia::fail_flush_after_fences`] makes one later flush fail
+//! with `EIO` (and not be logged: the write-back did not happen), so tests
+//! can make a commit fail before or after its commit point and check what
+//! the file system does about it.
+//!
 //! When each store becomes durable is computed in one pass over the log and
 //! cached until the next logged event, so enumerating thousands of crash
 //! points costs one copy of the base plus the stores replayed, per image.
@@ -75,6 +82,8 @@ pub enum CrashMode {
 pub struct RecordingMedia {
     len_bytes: u64,
     state: Mutex<State>,
+    /// A file system is mounted on it (see [`Media::mount_flag`]).
+    mounted: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -92,6 +101,9 @@ struct State {
     /// fence count when it never is); `None` when the log changed since the
     /// last computation.
     durable_after_fence: Option<Vec<usize>>,
+    /// Fault injection: the first flush once this many more fences have
+    /// been issued fails (then this is cleared).
+    fail_flush_after: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +148,7 @@ impl RecordingMedia {
     /// A recording media holding `image` (not yet recording).
     pub fn from_image(image: Vec<u8>) -> Self {
         RecordingMedia {
+            mounted: std::sync::atomic::AtomicBool::new(false),
             len_bytes: image.len() as u64,
             state: Mutex::new(State {
                 current: image,
@@ -146,8 +159,18 @@ impl RecordingMedia {
                 store_bytes: Vec::new(),
                 fences: 0,
                 durable_after_fence: None,
+                fail_flush_after: None,
             }),
         }
+    }
+
+    /// Fault injection: the first flush issued after `fences` more fences
+    /// (0: the next flush) fails with `EIO`, once, and is not logged. A
+    /// journal commit issues four fences (records, commit point, apply,
+    /// applied), so `0` fails it before its commit point and `2` or `3`
+    /// after it. Works whether or not the media is recording.
+    pub fn fail_flush_after_fences(&self, fences: usize) {
+        self.state.lock().fail_flush_after = Some(fences);
     }
 
     /// The current contents, as if every store had persisted.
@@ -299,6 +322,10 @@ impl fmt::Debug for RecordingMedia {
 }
 
 impl Media for RecordingMedia {
+    fn mount_flag(&self) -> Option<&std::sync::atomic::AtomicBool> {
+        Some(&self.mounted)
+    }
+
     fn caps(&self) -> MediaCaps {
         MediaCaps {
             kind: MediaKind::Recording,
@@ -339,6 +366,10 @@ impl Media for RecordingMedia {
     fn flush(&self, offset: u64, len: u64) -> Result<()> {
         self.span(offset, len)?;
         let mut st = self.state.lock();
+        if st.fail_flush_after == Some(0) {
+            st.fail_flush_after = None;
+            return Err(Errno::EIO.into());
+        }
         if st.recording && len > 0 {
             st.events.push(Event::Flush { offset, len });
             st.durable_after_fence = None;
@@ -348,6 +379,9 @@ impl Media for RecordingMedia {
 
     fn fence(&self) {
         let mut st = self.state.lock();
+        if let Some(n) = st.fail_flush_after.as_mut() {
+            *n = n.saturating_sub(1);
+        }
         if st.recording {
             st.events.push(Event::Fence);
             st.fences += 1;
@@ -632,6 +666,21 @@ mod tests {
         assert_eq!(byte_at(&m.crash_image(1, CrashMode::DurableOnly), 0), 0);
         // The flush came after the store and before fence 1.
         assert_eq!(byte_at(&m.crash_image(2, CrashMode::DurableOnly), 0), b'x');
+    }
+
+    #[test]
+    fn injected_flush_failure_hits_the_chosen_flush_once() {
+        let m = RecordingMedia::new(LEN);
+        m.start_recording();
+        m.fail_flush_after_fences(1);
+        m.flush(0, 8).unwrap(); // before the fence: still fine
+        m.fence();
+        assert_eq!(m.flush(0, 8).unwrap_err().errno(), Errno::EIO);
+        m.flush(0, 8).unwrap(); // once only
+                                // The failed flush is not logged: 2 flushes and 1 fence.
+        assert_eq!(m.logged_events(), 3);
+        m.fail_flush_after_fences(0);
+        assert_eq!(m.flush(64, 8).unwrap_err().errno(), Errno::EIO);
     }
 
     #[test]
