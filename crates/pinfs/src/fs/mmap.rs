@@ -414,7 +414,10 @@ impl Handle {
                 return Err(Errno::EACCES.into());
             }
         }
-        let uffd = if flags.writes_file() && !flags.direct {
+        // Every writable shared mapping has its holes served, MAP_DIRECT ones
+        // included: their loads read zeros (SPEC §5.2); only the store that
+        // would allocate or convert raises SIGBUS (`write_fault`).
+        let uffd = if flags.writes_file() {
             Some(fs.fault_service()?)
         } else {
             None
