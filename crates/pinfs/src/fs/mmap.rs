@@ -485,6 +485,7 @@ impl Fs {
     /// Test-only negative control: layout changes stop re-placing live
     /// mappings, so a mapping keeps reaching blocks after they are freed and
     /// given to another file. Tests use it to show they can fail.
+    #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_map_replacement_for_tests(&self) {
         self.state.write().maps.replace_disabled = true;

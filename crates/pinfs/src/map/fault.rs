@@ -111,10 +111,19 @@ pub(crate) struct Uffd {
     fd: OwnedFd,
 }
 
-fn ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value of the
-    // size the request number encodes (module doc); the kernel reads and
-    // writes only that value during the call.
+/// Issue `request` with `arg` as its argument.
+///
+/// # Safety
+///
+/// `T` must be the `#[repr(C)]` argument type the kernel expects for
+/// `request` (the size the request number encodes), and every pointer it
+/// carries must satisfy that request's contract: for `UFFDIO_COPY`, `src`
+/// readable for `len` bytes and `dst` inside a range this process registered
+/// (memory no Rust reference points into). A mismatch lets the kernel read
+/// or write memory Rust does not expect it to.
+unsafe fn ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is a live, exclusively borrowed value; that it is the
+    // right type for `request` is the caller's promise.
     let r = unsafe {
         libc::ioctl(
             fd.as_raw_fd(),
@@ -171,13 +180,24 @@ impl Uffd {
             features: UFFD_FEATURE_PAGEFAULT_FLAG_WP,
             ioctls: 0,
         };
-        ioctl(&fd, UFFDIO_API, &mut api).map_err(|e| Error::media("UFFDIO_API", e))?;
+        // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which `UffdioApi`
+        // spells out; it carries no pointers.
+        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }
+            .map_err(|e| Error::media("UFFDIO_API", e))?;
         Ok(Uffd { fd })
     }
 
     /// Register `start..start+len` (private anonymous memory) for missing and
     /// write-protect faults.
-    pub(crate) fn register(&self, start: usize, len: u64) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The range must be memory of a mapping region (`region.rs`) that no
+    /// Rust reference points into and that stays so while it is registered:
+    /// [`Uffd::copy_wp`] fills missing pages of registered ranges with bytes
+    /// of its choosing, which would otherwise change memory behind Rust's
+    /// back (and accesses to the range now wait for the fault service).
+    pub(crate) unsafe fn register(&self, start: usize, len: u64) -> Result<()> {
         let mut reg = UffdioRegister {
             range: UffdioRange {
                 start: start as u64,
@@ -186,7 +206,10 @@ impl Uffd {
             mode: UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
             ioctls: 0,
         };
-        ioctl(&self.fd, UFFDIO_REGISTER, &mut reg).map_err(|e| Error::media("UFFDIO_REGISTER", e))
+        // SAFETY: `UFFDIO_REGISTER` takes a `struct uffdio_register`
+        // (`UffdioRegister`); the range is the caller's promise.
+        unsafe { ioctl(&self.fd, UFFDIO_REGISTER, &mut reg) }
+            .map_err(|e| Error::media("UFFDIO_REGISTER", e))
     }
 
     /// Fill the missing page(s) at `dst` with `src` (page-multiple length),
@@ -201,7 +224,12 @@ impl Uffd {
             mode: UFFDIO_COPY_MODE_WP,
             copy: 0,
         };
-        match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
+        // SAFETY: `UFFDIO_COPY` takes a `struct uffdio_copy` (`UffdioCopy`);
+        // `src` is a live slice of `len` bytes, and the kernel writes only
+        // missing pages of registered ranges, which `register`'s callers
+        // promised are region memory no Rust reference points into (any
+        // other `dst` fails with `ENOENT`/`EINVAL`).
+        match unsafe { ioctl(&self.fd, UFFDIO_COPY, &mut c) } {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {
                 self.wake(dst, src.len() as u64);
@@ -217,7 +245,9 @@ impl Uffd {
             start: start as u64,
             len,
         };
-        if let Err(e) = ioctl(&self.fd, UFFDIO_WAKE, &mut r) {
+        // SAFETY: `UFFDIO_WAKE` takes a `struct uffdio_range` (`UffdioRange`)
+        // and only wakes threads; it touches no memory of the range.
+        if let Err(e) = unsafe { ioctl(&self.fd, UFFDIO_WAKE, &mut r) } {
             tracing::warn!(target: "pinfs::map", error = %e, "UFFDIO_WAKE failed");
         }
     }

@@ -293,7 +293,7 @@ impl MapInner {
                 Some(uffd) => self
                     .region
                     .place(offset, len, Backing::Anon, true)
-                    .and_then(|()| uffd.register(self.region.base() + offset as usize, len)),
+                    .and_then(|()| self.region.register(uffd, offset, len)),
                 None => Err(Errno::EOPNOTSUPP.into()),
             },
             Kind::Zero => self.region.place(offset, len, Backing::Anon, writable),

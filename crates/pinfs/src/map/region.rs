@@ -264,6 +264,16 @@ impl Region {
         }
     }
 
+    /// Register `len` bytes at `offset` (page-aligned, inside the region,
+    /// placed as [`Backing::Anon`]) with the fault service's userfaultfd.
+    pub(crate) fn register(&self, uffd: &super::fault::Uffd, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
+        // SAFETY: the range lies inside this region (checked above), which
+        // this value owns and never lends out as a Rust reference (module
+        // doc), until its `Drop` unmaps it — which also unregisters it.
+        unsafe { uffd.register(self.base + offset as usize, len) }
+    }
+
     /// Copy `buf.len()` bytes at `offset` out of the region, as a system call
     /// would: a page that would raise `SIGBUS` (or is inaccessible) makes it
     /// fail with `EFAULT` instead. Holes are served by the fault service like

@@ -20,6 +20,7 @@ use crate::Result;
 pub mod flush;
 pub mod mapped;
 pub mod recording;
+pub mod volatile;
 
 pub use mapped::MappedPool;
 pub use recording::RecordingMedia;
