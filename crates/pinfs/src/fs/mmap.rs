@@ -18,12 +18,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::ops::{write_range, Source};
 use super::state::{FsState, Inode, Op};
 use super::{now_ns, Fs, Handle, Segment};
+use crate::alloc::Run;
 use crate::format::{block_offset, BLOCK_SIZE, HUGE_BLOCKS, MAX_FILE_BYTES};
 use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
@@ -40,6 +41,21 @@ use crate::{Errno, Error, Result};
 /// as `mmap` reports running out of mappings).
 pub const MAX_MAPPINGS: usize = 65_536;
 
+/// One mapping may need at most `vm.max_map_count / MAP_COUNT_SHARE` areas
+/// (each run of pages placed is one kernel VMA), minus what the process
+/// already uses: the rest is left for re-placements after layout changes
+/// (which split runs) and for the rest of the process.
+pub const MAP_COUNT_SHARE: u64 = 2;
+
+/// `vm.max_map_count` when `/proc/sys/vm/max_map_count` cannot be read
+/// (the kernel's default).
+const DEFAULT_MAX_MAP_COUNT: u64 = 65_530;
+
+/// A mapping needing at most this many runs is not checked against the
+/// budget: reading `/proc/self/maps` would cost more than the mapping, and
+/// this many areas cannot exhaust `vm.max_map_count` on its own.
+const BUDGET_FREE_RUNS: u64 = 256;
+
 /// The live mappings, by file and by address (in the state, under its lock).
 #[derive(Default)]
 pub(crate) struct MapTable {
@@ -47,6 +63,18 @@ pub(crate) struct MapTable {
     by_addr: BTreeMap<usize, Weak<MapInner>>,
     /// Test-only negative control: layout changes leave live mappings alone.
     replace_disabled: bool,
+    /// Test-only negative control: blocks a broken mapping reaches are freed
+    /// like any other (not held busy).
+    hold_disabled: bool,
+    /// Test-only: the placement budget of one mapping, instead of the one
+    /// computed from `vm.max_map_count`.
+    budget_override: Option<u64>,
+    /// Mappings that are broken ([`crate::map::Placed::broken`]): while
+    /// non-zero, every release of blocks looks for the ones they hold.
+    broken: Arc<AtomicUsize>,
+    /// Blocks put on the busy list because a broken mapping may reach them
+    /// (released again when no broken mapping holds them any more).
+    diverted: Vec<Run>,
     /// The fault service's userfaultfd, once started.
     uffd: Option<Arc<Uffd>>,
     /// The empty memfd whose mapping raises `SIGBUS`.
@@ -105,6 +133,34 @@ impl MapTable {
             .push(Arc::downgrade(m));
         self.by_addr.insert(m.region.base(), Arc::downgrade(m));
         Ok(())
+    }
+
+    /// The pool blocks the broken mappings may still reach, sorted and
+    /// merged.
+    fn held_blocks(&self) -> Vec<Run> {
+        let mut held: Vec<Run> = Vec::new();
+        for m in self.all() {
+            let placed = m.placed.lock();
+            if placed.broken {
+                held.extend(
+                    placed
+                        .held
+                        .iter()
+                        .map(|&(start, len)| Run { start, len }),
+                );
+            }
+        }
+        held.sort();
+        let mut merged: Vec<Run> = Vec::with_capacity(held.len());
+        for r in held {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end() => {
+                    last.len = last.len.max(r.end() - last.start);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
     }
 
     fn remove(&mut self, m: &MapInner) {
@@ -377,6 +433,115 @@ pub(crate) fn replace(st: &FsState, media: &dyn Media, list: Vec<(Arc<MapInner>,
     }
 }
 
+/// `run` split into pieces, each with whether it lies in one of `sorted`
+/// (sorted, merged runs).
+fn split_by(run: Run, sorted: &[Run]) -> Vec<(Run, bool)> {
+    let mut out = Vec::new();
+    let mut at = run.start;
+    let first = sorted.partition_point(|h| h.end() <= run.start);
+    for h in &sorted[first..] {
+        if h.start >= run.end() {
+            break;
+        }
+        let (s, e) = (h.start.max(at), h.end().min(run.end()));
+        if s > at {
+            out.push((Run { start: at, len: s - at }, false));
+        }
+        out.push((Run { start: s, len: e - s }, true));
+        at = e;
+    }
+    if at < run.end() {
+        out.push((
+            Run {
+                start: at,
+                len: run.end() - at,
+            },
+            false,
+        ));
+    }
+    out
+}
+
+/// Release `run` (blocks nothing refers to any more; `Op::install`, after
+/// [`replace`]): to free space through `FsState::release_blocks` — except
+/// the blocks a broken mapping may still reach, because one of its pages
+/// could not be re-placed: those go to the busy list (neither free nor
+/// reusable) until the mapping is torn down (SPEC §4.4 for mappings).
+pub(crate) fn release_blocks(st: &mut FsState, run: Run) {
+    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+        st.release_blocks(run);
+        return;
+    }
+    let held = st.maps.held_blocks();
+    for (part, is_held) in split_by(run, &held) {
+        if is_held {
+            tracing::warn!(target: "pinfs::map", start = part.start, len = part.len, "blocks a broken mapping may still reach stay busy until it is unmapped");
+            st.alloc.hold_busy(part);
+            st.maps.diverted.push(part);
+        } else {
+            st.release_blocks(part);
+        }
+    }
+}
+
+/// A broken mapping was torn down: the diverted blocks no remaining broken
+/// mapping holds leave the busy list (unless a pin reaches them: unpinning
+/// releases those).
+fn release_held(st: &mut FsState) {
+    let held = st.maps.held_blocks();
+    let diverted = std::mem::take(&mut st.maps.diverted);
+    for d in diverted {
+        for (part, is_held) in split_by(d, &held) {
+            if is_held {
+                st.maps.diverted.push(part);
+                continue;
+            }
+            let (_pinned, free) = st.pins.split(part);
+            for f in free {
+                st.alloc.release_busy(f);
+            }
+        }
+    }
+}
+
+/// The number of areas (kernel VMAs) one more mapping may use: a share of
+/// `vm.max_map_count` minus the areas the process maps now.
+fn placement_budget() -> Result<u64> {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_MAX_MAP_COUNT);
+    let maps = std::fs::read("/proc/self/maps")
+        .map_err(|e| Error::media("read /proc/self/maps", e))?;
+    let used = maps.iter().filter(|&&b| b == b'\n').count() as u64;
+    Ok((max / MAP_COUNT_SHARE).saturating_sub(used))
+}
+
+/// `ENOMEM` when placing `m` as its file's layout stands would need more
+/// areas than the budget allows (a fragmented file: each run of pages is a
+/// VMA; `mmap(MAP_FIXED)` fails once `vm.max_map_count` is reached, and a
+/// mapping that cannot be re-placed keeps blocks busy).
+fn check_budget(st: &FsState, m: &MapInner) -> Result<()> {
+    let runs = desired(st, m, 0, m.pages(), false).len() as u64;
+    let budget = match st.maps.budget_override {
+        Some(b) => b,
+        None if runs <= BUDGET_FREE_RUNS => return Ok(()),
+        None => placement_budget()?,
+    };
+    if runs <= budget {
+        return Ok(());
+    }
+    tracing::warn!(target: "pinfs::map", ino = m.ino, runs, budget, "mmap refused: the range is too fragmented for vm.max_map_count");
+    Err(Error::media(
+        format!(
+            "mmap of inode {} needs {runs} separate areas, over the budget of {budget} \
+             (vm.max_map_count / {MAP_COUNT_SHARE}, minus the areas in use)",
+            m.ino
+        ),
+        std::io::Error::from_raw_os_error(libc::ENOMEM),
+    ))
+}
+
 impl Handle {
     /// Map `[offset, offset+len)` of the file (SPEC §5). `offset` must be
     /// page-aligned (`EINVAL`); `len > 0`. A handle not open for reading
@@ -385,7 +550,9 @@ impl Handle {
     /// file's owner or uid 0 (`CAP_LEASE`) only (`EACCES`), and takes a
     /// shared layout lease of the mapped range for the mapping's lifetime.
     /// Pools that cannot be placed page by page (not mapped, or with pages
-    /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`.
+    /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`. A range
+    /// whose layout would need more separate areas than its share of
+    /// `vm.max_map_count` ([`MAP_COUNT_SHARE`]) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
@@ -423,6 +590,7 @@ impl Handle {
             None
         };
         let sigbus = fs.sigbus_fd()?;
+        let broken_maps = fs.state.read().maps.broken.clone();
         let region = Region::reserve(region_len, offset % HUGE_BYTES)?;
         let pages = region_len / PAGE_BYTES;
         let inner = Arc::new(MapInner {
@@ -438,9 +606,13 @@ impl Handle {
                 runs: Runs::new(pages, Kind::Nothing),
                 invalidated: false,
                 dead: false,
+                broken: false,
+                held: Vec::new(),
             }),
             lease: parking_lot::Mutex::new(None),
+            broken_maps,
         });
+        check_budget(&fs.state.read(), &inner)?;
         if flags.direct {
             // Before the state lock: the request waits for a layout change
             // in progress (SPEC §3.2).
@@ -491,6 +663,23 @@ impl Fs {
         self.state.write().maps.replace_disabled = true;
     }
 
+    /// Test-only negative control: blocks that a broken mapping (one whose
+    /// pages could not be re-placed) still reaches are freed at once instead
+    /// of being held busy until it is unmapped.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_map_hold_for_tests(&self) {
+        self.state.write().maps.hold_disabled = true;
+    }
+
+    /// Test-only: the most areas one mapping may need (instead of the share
+    /// of `vm.max_map_count`).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn set_map_budget_for_tests(&self, areas: Option<u64>) {
+        self.state.write().maps.budget_override = areas;
+    }
+
     /// Live mappings.
     pub fn mapping_count(&self) -> usize {
         self.state.read().maps.all().len()
@@ -539,6 +728,12 @@ impl Fs {
             return;
         };
         let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
+        if m.placed.lock().broken {
+            // Its placements cannot be trusted any more (SPEC §4.4).
+            self.sigbus_page(&m, page);
+            uffd.wake(addr, PAGE_BYTES);
+            return;
+        }
         if !fault.write {
             // Under the state lock, so that the copy matches the layout the
             // page's placement was computed from.
@@ -767,10 +962,20 @@ impl Drop for Mapping {
     /// lease held off cannot free a block this range still reaches.
     fn drop(&mut self) {
         let m = &self.inner;
-        m.tear_down();
+        let torn_down = m.tear_down();
         {
             let mut st = self.fs.state.write();
             st.maps.remove(m);
+            if m.placed.lock().broken {
+                st.maps.broken.fetch_sub(1, Ordering::AcqRel);
+                if torn_down {
+                    release_held(&mut st);
+                } else {
+                    // The pages still reach the held blocks: they stay busy
+                    // for the life of the file system rather than be reused.
+                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy");
+                }
+            }
             if let Some(rt) = st.runtime.get(&m.ino).cloned() {
                 rt.opens.fetch_sub(1, Ordering::Relaxed);
             }

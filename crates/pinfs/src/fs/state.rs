@@ -696,14 +696,16 @@ impl<'a> Op<'a> {
         if let Some(g) = generation {
             st.next_generation = g;
         }
-        // Blocks nothing refers to any more go back to free space, unless a
-        // pin still reaches them.
-        for r in released_blocks {
-            st.release_blocks(r);
-        }
-        // Before anyone can allocate what was just freed (the caller holds
-        // the state lock), no mapping reaches it any more.
+        // Before anyone can allocate what is freed below (the caller holds
+        // the state lock), no mapping reaches it any more: re-placed first,
+        // so that blocks a mapping that could not be re-placed still reaches
+        // are known when they are released.
         super::mmap::replace(st, media, remap);
+        // Blocks nothing refers to any more go back to free space, unless a
+        // pin or a broken mapping still reaches them.
+        for r in released_blocks {
+            super::mmap::release_blocks(st, r);
+        }
     }
 
     fn rollback(self) {

@@ -68,6 +68,10 @@ pub(crate) enum Backing<'a> {
 pub(crate) struct Region {
     base: usize,
     len: u64,
+    /// Fault injection (tests): (placements still to let through, then
+    /// placements to fail).
+    #[cfg(feature = "negative-controls")]
+    inject: parking_lot::Mutex<(u64, u64)>,
 }
 
 impl Region {
@@ -106,7 +110,12 @@ impl Region {
                 let _ = rustix::mm::munmap((base + len as usize) as *mut c_void, tail);
             }
         }
-        let region = Region { base, len };
+        let region = Region {
+            base,
+            len,
+            #[cfg(feature = "negative-controls")]
+            inject: parking_lot::Mutex::new((0, 0)),
+        };
         region.dont_fork(0, len);
         Ok(region)
     }
@@ -183,6 +192,35 @@ impl Region {
         Ok(total_kib * 1024)
     }
 
+    /// Fault injection (tests): let the next `skip` placements through, then
+    /// fail the `fail` after them with `ENOMEM`, as `mmap(MAP_FIXED)` fails
+    /// when `vm.max_map_count` is exhausted.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn inject_placement_failures(&self, skip: u64, fail: u64) {
+        *self.inject.lock() = (skip, fail);
+    }
+
+    #[cfg(feature = "negative-controls")]
+    fn injected_failure(&self) -> bool {
+        let mut g = self.inject.lock();
+        match *g {
+            (0, 0) => false,
+            (0, ref mut fail) => {
+                *fail -= 1;
+                true
+            }
+            (ref mut skip, _) => {
+                *skip -= 1;
+                false
+            }
+        }
+    }
+
+    #[cfg(not(feature = "negative-controls"))]
+    fn injected_failure(&self) -> bool {
+        false
+    }
+
     /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
     /// region), readable, and writable when `writable`.
     pub(crate) fn place(
@@ -193,6 +231,12 @@ impl Region {
         writable: bool,
     ) -> Result<()> {
         self.check(offset, len)?;
+        if self.injected_failure() {
+            return Err(Error::media(
+                "place pages in a mapping (injected failure)",
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            ));
+        }
         if !offset.is_multiple_of(PAGE_BYTES) || !len.is_multiple_of(PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
