@@ -29,7 +29,7 @@ use crate::format::{block_offset, BLOCK_SIZE, HUGE_BLOCKS, MAX_FILE_BYTES};
 use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
 };
-use crate::map::fault::{Fault, FaultService, Uffd};
+use crate::map::fault::{Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
 use crate::map::place::{Kind, Runs};
 use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
 use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed};
@@ -77,6 +77,8 @@ pub(crate) struct MapTable {
     diverted: Vec<Run>,
     /// The fault service's userfaultfd, once started.
     uffd: Option<Arc<Uffd>>,
+    /// The fault service failed: pages it would serve raise `SIGBUS`.
+    service_lost: bool,
     /// The empty memfd whose mapping raises `SIGBUS`.
     sigbus: Option<Arc<OwnedFd>>,
 }
@@ -216,10 +218,13 @@ fn desired(
         return all(Kind::Sigbus);
     }
     let served = m.served();
-    let empty = if served {
-        Kind::Served { copy_of: None }
-    } else {
-        Kind::Zero
+    // With the fault service lost nothing can answer a served page's fault:
+    // it raises SIGBUS rather than hang (or take stores nobody persists).
+    let lost = st.maps.service_lost;
+    let empty = match (served, lost) {
+        (false, _) => Kind::Zero,
+        (true, false) => Kind::Served { copy_of: None },
+        (true, true) => Kind::Sigbus,
     };
     let mut out: Vec<(u64, u64, Kind)> = Vec::new();
     let mut push = |page: u64, n: u64, k: Kind| match out.last_mut() {
@@ -244,7 +249,9 @@ fn desired(
                         k += 1;
                     }
                     let block = physical + i;
-                    let kind = if shared && served {
+                    let kind = if shared && served && lost {
+                        Kind::Sigbus
+                    } else if shared && served {
                         // Never written in place: a write-protected copy,
                         // copied on the first store.
                         Kind::Served {
@@ -686,19 +693,79 @@ impl Fs {
     }
 
     /// The fault service's userfaultfd, starting the service on first use.
+    /// `EIO` once the service is lost: no fault could be answered.
     fn fault_service(self: &Arc<Self>) -> Result<Arc<Uffd>> {
         let mut svc = self.faults.lock();
         if let Some(s) = &*svc {
+            if s.is_lost() {
+                return Err(Error::media(
+                    "the fault service of this file system failed",
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
             return Ok(s.uffd().clone());
         }
         let weak = Arc::downgrade(self);
-        let started = FaultService::start(move |uffd, fault| match weak.upgrade() {
+        let handle: FaultHandler = Arc::new(move |uffd, fault| match weak.upgrade() {
             Some(fs) => fs.serve_fault(uffd, fault),
             None => uffd.wake(page_of(fault.address), PAGE_BYTES),
-        })?;
+        });
+        let weak = Arc::downgrade(self);
+        let key: FaultKey = Arc::new(move |addr| {
+            let fs = weak.upgrade()?;
+            let m = fs.state.read().maps.find(page_of(addr))?;
+            Some(m.id)
+        });
+        let weak = Arc::downgrade(self);
+        let on_lost: OnLost = Arc::new(move |uffd| {
+            if let Some(fs) = weak.upgrade() {
+                fs.fault_service_lost(uffd);
+            }
+        });
+        let started = FaultService::start(handle, key, on_lost)?;
         let uffd = started.uffd().clone();
         *svc = Some(started);
         Ok(uffd)
+    }
+
+    /// The fault service stopped answering: every page it would serve is
+    /// re-placed as `SIGBUS`, and every thread waiting on a fault of a
+    /// mapping woken — to retry, and die of `SIGBUS` rather than hang.
+    fn fault_service_lost(&self, uffd: &Uffd) {
+        let mut st = self.state.write();
+        st.maps.service_lost = true;
+        for m in st.maps.all() {
+            if !m.served() {
+                continue;
+            }
+            place_range(&st, &*self.media, &m, 0, m.pages());
+            uffd.wake(m.region.base(), m.region.len());
+        }
+    }
+
+    /// Test switch: the fault service answers write faults on its one
+    /// thread, as before the worker pool (a negative control: one write
+    /// fault blocked in a lease break stalls every mapping's faults).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn single_threaded_fault_service_for_tests(self: &Arc<Self>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.set_inline_writes(true);
+        }
+        Ok(())
+    }
+
+    /// Test fault injection: the fault service fails as on a read error of
+    /// its userfaultfd.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn fail_fault_service_for_tests(self: &Arc<Self>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.fail();
+        }
+        Ok(())
     }
 
     /// The empty memfd of the `SIGBUS` mapping, created on first use and
