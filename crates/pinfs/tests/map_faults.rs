@@ -92,7 +92,10 @@ fn blocked_store_into_a(s: &Setup) -> thread::JoinHandle<()> {
         .iter()
         .any(|l| l.state == LeaseState::Breaking)
     {
-        assert!(Instant::now() < deadline, "the write fault never broke the lease");
+        assert!(
+            Instant::now() < deadline,
+            "the write fault never broke the lease"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     t

@@ -52,7 +52,11 @@ fn punch_with_failed_replacement(hold: bool) -> bool {
     assert!(m.is_broken(), "the mapping is marked broken");
     assert_eq!(contents(&a, PAGE, 1), [0], "the file has the hole");
     let busy = fs.statfs().busy;
-    assert_eq!(busy, u64::from(hold), "the reachable block is busy iff held");
+    assert_eq!(
+        busy,
+        u64::from(hold),
+        "the reachable block is busy iff held"
+    );
 
     // Another file takes every free block there is.
     let b = file(&fs, "/b", 0, 0);

@@ -144,12 +144,7 @@ impl MapTable {
         for m in self.all() {
             let placed = m.placed.lock();
             if placed.broken {
-                held.extend(
-                    placed
-                        .held
-                        .iter()
-                        .map(|&(start, len)| Run { start, len }),
-                );
+                held.extend(placed.held.iter().map(|&(start, len)| Run { start, len }));
             }
         }
         held.sort();
@@ -452,9 +447,21 @@ fn split_by(run: Run, sorted: &[Run]) -> Vec<(Run, bool)> {
         }
         let (s, e) = (h.start.max(at), h.end().min(run.end()));
         if s > at {
-            out.push((Run { start: at, len: s - at }, false));
+            out.push((
+                Run {
+                    start: at,
+                    len: s - at,
+                },
+                false,
+            ));
         }
-        out.push((Run { start: s, len: e - s }, true));
+        out.push((
+            Run {
+                start: s,
+                len: e - s,
+            },
+            true,
+        ));
         at = e;
     }
     if at < run.end() {
@@ -518,8 +525,8 @@ fn placement_budget() -> Result<u64> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(DEFAULT_MAX_MAP_COUNT);
-    let maps = std::fs::read("/proc/self/maps")
-        .map_err(|e| Error::media("read /proc/self/maps", e))?;
+    let maps =
+        std::fs::read("/proc/self/maps").map_err(|e| Error::media("read /proc/self/maps", e))?;
     let used = maps.iter().filter(|&&b| b == b'\n').count() as u64;
     Ok((max / MAP_COUNT_SHARE).saturating_sub(used))
 }

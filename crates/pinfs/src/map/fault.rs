@@ -186,8 +186,7 @@ impl Uffd {
         };
         // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which `UffdioApi`
         // spells out; it carries no pointers.
-        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }
-            .map_err(|e| Error::media("UFFDIO_API", e))?;
+        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }.map_err(|e| Error::media("UFFDIO_API", e))?;
         Ok(Uffd { fd })
     }
 

@@ -342,7 +342,8 @@ impl MapInner {
     fn stuck(&self, placed: &mut Placed, start: u64, pages: u64) {
         if !placed.broken {
             placed.broken = true;
-            self.broken_maps.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.broken_maps
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         for (_, n, kind) in placed.runs.pieces(start, start + pages) {
             if let Kind::Pool { block } = kind {

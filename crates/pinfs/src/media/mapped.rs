@@ -46,7 +46,9 @@ use std::ptr::{self, NonNull};
 use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::mm::{Advice, MapFlags, MsyncFlags, ProtFlags};
 
-use super::{check_range, flush, volatile, Durability, FlushMethod, Media, MediaCaps, MediaKind, PoolMemory};
+use super::{
+    check_range, flush, volatile, Durability, FlushMethod, Media, MediaCaps, MediaKind, PoolMemory,
+};
 use crate::{Errno, Error, Result};
 
 /// The smallest pool accepted, in bytes: room for the superblock, journal and

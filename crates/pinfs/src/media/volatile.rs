@@ -173,13 +173,19 @@ mod tests {
                     // SAFETY: `pool[dst_off..dst_off+len]` is in bounds and
                     // distinct from `src`.
                     unsafe { copy_to_pool(pool.as_mut_ptr().add(dst_off), src) };
-                    assert_eq!(&pool[dst_off..dst_off + len], src, "{src_off} {dst_off} {len}");
+                    assert_eq!(
+                        &pool[dst_off..dst_off + len],
+                        src,
+                        "{src_off} {dst_off} {len}"
+                    );
                     assert!(pool[..dst_off].iter().all(|&b| b == GUARD));
                     assert!(pool[dst_off + len..].iter().all(|&b| b == GUARD));
                     // And back out of it.
                     let mut out = vec![GUARD; len + 16];
                     // SAFETY: as above, reading `pool`.
-                    unsafe { copy_from_pool(pool.as_ptr().add(dst_off), &mut out[src_off..src_off + len]) };
+                    unsafe {
+                        copy_from_pool(pool.as_ptr().add(dst_off), &mut out[src_off..src_off + len])
+                    };
                     assert_eq!(&out[src_off..src_off + len], src);
                     assert!(out[..src_off].iter().all(|&b| b == GUARD));
                     assert!(out[src_off + len..].iter().all(|&b| b == GUARD));
