@@ -566,7 +566,7 @@ impl Handle {
     /// Pools that cannot be placed page by page (not mapped, or with pages
     /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`. A range
     /// whose layout would need more separate areas than its share of
-    /// `vm.max_map_count` ([`MAP_COUNT_SHARE`]) gives `ENOMEM`.
+    /// `vm.max_map_count` (one in `MAP_COUNT_SHARE`) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
@@ -793,7 +793,8 @@ impl Fs {
         Ok(st.maps.sigbus.get_or_insert_with(|| Arc::new(fd)).clone())
     }
 
-    /// Answer one fault (on the fault service thread).
+    /// Answer one fault (reads on the fault service thread, writes on a
+    /// fault worker).
     fn serve_fault(&self, uffd: &Uffd, fault: Fault) {
         let addr = page_of(fault.address);
         let found = self.state.read().maps.find(addr);

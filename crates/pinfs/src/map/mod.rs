@@ -30,8 +30,17 @@
 //! `SIGBUS` (SPEC §5.2's "the file has shared blocks", read as: under the
 //! mapped range).
 //!
-//! The fault service (`fault.rs`) is the only code that answers page faults;
-//! it is a thread per file system reading one userfaultfd.
+//! The fault service (`fault.rs`) is the only code that answers page faults:
+//! per file system, one thread reads the userfaultfd and answers read faults
+//! (never blocking), and a bounded pool of workers answers write faults, one
+//! fault per mapping at a time — so a write fault waiting in a lease break
+//! stalls only its own mapping. If the service fails, every served page
+//! becomes the `SIGBUS` mapping and every waiter is woken: no fault hangs.
+//!
+//! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for
+//! it, its `SIGBUS` fallback and its no-access fallback) breaks its mapping
+//! ([`Placed::broken`]): the pool blocks the page may still reach stay busy
+//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`).
 //!
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
@@ -427,13 +436,15 @@ impl MapInner {
 /// [`Mapping::write`], which report a page that would raise `SIGBUS` as
 /// `EFAULT` instead.
 ///
-/// Faults of holes are answered by the file system's fault-service thread,
-/// which takes the file system's locks and may break leases. So a thread
-/// must not touch a mapping's holes while it is inside the file system:
-/// passing mapping memory as the buffer of `pread`/`pwrite`, or touching it
-/// from a lease break callback, can deadlock. Copy through
-/// [`Mapping::read`]/[`Mapping::write`] instead, which never fault while
-/// holding a lock.
+/// Faults of holes are answered by the file system's fault service, which
+/// takes the file system's locks and (for stores) may break leases. So a
+/// thread must not touch a mapping's holes while it is inside the file
+/// system: passing mapping memory as the buffer of `pread`/`pwrite` can
+/// deadlock. Copy through [`Mapping::read`]/[`Mapping::write`] instead,
+/// which never fault while holding a lock. A lease break callback may read
+/// holes of any mapping (read faults never wait for a write fault); a store
+/// from it into a hole of the very mapping whose write fault is breaking
+/// the lease waits for that fault, i.e. until lease-break-time.
 pub struct Mapping {
     pub(crate) fs: Arc<Fs>,
     pub(crate) inner: Arc<MapInner>,
