@@ -215,7 +215,7 @@ fn desired(
     let served = m.served();
     // With the fault service lost nothing can answer a served page's fault:
     // it raises SIGBUS rather than hang (or take stores nobody persists).
-    let lost = st.maps.service_lost;
+    let lost = st.maps.service_lost || st.maps.uffd.is_none();
     let empty = match (served, lost) {
         (false, _) => Kind::Zero,
         (true, false) => Kind::Served { copy_of: None },
@@ -429,11 +429,29 @@ pub(crate) fn affected(
 
 /// Re-place the pages [`affected`] found, from the layout now installed in
 /// `st` (still under the exclusive state lock).
-pub(crate) fn replace(st: &FsState, media: &dyn Media, list: Vec<(Arc<MapInner>, u64, u64)>) {
+///
+/// Returns the pool blocks that broken mappings — this re-placement's, or
+/// earlier ones' — may still reach: the caller passes them to every
+/// [`release_blocks`] of the operation, which keeps them busy.
+#[must_use = "blocks broken mappings still reach must not be freed"]
+pub(crate) fn replace(
+    st: &FsState,
+    media: &dyn Media,
+    list: Vec<(Arc<MapInner>, u64, u64)>,
+) -> Held {
     for (m, p0, p1) in list {
         place_range(st, media, &m, p0, p1);
     }
+    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+        return Held(Vec::new());
+    }
+    Held(st.maps.held_blocks())
 }
+
+/// Pool blocks broken mappings may still reach (sorted, merged), from
+/// [`replace`].
+#[derive(Debug)]
+pub(crate) struct Held(Vec<Run>);
 
 /// `run` split into pieces, each with whether it lies in one of `sorted`
 /// (sorted, merged runs).
@@ -481,13 +499,12 @@ fn split_by(run: Run, sorted: &[Run]) -> Vec<(Run, bool)> {
 /// the blocks a broken mapping may still reach, because one of its pages
 /// could not be re-placed: those go to the busy list (neither free nor
 /// reusable) until the mapping is torn down (SPEC §4.4 for mappings).
-pub(crate) fn release_blocks(st: &mut FsState, run: Run) {
-    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+pub(crate) fn release_blocks(st: &mut FsState, held: &Held, run: Run) {
+    if held.0.is_empty() {
         st.release_blocks(run);
         return;
     }
-    let held = st.maps.held_blocks();
-    for (part, is_held) in split_by(run, &held) {
+    for (part, is_held) in split_by(run, &held.0) {
         if is_held {
             tracing::warn!(target: "pinfs::map", start = part.start, len = part.len, "blocks a broken mapping may still reach stay busy until it is unmapped");
             st.alloc.hold_busy(part);
@@ -598,10 +615,17 @@ impl Handle {
         // Every writable shared mapping has its holes served, MAP_DIRECT ones
         // included: their loads read zeros (SPEC §5.2); only the store that
         // would allocate or convert raises SIGBUS (`write_fault`).
-        let uffd = if flags.writes_file() {
-            Some(fs.fault_service()?)
-        } else {
-            None
+        let service = flags.writes_file().then(|| fs.fault_service());
+        let uffd = match service {
+            None => None,
+            Some(Ok(u)) => Some(u),
+            // Without a fault service (no userfaultfd for this process) a
+            // MAP_DIRECT mapping still maps: its holes raise SIGBUS.
+            Some(Err(e)) if flags.direct => {
+                tracing::warn!(target: "pinfs::map", error = %e, "no fault service: holes of this MAP_DIRECT mapping raise SIGBUS");
+                None
+            }
+            Some(Err(e)) => return Err(e),
         };
         let sigbus = fs.sigbus_fd()?;
         let broken_maps = fs.state.read().maps.broken.clone();

@@ -700,11 +700,11 @@ impl<'a> Op<'a> {
         // the state lock), no mapping reaches it any more: re-placed first,
         // so that blocks a mapping that could not be re-placed still reaches
         // are known when they are released.
-        super::mmap::replace(st, media, remap);
+        let held = super::mmap::replace(st, media, remap);
         // Blocks nothing refers to any more go back to free space, unless a
         // pin or a broken mapping still reaches them.
         for r in released_blocks {
-            super::mmap::release_blocks(st, r);
+            super::mmap::release_blocks(st, &held, r);
         }
     }
 
