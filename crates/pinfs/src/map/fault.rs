@@ -424,8 +424,23 @@ impl FaultService {
     }
 }
 
+/// Declares the service lost if the thread holding it ends other than by
+/// an orderly stop (a panic while answering a fault, say): otherwise the
+/// faults it would have answered hang.
+struct LostUnlessStopped<'a>(&'a Shared);
+
+impl Drop for LostUnlessStopped<'_> {
+    fn drop(&mut self) {
+        let sh = self.0;
+        if !sh.stopping.load(Ordering::Acquire) && !sh.lost.load(Ordering::Acquire) {
+            lose(sh, "a fault service thread ended unexpectedly");
+        }
+    }
+}
+
 /// The service thread: read every fault, answer reads, queue writes.
 fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
+    let _lost_on_exit = LostUnlessStopped(sh);
     let uffd = &*sh.uffd;
     loop {
         let mut fds = [
@@ -457,11 +472,13 @@ fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
     }
 }
 
-/// The service thread cannot go on: hand over to `on_lost` (every served
-/// page raises `SIGBUS`, every waiter is woken), so that no fault hangs.
+/// The service cannot go on: hand over to `on_lost` (every served page
+/// raises `SIGBUS`, every waiter is woken), so that no fault hangs. Once.
 fn lose(sh: &Shared, why: &str) {
+    if sh.lost.swap(true, Ordering::AcqRel) {
+        return;
+    }
     tracing::error!(target: "pinfs::map", why, "fault service lost: served pages now raise SIGBUS");
-    sh.lost.store(true, Ordering::Release);
     (sh.on_lost)(&sh.uffd);
 }
 
@@ -498,6 +515,8 @@ fn dispatch(sh: &Arc<Shared>, fault: Fault) {
 
 /// A worker: answer queued write faults until the service stops.
 fn work(sh: &Shared) {
+    // A worker that dies mid-fault leaves its mapping's key busy for good.
+    let _lost_on_exit = LostUnlessStopped(sh);
     let mut q = sh.queue.lock();
     loop {
         if let Some((key, fault)) = q.take() {
