@@ -27,10 +27,20 @@ const B: u8 = 0xB6;
 /// Bytes per write while filling the pool.
 const FILL_CHUNK: usize = 64 << 10;
 
-/// Punch page 1 of a mapped 4-page file while every re-placement (and its
-/// fallbacks) of the mapping fails, then let another file take every free
-/// block. Returns whether the punched block was reused while still mapped.
-fn punch_with_failed_replacement(hold: bool) -> bool {
+/// How the mapped blocks are freed.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Punch page 1: one block.
+    Punch,
+    /// Truncate to one page: pages 1..4, three blocks.
+    Truncate,
+}
+
+/// Free page 1 (and, truncating, the pages after it) of a mapped 4-page
+/// file while every re-placement (and its fallbacks) of the mapping fails,
+/// then let another file take every free block. Returns whether the block
+/// of page 1 was reused while still mapped.
+fn cut_with_failed_replacement(cut: Cut, hold: bool) -> bool {
     let fs = mount(LONG);
     if !hold {
         fs.disable_map_hold_for_tests();
@@ -48,15 +58,21 @@ fn punch_with_failed_replacement(hold: bool) -> bool {
     // The re-placement, its SIGBUS fallback and its no-access fallback fail,
     // and so does every later placement until the injection is lifted.
     m.inject_placement_failures_for_tests(0, u64::MAX);
-    a.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+    let freed = match cut {
+        Cut::Punch => {
+            a.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+            assert_eq!(contents(&a, PAGE, 1), [0], "the file has the hole");
+            1
+        }
+        Cut::Truncate => {
+            a.truncate(PAGE).unwrap();
+            3
+        }
+    };
     assert!(m.is_broken(), "the mapping is marked broken");
-    assert_eq!(contents(&a, PAGE, 1), [0], "the file has the hole");
     let busy = fs.statfs().busy;
-    assert_eq!(
-        busy,
-        u64::from(hold),
-        "the reachable block is busy iff held"
-    );
+    let expected = if hold { freed } else { 0 };
+    assert_eq!(busy, expected, "the reachable blocks are busy iff held");
 
     // Another file takes every free block there is.
     let b = file(&fs, "/b", 0, 0);
@@ -102,12 +118,16 @@ fn punch_with_failed_replacement(hold: bool) -> bool {
 
 #[test]
 fn blocks_a_mapping_cannot_stop_reaching_stay_busy_until_munmap() {
-    assert!(!punch_with_failed_replacement(true));
+    for cut in [Cut::Punch, Cut::Truncate] {
+        assert!(!cut_with_failed_replacement(cut, true), "{cut:?}");
+    }
 }
 
 #[test]
 fn negative_control_without_the_hold_the_block_is_reused_while_mapped() {
-    assert!(punch_with_failed_replacement(false));
+    for cut in [Cut::Punch, Cut::Truncate] {
+        assert!(cut_with_failed_replacement(cut, false), "{cut:?}");
+    }
 }
 
 #[test]

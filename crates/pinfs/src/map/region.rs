@@ -22,7 +22,11 @@
 //! was mapped, and this module never hands out Rust references into it, only
 //! its address. So replacing pieces of it with `MAP_FIXED` cannot unmap or
 //! alias any memory the rest of the program owns; all offsets are checked
-//! against the region's length before an address is formed. Users who turn
+//! against the region's length before an address is formed.
+//! [`Region::read`]/[`Region::write`] copy with `process_vm_readv`/`writev`:
+//! the kernel makes the copy, opaque to the compiler like a volatile access,
+//! so pool memory that others write concurrently is never copied by a plain
+//! `memcpy` here either (see `media::volatile`). Users who turn
 //! [`Region::base`] into loads and stores do so with raw, volatile accesses of
 //! their own (SPEC §5.2 allows the memory to change under them at any time,
 //! as it does in Linux).
