@@ -5,8 +5,9 @@
 //! Holes (and unwritten or shared blocks) of writable shared mappings are
 //! private anonymous memory registered with the userfaultfd in both modes,
 //! `MISSING` and `WP`. The kernel then stops a thread at its first access
-//! to such a page and queues a message here; the service thread asks the
-//! file system what to do:
+//! to such a page and queues a message here; the service thread reads it
+//! and asks the file system what to do — itself for a read fault, through
+//! a worker for a write fault:
 //!
 //! - a read fault is answered with `UFFDIO_COPY` of zeros (a hole) or of the
 //!   block's bytes (a shared block), *write-protected* in the same call
@@ -26,11 +27,21 @@
 //! correctly after `UFFDIO_WAKE`, and `process_vm_readv`/`writev` wait for the
 //! service like a CPU access does.
 //!
+//! No fault hangs: a write fault may wait in a lease break, but only on a
+//! worker (at most [`MAX_FAULT_WORKERS`], one per mapping at a time), so
+//! read faults and other mappings' write faults go on; and if the service
+//! cannot go on (a read or poll error on the userfaultfd, a thread ending
+//! unexpectedly), the file system re-places every served page as the
+//! `SIGBUS` mapping and wakes every waiter ([`OnLost`]).
+//!
 //! # Safety
 //!
 //! The unsafe code here is the `userfaultfd` system call and its `ioctl`s.
-//! Each ioctl gets a pointer to a properly sized, initialised `#[repr(C)]`
-//! argument that lives across the call. `UFFDIO_COPY` reads `len` bytes from
+//! The generic `ioctl` helper is an `unsafe fn` (the argument type must
+//! match the request); its callers are typed wrappers, one per request,
+//! each passing a properly sized, initialised `#[repr(C)]` argument that
+//! lives across the call. `Uffd::register` is `unsafe` too: only region
+//! memory that Rust never references may be registered. `UFFDIO_COPY` reads `len` bytes from
 //! a source buffer the caller passes as a slice of at least that length, and
 //! writes only into pages of a registered range — memory the kernel itself
 //! manages for the registering mapping, never Rust-owned memory.

@@ -39,7 +39,7 @@
 //!
 //! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for
 //! it, its `SIGBUS` fallback and its no-access fallback) breaks its mapping
-//! ([`Placed::broken`]): the pool blocks the page may still reach stay busy
+//! (`Placed::broken`): the pool blocks the page may still reach stay busy
 //! until the mapping is unmapped (`fs/mmap.rs::release_blocks`).
 //!
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
