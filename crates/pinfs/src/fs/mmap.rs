@@ -553,7 +553,14 @@ fn placement_budget() -> Result<u64> {
 /// VMA; `mmap(MAP_FIXED)` fails once `vm.max_map_count` is reached, and a
 /// mapping that cannot be re-placed keeps blocks busy).
 fn check_budget(st: &FsState, m: &MapInner) -> Result<()> {
-    let runs = desired(st, m, 0, m.pages(), false).len() as u64;
+    // The file's extents and holes under the range: what `desired` places,
+    // but counted without its per-block walk (an mmap of a large file must
+    // not pay twice for its size). Shared blocks may split a few more.
+    let fb0 = m.file_offset / BLOCK_SIZE;
+    let runs = match st.inode(m.ino) {
+        Ok(inode) => inode.extents.segments(fb0, fb0 + m.pages()).len() as u64,
+        Err(_) => 1,
+    };
     let budget = match st.maps.budget_override {
         Some(b) => b,
         None if runs <= BUDGET_FREE_RUNS => return Ok(()),
