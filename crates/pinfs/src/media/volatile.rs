@@ -26,8 +26,8 @@
 /// start-up cost of `rep movsb` dominates (measured on this project's
 /// build machine: 8–16-byte copies 6–10 GB/s by the loop, about memcpy's;
 /// 4 KiB and 64 MiB copies by `rep movsb` within noise of memcpy; 33–300
-/// bytes 2–3 ns per copy, about half memcpy's rate, far below the cost of
-/// the system call around any `pread`).
+/// bytes 3–13 ns per copy, a half to a seventh of memcpy's rate, still far
+/// below the cost of the locks and system calls around any `pread`).
 const SMALL_COPY_BYTES: usize = 32;
 
 /// Bytes per word of the word loop.
