@@ -468,8 +468,11 @@ fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
         if sh.fail.load(Ordering::Acquire) {
             return lose(sh, "failure injected");
         }
-        let mut drained = [0u8; 8];
-        let _ = rustix::io::read(stop, &mut drained);
+        if fds[1].revents().contains(PollFlags::IN) {
+            // A kick (a test switch): consume it, or poll would spin.
+            let mut drained = [0u8; 8];
+            let _ = rustix::io::read(stop, &mut drained);
+        }
         loop {
             match uffd.next() {
                 Ok(Some(fault)) if fault.write && !sh.inline_writes.load(Ordering::Acquire) => {
