@@ -88,3 +88,31 @@ pub(super) fn release_held(st: &mut FsState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: u64, len: u64) -> Run {
+        Run { start, len }
+    }
+
+    #[test]
+    fn split_by_marks_exactly_the_held_blocks() {
+        let held = [run(2, 2), run(6, 1), run(10, 5)];
+        assert_eq!(
+            split_by(run(0, 12), &held),
+            vec![
+                (run(0, 2), false),
+                (run(2, 2), true),
+                (run(4, 2), false),
+                (run(6, 1), true),
+                (run(7, 3), false),
+                (run(10, 2), true),
+            ]
+        );
+        assert_eq!(split_by(run(3, 1), &held), vec![(run(3, 1), true)]);
+        assert_eq!(split_by(run(20, 3), &held), vec![(run(20, 3), false)]);
+        assert_eq!(split_by(run(0, 3), &[]), vec![(run(0, 3), false)]);
+    }
+}
