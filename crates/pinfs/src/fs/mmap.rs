@@ -15,20 +15,25 @@
 //!   breaker, before the state lock; the block is zeroed (or copied), made
 //!   durable, committed — and so re-placed — before the faulting thread is
 //!   woken, which is also what `MAP_SYNC` asks for.
+//!
+//! Submodules: `faults` (the fault service's side: answering faults, losing
+//! the service), `held` (blocks broken mappings may still reach stay busy),
+//! `budget` (the share of `vm.max_map_count` one mapping may need).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::ops::{write_range, Source};
 use super::state::{FsState, Inode, Op};
 use super::{now_ns, Fs, Handle, Segment};
+use crate::alloc::Run;
 use crate::format::{block_offset, BLOCK_SIZE, HUGE_BLOCKS, MAX_FILE_BYTES};
 use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
 };
-use crate::map::fault::{Fault, FaultService, Uffd};
+use crate::map::fault::{Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
 use crate::map::place::{Kind, Runs};
 use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
 use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed};
@@ -40,6 +45,14 @@ use crate::{Errno, Error, Result};
 /// as `mmap` reports running out of mappings).
 pub const MAX_MAPPINGS: usize = 65_536;
 
+mod budget;
+mod faults;
+mod held;
+
+use self::budget::check_budget;
+pub(crate) use self::held::release_blocks;
+use self::held::release_held;
+
 /// The live mappings, by file and by address (in the state, under its lock).
 #[derive(Default)]
 pub(crate) struct MapTable {
@@ -47,8 +60,22 @@ pub(crate) struct MapTable {
     by_addr: BTreeMap<usize, Weak<MapInner>>,
     /// Test-only negative control: layout changes leave live mappings alone.
     replace_disabled: bool,
+    /// Test-only negative control: blocks a broken mapping reaches are freed
+    /// like any other (not held busy).
+    hold_disabled: bool,
+    /// Test-only: the placement budget of one mapping, instead of the one
+    /// computed from `vm.max_map_count`.
+    budget_override: Option<u64>,
+    /// Mappings that are broken ([`crate::map::Placed::broken`]): while
+    /// non-zero, every release of blocks looks for the ones they hold.
+    broken: Arc<AtomicUsize>,
+    /// Blocks put on the busy list because a broken mapping may reach them
+    /// (released again when no broken mapping holds them any more).
+    diverted: Vec<Run>,
     /// The fault service's userfaultfd, once started.
     uffd: Option<Arc<Uffd>>,
+    /// The fault service failed: pages it would serve raise `SIGBUS`.
+    service_lost: bool,
     /// The empty memfd whose mapping raises `SIGBUS`.
     sigbus: Option<Arc<OwnedFd>>,
 }
@@ -107,6 +134,29 @@ impl MapTable {
         Ok(())
     }
 
+    /// The pool blocks the broken mappings may still reach, sorted and
+    /// merged.
+    fn held_blocks(&self) -> Vec<Run> {
+        let mut held: Vec<Run> = Vec::new();
+        for m in self.all() {
+            let placed = m.placed.lock();
+            if placed.broken {
+                held.extend(placed.held.iter().map(|&(start, len)| Run { start, len }));
+            }
+        }
+        held.sort();
+        let mut merged: Vec<Run> = Vec::with_capacity(held.len());
+        for r in held {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end() => {
+                    last.len = last.len.max(r.end() - last.start);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
     fn remove(&mut self, m: &MapInner) {
         self.by_addr.remove(&m.region.base());
         if let Some(v) = self.by_ino.get_mut(&m.ino) {
@@ -160,10 +210,13 @@ fn desired(
         return all(Kind::Sigbus);
     }
     let served = m.served();
-    let empty = if served {
-        Kind::Served { copy_of: None }
-    } else {
-        Kind::Zero
+    // With the fault service lost nothing can answer a served page's fault:
+    // it raises SIGBUS rather than hang (or take stores nobody persists).
+    let lost = st.maps.service_lost || st.maps.uffd.is_none();
+    let empty = match (served, lost) {
+        (false, _) => Kind::Zero,
+        (true, false) => Kind::Served { copy_of: None },
+        (true, true) => Kind::Sigbus,
     };
     let mut out: Vec<(u64, u64, Kind)> = Vec::new();
     let mut push = |page: u64, n: u64, k: Kind| match out.last_mut() {
@@ -188,7 +241,9 @@ fn desired(
                         k += 1;
                     }
                     let block = physical + i;
-                    let kind = if shared && served {
+                    let kind = if shared && served && lost {
+                        Kind::Sigbus
+                    } else if shared && served {
                         // Never written in place: a write-protected copy,
                         // copied on the first store.
                         Kind::Served {
@@ -371,11 +426,29 @@ pub(crate) fn affected(
 
 /// Re-place the pages [`affected`] found, from the layout now installed in
 /// `st` (still under the exclusive state lock).
-pub(crate) fn replace(st: &FsState, media: &dyn Media, list: Vec<(Arc<MapInner>, u64, u64)>) {
+///
+/// Returns the pool blocks that broken mappings — this re-placement's, or
+/// earlier ones' — may still reach: the caller passes them to every
+/// [`release_blocks`] of the operation, which keeps them busy.
+#[must_use = "blocks broken mappings still reach must not be freed"]
+pub(crate) fn replace(
+    st: &FsState,
+    media: &dyn Media,
+    list: Vec<(Arc<MapInner>, u64, u64)>,
+) -> Held {
     for (m, p0, p1) in list {
         place_range(st, media, &m, p0, p1);
     }
+    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+        return Held(Vec::new());
+    }
+    Held(st.maps.held_blocks())
 }
+
+/// Pool blocks broken mappings may still reach (sorted, merged), from
+/// [`replace`].
+#[derive(Debug)]
+pub(crate) struct Held(Vec<Run>);
 
 impl Handle {
     /// Map `[offset, offset+len)` of the file (SPEC §5). `offset` must be
@@ -385,7 +458,9 @@ impl Handle {
     /// file's owner or uid 0 (`CAP_LEASE`) only (`EACCES`), and takes a
     /// shared layout lease of the mapped range for the mapping's lifetime.
     /// Pools that cannot be placed page by page (not mapped, or with pages
-    /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`.
+    /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`. A range
+    /// whose layout would need more separate areas than its share of
+    /// `vm.max_map_count` (one in `MAP_COUNT_SHARE`) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
@@ -414,12 +489,23 @@ impl Handle {
                 return Err(Errno::EACCES.into());
             }
         }
-        let uffd = if flags.writes_file() && !flags.direct {
-            Some(fs.fault_service()?)
-        } else {
-            None
+        // Every writable shared mapping has its holes served, MAP_DIRECT ones
+        // included: their loads read zeros (SPEC §5.2); only the store that
+        // would allocate or convert raises SIGBUS (`write_fault`).
+        let service = flags.writes_file().then(|| fs.fault_service());
+        let uffd = match service {
+            None => None,
+            Some(Ok(u)) => Some(u),
+            // Without a fault service (no userfaultfd for this process) a
+            // MAP_DIRECT mapping still maps: its holes raise SIGBUS.
+            Some(Err(e)) if flags.direct => {
+                tracing::warn!(target: "pinfs::map", error = %e, "no fault service: holes of this MAP_DIRECT mapping raise SIGBUS");
+                None
+            }
+            Some(Err(e)) => return Err(e),
         };
         let sigbus = fs.sigbus_fd()?;
+        let broken_maps = fs.state.read().maps.broken.clone();
         let region = Region::reserve(region_len, offset % HUGE_BYTES)?;
         let pages = region_len / PAGE_BYTES;
         let inner = Arc::new(MapInner {
@@ -435,9 +521,13 @@ impl Handle {
                 runs: Runs::new(pages, Kind::Nothing),
                 invalidated: false,
                 dead: false,
+                broken: false,
+                held: Vec::new(),
             }),
             lease: parking_lot::Mutex::new(None),
+            broken_maps,
         });
+        check_budget(&fs.state.read(), &inner)?;
         if flags.direct {
             // Before the state lock: the request waits for a layout change
             // in progress (SPEC §3.2).
@@ -482,209 +572,33 @@ impl Fs {
     /// Test-only negative control: layout changes stop re-placing live
     /// mappings, so a mapping keeps reaching blocks after they are freed and
     /// given to another file. Tests use it to show they can fail.
+    #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_map_replacement_for_tests(&self) {
         self.state.write().maps.replace_disabled = true;
+    }
+
+    /// Test-only negative control: blocks that a broken mapping (one whose
+    /// pages could not be re-placed) still reaches are freed at once instead
+    /// of being held busy until it is unmapped.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_map_hold_for_tests(&self) {
+        self.state.write().maps.hold_disabled = true;
+    }
+
+    /// Test-only: the most areas one mapping may need (instead of the share
+    /// of `vm.max_map_count`).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn set_map_budget_for_tests(&self, areas: Option<u64>) {
+        self.state.write().maps.budget_override = areas;
     }
 
     /// Live mappings.
     pub fn mapping_count(&self) -> usize {
         self.state.read().maps.all().len()
     }
-
-    /// The fault service's userfaultfd, starting the service on first use.
-    fn fault_service(self: &Arc<Self>) -> Result<Arc<Uffd>> {
-        let mut svc = self.faults.lock();
-        if let Some(s) = &*svc {
-            return Ok(s.uffd().clone());
-        }
-        let weak = Arc::downgrade(self);
-        let started = FaultService::start(move |uffd, fault| match weak.upgrade() {
-            Some(fs) => fs.serve_fault(uffd, fault),
-            None => uffd.wake(page_of(fault.address), PAGE_BYTES),
-        })?;
-        let uffd = started.uffd().clone();
-        *svc = Some(started);
-        Ok(uffd)
-    }
-
-    /// The empty memfd of the `SIGBUS` mapping, created on first use and
-    /// sealed so that it can never grow.
-    fn sigbus_fd(&self) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.state.read().maps.sigbus.clone() {
-            return Ok(fd);
-        }
-        use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create(
-            "pinfs-sigbus",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| Error::media("memfd_create", e.into()))?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
-            .map_err(|e| Error::media("seal the SIGBUS memfd", e.into()))?;
-        let mut st = self.state.write();
-        Ok(st.maps.sigbus.get_or_insert_with(|| Arc::new(fd)).clone())
-    }
-
-    /// Answer one fault (on the fault service thread).
-    fn serve_fault(&self, uffd: &Uffd, fault: Fault) {
-        let addr = page_of(fault.address);
-        let found = self.state.read().maps.find(addr);
-        let Some(m) = found else {
-            uffd.wake(addr, PAGE_BYTES);
-            return;
-        };
-        let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
-        if !fault.write {
-            // Under the state lock, so that the copy matches the layout the
-            // page's placement was computed from.
-            let st = self.state.read();
-            let placed = m.placed.lock();
-            match placed.runs.kind_at(page) {
-                Some(Kind::Served { copy_of }) => {
-                    let mut buf = vec![0u8; PAGE_BYTES as usize];
-                    let read = match copy_of {
-                        Some(b) => self.media.read(block_offset(b), &mut buf),
-                        None => Ok(()),
-                    };
-                    if let Err(e) = read.and_then(|()| uffd.copy_wp(addr, &buf)) {
-                        tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
-                        drop(placed);
-                        drop(st);
-                        self.sigbus_page(&m, page);
-                        uffd.wake(addr, PAGE_BYTES);
-                    }
-                }
-                _ => uffd.wake(addr, PAGE_BYTES),
-            }
-            return;
-        }
-        if let Err(e) = self.write_fault(&m, page) {
-            // As Linux answers ENOSPC or EIO in a write fault; and a
-            // MAP_DIRECT store that would allocate or convert (SPEC §5.2).
-            if m.flags.direct {
-                tracing::debug!(target: "pinfs::map", map = m.id, ino = m.ino, page, "MAP_DIRECT store would allocate or convert: SIGBUS");
-            } else {
-                tracing::warn!(target: "pinfs::map", map = m.id, ino = m.ino, page, error = %e, "write fault failed: SIGBUS");
-            }
-            self.sigbus_page(&m, page);
-        }
-        uffd.wake(addr, PAGE_BYTES);
-    }
-
-    /// Make the block behind page `page` of `m` written and private
-    /// (allocate a zeroed block into a hole, zero and convert an unwritten
-    /// one, copy a shared one), durably, and re-place the page. A store
-    /// into a wholly unallocated 2 MiB window of the file allocates the
-    /// whole window at once, as a 2 MiB page fault of a DAX file system
-    /// does (see [`huge_window`]): one commit instead of 512, and the
-    /// window can then be mapped with one 2 MiB page.
-    fn write_fault(&self, m: &MapInner, page: u64) -> Result<()> {
-        if !m.served() || m.flags.direct {
-            // MAP_DIRECT faults never allocate, convert or unshare.
-            return Err(Errno::EFAULT.into());
-        }
-        let first = m.file_offset / BLOCK_SIZE;
-        let fb = first + page;
-        let huge = self.media.caps().huge_pages;
-        // The blocks the layout-change guard covers, once taken.
-        let mut guarded: Option<(u64, u64)> = None;
-        let mut guard = None;
-        for _ in 0..8 {
-            let mut st = self.state.write();
-            let need = block_need(&st, m.ino, fb)?;
-            let window = huge.then(|| huge_window(&st, m, fb)).flatten();
-            if need == Need::Layout && guard.is_none() {
-                drop(st);
-                let (b0, b1) = window.unwrap_or((fb, fb + 1));
-                let range = ByteRange::new(b0 * BLOCK_SIZE, b1 * BLOCK_SIZE);
-                guard = Some(self.layout_change(m.ino, range, m.owner, false)?);
-                guarded = Some((b0, b1));
-                continue;
-            }
-            // The window only if the guard covers it and it is still wholly
-            // unallocated; otherwise the one block (inside any guard).
-            let (b0, b1) = match window {
-                Some(w) if guarded == Some(w) => w,
-                _ => (fb, fb + 1),
-            };
-            if need != Need::Nothing {
-                let mut op = Op::new(&mut st, &*self.media);
-                write_range(
-                    &mut op,
-                    m.ino,
-                    b0 * BLOCK_SIZE,
-                    (b1 - b0) * BLOCK_SIZE,
-                    Source::Keep,
-                )?;
-                let now = now_ns();
-                let i = op.inode_mut(m.ino)?;
-                i.mtime_ns = now;
-                i.ctime_ns = now;
-                op.commit()?;
-            }
-            // The commit re-placed the pages in every mapping of the file;
-            // a fault that found the block ready only needs this one.
-            place_range(&st, &*self.media, m, b0 - first, b1 - first);
-            return Ok(());
-        }
-        Err(Errno::EAGAIN.into())
-    }
-
-    /// Make one page of `m` raise `SIGBUS` (a fault that could not be
-    /// answered); the next re-placement of the page recomputes it.
-    fn sigbus_page(&self, m: &MapInner, page: u64) {
-        let st = self.state.read();
-        if let Some(ctx) = place_ctx(&st, &*self.media) {
-            let mut placed = m.placed.lock();
-            m.apply(&mut placed, page, 1, Kind::Sigbus, &ctx);
-        }
-    }
-}
-
-/// What a write fault needs done to a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    /// Already written and private (or past EOF: the page raises SIGBUS).
-    Nothing,
-    /// Unwritten: zero and convert, not a layout change (SPEC §2).
-    Convert,
-    /// A hole or a shared block: allocate or unshare, a layout change.
-    Layout,
-}
-
-/// The 2 MiB-aligned window of file blocks around `fb` that a write fault
-/// through `m` may allocate whole: it lies wholly inside the mapping and
-/// below end of file, and none of its blocks is allocated.
-fn huge_window(st: &FsState, m: &MapInner, fb: u64) -> Option<(u64, u64)> {
-    let first = m.file_offset / BLOCK_SIZE;
-    let pages = m.region.len() / PAGE_BYTES;
-    let w0 = fb - fb % HUGE_BLOCKS;
-    let w1 = w0 + HUGE_BLOCKS;
-    let inode = st.inode(m.ino).ok()?;
-    let inside = w0 >= first && w1 <= first + pages && w1 * BLOCK_SIZE <= inode.size;
-    let hole = matches!(
-        inode.extents.segments(w0, w1).as_slice(),
-        [Segment::Hole { len, .. }] if *len == HUGE_BLOCKS
-    );
-    (inside && hole).then_some((w0, w1))
-}
-
-fn block_need(st: &FsState, ino: u64, fb: u64) -> Result<Need> {
-    let inode = st.inode(ino)?;
-    if fb * BLOCK_SIZE >= inode.size {
-        return Ok(Need::Nothing);
-    }
-    Ok(match inode.extents.lookup(fb) {
-        None => Need::Layout,
-        Some((l, e)) if st.refcount(e.physical + fb - l) > 1 => Need::Layout,
-        Some((_, e)) if e.unwritten => Need::Convert,
-        Some(_) => Need::Nothing,
-    })
-}
-
-fn page_of(addr: u64) -> usize {
-    (addr & !(PAGE_BYTES - 1)) as usize
 }
 
 impl Mapping {
@@ -776,10 +690,20 @@ impl Drop for Mapping {
     /// lease held off cannot free a block this range still reaches.
     fn drop(&mut self) {
         let m = &self.inner;
-        m.tear_down();
+        let torn_down = m.tear_down();
         {
             let mut st = self.fs.state.write();
             st.maps.remove(m);
+            if m.placed.lock().broken {
+                st.maps.broken.fetch_sub(1, Ordering::AcqRel);
+                if torn_down {
+                    release_held(&mut st);
+                } else {
+                    // The pages still reach the held blocks: they stay busy
+                    // for the life of the file system rather than be reused.
+                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy");
+                }
+            }
             if let Some(rt) = st.runtime.get(&m.ino).cloned() {
                 rt.opens.fetch_sub(1, Ordering::Relaxed);
             }

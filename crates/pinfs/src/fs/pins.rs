@@ -253,6 +253,7 @@ impl Fs {
     /// Test-only negative control: with protection off, layout changes
     /// ignore pins and free pinned blocks at once, so a device can write into
     /// blocks another file was given. Tests use it to show they can fail.
+    #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_pin_protection_for_tests(&self) {
         self.state.write().protect_pinned = false;

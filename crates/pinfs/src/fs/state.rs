@@ -882,14 +882,16 @@ impl<'a> Op<'a> {
         if let Some(g) = generation {
             st.next_generation = g;
         }
+        // Before anyone can allocate what is freed below (the caller holds
+        // the state lock), no mapping reaches it any more: re-placed first,
+        // so that blocks a mapping that could not be re-placed still reaches
+        // are known when they are released.
+        let held = super::mmap::replace(st, media, remap);
         // Blocks nothing refers to any more go back to free space, unless a
-        // pin still reaches them.
+        // pin or a broken mapping still reaches them.
         for r in released_blocks {
-            st.release_blocks(r);
+            super::mmap::release_blocks(st, &held, r);
         }
-        // Before anyone can allocate what was just freed (the caller holds
-        // the state lock), no mapping reaches it any more.
-        super::mmap::replace(st, media, remap);
     }
 
     /// Give back what staging took; nothing else reached memory or the pool.

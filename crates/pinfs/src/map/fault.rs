@@ -1,11 +1,13 @@
-//! The fault service: one `userfaultfd` per file system and one thread that
-//! answers its faults.
+//! The fault service: one `userfaultfd` per file system, one thread that
+//! reads its faults and answers the read faults, and a bounded pool of
+//! workers answering the write faults ([`FaultService`]).
 //!
 //! Holes (and unwritten or shared blocks) of writable shared mappings are
 //! private anonymous memory registered with the userfaultfd in both modes,
 //! `MISSING` and `WP`. The kernel then stops a thread at its first access
-//! to such a page and queues a message here; the service thread asks the
-//! file system what to do:
+//! to such a page and queues a message here; the service thread reads it
+//! and asks the file system what to do — itself for a read fault, through
+//! a worker for a write fault:
 //!
 //! - a read fault is answered with `UFFDIO_COPY` of zeros (a hole) or of the
 //!   block's bytes (a shared block), *write-protected* in the same call
@@ -25,20 +27,33 @@
 //! correctly after `UFFDIO_WAKE`, and `process_vm_readv`/`writev` wait for the
 //! service like a CPU access does.
 //!
+//! No fault hangs: a write fault may wait in a lease break, but only on a
+//! worker (at most [`MAX_FAULT_WORKERS`], one per mapping at a time), so
+//! read faults and other mappings' write faults go on; and if the service
+//! cannot go on (a read or poll error on the userfaultfd, a thread ending
+//! unexpectedly), the file system re-places every served page as the
+//! `SIGBUS` mapping and wakes every waiter ([`OnLost`]).
+//!
 //! # Safety
 //!
 //! The unsafe code here is the `userfaultfd` system call and its `ioctl`s.
-//! Each ioctl gets a pointer to a properly sized, initialised `#[repr(C)]`
-//! argument that lives across the call. `UFFDIO_COPY` reads `len` bytes from
+//! The generic `ioctl` helper is an `unsafe fn` (the argument type must
+//! match the request); its callers are typed wrappers, one per request,
+//! each passing a properly sized, initialised `#[repr(C)]` argument that
+//! lives across the call. `Uffd::register` is `unsafe` too: only region
+//! memory that Rust never references may be registered. `UFFDIO_COPY` reads `len` bytes from
 //! a source buffer the caller passes as a slice of at least that length, and
 //! writes only into pages of a registered range — memory the kernel itself
 //! manages for the registering mapping, never Rust-owned memory.
 #![allow(unsafe_code)]
 
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
+
+use parking_lot::{Condvar, Mutex};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
@@ -111,10 +126,19 @@ pub(crate) struct Uffd {
     fd: OwnedFd,
 }
 
-fn ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value of the
-    // size the request number encodes (module doc); the kernel reads and
-    // writes only that value during the call.
+/// Issue `request` with `arg` as its argument.
+///
+/// # Safety
+///
+/// `T` must be the `#[repr(C)]` argument type the kernel expects for
+/// `request` (the size the request number encodes), and every pointer it
+/// carries must satisfy that request's contract: for `UFFDIO_COPY`, `src`
+/// readable for `len` bytes and `dst` inside a range this process registered
+/// (memory no Rust reference points into). A mismatch lets the kernel read
+/// or write memory Rust does not expect it to.
+unsafe fn ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `arg` is a live, exclusively borrowed value; that it is the
+    // right type for `request` is the caller's promise.
     let r = unsafe {
         libc::ioctl(
             fd.as_raw_fd(),
@@ -171,13 +195,23 @@ impl Uffd {
             features: UFFD_FEATURE_PAGEFAULT_FLAG_WP,
             ioctls: 0,
         };
-        ioctl(&fd, UFFDIO_API, &mut api).map_err(|e| Error::media("UFFDIO_API", e))?;
+        // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which `UffdioApi`
+        // spells out; it carries no pointers.
+        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }.map_err(|e| Error::media("UFFDIO_API", e))?;
         Ok(Uffd { fd })
     }
 
     /// Register `start..start+len` (private anonymous memory) for missing and
     /// write-protect faults.
-    pub(crate) fn register(&self, start: usize, len: u64) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The range must be memory of a mapping region (`region.rs`) that no
+    /// Rust reference points into and that stays so while it is registered:
+    /// [`Uffd::copy_wp`] fills missing pages of registered ranges with bytes
+    /// of its choosing, which would otherwise change memory behind Rust's
+    /// back (and accesses to the range now wait for the fault service).
+    pub(crate) unsafe fn register(&self, start: usize, len: u64) -> Result<()> {
         let mut reg = UffdioRegister {
             range: UffdioRange {
                 start: start as u64,
@@ -186,7 +220,10 @@ impl Uffd {
             mode: UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
             ioctls: 0,
         };
-        ioctl(&self.fd, UFFDIO_REGISTER, &mut reg).map_err(|e| Error::media("UFFDIO_REGISTER", e))
+        // SAFETY: `UFFDIO_REGISTER` takes a `struct uffdio_register`
+        // (`UffdioRegister`); the range is the caller's promise.
+        unsafe { ioctl(&self.fd, UFFDIO_REGISTER, &mut reg) }
+            .map_err(|e| Error::media("UFFDIO_REGISTER", e))
     }
 
     /// Fill the missing page(s) at `dst` with `src` (page-multiple length),
@@ -201,7 +238,12 @@ impl Uffd {
             mode: UFFDIO_COPY_MODE_WP,
             copy: 0,
         };
-        match ioctl(&self.fd, UFFDIO_COPY, &mut c) {
+        // SAFETY: `UFFDIO_COPY` takes a `struct uffdio_copy` (`UffdioCopy`);
+        // `src` is a live slice of `len` bytes, and the kernel writes only
+        // missing pages of registered ranges, which `register`'s callers
+        // promised are region memory no Rust reference points into (any
+        // other `dst` fails with `ENOENT`/`EINVAL`).
+        match unsafe { ioctl(&self.fd, UFFDIO_COPY, &mut c) } {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {
                 self.wake(dst, src.len() as u64);
@@ -217,7 +259,9 @@ impl Uffd {
             start: start as u64,
             len,
         };
-        if let Err(e) = ioctl(&self.fd, UFFDIO_WAKE, &mut r) {
+        // SAFETY: `UFFDIO_WAKE` takes a `struct uffdio_range` (`UffdioRange`)
+        // and only wakes threads; it touches no memory of the range.
+        if let Err(e) = unsafe { ioctl(&self.fd, UFFDIO_WAKE, &mut r) } {
             tracing::warn!(target: "pinfs::map", error = %e, "UFFDIO_WAKE failed");
         }
     }
@@ -243,40 +287,120 @@ impl Uffd {
     }
 }
 
-/// The thread answering one userfaultfd; stopped and joined on drop.
-#[derive(Debug)]
-pub(crate) struct FaultService {
+/// Most worker threads answering write faults. A write fault may wait in a
+/// lease break (up to lease-break-time, or for good with 0); faults of one
+/// mapping are answered one at a time, so this many mappings blocked at
+/// once stall the write faults of the others — never their read faults.
+pub const MAX_FAULT_WORKERS: usize = 8;
+
+/// Answers one fault (the file system's `serve_fault`).
+pub(crate) type FaultHandler = Arc<dyn Fn(&Uffd, Fault) + Send + Sync>;
+/// The mapping a fault address belongs to (a key: faults of one key are
+/// answered one at a time), or `None` for an address of no live mapping.
+pub(crate) type FaultKey = Arc<dyn Fn(u64) -> Option<u64> + Send + Sync>;
+/// Called once when the service can no longer answer faults: must make
+/// every served page raise `SIGBUS` and wake every waiter.
+pub(crate) type OnLost = Arc<dyn Fn(&Uffd) + Send + Sync>;
+
+/// The write faults waiting for a worker, and the workers.
+#[derive(Default)]
+struct Queue {
+    /// (mapping key, fault), oldest first.
+    jobs: VecDeque<(u64, Fault)>,
+    /// Keys a worker is answering now: their other faults wait.
+    busy: HashSet<u64>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Workers alive.
+    workers: usize,
+    /// The service stopped: workers exit once idle.
+    closed: bool,
+}
+
+impl Queue {
+    /// The oldest job whose mapping no worker is answering.
+    fn take(&mut self) -> Option<(u64, Fault)> {
+        let i = self.jobs.iter().position(|(k, _)| !self.busy.contains(k))?;
+        let job = self.jobs.remove(i)?;
+        self.busy.insert(job.0);
+        Some(job)
+    }
+}
+
+/// What the service thread, the workers and the owner share.
+struct Shared {
     uffd: Arc<Uffd>,
+    handle: FaultHandler,
+    key: FaultKey,
+    on_lost: OnLost,
+    stopping: AtomicBool,
+    /// The service can no longer answer faults (see [`OnLost`]).
+    lost: AtomicBool,
+    /// Test switch: answer write faults on the service thread too (the old
+    /// single-thread design, a negative control).
+    inline_writes: AtomicBool,
+    /// Test switch: the service thread fails as on a read error.
+    fail: AtomicBool,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// The fault service of one userfaultfd: a thread that reads every fault
+/// message and answers read faults itself (they never block: a copy of zeros
+/// or of a block), and a bounded pool of workers answering write faults
+/// (which may wait in a lease break), one mapping at a time each — so a
+/// write fault that blocks stalls only its own mapping. Stopped on drop.
+pub(crate) struct FaultService {
+    shared: Arc<Shared>,
     stop: OwnedFd,
-    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     thread_id: ThreadId,
 }
 
+impl std::fmt::Debug for FaultService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultService")
+            .field("lost", &self.shared.lost.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl FaultService {
-    /// Open a userfaultfd and start the thread that passes each fault to
-    /// `handle`.
-    pub(crate) fn start<F>(handle: F) -> Result<FaultService>
-    where
-        F: Fn(&Uffd, Fault) + Send + 'static,
-    {
+    /// Open a userfaultfd and start the thread that answers its faults with
+    /// `handle`; `key` names the mapping of a fault, `on_lost` runs if the
+    /// service fails.
+    pub(crate) fn start(
+        handle: FaultHandler,
+        key: FaultKey,
+        on_lost: OnLost,
+    ) -> Result<FaultService> {
         let uffd = Arc::new(Uffd::open()?);
         let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| Error::media("eventfd", e.into()))?;
         let stop_thread = stop
             .try_clone()
             .map_err(|e| Error::media("dup eventfd", e))?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (u, s) = (uffd.clone(), stopping.clone());
+        let shared = Arc::new(Shared {
+            uffd,
+            handle,
+            key,
+            on_lost,
+            stopping: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            inline_writes: AtomicBool::new(false),
+            fail: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        let sh = shared.clone();
         let thread = thread::Builder::new()
             .name("pinfs-faults".into())
-            .spawn(move || serve(&u, &stop_thread, &s, handle))
+            .spawn(move || serve(&sh, &stop_thread))
             .map_err(|e| Error::media("spawn the fault service thread", e))?;
         let thread_id = thread.thread().id();
         Ok(FaultService {
-            uffd,
+            shared,
             stop,
-            stopping,
             thread: Some(thread),
             thread_id,
         })
@@ -284,11 +408,51 @@ impl FaultService {
 
     /// The userfaultfd, to register ranges with.
     pub(crate) fn uffd(&self) -> &Arc<Uffd> {
-        &self.uffd
+        &self.shared.uffd
+    }
+
+    /// Whether the service can no longer answer faults.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.shared.lost.load(Ordering::Acquire)
+    }
+
+    /// Test switch: answer write faults on the service thread (one thread
+    /// for everything, as before the worker pool).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn set_inline_writes(&self, inline: bool) {
+        self.shared.inline_writes.store(inline, Ordering::Release);
+    }
+
+    /// Test switch: make the service thread fail as on a read error.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn fail(&self) {
+        self.shared.fail.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    fn kick(&self) {
+        let _ = rustix::io::write(self.stop.as_fd(), &1u64.to_ne_bytes());
     }
 }
 
-fn serve<F: Fn(&Uffd, Fault)>(uffd: &Uffd, stop: &OwnedFd, stopping: &AtomicBool, handle: F) {
+/// Declares the service lost if the thread holding it ends other than by
+/// an orderly stop (a panic while answering a fault, say): otherwise the
+/// faults it would have answered hang.
+struct LostUnlessStopped<'a>(&'a Shared);
+
+impl Drop for LostUnlessStopped<'_> {
+    fn drop(&mut self) {
+        let sh = self.0;
+        if !sh.stopping.load(Ordering::Acquire) && !sh.lost.load(Ordering::Acquire) {
+            lose(sh, "a fault service thread ended unexpectedly");
+        }
+    }
+}
+
+/// The service thread: read every fault, answer reads, queue writes.
+fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
+    let _lost_on_exit = LostUnlessStopped(sh);
+    let uffd = &*sh.uffd;
     loop {
         let mut fds = [
             PollFd::new(&uffd.fd, PollFlags::IN),
@@ -296,38 +460,122 @@ fn serve<F: Fn(&Uffd, Fault)>(uffd: &Uffd, stop: &OwnedFd, stopping: &AtomicBool
         ];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                tracing::error!(target: "pinfs::map", error = %e, "fault service: poll failed");
-                return;
-            }
+            Err(e) => return lose(sh, &format!("poll failed: {e}")),
         }
-        if stopping.load(Ordering::Acquire) {
+        if sh.stopping.load(Ordering::Acquire) {
             return;
+        }
+        if sh.fail.load(Ordering::Acquire) {
+            return lose(sh, "failure injected");
+        }
+        if fds[1].revents().contains(PollFlags::IN) {
+            // A kick (a test switch): consume it, or poll would spin.
+            let mut drained = [0u8; 8];
+            let _ = rustix::io::read(stop, &mut drained);
         }
         loop {
             match uffd.next() {
-                Ok(Some(fault)) => handle(uffd, fault),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(target: "pinfs::map", error = %e, "fault service: read failed");
-                    return;
+                Ok(Some(fault)) if fault.write && !sh.inline_writes.load(Ordering::Acquire) => {
+                    dispatch(sh, fault);
                 }
+                Ok(Some(fault)) => (sh.handle)(uffd, fault),
+                Ok(None) => break,
+                Err(e) => return lose(sh, &format!("read failed: {e}")),
             }
         }
     }
 }
 
+/// The service cannot go on: hand over to `on_lost` (every served page
+/// raises `SIGBUS`, every waiter is woken), so that no fault hangs. Once.
+fn lose(sh: &Shared, why: &str) {
+    if sh.lost.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tracing::error!(target: "pinfs::map", why, "fault service lost: served pages now raise SIGBUS");
+    (sh.on_lost)(&sh.uffd);
+}
+
+/// Queue a write fault for the workers, starting one if none is idle.
+fn dispatch(sh: &Arc<Shared>, fault: Fault) {
+    let Some(key) = (sh.key)(fault.address) else {
+        // No live mapping: nothing to answer, let the thread retry.
+        sh.uffd.wake(page_start(fault.address), PAGE);
+        return;
+    };
+    let mut q = sh.queue.lock();
+    q.jobs.push_back((key, fault));
+    if q.idle == 0 && q.workers < MAX_FAULT_WORKERS {
+        let w = sh.clone();
+        let spawned = thread::Builder::new()
+            .name("pinfs-fault-worker".into())
+            .spawn(move || work(&w));
+        match spawned {
+            Ok(_) => q.workers += 1,
+            Err(e) => {
+                tracing::warn!(target: "pinfs::map", error = %e, workers = q.workers, "cannot start a fault worker");
+                if q.workers == 0 {
+                    // Nobody would ever answer it: answer it here.
+                    q.jobs.pop_back();
+                    drop(q);
+                    (sh.handle)(&sh.uffd, fault);
+                    return;
+                }
+            }
+        }
+    }
+    sh.ready.notify_one();
+}
+
+/// A worker: answer queued write faults until the service stops.
+fn work(sh: &Shared) {
+    // A worker that dies mid-fault leaves its mapping's key busy for good.
+    let _lost_on_exit = LostUnlessStopped(sh);
+    let mut q = sh.queue.lock();
+    loop {
+        if let Some((key, fault)) = q.take() {
+            drop(q);
+            (sh.handle)(&sh.uffd, fault);
+            q = sh.queue.lock();
+            q.busy.remove(&key);
+            // Faults of that mapping may wait for this one.
+            if !q.jobs.is_empty() {
+                sh.ready.notify_one();
+            }
+            continue;
+        }
+        if q.closed {
+            q.workers -= 1;
+            return;
+        }
+        q.idle += 1;
+        sh.ready.wait(&mut q);
+        q.idle -= 1;
+    }
+}
+
+fn page_start(addr: u64) -> usize {
+    (addr & !(PAGE - 1)) as usize
+}
+
+/// Page size of faults (4 KiB pages only are ever registered).
+const PAGE: u64 = 4096;
+
 impl Drop for FaultService {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
-        let _ = rustix::io::write(self.stop.as_fd(), &1u64.to_ne_bytes());
+        self.shared.stopping.store(true, Ordering::Release);
+        self.kick();
         if let Some(t) = self.thread.take() {
-            // The file system may be dropped by the service thread itself
-            // (it held the last reference while answering a fault): it then
-            // exits on its own after this returns.
+            // The file system may be dropped by a fault-answering thread
+            // itself (it held the last reference while answering a fault):
+            // that thread then exits on its own after this returns.
             if thread::current().id() != self.thread_id {
                 let _ = t.join();
             }
         }
+        // Workers are not joined: one may be this thread, or be waiting in
+        // a lease break; each exits when it finds the queue closed.
+        self.shared.queue.lock().closed = true;
+        self.shared.ready.notify_all();
     }
 }

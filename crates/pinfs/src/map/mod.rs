@@ -30,8 +30,17 @@
 //! `SIGBUS` (SPEC §5.2's "the file has shared blocks", read as: under the
 //! mapped range).
 //!
-//! The fault service (`fault.rs`) is the only code that answers page faults;
-//! it is a thread per file system reading one userfaultfd.
+//! The fault service (`fault.rs`) is the only code that answers page faults:
+//! per file system, one thread reads the userfaultfd and answers read faults
+//! (never blocking), and a bounded pool of workers answers write faults, one
+//! fault per mapping at a time — so a write fault waiting in a lease break
+//! stalls only its own mapping. If the service fails, every served page
+//! becomes the `SIGBUS` mapping and every waiter is woken: no fault hangs.
+//!
+//! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for
+//! it, its `SIGBUS` fallback and its no-access fallback) breaks its mapping
+//! (`Placed::broken`): the pool blocks the page may still reach stay busy
+//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`).
 //!
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
@@ -187,6 +196,13 @@ pub(crate) struct Placed {
     pub invalidated: bool,
     /// Torn down (the guard dropped): nothing is placed any more.
     pub dead: bool,
+    /// Some page could be neither placed as asked nor made to raise
+    /// `SIGBUS` nor made inaccessible: it may still reach the pool blocks
+    /// in `held`, which must then stay busy until the mapping is torn down
+    /// (see `fs/mmap.rs::release_blocks`). Later faults raise `SIGBUS`.
+    pub broken: bool,
+    /// Pool blocks (start, count) stuck pages of a broken mapping may reach.
+    pub held: Vec<(u64, u64)>,
 }
 
 /// Where placed pages come from: the descriptors and the fault service.
@@ -225,6 +241,9 @@ pub(crate) struct MapInner {
     pub placed: Mutex<Placed>,
     /// The `MAP_DIRECT` layout lease.
     pub lease: Mutex<Option<LeaseId>>,
+    /// The file system's count of broken mappings (`MapTable`), which every
+    /// release of blocks consults: this one adds itself when it breaks.
+    pub broken_maps: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MapInner {
@@ -241,8 +260,11 @@ impl MapInner {
 
     /// Make `start..start+pages` show `kind`, touching only the pages whose
     /// kind differs from what they show. A placement that fails falls back
-    /// to `SIGBUS`, and then to nothing, so that a failure can never leave a
-    /// page pointing at a block it should no longer reach.
+    /// to `SIGBUS`, and then to nothing; when even that fails the pages keep
+    /// showing what they showed, so the mapping is marked broken and the
+    /// pool blocks they may still reach are recorded in [`Placed::held`].
+    /// The file system's next release of blocks then keeps those busy
+    /// (never free, never reused) until tear-down (`fs/mmap.rs`).
     pub(crate) fn apply(
         &self,
         placed: &mut Placed,
@@ -293,7 +315,7 @@ impl MapInner {
                 Some(uffd) => self
                     .region
                     .place(offset, len, Backing::Anon, true)
-                    .and_then(|()| uffd.register(self.region.base() + offset as usize, len)),
+                    .and_then(|()| self.region.register(uffd, offset, len)),
                 None => Err(Errno::EOPNOTSUPP.into()),
             },
             Kind::Zero => self.region.place(offset, len, Backing::Anon, writable),
@@ -315,9 +337,26 @@ impl MapInner {
                 match fallback {
                     Ok(k) => placed.runs.set(start, pages, k),
                     Err(e) => {
-                        tracing::error!(target: "pinfs::map", map = self.id, error = %e, "cannot even make pages inaccessible")
+                        tracing::error!(target: "pinfs::map", map = self.id, start, pages, error = %e, "cannot even make pages inaccessible: mapping broken, the blocks they reach stay busy until munmap");
+                        self.stuck(placed, start, pages);
                     }
                 }
+            }
+        }
+    }
+
+    /// Pages `start..start+pages` could not be changed: they still show what
+    /// `placed.runs` says. Record the pool blocks they reach and mark the
+    /// mapping broken.
+    fn stuck(&self, placed: &mut Placed, start: u64, pages: u64) {
+        if !placed.broken {
+            placed.broken = true;
+            self.broken_maps
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        for (_, n, kind) in placed.runs.pieces(start, start + pages) {
+            if let Kind::Pool { block } = kind {
+                placed.held.push((block, n));
             }
         }
     }
@@ -334,7 +373,9 @@ impl MapInner {
     }
 
     /// The `MAP_DIRECT` lease was lost at lease-break-time: every page now
-    /// raises `SIGBUS`, for good (SPEC §5.2).
+    /// raises `SIGBUS`, for good (SPEC §5.2). A range that can be neither
+    /// made `SIGBUS` nor inaccessible breaks the mapping (its blocks are
+    /// held by the next release, `fs/mmap.rs`).
     pub(crate) fn invalidate(&self) {
         let mut placed = self.placed.lock();
         if placed.dead || placed.invalidated {
@@ -353,24 +394,36 @@ impl MapInner {
                     .is_ok()
                 {
                     placed.runs.set(0, pages, Kind::Nothing);
+                } else {
+                    self.stuck(&mut placed, 0, pages);
                 }
             }
         }
     }
 
     /// The guard dropped: nothing stays reachable through the range, even
-    /// while a fault being answered still holds a reference.
-    pub(crate) fn tear_down(&self) {
+    /// while a fault being answered still holds a reference. Returns whether
+    /// it worked; if not, the pages keep reaching what they reached (the
+    /// held blocks of a broken mapping must then stay busy for good).
+    pub(crate) fn tear_down(&self) -> bool {
         let mut placed = self.placed.lock();
         let pages = self.pages();
-        if let Err(e) = self
+        // A whole-region placement splits no VMA outside the region, so it
+        // is the placement most likely to succeed.
+        let ok = match self
             .region
             .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
         {
-            tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a mapping failed");
-        }
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a mapping failed");
+                self.stuck(&mut placed, 0, pages);
+                false
+            }
+        };
         placed.runs.set(0, pages, Kind::Nothing);
         placed.dead = true;
+        ok
     }
 }
 
@@ -383,13 +436,15 @@ impl MapInner {
 /// [`Mapping::write`], which report a page that would raise `SIGBUS` as
 /// `EFAULT` instead.
 ///
-/// Faults of holes are answered by the file system's fault-service thread,
-/// which takes the file system's locks and may break leases. So a thread
-/// must not touch a mapping's holes while it is inside the file system:
-/// passing mapping memory as the buffer of `pread`/`pwrite`, or touching it
-/// from a lease break callback, can deadlock. Copy through
-/// [`Mapping::read`]/[`Mapping::write`] instead, which never fault while
-/// holding a lock.
+/// Faults of holes are answered by the file system's fault service, which
+/// takes the file system's locks and (for stores) may break leases. So a
+/// thread must not touch a mapping's holes while it is inside the file
+/// system: passing mapping memory as the buffer of `pread`/`pwrite` can
+/// deadlock. Copy through [`Mapping::read`]/[`Mapping::write`] instead,
+/// which never fault while holding a lock. A lease break callback may read
+/// holes of any mapping (read faults never wait for a write fault); a store
+/// from it into a hole of the very mapping whose write fault is breaking
+/// the lease waits for that fault, i.e. until lease-break-time.
 pub struct Mapping {
     pub(crate) fs: Arc<Fs>,
     pub(crate) inner: Arc<MapInner>,
@@ -456,6 +511,22 @@ impl Mapping {
     /// ([`crate::media::MediaCaps::huge_pages`]), and the window has been touched.
     pub fn huge_mapped_bytes(&self) -> Result<u64> {
         self.inner.region.huge_mapped_bytes()
+    }
+
+    /// Test-only fault injection: the next `skip` placements of pages in
+    /// this mapping succeed, the `fail` after them fail with `ENOMEM` (as
+    /// `mmap(MAP_FIXED)` does once `vm.max_map_count` is exhausted).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn inject_placement_failures_for_tests(&self, skip: u64, fail: u64) {
+        self.inner.region.inject_placement_failures(skip, fail);
+    }
+
+    /// Whether some page of the mapping could not be re-placed (nor made to
+    /// raise `SIGBUS`): its faults raise `SIGBUS`, and the pool blocks it may
+    /// still reach stay busy until it is unmapped.
+    pub fn is_broken(&self) -> bool {
+        self.inner.placed.lock().broken
     }
 
     pub(crate) fn check(&self, offset: u64, len: u64) -> Result<()> {

@@ -22,7 +22,11 @@
 //! was mapped, and this module never hands out Rust references into it, only
 //! its address. So replacing pieces of it with `MAP_FIXED` cannot unmap or
 //! alias any memory the rest of the program owns; all offsets are checked
-//! against the region's length before an address is formed. Users who turn
+//! against the region's length before an address is formed.
+//! [`Region::read`]/[`Region::write`] copy with `process_vm_readv`/`writev`:
+//! the kernel makes the copy, opaque to the compiler like a volatile access,
+//! so pool memory that others write concurrently is never copied by a plain
+//! `memcpy` here either (see `media::volatile`). Users who turn
 //! [`Region::base`] into loads and stores do so with raw, volatile accesses of
 //! their own (SPEC §5.2 allows the memory to change under them at any time,
 //! as it does in Linux).
@@ -68,6 +72,10 @@ pub(crate) enum Backing<'a> {
 pub(crate) struct Region {
     base: usize,
     len: u64,
+    /// Fault injection (tests): (placements still to let through, then
+    /// placements to fail).
+    #[cfg(feature = "negative-controls")]
+    inject: parking_lot::Mutex<(u64, u64)>,
 }
 
 impl Region {
@@ -106,7 +114,12 @@ impl Region {
                 let _ = rustix::mm::munmap((base + len as usize) as *mut c_void, tail);
             }
         }
-        let region = Region { base, len };
+        let region = Region {
+            base,
+            len,
+            #[cfg(feature = "negative-controls")]
+            inject: parking_lot::Mutex::new((0, 0)),
+        };
         region.dont_fork(0, len);
         Ok(region)
     }
@@ -183,6 +196,35 @@ impl Region {
         Ok(total_kib * 1024)
     }
 
+    /// Fault injection (tests): let the next `skip` placements through, then
+    /// fail the `fail` after them with `ENOMEM`, as `mmap(MAP_FIXED)` fails
+    /// when `vm.max_map_count` is exhausted.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn inject_placement_failures(&self, skip: u64, fail: u64) {
+        *self.inject.lock() = (skip, fail);
+    }
+
+    #[cfg(feature = "negative-controls")]
+    fn injected_failure(&self) -> bool {
+        let mut g = self.inject.lock();
+        match *g {
+            (0, 0) => false,
+            (0, ref mut fail) => {
+                *fail -= 1;
+                true
+            }
+            (ref mut skip, _) => {
+                *skip -= 1;
+                false
+            }
+        }
+    }
+
+    #[cfg(not(feature = "negative-controls"))]
+    fn injected_failure(&self) -> bool {
+        false
+    }
+
     /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
     /// region), readable, and writable when `writable`.
     pub(crate) fn place(
@@ -193,6 +235,12 @@ impl Region {
         writable: bool,
     ) -> Result<()> {
         self.check(offset, len)?;
+        if self.injected_failure() {
+            return Err(Error::media(
+                "place pages in a mapping (injected failure)",
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            ));
+        }
         if !offset.is_multiple_of(PAGE_BYTES) || !len.is_multiple_of(PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
@@ -262,6 +310,16 @@ impl Region {
             Ok(_) => Err(Errno::ENOMEM.into()),
             Err(e) => Err(Error::media("place pages in a mapping", e.into())),
         }
+    }
+
+    /// Register `len` bytes at `offset` (page-aligned, inside the region,
+    /// placed as [`Backing::Anon`]) with the fault service's userfaultfd.
+    pub(crate) fn register(&self, uffd: &super::fault::Uffd, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
+        // SAFETY: the range lies inside this region (checked above), which
+        // this value owns and never lends out as a Rust reference (module
+        // doc), until its `Drop` unmaps it — which also unregisters it.
+        unsafe { uffd.register(self.base + offset as usize, len) }
     }
 
     /// Copy `buf.len()` bytes at `offset` out of the region, as a system call

@@ -29,12 +29,12 @@
 //! The mapping is created by [`MappedPool`] and unmapped only in its `Drop`,
 //! so for the life of the value `base..base+len_bytes` is mapped readable and
 //! writable. Every access is bounds-checked with [`check_range`] before a raw
-//! pointer is formed, and pool memory is reached only through raw-pointer
-//! copies, fills and a volatile 8-byte store — never through a `&`/`&mut`
-//! reference, since other processes and devices write the same memory
-//! concurrently. The copies use `copy_nonoverlapping`: the caller's buffer is
-//! ordinary Rust memory and the crate never lends out references into the pool,
-//! so the two cannot overlap.
+//! pointer is formed, and pool memory is reached only through the volatile
+//! copies and fills of [`super::volatile`] and a volatile 8-byte store —
+//! never through a `&`/`&mut` reference nor a plain `memcpy`, since other
+//! processes and devices write the same memory concurrently. The caller's
+//! buffer is ordinary Rust memory and the crate never lends out references
+//! into the pool, so the two cannot overlap.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -47,7 +47,9 @@ use std::sync::atomic::AtomicBool;
 use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::mm::{Advice, MapFlags, MsyncFlags, ProtFlags};
 
-use super::{check_range, flush, Durability, FlushMethod, Media, MediaCaps, MediaKind, PoolMemory};
+use super::{
+    check_range, flush, volatile, Durability, FlushMethod, Media, MediaCaps, MediaKind, PoolMemory,
+};
 use crate::{Errno, Error, Result};
 
 /// The smallest pool accepted, in bytes: room for the superblock, journal and
@@ -288,17 +290,19 @@ impl Media for MappedPool {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let (src, len) = self.at(offset, buf.len() as u64)?;
+        debug_assert_eq!(len, buf.len());
         // SAFETY: `src..src+len` is inside the live mapping (checked by `at`)
         // and `buf` is a distinct Rust buffer of exactly `len` bytes.
-        unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len) };
+        unsafe { volatile::copy_from_pool(src, buf) };
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         let (dst, len) = self.at(offset, data.len() as u64)?;
+        debug_assert_eq!(len, data.len());
         // SAFETY: `dst..dst+len` is inside the live, writable mapping (checked
         // by `at`) and `data` is a distinct Rust buffer of exactly `len` bytes.
-        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, len) };
+        unsafe { volatile::copy_to_pool(dst, data) };
         Ok(())
     }
 
@@ -306,7 +310,7 @@ impl Media for MappedPool {
         let (dst, len) = self.at(offset, len)?;
         // SAFETY: `dst..dst+len` is inside the live, writable mapping (checked
         // by `at`).
-        unsafe { ptr::write_bytes(dst, byte, len) };
+        unsafe { volatile::fill_pool(dst, len, byte) };
         Ok(())
     }
 

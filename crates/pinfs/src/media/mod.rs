@@ -21,6 +21,7 @@ pub mod flush;
 pub mod lock;
 pub mod mapped;
 pub mod recording;
+pub mod volatile;
 
 pub use mapped::MappedPool;
 pub use recording::RecordingMedia;

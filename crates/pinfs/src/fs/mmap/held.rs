@@ -1,0 +1,118 @@
+//! Blocks that broken mappings may still reach (SPEC §4.4 for mappings):
+//! a page that could be neither re-placed, nor made to raise `SIGBUS`, nor
+//! made inaccessible keeps showing its old pool block, so that block must
+//! not be freed (nor reused) until the mapping is torn down. Releases of
+//! blocks divert such blocks to the busy list; unmapping the broken mapping
+//! releases them.
+
+use super::*;
+
+/// `run` split into pieces, each with whether it lies in one of `sorted`
+/// (sorted, merged runs).
+fn split_by(run: Run, sorted: &[Run]) -> Vec<(Run, bool)> {
+    let mut out = Vec::new();
+    let mut at = run.start;
+    let first = sorted.partition_point(|h| h.end() <= run.start);
+    for h in &sorted[first..] {
+        if h.start >= run.end() {
+            break;
+        }
+        let (s, e) = (h.start.max(at), h.end().min(run.end()));
+        if s > at {
+            out.push((
+                Run {
+                    start: at,
+                    len: s - at,
+                },
+                false,
+            ));
+        }
+        out.push((
+            Run {
+                start: s,
+                len: e - s,
+            },
+            true,
+        ));
+        at = e;
+    }
+    if at < run.end() {
+        out.push((
+            Run {
+                start: at,
+                len: run.end() - at,
+            },
+            false,
+        ));
+    }
+    out
+}
+
+/// Release `run` (blocks nothing refers to any more; `Op::install`, after
+/// [`replace`]): to free space through `FsState::release_blocks` — except
+/// the blocks a broken mapping may still reach, because one of its pages
+/// could not be re-placed: those go to the busy list (neither free nor
+/// reusable) until the mapping is torn down (SPEC §4.4 for mappings).
+pub(crate) fn release_blocks(st: &mut FsState, held: &Held, run: Run) {
+    if held.0.is_empty() {
+        st.release_blocks(run);
+        return;
+    }
+    for (part, is_held) in split_by(run, &held.0) {
+        if is_held {
+            tracing::warn!(target: "pinfs::map", start = part.start, len = part.len, "blocks a broken mapping may still reach stay busy until it is unmapped");
+            st.alloc.hold_busy(part);
+            st.maps.diverted.push(part);
+        } else {
+            st.release_blocks(part);
+        }
+    }
+}
+
+/// A broken mapping was torn down: the diverted blocks no remaining broken
+/// mapping holds leave the busy list (unless a pin reaches them: unpinning
+/// releases those).
+pub(super) fn release_held(st: &mut FsState) {
+    let held = st.maps.held_blocks();
+    let diverted = std::mem::take(&mut st.maps.diverted);
+    for d in diverted {
+        for (part, is_held) in split_by(d, &held) {
+            if is_held {
+                st.maps.diverted.push(part);
+                continue;
+            }
+            let (_pinned, free) = st.pins.split(part);
+            for f in free {
+                st.alloc.release_busy(f);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: u64, len: u64) -> Run {
+        Run { start, len }
+    }
+
+    #[test]
+    fn split_by_marks_exactly_the_held_blocks() {
+        let held = [run(2, 2), run(6, 1), run(10, 5)];
+        assert_eq!(
+            split_by(run(0, 12), &held),
+            vec![
+                (run(0, 2), false),
+                (run(2, 2), true),
+                (run(4, 2), false),
+                (run(6, 1), true),
+                (run(7, 3), false),
+                (run(10, 2), true),
+            ]
+        );
+        assert_eq!(split_by(run(3, 1), &held), vec![(run(3, 1), true)]);
+        assert_eq!(split_by(run(20, 3), &held), vec![(run(20, 3), false)]);
+        assert_eq!(split_by(run(0, 3), &[]), vec![(run(0, 3), false)]);
+    }
+}
