@@ -180,3 +180,41 @@ fn mmap_of_a_too_fragmented_range_fails_with_enomem() {
     assert_eq!(load(&m, 2 * PAGE), A);
     drop(m);
 }
+
+/// A block both pinned and reached by a broken mapping: the last unpin must
+/// not free it while the broken mapping still shows it; the munmap then
+/// does (with the pin gone). Default policy `defer`: the punch goes ahead
+/// over the pinned block, which leaves the file busy.
+#[test]
+fn a_pinned_block_a_broken_mapping_reaches_stays_busy_past_the_unpin() {
+    let fs = mount(LONG);
+    let a = file(&fs, "/a", 4 * PAGE, A);
+    // The owner's unbreakable lease entitles the pin; its own punch goes on.
+    let lease = fs
+        .leases()
+        .set_lease(
+            a.lease_file(),
+            a.lease_handle(),
+            pinfs::lease::OwnerId(a.cred().owner),
+            pinfs::lease::LeaseRequest::layout_shared().unbreakable(),
+        )
+        .unwrap();
+    let pin = a.pin_long_term(PAGE, PAGE, None).unwrap();
+    let m = a.mmap(0, 4 * PAGE, MapFlags::SHARED).unwrap();
+    assert_eq!(load(&m, PAGE), A);
+    m.inject_placement_failures_for_tests(0, u64::MAX);
+    a.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+    assert!(m.is_broken());
+    assert_eq!(fs.statfs().busy, 1, "pinned and held");
+    drop(pin);
+    assert_eq!(
+        fs.statfs().busy,
+        1,
+        "the unpin leaves it busy: the broken mapping still reaches it"
+    );
+    m.inject_placement_failures_for_tests(0, 0);
+    drop(m);
+    assert_eq!(fs.statfs().busy, 0, "munmap frees it");
+    fs.leases().release(lease).unwrap();
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+}

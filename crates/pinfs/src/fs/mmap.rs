@@ -50,8 +50,8 @@ mod faults;
 mod held;
 
 use self::budget::check_budget;
-pub(crate) use self::held::release_blocks;
 use self::held::release_held;
+pub(crate) use self::held::{release_blocks, release_unpinned};
 
 /// The live mappings, by file and by address (in the state, under its lock).
 #[derive(Default)]

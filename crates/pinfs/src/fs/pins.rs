@@ -268,7 +268,7 @@ impl Fs {
         };
         let freed = st.pins.remove(id).unwrap_or_default();
         for r in freed {
-            st.alloc.release_busy(r);
+            super::mmap::release_unpinned(&mut st, r);
         }
         if let Some(rt) = st.runtime.get(&ino).cloned() {
             rt.pins.fetch_sub(1, Ordering::Relaxed);

@@ -89,6 +89,24 @@ pub(super) fn release_held(st: &mut FsState) {
     }
 }
 
+/// The last pin on `run` dropped: its busy blocks leave the busy list —
+/// except those a broken mapping may still reach (diverted by
+/// [`release_blocks`]), which stay until that mapping is torn down
+/// ([`release_held`] frees them then).
+pub(crate) fn release_unpinned(st: &mut FsState, run: Run) {
+    if st.maps.diverted.is_empty() {
+        st.alloc.release_busy(run);
+        return;
+    }
+    let mut diverted = st.maps.diverted.clone();
+    diverted.sort_by_key(|r| r.start);
+    for (part, is_diverted) in split_by(run, &diverted) {
+        if !is_diverted {
+            st.alloc.release_busy(part);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
