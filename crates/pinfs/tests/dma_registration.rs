@@ -268,6 +268,26 @@ fn lease_direct_an_unresponsive_owner_is_revoked_at_lease_break_time() {
     }
 }
 
+/// The control of the test above: with revocation switched off, the
+/// device's write after the truncate lands in the file given the blocks.
+#[test]
+fn control_without_revocation_the_new_file_is_corrupted() {
+    let (fs, pool) = mount(TruncatePolicy::Revoke, SHORT);
+    fs.disable_dma_revocation_for_tests();
+    let h = file(&fs, OWNER, "/f", FILE, 1);
+    let m = map_direct(&h, FILE);
+    let r = m.register(device(&pool), 0, FILE, RevokeMode::Invalidate).unwrap();
+    let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
+    other.truncate(0).unwrap();
+    let g = file(&fs, OTHER, "/g", 4 * FILE, 0x5a);
+    assert_eq!(r.write(0, &vec![0xee; FILE as usize]).unwrap(), Completion::Ok);
+    let mut back = vec![0; 4 * FILE as usize];
+    g.pread(0, &mut back).unwrap();
+    let corrupt = back.iter().filter(|&&b| b == 0xee).count();
+    println!("control: {corrupt} corrupt bytes in /g");
+    assert!(corrupt > 0, "the control must detect the device writing into /g");
+}
+
 #[test]
 fn fail_refuses_another_actors_truncate_over_registered_blocks() {
     let (fs, pool) = mount(TruncatePolicy::Fail, LONG);
@@ -303,9 +323,28 @@ fn odp_refaults_after_a_punch_and_never_reaches_the_old_block() {
     g.pread(0, &mut back).unwrap();
     assert!(back.iter().all(|&b| b == 0x77), "the old block's new owner is untouched");
     println!("old block reused by /g: {reused}");
+    assert!(reused, "the allocator reuses the punched block (what makes the test able to fail)");
     // A read of a hole allocates (the device keeps the translation).
     h.fallocate(FallocMode::PunchHole, PAGE_BYTES, PAGE_BYTES).unwrap();
     let mut one = [0u8; 1];
     assert_eq!(r.read(PAGE_BYTES, &mut one).unwrap(), Completion::Ok);
     assert_eq!(one, [0]);
+}
+
+/// The control of the test above: without invalidation the device's write
+/// after the punch lands in the old block, now `/g`'s.
+#[test]
+fn control_without_odp_invalidation_the_old_blocks_new_owner_is_corrupted() {
+    let (fs, pool) = mount(TruncatePolicy::Defer, LONG);
+    fs.disable_dma_revocation_for_tests();
+    let h = file(&fs, OWNER, "/f", FILE, 1);
+    let m = map_shared(&h, FILE);
+    let r = m.register(device(&pool), 0, FILE, RevokeMode::Odp).unwrap();
+    assert_eq!(r.write(0, &[0xd1; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    h.fallocate(FallocMode::PunchHole, 0, PAGE_BYTES).unwrap();
+    let g = file(&fs, OTHER, "/g", PAGE_BYTES, 0x77);
+    assert_eq!(r.write(0, &[0xd2; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    let mut back = vec![0; PAGE_BYTES as usize];
+    g.pread(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0xd2), "the control must see /g overwritten");
 }

@@ -119,6 +119,10 @@ pub(crate) struct RegEntry {
 pub(crate) struct DmaTable {
     regs: BTreeMap<RegistrationId, RegEntry>,
     next: u64,
+    /// Test-only negative control: revocation pretends to be confirmed
+    /// without telling the device, and layout changes leave on-demand
+    /// translations alone.
+    unprotected: bool,
 }
 
 impl std::fmt::Debug for DmaTable {
@@ -163,7 +167,8 @@ impl RegInner {
         if stage.revoked {
             return;
         }
-        if let Some(k) = stage.keys {
+        let pretend = self.fs.state.read().dma.unprotected;
+        if let Some(k) = stage.keys.filter(|_| !pretend) {
             tracing::warn!(target: "pinfs::dma", reg = self.id.0, mr = k.mr.0, device = self.device.name(), mode = %self.mode, "revoking a device registration");
             if let Err(e) = self.device.revoke(k.mr) {
                 // Not confirmed: the pins stay (the caller of a lease's
@@ -574,6 +579,18 @@ impl Mapping {
 }
 
 impl Fs {
+    /// Test-only negative control: a registration's revocation (its lease
+    /// lost, its pins revoked) no longer tells the device — the device keeps
+    /// its translations while the blocks are freed and reused — and layout
+    /// changes no longer invalidate on-demand translations. Tests use it
+    /// (with [`Fs::disable_pin_protection_for_tests`] for `defer`) to show
+    /// they detect a device reaching blocks it no longer owns.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_dma_revocation_for_tests(&self) {
+        self.state.write().dma.unprotected = true;
+    }
+
     /// Every live registration, by id (SPEC §9: listed with the pins).
     pub fn registrations(&self) -> Vec<RegistrationInfo> {
         let regs: Vec<Arc<RegInner>> = self
@@ -618,7 +635,7 @@ pub(crate) fn odp_affected(
     refs: &BTreeMap<u64, u32>,
 ) -> Vec<OdpInvalidation> {
     let mut out = Vec::new();
-    if st.dma.regs.values().all(|e| e.odp.is_none()) {
+    if st.dma.unprotected || st.dma.regs.values().all(|e| e.odp.is_none()) {
         return out;
     }
     let changed: Vec<u64> = refs
