@@ -103,12 +103,15 @@ fn run(
             let mut live: std::collections::VecDeque<u64> = Default::default();
             let mut k = 0u64;
             let check = |fs: &Arc<Fs>, k: u64| {
-                let h = fs.open(OTHER, &format!("/fill{k}"), OpenFlags::RDWR, 0).unwrap();
+                let h = fs
+                    .open(OTHER, &format!("/fill{k}"), OpenFlags::RDWR, 0)
+                    .unwrap();
                 let mut got = vec![0u8; FILL_BYTES as usize];
                 h.pread(0, &mut got).unwrap();
-                counts
-                    .corrupt_bytes
-                    .fetch_add(diff(&got, &pattern(&fill_magic(k), FILL_BYTES)), Ordering::Relaxed);
+                counts.corrupt_bytes.fetch_add(
+                    diff(&got, &pattern(&fill_magic(k), FILL_BYTES)),
+                    Ordering::Relaxed,
+                );
             };
             while !stop.load(Ordering::Acquire) {
                 let h = file(&fs, OTHER, &format!("/fill{k}"), 0, 0);
@@ -146,7 +149,8 @@ fn run(
         let dev = {
             let (reg, counts, stop) = (reg.clone(), counts.clone(), stop_dev.clone());
             thread::spawn(move || {
-                let (dev_pat, rev_pat) = (pattern(DEVICE, PAGE_BYTES), pattern(REVOKED, PAGE_BYTES));
+                let (dev_pat, rev_pat) =
+                    (pattern(DEVICE, PAGE_BYTES), pattern(REVOKED, PAGE_BYTES));
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let revoked = reg.is_revoked();
@@ -234,10 +238,18 @@ fn no_block_a_device_reaches_is_given_to_another_file() {
             TruncatePolicy::Defer,
             TruncatePolicy::Revoke,
         ] {
-            for mode in [RevokeMode::Invalidate, RevokeMode::Redirect, RevokeMode::Odp] {
+            for mode in [
+                RevokeMode::Invalidate,
+                RevokeMode::Redirect,
+                RevokeMode::Odp,
+            ] {
                 let c = run(policy, mode, d, false);
                 report(&format!("device {d} {policy} {mode}"), &c);
-                assert_eq!(c.corrupt_bytes.load(Ordering::Relaxed), 0, "device {d} {policy} {mode}");
+                assert_eq!(
+                    c.corrupt_bytes.load(Ordering::Relaxed),
+                    0,
+                    "device {d} {policy} {mode}"
+                );
                 assert!(c.device_writes.load(Ordering::Relaxed) > 0);
             }
         }
@@ -249,7 +261,11 @@ fn no_block_a_device_reaches_is_given_to_another_file() {
 #[test]
 fn control_without_protection_corruption_is_detected() {
     for d in 0..device_count() {
-        for mode in [RevokeMode::Invalidate, RevokeMode::Redirect, RevokeMode::Odp] {
+        for mode in [
+            RevokeMode::Invalidate,
+            RevokeMode::Redirect,
+            RevokeMode::Odp,
+        ] {
             let mut corrupt = 0;
             // The race may need a few tries to land a write in a reused block.
             for _ in 0..5 {
@@ -260,7 +276,10 @@ fn control_without_protection_corruption_is_detected() {
                     break;
                 }
             }
-            assert!(corrupt > 0, "control device {d} {mode}: must detect corruption");
+            assert!(
+                corrupt > 0,
+                "control device {d} {mode}: must detect corruption"
+            );
         }
     }
 }

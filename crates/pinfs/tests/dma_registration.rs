@@ -61,7 +61,12 @@ fn map_direct_with_a_revocable_device_registers_in_both_modes() {
         .register(dev.clone(), 0, 4 * PAGE_BYTES, RevokeMode::Invalidate)
         .unwrap();
     let b = m
-        .register(dev.clone(), 8 * PAGE_BYTES, 4 * PAGE_BYTES, RevokeMode::Redirect)
+        .register(
+            dev.clone(),
+            8 * PAGE_BYTES,
+            4 * PAGE_BYTES,
+            RevokeMode::Redirect,
+        )
         .unwrap();
     assert_ne!(a.id(), b.id());
     assert_eq!(a.write(100, b"device").unwrap(), Completion::Ok);
@@ -79,7 +84,10 @@ fn map_direct_with_a_revocable_device_registers_in_both_modes() {
     let regs = fs.registrations();
     assert_eq!(regs.len(), 2);
     assert_eq!(regs[0].id, a.id());
-    assert_eq!((regs[0].owner, regs[0].offset, regs[0].len), (OWNER.owner, 0, 4 * PAGE_BYTES));
+    assert_eq!(
+        (regs[0].owner, regs[0].offset, regs[0].len),
+        (OWNER.owner, 0, 4 * PAGE_BYTES)
+    );
     assert_eq!(regs[1].mode, RevokeMode::Redirect);
     assert_eq!(regs[1].keys, b.keys());
     assert_eq!(pinned_pages(&fs, a.id()).len(), 4);
@@ -111,7 +119,10 @@ fn a_plain_shared_mapping_without_the_lease_is_eopnotsupp() {
     let m = map_shared(&h, FILE);
     let dev = device(&pool);
     for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
-        assert_eq!(errno(m.register(dev.clone(), 0, FILE, mode)), Errno::EOPNOTSUPP);
+        assert_eq!(
+            errno(m.register(dev.clone(), 0, FILE, mode)),
+            Errno::EOPNOTSUPP
+        );
     }
     assert!(fs.pins().is_empty() && fs.registrations().is_empty());
 }
@@ -175,13 +186,23 @@ fn a_device_lacking_the_mode_is_eopnotsupp() {
             odp: false,
         },
     );
-    assert_eq!(errno(m.register(pinned_only.clone(), 0, FILE, RevokeMode::Odp)), Errno::EOPNOTSUPP);
-    assert_eq!(errno(m.register(pinned_only.clone(), 0, FILE, RevokeMode::Redirect)), Errno::EOPNOTSUPP);
+    assert_eq!(
+        errno(m.register(pinned_only.clone(), 0, FILE, RevokeMode::Odp)),
+        Errno::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(m.register(pinned_only.clone(), 0, FILE, RevokeMode::Redirect)),
+        Errno::EOPNOTSUPP
+    );
     let unrevocable: Arc<dyn Device> = Toy::new(pool.clone(), DeviceCaps::default());
-    assert_eq!(errno(m.register(unrevocable, 0, FILE, RevokeMode::Invalidate)), Errno::EOPNOTSUPP);
+    assert_eq!(
+        errno(m.register(unrevocable, 0, FILE, RevokeMode::Invalidate)),
+        Errno::EOPNOTSUPP
+    );
     assert!(fs.pins().is_empty() && fs.registrations().is_empty());
     // The control: the same device in a mode it has registers.
-    m.register(pinned_only, 0, FILE, RevokeMode::Invalidate).unwrap();
+    m.register(pinned_only, 0, FILE, RevokeMode::Invalidate)
+        .unwrap();
 }
 
 #[test]
@@ -191,11 +212,17 @@ fn a_broken_map_direct_lease_is_enxio() {
     let m = map_direct(&h, FILE);
     let dev = device(&pool);
     // The control: registering works before the break.
-    drop(m.register(dev.clone(), 0, PAGE_BYTES, RevokeMode::Invalidate).unwrap());
+    drop(
+        m.register(dev.clone(), 0, PAGE_BYTES, RevokeMode::Invalidate)
+            .unwrap(),
+    );
     let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
     other.truncate(FILE / 2).unwrap();
     assert!(m.is_invalidated());
-    assert_eq!(errno(m.register(dev, 0, PAGE_BYTES, RevokeMode::Invalidate)), Errno::ENXIO);
+    assert_eq!(
+        errno(m.register(dev, 0, PAGE_BYTES, RevokeMode::Invalidate)),
+        Errno::ENXIO
+    );
 }
 
 /// Another actor truncates; the owner is told, deregisters and unmaps; the
@@ -211,7 +238,9 @@ fn lease_direct_the_owner_told_deregisters_and_the_truncate_completes() {
         .unwrap();
     let fs2 = fs.clone();
     let truncate = thread::spawn(move || {
-        let other = fs2.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
+        let other = fs2
+            .open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0)
+            .unwrap();
         other.truncate(0)
     });
     let mut broke = 0;
@@ -234,7 +263,11 @@ fn lease_direct_the_owner_told_deregisters_and_the_truncate_completes() {
 /// is untouched.
 #[test]
 fn lease_direct_an_unresponsive_owner_is_revoked_at_lease_break_time() {
-    for policy in [TruncatePolicy::Revoke, TruncatePolicy::Defer, TruncatePolicy::Wait] {
+    for policy in [
+        TruncatePolicy::Revoke,
+        TruncatePolicy::Defer,
+        TruncatePolicy::Wait,
+    ] {
         for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
             let (fs, pool) = mount(policy, SHORT);
             let h = file(&fs, OWNER, "/f", FILE, 1);
@@ -245,7 +278,10 @@ fn lease_direct_an_unresponsive_owner_is_revoked_at_lease_break_time() {
             let free_before = fs.statfs().free;
             let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
             other.truncate(0).unwrap();
-            assert!(r.is_revoked(), "{policy} {mode}: revoked before the truncate returned");
+            assert!(
+                r.is_revoked(),
+                "{policy} {mode}: revoked before the truncate returned"
+            );
             assert!(fs.registrations()[0].revoked);
             assert_eq!(fs.statfs().busy, 0, "{policy} {mode}: freed once revoked");
             assert!(fs.statfs().free >= free_before + FILE / PAGE_BYTES);
@@ -257,7 +293,10 @@ fn lease_direct_an_unresponsive_owner_is_revoked_at_lease_break_time() {
                 _ => assert_eq!(c, Completion::Ok, "redirect: no error"),
             }
             for &p in &pages {
-                assert!(!pool_page(&pool, p).contains(&0xee), "{policy} {mode}: a revoked write reached the pool");
+                assert!(
+                    !pool_page(&pool, p).contains(&0xee),
+                    "{policy} {mode}: a revoked write reached the pool"
+                );
             }
             let mut back = vec![0; 4 * FILE as usize];
             g.pread(0, &mut back).unwrap();
@@ -276,16 +315,24 @@ fn control_without_revocation_the_new_file_is_corrupted() {
     fs.disable_dma_revocation_for_tests();
     let h = file(&fs, OWNER, "/f", FILE, 1);
     let m = map_direct(&h, FILE);
-    let r = m.register(device(&pool), 0, FILE, RevokeMode::Invalidate).unwrap();
+    let r = m
+        .register(device(&pool), 0, FILE, RevokeMode::Invalidate)
+        .unwrap();
     let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
     other.truncate(0).unwrap();
     let g = file(&fs, OTHER, "/g", 4 * FILE, 0x5a);
-    assert_eq!(r.write(0, &vec![0xee; FILE as usize]).unwrap(), Completion::Ok);
+    assert_eq!(
+        r.write(0, &vec![0xee; FILE as usize]).unwrap(),
+        Completion::Ok
+    );
     let mut back = vec![0; 4 * FILE as usize];
     g.pread(0, &mut back).unwrap();
     let corrupt = back.iter().filter(|&&b| b == 0xee).count();
     println!("control: {corrupt} corrupt bytes in /g");
-    assert!(corrupt > 0, "the control must detect the device writing into /g");
+    assert!(
+        corrupt > 0,
+        "the control must detect the device writing into /g"
+    );
 }
 
 #[test]
@@ -294,7 +341,9 @@ fn fail_refuses_another_actors_truncate_over_registered_blocks() {
     let h = file(&fs, OWNER, "/f", FILE, 1);
     let events = fs.leases().owner_events(OwnerId(OWNER.owner)).unwrap();
     let m = map_direct(&h, FILE);
-    let r = m.register(device(&pool), 0, FILE, RevokeMode::Invalidate).unwrap();
+    let r = m
+        .register(device(&pool), 0, FILE, RevokeMode::Invalidate)
+        .unwrap();
     let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
     assert_eq!(errno(other.truncate(0)), Errno::ETXTBSY);
     let ev = events.recv_timeout(PROMPTLY).unwrap().expect("holder told");
@@ -310,22 +359,38 @@ fn odp_refaults_after_a_punch_and_never_reaches_the_old_block() {
     let h = file(&fs, OWNER, "/f", FILE, 1);
     let m = map_shared(&h, FILE);
     let r = m.register(device(&pool), 0, FILE, RevokeMode::Odp).unwrap();
-    assert_eq!(r.write(0, &[0xd1; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    assert_eq!(
+        r.write(0, &[0xd1; PAGE_BYTES as usize]).unwrap(),
+        Completion::Ok
+    );
     let old = h.fiemap().unwrap()[0].physical;
     h.fallocate(FallocMode::PunchHole, 0, PAGE_BYTES).unwrap();
     let g = file(&fs, OTHER, "/g", PAGE_BYTES, 0x77);
     let reused = g.fiemap().unwrap()[0].physical == old;
-    assert_eq!(r.write(0, &[0xd2; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    assert_eq!(
+        r.write(0, &[0xd2; PAGE_BYTES as usize]).unwrap(),
+        Completion::Ok
+    );
     let mut back = vec![0; PAGE_BYTES as usize];
     h.pread(0, &mut back).unwrap();
-    assert!(back.iter().all(|&b| b == 0xd2), "the write re-faulted into the file");
+    assert!(
+        back.iter().all(|&b| b == 0xd2),
+        "the write re-faulted into the file"
+    );
     assert_ne!(h.fiemap().unwrap()[0].physical, old);
     g.pread(0, &mut back).unwrap();
-    assert!(back.iter().all(|&b| b == 0x77), "the old block's new owner is untouched");
+    assert!(
+        back.iter().all(|&b| b == 0x77),
+        "the old block's new owner is untouched"
+    );
     println!("old block reused by /g: {reused}");
-    assert!(reused, "the allocator reuses the punched block (what makes the test able to fail)");
+    assert!(
+        reused,
+        "the allocator reuses the punched block (what makes the test able to fail)"
+    );
     // A read of a hole allocates (the device keeps the translation).
-    h.fallocate(FallocMode::PunchHole, PAGE_BYTES, PAGE_BYTES).unwrap();
+    h.fallocate(FallocMode::PunchHole, PAGE_BYTES, PAGE_BYTES)
+        .unwrap();
     let mut one = [0u8; 1];
     assert_eq!(r.read(PAGE_BYTES, &mut one).unwrap(), Completion::Ok);
     assert_eq!(one, [0]);
@@ -340,11 +405,20 @@ fn control_without_odp_invalidation_the_old_blocks_new_owner_is_corrupted() {
     let h = file(&fs, OWNER, "/f", FILE, 1);
     let m = map_shared(&h, FILE);
     let r = m.register(device(&pool), 0, FILE, RevokeMode::Odp).unwrap();
-    assert_eq!(r.write(0, &[0xd1; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    assert_eq!(
+        r.write(0, &[0xd1; PAGE_BYTES as usize]).unwrap(),
+        Completion::Ok
+    );
     h.fallocate(FallocMode::PunchHole, 0, PAGE_BYTES).unwrap();
     let g = file(&fs, OTHER, "/g", PAGE_BYTES, 0x77);
-    assert_eq!(r.write(0, &[0xd2; PAGE_BYTES as usize]).unwrap(), Completion::Ok);
+    assert_eq!(
+        r.write(0, &[0xd2; PAGE_BYTES as usize]).unwrap(),
+        Completion::Ok
+    );
     let mut back = vec![0; PAGE_BYTES as usize];
     g.pread(0, &mut back).unwrap();
-    assert!(back.iter().all(|&b| b == 0xd2), "the control must see /g overwritten");
+    assert!(
+        back.iter().all(|&b| b == 0xd2),
+        "the control must see /g overwritten"
+    );
 }

@@ -207,9 +207,7 @@ fn dma_reg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         .register(device, off, len, mode)
         .map_err(|e| match e.errno() {
             // The device's own refusal (the kernel's, for uring) says why.
-            Errno::EOPNOTSUPP | Errno::ENXIO | Errno::EINVAL | Errno::EACCES => {
-                CmdError::from(e)
-            }
+            Errno::EOPNOTSUPP | Errno::ENXIO | Errno::EINVAL | Errno::EACCES => CmdError::from(e),
             _ => CmdError::Detail(describe(&e, None)),
         })?;
     if let Some(file) = &ctx.actor.file {

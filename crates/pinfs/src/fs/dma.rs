@@ -559,9 +559,7 @@ impl Mapping {
                 // Revoked (its lease lost) before the device had anything.
                 return Err(Errno::ENXIO.into());
             }
-            let keys = inner
-                .device
-                .register(Backing::Pinned(pages), inner.mode)?;
+            let keys = inner.device.register(Backing::Pinned(pages), inner.mode)?;
             stage.keys = Some(keys);
             keys
         };

@@ -90,7 +90,14 @@ impl Toy {
         self.regions.lock().get(&mr.0).cloned()
     }
 
-    fn access(&self, mr: MrId, offset: u64, len: usize, write: bool, mut f: impl FnMut(Option<u64>, usize, usize) -> Result<()>) -> Result<Completion> {
+    fn access(
+        &self,
+        mr: MrId,
+        offset: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(Option<u64>, usize, usize) -> Result<()>,
+    ) -> Result<Completion> {
         let Some(r) = self.region(mr) else {
             return Ok(Completion::InvalidRegion);
         };
