@@ -422,3 +422,76 @@ fn control_without_odp_invalidation_the_old_blocks_new_owner_is_corrupted() {
         "the control must see /g overwritten"
     );
 }
+
+/// A device whose revocation takes a while and looks, meanwhile, at how many
+/// blocks are free: none of the registered ones may be yet.
+#[derive(Debug)]
+struct SlowRevoke {
+    inner: Arc<dyn Device>,
+    fs: parking_lot::Mutex<std::sync::Weak<Fs>>,
+    free_during: parking_lot::Mutex<Option<u64>>,
+}
+
+impl Device for SlowRevoke {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn caps(&self) -> DeviceCaps {
+        self.inner.caps()
+    }
+    fn register(&self, b: pinfs::dma::Backing, m: RevokeMode) -> pinfs::Result<pinfs::dma::MrKeys> {
+        self.inner.register(b, m)
+    }
+    fn revoke(&self, mr: pinfs::dma::MrId) -> pinfs::Result<()> {
+        thread::sleep(Duration::from_millis(50));
+        if let Some(fs) = self.fs.lock().upgrade() {
+            *self.free_during.lock() = Some(fs.statfs().free);
+        }
+        self.inner.revoke(mr)
+    }
+    fn is_revoked(&self, mr: pinfs::dma::MrId) -> bool {
+        self.inner.is_revoked(mr)
+    }
+    fn invalidate_pages(&self, mr: pinfs::dma::MrId, f: u64, c: u64) -> pinfs::Result<()> {
+        self.inner.invalidate_pages(mr, f, c)
+    }
+    fn deregister(&self, mr: pinfs::dma::MrId) -> pinfs::Result<()> {
+        self.inner.deregister(mr)
+    }
+    fn write(&self, mr: pinfs::dma::MrId, o: u64, d: &[u8]) -> pinfs::Result<Completion> {
+        self.inner.write(mr, o, d)
+    }
+    fn read(&self, mr: pinfs::dma::MrId, o: u64, b: &mut [u8]) -> pinfs::Result<Completion> {
+        self.inner.read(mr, o, b)
+    }
+}
+
+#[test]
+fn blocks_are_freed_only_after_revocation_is_confirmed() {
+    for policy in [TruncatePolicy::Revoke, TruncatePolicy::Defer] {
+        let (fs, pool) = mount(policy, SHORT);
+        let slow = Arc::new(SlowRevoke {
+            inner: device(&pool),
+            fs: parking_lot::Mutex::new(Arc::downgrade(&fs)),
+            free_during: parking_lot::Mutex::new(None),
+        });
+        let h = file(&fs, OWNER, "/f", FILE, 1);
+        let m = map_direct(&h, FILE);
+        let r = m
+            .register(slow.clone(), 0, FILE, RevokeMode::Invalidate)
+            .unwrap();
+        let free_before = fs.statfs().free;
+        let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
+        other.truncate(0).unwrap();
+        assert_eq!(
+            *slow.free_during.lock(),
+            Some(free_before),
+            "{policy}: nothing freed while revoking"
+        );
+        assert!(
+            fs.statfs().free >= free_before + FILE / PAGE_BYTES,
+            "{policy}: freed after"
+        );
+        drop(r);
+    }
+}
