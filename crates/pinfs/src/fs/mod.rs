@@ -557,6 +557,9 @@ impl Fs {
         owner: u64,
         nonblocking: bool,
     ) -> Result<LayoutChangeGuard> {
+        // A shut-down file system changes nothing, so it breaks no lease
+        // either: every layout change is refused here, before any break.
+        self.writable()?;
         let key = {
             let st = self.state.read();
             file_key(ino, st.inode(ino)?.generation)
@@ -625,6 +628,11 @@ impl Fs {
         flags: OpenFlags,
         mode: u32,
     ) -> Result<Handle> {
+        // After a shutdown only reading opens are served: an open that may
+        // write would break open leases for changes that cannot happen.
+        if flags.write || flags.truncate || flags.create {
+            self.writable()?;
+        }
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path).or_else(|e| {
             // "/" itself.

@@ -373,6 +373,7 @@ impl Fs {
         nonblocking: bool,
         deadline: BreakDeadline,
     ) -> Result<LayoutChangeGuard> {
+        self.writable()?;
         let key = {
             let st = self.state.read();
             super::file_key(ino, st.inode(ino)?.generation)
