@@ -205,11 +205,9 @@ fn dma_reg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         .ok_or(CmdError::Errno(Errno::EINVAL))?;
     let reg = mapping
         .register(device, off, len, mode)
-        .map_err(|e| match e.errno() {
-            // The device's own refusal (the kernel's, for uring) says why.
-            Errno::EOPNOTSUPP | Errno::ENXIO | Errno::EINVAL | Errno::EACCES => CmdError::from(e),
-            _ => CmdError::Detail(describe(&e, None)),
-        })?;
+        // The file system's refusals read as their strerror text; the
+        // device's own (the kernel's, for uring) keep what they say why.
+        .map_err(|e| CmdError::Detail(describe(&e, None)))?;
     if let Some(file) = &ctx.actor.file {
         shared.remember_path(file.handle.lease_file(), &file.path);
     }
