@@ -495,3 +495,48 @@ fn blocks_are_freed_only_after_revocation_is_confirmed() {
         drop(r);
     }
 }
+
+/// Ira Weiny's model: the owner's own truncate over its registered blocks
+/// follows the policy — `revoke` revokes the device at lease-break-time,
+/// `defer` leaves the device reaching busy blocks until deregistration.
+#[test]
+fn the_owners_own_layout_change_follows_the_policy() {
+    for policy in [TruncatePolicy::Revoke, TruncatePolicy::Defer] {
+        let (fs, pool) = mount(policy, SHORT);
+        let h = file(&fs, OWNER, "/f", FILE, 1);
+        let m = map_shared(&h, FILE);
+        fs.leases()
+            .set_lease(
+                h.lease_file(),
+                h.lease_handle(),
+                OwnerId(OWNER.owner),
+                LeaseRequest::layout_shared()
+                    .unbreakable()
+                    .range(ByteRange::new(0, FILE)),
+            )
+            .unwrap();
+        let r = m
+            .register(device(&pool), 0, FILE, RevokeMode::Invalidate)
+            .unwrap();
+        h.truncate(0).unwrap();
+        let busy = fs.statfs().busy;
+        match policy {
+            TruncatePolicy::Revoke => {
+                assert!(r.is_revoked());
+                assert_eq!(busy, 0);
+                assert_eq!(r.write(0, b"x").unwrap(), Completion::ProtectionError);
+            }
+            _ => {
+                assert!(!r.is_revoked());
+                assert_eq!(
+                    busy,
+                    FILE / PAGE_BYTES,
+                    "defer: the registered blocks stay busy"
+                );
+                assert_eq!(r.write(0, b"x").unwrap(), Completion::Ok);
+                r.deregister().unwrap();
+                assert_eq!(fs.statfs().busy, 0, "freed at deregistration");
+            }
+        }
+    }
+}
