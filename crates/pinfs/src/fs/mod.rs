@@ -242,6 +242,36 @@ impl Drop for Fs {
     }
 }
 
+/// A media seen through a view that refuses every change (`EROFS`): fsck of
+/// a mounted pool must not write to it.
+#[derive(Debug)]
+struct ReadOnlyView<'a>(&'a dyn Media);
+
+impl Media for ReadOnlyView<'_> {
+    fn caps(&self) -> crate::media::MediaCaps {
+        self.0.caps()
+    }
+    fn len_bytes(&self) -> u64 {
+        self.0.len_bytes()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read(offset, buf)
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn fill(&self, _offset: u64, _len: u64, _byte: u8) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn write_u64(&self, _offset: u64, _value: u64) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn flush(&self, _offset: u64, _len: u64) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn fence(&self) {}
+}
+
 /// The in-process claim on a media (SPEC §7: a pool has one mount at a time;
 /// see [`Media::mount_flag`]). Given back when dropped, unless kept — then
 /// the mounted `Fs` gives it back when it is dropped.
@@ -511,9 +541,47 @@ impl Fs {
         Ok(fs)
     }
 
-    /// Check a pool without changing it beyond journal recovery.
+    /// The pool's bytes as committed now: copied under the state lock, so
+    /// no transaction is half-applied in the copy (data written in place
+    /// meanwhile may or may not be in it). What a crash now would leave on
+    /// media that persist every store; for diagnostics and tests — it copies
+    /// the whole pool.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        let len = usize::try_from(self.media.len_bytes()).map_err(|_| Errno::EFBIG)?;
+        let mut image = vec![0u8; len];
+        let _st = self.state.read();
+        self.media.read(0, &mut image)?;
+        Ok(image)
+    }
+
+    /// What [`Fs::fsck`] says of the mounted pool as committed now (fsck of
+    /// the media itself is refused while it is mounted). Read under the
+    /// state lock, so no transaction is in flight, through a view that
+    /// refuses every write: between commits the journal is clean and fsck
+    /// writes nothing; should it need to (a shut-down file system with a
+    /// transaction to replay), it checks a [`snapshot`](Fs::snapshot)
+    /// instead.
+    pub fn fsck_snapshot(&self) -> Result<FsckReport> {
+        {
+            let _st = self.state.read();
+            match Self::check_media(&ReadOnlyView(&*self.media)) {
+                Err(e) if e.errno() == Errno::EROFS => {}
+                done => return done,
+            }
+        }
+        let image = self.snapshot()?;
+        Self::check_media(&crate::media::RecordingMedia::from_image(image))
+    }
+
+    /// Check a pool without changing it beyond journal recovery. Refused
+    /// with `EBUSY` while the media is mounted ([`Fs::fsck_snapshot`]
+    /// checks a mounted one).
     pub fn fsck(media: &dyn Media) -> Result<FsckReport> {
         let _claim = MountClaim::take(media)?;
+        Self::check_media(media)
+    }
+
+    fn check_media(media: &dyn Media) -> Result<FsckReport> {
         let (st, recovery) = load::load(media)?;
         let problems = load::check(&st);
         Ok(FsckReport {
