@@ -47,7 +47,7 @@ fn fill_magic(k: u64) -> [u8; 8] {
 
 /// The devices to run with on a memfd pool.
 fn devices(pool: &Arc<dyn Media>) -> Vec<Arc<dyn Device>> {
-    vec![toy(pool)]
+    vec![soft(pool)]
 }
 
 #[derive(Default, Debug)]
@@ -224,14 +224,14 @@ fn report(what: &str, c: &Counts) {
     );
 }
 
-fn device_count() -> usize {
+fn device_names() -> Vec<&'static str> {
     let (_fs, pool) = mount(TruncatePolicy::Defer, BREAK);
-    devices(&pool).len()
+    devices(&pool).iter().map(|d| d.name()).collect()
 }
 
 #[test]
 fn no_block_a_device_reaches_is_given_to_another_file() {
-    for d in 0..device_count() {
+    for (d, name) in device_names().into_iter().enumerate() {
         for policy in [
             TruncatePolicy::Fail,
             TruncatePolicy::Wait,
@@ -244,11 +244,11 @@ fn no_block_a_device_reaches_is_given_to_another_file() {
                 RevokeMode::Odp,
             ] {
                 let c = run(policy, mode, d, false);
-                report(&format!("device {d} {policy} {mode}"), &c);
+                report(&format!("{name} {policy} {mode}"), &c);
                 assert_eq!(
                     c.corrupt_bytes.load(Ordering::Relaxed),
                     0,
-                    "device {d} {policy} {mode}"
+                    "{name} {policy} {mode}"
                 );
                 assert!(c.device_writes.load(Ordering::Relaxed) > 0);
             }
@@ -260,7 +260,7 @@ fn no_block_a_device_reaches_is_given_to_another_file() {
 /// device writes in other files.
 #[test]
 fn control_without_protection_corruption_is_detected() {
-    for d in 0..device_count() {
+    for (d, name) in device_names().into_iter().enumerate() {
         for mode in [
             RevokeMode::Invalidate,
             RevokeMode::Redirect,
@@ -270,7 +270,7 @@ fn control_without_protection_corruption_is_detected() {
             // The race may need a few tries to land a write in a reused block.
             for _ in 0..5 {
                 let c = run(TruncatePolicy::Revoke, mode, d, true);
-                report(&format!("control device {d} revoke {mode}"), &c);
+                report(&format!("control {name} revoke {mode}"), &c);
                 corrupt = c.corrupt_bytes.load(Ordering::Relaxed);
                 if corrupt > 0 {
                     break;
@@ -278,7 +278,7 @@ fn control_without_protection_corruption_is_detected() {
             }
             assert!(
                 corrupt > 0,
-                "control device {d} {mode}: must detect corruption"
+                "control {name} {mode}: must detect corruption"
             );
         }
     }

@@ -28,7 +28,7 @@ const PROMPTLY: Duration = Duration::from_secs(20);
 
 /// The device under test: the shipped software RDMA device.
 fn device(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
-    toy(pool)
+    soft(pool)
 }
 
 fn errno(r: pinfs::Result<impl std::fmt::Debug>) -> Errno {

@@ -230,6 +230,11 @@ impl Device for Toy {
     }
 }
 
+/// The shipped software RDMA device over `pool`.
+pub fn soft(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
+    Arc::new(pinfs::dma::soft::SoftDevice::new(pool.clone()).unwrap())
+}
+
 pub fn toy(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
     Toy::new(
         pool.clone(),
