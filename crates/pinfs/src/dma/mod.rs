@@ -38,6 +38,8 @@ use std::sync::Arc;
 
 use crate::Result;
 
+pub mod uring;
+
 /// Bytes per device page: the granularity of every translation table here.
 pub const PAGE_BYTES: u64 = 4096;
 
