@@ -56,7 +56,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use self::memory::{Files, Scratch};
-use self::ring::{Request, Ring, SqToken};
+use self::ring::{CqToken, Request, Ring, SqToken};
 use super::{
     Backing, Completion, Device, DeviceCaps, MrId, MrKeys, RevokeMode, MAX_REGISTRATION_PAGES,
     PAGE_BYTES,
@@ -80,6 +80,10 @@ pub const IOVA_BASE: u64 = 1 << 32;
 /// so the table is the tighter bound unless runs are long).
 pub const MAX_REGIONS: usize = TABLE_ENTRIES as usize;
 
+/// The reaper re-checks for shutdown at least this often (its wake-up no-op
+/// may be taken by a waiter that reaps for itself).
+const REAPER_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The message of a registration the kernel refused to pin.
 const PIN_REFUSED: &str = "io_uring could not register the pool pages as fixed buffers: \
      the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
@@ -98,9 +102,14 @@ struct Inner {
     pool_base: u64,
     pool_len: u64,
     ring: Ring,
+    /// The right to read completions (the reaper's, or a waiter's whose
+    /// completion is already posted).
+    cq: Mutex<CqToken>,
     state: Mutex<State>,
     /// Signalled whenever a request completes or a revocation starts waiting.
     changed: Condvar,
+    /// Wakes the sleeping reaper (`reaper_wanted`, `closing`).
+    reaper_wake: Condvar,
     files: Files,
 }
 
@@ -119,6 +128,10 @@ struct State {
     /// Revocations waiting for in-flight requests (observable by tests).
     revocations_waiting: usize,
     closing: bool,
+    /// Someone waits for a completion it did not find posted: the reaper
+    /// must wait in the kernel (it sleeps otherwise, so an access that
+    /// completes inline costs no thread hand-off).
+    reaper_wanted: bool,
     /// Negative control: `revoke` does not wait for in-flight requests.
     revoke_waits: bool,
 }
@@ -196,7 +209,7 @@ impl UringDevice {
             Some(m) => (m.base.as_ptr() as u64, m.len_bytes),
             None => return Err(Errno::ENODEV.into()),
         };
-        let (ring, sq) = Ring::new().map_err(|e| {
+        let (ring, sq, cq) = Ring::new().map_err(|e| {
             Error::media(
                 format!("set up io_uring with a sparse table of {TABLE_ENTRIES} fixed buffers"),
                 e,
@@ -207,6 +220,7 @@ impl UringDevice {
             pool_base,
             pool_len,
             ring,
+            cq: Mutex::new(cq),
             state: Mutex::new(State {
                 sq,
                 regions: HashMap::new(),
@@ -219,9 +233,11 @@ impl UringDevice {
                 next_ticket: 1,
                 revocations_waiting: 0,
                 closing: false,
+                reaper_wanted: false,
                 revoke_waits: true,
             }),
             changed: Condvar::new(),
+            reaper_wake: Condvar::new(),
             files: Files::default(),
         });
         let reaper_inner = Arc::clone(&inner);
@@ -348,6 +364,7 @@ impl fmt::Debug for Ticket {
 impl Ticket {
     /// Whether the access has completed.
     pub fn is_done(&self) -> bool {
+        self.inner.drain_and_account(false);
         let st = self.inner.state.lock();
         st.tickets.get(&self.id).is_none_or(|t| t.remaining == 0)
     }
@@ -355,24 +372,38 @@ impl Ticket {
     /// Wait for the completion: its status and what the kernel returned for
     /// each of its requests (bytes moved, or `-errno`).
     pub fn wait(mut self) -> (Completion, Vec<i32>) {
-        let (outcome, kernel, _) = self.wait_keep_file();
+        let (outcome, kernel, file) = self.wait_keep_file();
+        if let Some((fd, own, used)) = file {
+            self.inner.give_back(fd, own, used);
+        }
         (outcome, kernel)
     }
 
     fn wait_keep_file(&mut self) -> (Completion, Vec<i32>, Option<(OwnedFd, bool, u64)>) {
         self.waited = true;
-        let mut st = self.inner.state.lock();
-        loop {
+        let inner = &*self.inner;
+        let t = loop {
+            let mut st = inner.state.lock();
             match st.tickets.get(&self.id) {
                 None => return (Completion::DeviceError(libc::EIO), Vec::new(), None),
-                Some(t) if t.remaining == 0 => break,
-                Some(_) => self.inner.changed.wait(&mut st),
+                Some(t) if t.remaining == 0 => match st.tickets.remove(&self.id) {
+                    Some(t) => break t,
+                    None => return (Completion::DeviceError(libc::EIO), Vec::new(), None),
+                },
+                Some(_) => {}
             }
-        }
-        let Some(t) = st.tickets.remove(&self.id) else {
-            return (Completion::DeviceError(libc::EIO), Vec::new(), None);
+            drop(st);
+            // The completion may be posted already (an access that ran
+            // inline): take it here rather than wait for the reaper to be
+            // scheduled.
+            if inner.drain_and_account(false) {
+                continue;
+            }
+            let mut st = inner.state.lock();
+            if st.tickets.get(&self.id).is_some_and(|t| t.remaining > 0) {
+                inner.wait_for_completions(&mut st);
+            }
         };
-        drop(st);
         let file = t.file.map(|f| (f, t.own_file, t.len_bytes));
         (t.outcome, t.kernel, file)
     }
@@ -388,6 +419,10 @@ impl Drop for Ticket {
             Some(t) if t.remaining == 0 => true,
             Some(t) => {
                 t.abandoned = true;
+                // Its descriptor is released when it completes: the reaper
+                // must see that.
+                st.reaper_wanted = true;
+                self.inner.reaper_wake.notify_one();
                 false
             }
             None => false,
@@ -479,9 +514,10 @@ impl Inner {
             if st.requests.len() + pieces.len() <= MAX_IN_FLIGHT || st.requests.is_empty() {
                 break pieces;
             }
-            self.changed.wait(&mut st);
+            self.wait_for_completions(&mut st);
         };
-        let st = &mut *st;
+        let mut guard = st;
+        let st = &mut *guard;
         let Some(region) = st.regions.get_mut(&mr.0) else {
             return Err(Errno::EIO.into()); // unreachable: checked above under the same lock
         };
@@ -528,15 +564,39 @@ impl Inner {
                 abandoned: false,
             },
         );
-        if let Err(e) = self.ring.submit(&mut st.sq, &requests) {
-            // The queued entries stay queued (the next submission flushes
-            // them) and stay counted: the request records and the ticket's
-            // descriptor live until they complete.
-            tracing::error!(error = %e, "uring: io_uring_enter failed to submit");
-            if let Some(t) = st.tickets.get_mut(&ticket) {
+        if let Err((pushed, e)) = self.ring.queue(&mut st.sq, &requests) {
+            // The requests not queued never run: forget them. Those queued
+            // run and stay counted; their ticket is left to the reaper.
+            let unqueued = &requests[pushed..];
+            for r in unqueued {
+                st.requests.remove(&r.user_data);
+            }
+            if let Some(region) = st.regions.get_mut(&mr.0) {
+                region.uncount(generation, unqueued.len());
+            }
+            let mut release = None;
+            if pushed == 0 {
+                release = st.tickets.remove(&ticket);
+            } else if let Some(t) = st.tickets.get_mut(&ticket) {
+                t.remaining = pushed;
                 t.abandoned = true;
             }
-            return Err(Error::media("submit a uring request", e));
+            drop(guard);
+            if let Some(t) = release {
+                self.release_file(t);
+            }
+            self.changed.notify_all();
+            if pushed > 0 {
+                let _ = self.ring.flush();
+            }
+            return Err(Error::media("queue a uring request", e));
+        }
+        drop(guard);
+        // Outside the lock: the copy of an access that completes inline
+        // (a memfd source) runs inside this system call.
+        if let Err(e) = self.ring.flush() {
+            // Still queued and counted: the reaper's next wait submits it.
+            tracing::warn!(error = %e, "uring: io_uring_enter failed; the reaper retries");
         }
         Ok(Ticket {
             inner: Arc::clone(self),
@@ -557,39 +617,78 @@ impl Inner {
         }
     }
 
-    /// The reaper: account every completion to its request, region and
-    /// ticket, and wake the waiters.
-    fn reap_loop(&self) {
+    /// Take the completions posted so far and account them; `false` when
+    /// there were none (or, with `wait_for_cq` false, another thread is
+    /// taking them).
+    fn drain_and_account(&self, wait_for_cq: bool) -> bool {
         let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            if let Err(e) = self.ring.reap(&mut batch) {
-                tracing::error!(error = %e, "uring: waiting for completions failed");
-                std::thread::yield_now();
-                continue;
+        {
+            let mut cq = if wait_for_cq {
+                self.cq.lock()
+            } else {
+                match self.cq.try_lock() {
+                    Some(cq) => cq,
+                    None => return false,
+                }
+            };
+            self.ring.drain(&mut cq, &mut batch);
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let mut released = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for &(user_data, res) in &batch {
+                if let Some(t) = st.complete(user_data, res) {
+                    released.push(t);
+                }
             }
-            let mut stop = false;
-            let mut released = Vec::new();
+            self.changed.notify_all();
+        }
+        for t in released {
+            self.release_file(t);
+        }
+        true
+    }
+
+    /// The reaper: wait in the kernel for completions, account them, wake
+    /// the waiters; stop once the device is closing and nothing is in
+    /// flight.
+    fn reap_loop(&self) {
+        loop {
             {
                 let mut st = self.state.lock();
-                for &(user_data, res) in &batch {
-                    if user_data == ring::WAKE_USER_DATA {
-                        stop = st.closing;
-                        continue;
+                loop {
+                    if st.closing && st.requests.is_empty() {
+                        return;
                     }
-                    if let Some(t) = st.complete(user_data, res) {
-                        released.push(t);
+                    if st.reaper_wanted || st.closing {
+                        break;
                     }
+                    self.reaper_wake.wait(&mut st);
                 }
-                self.changed.notify_all();
             }
-            for t in released {
-                self.release_file(t);
+            if let Err(e) = self.ring.wait(REAPER_TICK) {
+                tracing::error!(error = %e, "uring: waiting for completions failed");
+                std::thread::sleep(REAPER_TICK);
             }
-            if stop {
-                return;
+            self.drain_and_account(true);
+            let mut st = self.state.lock();
+            if st.requests.is_empty() {
+                st.reaper_wanted = false;
             }
         }
+    }
+
+    /// Wait (the state lock released meanwhile) for some completion to be
+    /// accounted, waking the reaper if it sleeps.
+    fn wait_for_completions(&self, st: &mut MutexGuard<'_, State>) {
+        if !st.reaper_wanted {
+            st.reaper_wanted = true;
+            self.reaper_wake.notify_one();
+        }
+        self.changed.wait(st);
     }
 }
 
@@ -599,12 +698,7 @@ impl State {
         let req = self.requests.remove(&user_data)?;
         let mut region_now = None;
         if let Some(region) = self.regions.get_mut(&req.mr) {
-            if let Some(n) = region.in_flight.get_mut(&req.generation) {
-                *n -= 1;
-                if *n == 0 {
-                    region.in_flight.remove(&req.generation);
-                }
-            }
+            region.uncount(req.generation, 1);
             region_now = Some((region.state, region.generation));
         }
         let t = self.tickets.get_mut(&req.ticket)?;
@@ -646,6 +740,16 @@ struct Piece {
 }
 
 impl Region {
+    /// Forget `n` requests counted against `generation`.
+    fn uncount(&mut self, generation: u64, n: usize) {
+        if let Some(c) = self.in_flight.get_mut(&generation) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.in_flight.remove(&generation);
+            }
+        }
+    }
+
     /// The kernel requests an access of `len` bytes at `offset` needs: one
     /// per run it crosses, each addressed inside the buffer the run's entry
     /// names now (pool pages, or scratch once redirected; an invalidated
@@ -706,13 +810,18 @@ impl Inner {
     fn wait_older(&self, st: &mut MutexGuard<'_, State>, mr: u64, generation: u64) {
         st.revocations_waiting += 1;
         self.changed.notify_all();
+        // Requests queued by a thread that has not entered the kernel yet
+        // go now, so the wait does not hang on them.
+        if let Err(e) = self.ring.flush() {
+            tracing::warn!(error = %e, "uring: flushing queued requests failed");
+        }
         while st
             .regions
             .get(&mr)
             .and_then(|r| r.in_flight.keys().next().copied())
             .is_some_and(|oldest| oldest < generation)
         {
-            self.changed.wait(st);
+            self.wait_for_completions(st);
         }
         st.revocations_waiting -= 1;
     }
@@ -906,7 +1015,7 @@ impl Device for UringDevice {
             .get(&mr.0)
             .is_some_and(|r| !r.in_flight.is_empty())
         {
-            inner.changed.wait(&mut st);
+            inner.wait_for_completions(&mut st);
         }
         if let Some(region) = st.regions.remove(&mr.0) {
             st.free_entries
@@ -953,13 +1062,15 @@ impl Drop for UringDevice {
                 if let Err(e) = inner.ring.cancel_all(&mut st.sq) {
                     tracing::warn!(error = %e, "uring: cancelling requests at close failed");
                 }
+                let _ = inner.ring.flush();
             }
+            inner.reaper_wake.notify_all();
             while !st.requests.is_empty() {
-                inner.changed.wait(&mut st);
+                inner.wait_for_completions(&mut st);
             }
-            if let Err(e) = inner.ring.wake_reaper(&mut st.sq) {
-                tracing::error!(error = %e, "uring: cannot wake the reaper; leaking it");
-                return;
+            // The reaper stops at its next wake-up (this no-op, or its tick).
+            if inner.ring.wake_reaper(&mut st.sq).is_ok() {
+                let _ = inner.ring.flush();
             }
         }
         if let Some(reaper) = self.reaper.take() {

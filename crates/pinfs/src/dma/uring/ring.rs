@@ -25,13 +25,14 @@
 //!   request with `EFAULT` otherwise — no user memory is reached through it).
 //! - The submission queue is touched only by a holder of the one [`SqToken`],
 //!   which lives inside the device's state lock; the completion queue only by
-//!   the reaper thread ([`Ring::reap`]). So `submission_shared` and
-//!   `completion_shared` never hand out two views of one queue at a time.
+//!   a holder of the one [`CqToken`], which lives in a lock of its own. So
+//!   `submission_shared` and `completion_shared` never hand out two views of
+//!   one queue at a time.
 #![allow(unsafe_code)]
 
 use std::io;
 
-use io_uring::{opcode, squeue, types, EnterFlags, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
 /// Submission-queue depth of the device's ring. Requests beyond it wait in
 /// user space (the queue is flushed to the kernel whenever it fills).
@@ -52,6 +53,12 @@ pub const WAKE_USER_DATA: u64 = u64::MAX;
 
 /// `user_data` of a cancellation request (its own completion is ignored).
 pub const CANCEL_USER_DATA: u64 = u64::MAX - 1;
+
+/// The right to read the completion queue: exactly one exists per ring,
+/// kept in its own lock, taken by the reaper or by a waiter that finds its
+/// completion already posted (no hand-off to another thread then).
+#[derive(Debug)]
+pub struct CqToken(());
 
 /// The right to use the submission queue: exactly one exists per ring, kept
 /// inside the device's state lock, so submissions are ordered against
@@ -95,10 +102,10 @@ impl std::fmt::Debug for Ring {
 
 impl Ring {
     /// A new ring with its sparse buffer table, and the one submission token.
-    pub fn new() -> io::Result<(Ring, SqToken)> {
+    pub fn new() -> io::Result<(Ring, SqToken, CqToken)> {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
         ring.submitter().register_buffers_sparse(TABLE_ENTRIES)?;
-        Ok((Ring { ring }, SqToken(())))
+        Ok((Ring { ring }, SqToken(()), CqToken(())))
     }
 
     /// Point table entry `entry` at `base..base + len` (the kernel pins those
@@ -133,9 +140,27 @@ impl Ring {
         self.ring.submitter().unregister_buffers()
     }
 
-    /// Queue `requests` and submit them, in one go under the state lock
-    /// (`_token`). Linked requests are chained to their predecessor.
-    pub fn submit(&self, _token: &mut SqToken, requests: &[Request]) -> io::Result<()> {
+    /// Queue `requests` under the state lock (`_token`); linked requests
+    /// are chained to their predecessor. They reach the kernel at the next
+    /// [`Ring::flush`] (or earlier, when the queue fills). A linked batch
+    /// longer than the queue is refused (`E2BIG`): a chain must be queued
+    /// whole to stay a chain. On an error, the first `pushed` requests are
+    /// queued all the same (they will run), the others are not.
+    pub fn queue(&self, _token: &mut SqToken, requests: &[Request]) -> Result<(), (usize, io::Error)> {
+        let linked = requests.iter().skip(1).any(|r| r.linked);
+        if linked && requests.len() > RING_ENTRIES as usize {
+            return Err((0, io::Error::from_raw_os_error(libc::E2BIG)));
+        }
+        if linked {
+            // SAFETY: the token holder alone views the submission queue
+            // (one view, dropped before any other is made).
+            let sq = unsafe { self.ring.submission_shared() };
+            let room = sq.capacity() - sq.len();
+            drop(sq);
+            if room < requests.len() {
+                self.flush().map_err(|e| (0, e))?;
+            }
+        }
         let mut entries = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
             let e = if r.into_buffer {
@@ -158,22 +183,24 @@ impl Ring {
         self.push_all(&entries)
     }
 
-    /// Submit a cancellation of every request in flight.
+    /// Queue a cancellation of every request in flight.
     pub fn cancel_all(&self, _token: &mut SqToken) -> io::Result<()> {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(CANCEL_USER_DATA);
-        self.push_all(&[e])
+        self.push_all(&[e]).map_err(|(_, e)| e)
     }
 
-    /// Submit the no-op that wakes the reaper for shutdown.
+    /// Queue the no-op that wakes the reaper for shutdown.
     pub fn wake_reaper(&self, _token: &mut SqToken) -> io::Result<()> {
         let e = opcode::Nop::new().build().user_data(WAKE_USER_DATA);
-        self.push_all(&[e])
+        self.push_all(&[e]).map_err(|(_, e)| e)
     }
 
-    fn push_all(&self, entries: &[squeue::Entry]) -> io::Result<()> {
-        for e in entries {
+    /// Push every entry (flushing whenever the queue is full); on an error,
+    /// how many were pushed.
+    fn push_all(&self, entries: &[squeue::Entry]) -> Result<(), (usize, io::Error)> {
+        for (pushed, e) in entries.iter().enumerate() {
             loop {
                 // SAFETY: only the holder of the one `SqToken` (taken by
                 // every caller) creates a submission-queue view.
@@ -185,13 +212,17 @@ impl Ring {
                     break;
                 }
                 drop(sq);
-                self.enter_submit()?;
+                self.flush().map_err(|e| (pushed, e))?;
             }
         }
-        self.enter_submit()
+        Ok(())
     }
 
-    fn enter_submit(&self) -> io::Result<()> {
+    /// Hand every queued request to the kernel. Needs no lock: a request
+    /// was counted when it was queued, and whichever thread's
+    /// `io_uring_enter` passes it on, the kernel looks its entry up only
+    /// after that (see the module doc of `uring`).
+    pub fn flush(&self) -> io::Result<()> {
         loop {
             match self.ring.submitter().submit() {
                 Ok(_) => return Ok(()),
@@ -201,35 +232,24 @@ impl Ring {
         }
     }
 
-    /// Wait for at least one completion (the reaper thread only), then hand
-    /// back every completion available as `(user_data, result)`.
-    pub fn reap(&self, out: &mut Vec<(u64, i32)>) -> io::Result<()> {
-        loop {
-            {
-                // SAFETY: only the reaper thread creates a completion-queue
-                // view (module doc).
-                let cq = unsafe { self.ring.completion_shared() };
-                out.extend(cq.map(|c| (c.user_data(), c.result())));
-            }
-            if !out.is_empty() {
-                return Ok(());
-            }
-            // Submit nothing (that is the state lock holders' job, so that
-            // submission stays ordered against table updates); only wait.
-            // SAFETY: no extended argument is passed.
-            let r = unsafe {
-                self.ring.submitter().enter::<libc::sigset_t>(
-                    0,
-                    1,
-                    EnterFlags::GETEVENTS.bits(),
-                    None,
-                )
-            };
-            match r {
-                Ok(_) => {}
-                Err(e) if retryable(&e) => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
+    /// Hand back every completion available now as `(user_data, result)`,
+    /// by the holder of the one [`CqToken`].
+    pub fn drain(&self, _token: &mut CqToken, out: &mut Vec<(u64, i32)>) {
+        // SAFETY: only the holder of the one `CqToken` creates a
+        // completion-queue view.
+        let cq = unsafe { self.ring.completion_shared() };
+        out.extend(cq.map(|c| (c.user_data(), c.result())));
+    }
+
+    /// Wait until at least one completion is available or `timeout` passes
+    /// (the reaper's wait; it also hands queued requests to the kernel).
+    pub fn wait(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if retryable(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

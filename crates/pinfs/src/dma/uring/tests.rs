@@ -2,6 +2,12 @@
 //! and reads through fixed buffers over a memfd pool, runs, revocation in
 //! both modes, confirmation with a request in flight (and its negative
 //! control), and the kernel's refusal to pin a regular-file pool.
+//!
+//! # Safety
+//!
+//! Only the hand-run throughput comparison uses `unsafe`: a raw io_uring
+//! baseline whose fixed buffer is a `Vec` that outlives its registration.
+#![allow(unsafe_code)]
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -395,4 +401,63 @@ fn a_dev_shm_pool_registers() {
         .unwrap();
     assert_eq!(dev.write(keys.mr, 10, b"tmpfs").unwrap(), Completion::Ok);
     assert_eq!(pool_bytes(&pool, PAGE_BYTES + 10, 5), b"tmpfs");
+}
+
+/// Not a test: a quick throughput comparison, run by hand with
+/// `--ignored --nocapture` (benchmarks proper are `pinfs bench dma`).
+#[test]
+#[ignore]
+fn throughput_against_raw_read_fixed() {
+    use io_uring::{opcode, types, IoUring};
+    use std::time::Instant;
+    for &size in &[4096usize, 1 << 20] {
+        let iters = if size == 4096 { 5000 } else { 200 };
+        let pool = pool();
+        let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+        let keys = dev
+            .register(Backing::Pinned((0..256).map(|p| p * PAGE_BYTES).collect()), RevokeMode::Invalidate)
+            .unwrap();
+        let data = pattern(size, 1);
+        let mut ring = IoUring::new(8).unwrap();
+        let mut anon = vec![0u8; 1 << 20];
+        let iov = if std::env::var_os("BASE_POOL").is_some() {
+            let m = pool.mapping().unwrap();
+            libc::iovec { iov_base: unsafe { m.base.as_ptr().add(8 << 20) }.cast(), iov_len: 1 << 20 }
+        } else {
+            libc::iovec { iov_base: anon.as_mut_ptr().cast(), iov_len: anon.len() }
+        };
+        // SAFETY: `anon` outlives the ring's use of it (unregistered below).
+        unsafe { ring.submitter().register_buffers(&[iov]).unwrap() };
+        let src = rustix::fs::memfd_create("src", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        // Best of interleaved rounds: the machine is shared.
+        let (mut ours, mut base) = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..iters {
+                assert_eq!(dev.write(keys.mr, 0, &data).unwrap(), Completion::Ok);
+            }
+            ours = ours.min(t.elapsed().as_secs_f64());
+            // Baseline: the same pwrite + READ_FIXED into an anonymous fixed buffer.
+            let t = Instant::now();
+            for _ in 0..iters {
+                memory::pwrite_all(&src, 0, &data).unwrap();
+                let e = opcode::ReadFixed::new(types::Fd(src.as_raw_fd()), iov.iov_base.cast(), size as u32, 0)
+                    .build()
+                    .user_data(1);
+                // SAFETY: the buffer is registered and the fd open.
+                unsafe { ring.submission().push(&e).unwrap() };
+                ring.submit_and_wait(1).unwrap();
+                let c = ring.completion().next().unwrap();
+                assert_eq!(c.result(), size as i32);
+            }
+            base = base.min(t.elapsed().as_secs_f64());
+        }
+        ring.submitter().unregister_buffers().unwrap();
+        println!(
+            "{size} B: uring device {:.0} MB/s, raw READ_FIXED {:.0} MB/s, ratio {:.2}",
+            (size * iters) as f64 / ours / 1e6,
+            (size * iters) as f64 / base / 1e6,
+            base / ours
+        );
+    }
 }
