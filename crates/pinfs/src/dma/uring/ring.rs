@@ -1,7 +1,7 @@
 //! The io_uring instance of the `uring` device and every system call made on
 //! it: the sparse fixed-buffer table (registered once, its entries filled,
 //! replaced and emptied one by one), submission of requests, and the
-//! reaper's wait for completions.
+//! wait for completions.
 //!
 //! It owns the unsafe half of the device so that `uring/mod.rs`, which owns
 //! the protocol (regions, generations, in-flight counts, confirmation), is
@@ -48,15 +48,12 @@ pub const TABLE_ENTRIES: u32 = 1 << 14;
 /// `io_buffer_validate`): longer runs of pool pages take several entries.
 pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
-/// `user_data` of the no-op that wakes the reaper for shutdown.
-pub const WAKE_USER_DATA: u64 = u64::MAX;
-
 /// `user_data` of a cancellation request (its own completion is ignored).
 pub const CANCEL_USER_DATA: u64 = u64::MAX - 1;
 
 /// The right to read the completion queue: exactly one exists per ring,
-/// kept in its own lock, taken by the reaper or by a waiter that finds its
-/// completion already posted (no hand-off to another thread then).
+/// kept in its own lock, held by the thread that reaps for everyone (the
+/// leader, see the `uring` module doc).
 #[derive(Debug)]
 pub struct CqToken(());
 
@@ -146,7 +143,11 @@ impl Ring {
     /// longer than the queue is refused (`E2BIG`): a chain must be queued
     /// whole to stay a chain. On an error, the first `pushed` requests are
     /// queued all the same (they will run), the others are not.
-    pub fn queue(&self, _token: &mut SqToken, requests: &[Request]) -> Result<(), (usize, io::Error)> {
+    pub fn queue(
+        &self,
+        _token: &mut SqToken,
+        requests: &[Request],
+    ) -> Result<(), (usize, io::Error)> {
         let linked = requests.iter().skip(1).any(|r| r.linked);
         if linked && requests.len() > RING_ENTRIES as usize {
             return Err((0, io::Error::from_raw_os_error(libc::E2BIG)));
@@ -188,12 +189,6 @@ impl Ring {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
             .user_data(CANCEL_USER_DATA);
-        self.push_all(&[e]).map_err(|(_, e)| e)
-    }
-
-    /// Queue the no-op that wakes the reaper for shutdown.
-    pub fn wake_reaper(&self, _token: &mut SqToken) -> io::Result<()> {
-        let e = opcode::Nop::new().build().user_data(WAKE_USER_DATA);
         self.push_all(&[e]).map_err(|(_, e)| e)
     }
 
@@ -242,7 +237,7 @@ impl Ring {
     }
 
     /// Wait until at least one completion is available or `timeout` passes
-    /// (the reaper's wait; it also hands queued requests to the kernel).
+    /// (the leader's wait; it also hands queued requests to the kernel).
     pub fn wait(&self, timeout: std::time::Duration) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);

@@ -415,16 +415,25 @@ fn throughput_against_raw_read_fixed() {
         let pool = pool();
         let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
         let keys = dev
-            .register(Backing::Pinned((0..256).map(|p| p * PAGE_BYTES).collect()), RevokeMode::Invalidate)
+            .register(
+                Backing::Pinned((0..256).map(|p| p * PAGE_BYTES).collect()),
+                RevokeMode::Invalidate,
+            )
             .unwrap();
         let data = pattern(size, 1);
         let mut ring = IoUring::new(8).unwrap();
         let mut anon = vec![0u8; 1 << 20];
         let iov = if std::env::var_os("BASE_POOL").is_some() {
             let m = pool.mapping().unwrap();
-            libc::iovec { iov_base: unsafe { m.base.as_ptr().add(8 << 20) }.cast(), iov_len: 1 << 20 }
+            libc::iovec {
+                iov_base: unsafe { m.base.as_ptr().add(8 << 20) }.cast(),
+                iov_len: 1 << 20,
+            }
         } else {
-            libc::iovec { iov_base: anon.as_mut_ptr().cast(), iov_len: anon.len() }
+            libc::iovec {
+                iov_base: anon.as_mut_ptr().cast(),
+                iov_len: anon.len(),
+            }
         };
         // SAFETY: `anon` outlives the ring's use of it (unregistered below).
         unsafe { ring.submitter().register_buffers(&[iov]).unwrap() };
@@ -441,9 +450,14 @@ fn throughput_against_raw_read_fixed() {
             let t = Instant::now();
             for _ in 0..iters {
                 memory::pwrite_all(&src, 0, &data).unwrap();
-                let e = opcode::ReadFixed::new(types::Fd(src.as_raw_fd()), iov.iov_base.cast(), size as u32, 0)
-                    .build()
-                    .user_data(1);
+                let e = opcode::ReadFixed::new(
+                    types::Fd(src.as_raw_fd()),
+                    iov.iov_base.cast(),
+                    size as u32,
+                    0,
+                )
+                .build()
+                .user_data(1);
                 // SAFETY: the buffer is registered and the fd open.
                 unsafe { ring.submission().push(&e).unwrap() };
                 ring.submit_and_wait(1).unwrap();
