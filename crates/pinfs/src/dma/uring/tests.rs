@@ -423,17 +423,9 @@ fn throughput_against_raw_read_fixed() {
         let data = pattern(size, 1);
         let mut ring = IoUring::new(8).unwrap();
         let mut anon = vec![0u8; 1 << 20];
-        let iov = if std::env::var_os("BASE_POOL").is_some() {
-            let m = pool.mapping().unwrap();
-            libc::iovec {
-                iov_base: unsafe { m.base.as_ptr().add(8 << 20) }.cast(),
-                iov_len: 1 << 20,
-            }
-        } else {
-            libc::iovec {
-                iov_base: anon.as_mut_ptr().cast(),
-                iov_len: anon.len(),
-            }
+        let iov = libc::iovec {
+            iov_base: anon.as_mut_ptr().cast(),
+            iov_len: anon.len(),
         };
         // SAFETY: `anon` outlives the ring's use of it (unregistered below).
         unsafe { ring.submitter().register_buffers(&[iov]).unwrap() };
