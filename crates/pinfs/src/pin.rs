@@ -68,6 +68,9 @@ pub enum PinVia {
     ExclusiveLease,
     /// A `MAP_DIRECT` mapping covering the range.
     DirectMapping(u64),
+    /// A device registration (SPEC §6.1), which took the pin for its device
+    /// and lists it as its own.
+    Registration(crate::fs::RegistrationId),
 }
 
 /// Stops a device from reaching pinned memory. Called at revocation; when it

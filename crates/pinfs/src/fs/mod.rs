@@ -11,6 +11,7 @@
 //! Layout changes all funnel through the functions of `ops.rs`, so the lease
 //! and pin machinery has one place to intervene.
 
+mod dma;
 mod extent;
 mod load;
 mod mmap;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
+pub use self::dma::{Registration, RegistrationId, RegistrationInfo, MAX_REGISTRATIONS};
 pub use self::extent::{Extent, ExtentMap, Segment};
 pub use self::mmap::MAX_MAPPINGS;
 pub use self::ops::FallocMode;
