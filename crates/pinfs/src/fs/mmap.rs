@@ -51,7 +51,7 @@ mod held;
 
 use self::budget::check_budget;
 use self::held::release_held;
-pub(crate) use self::held::{release_blocks, release_unpinned};
+pub(crate) use self::held::{release_blocks, release_unpinned, split_held};
 
 /// The live mappings, by file and by address (in the state, under its lock).
 #[derive(Default)]
@@ -72,6 +72,10 @@ pub(crate) struct MapTable {
     /// Blocks put on the busy list because a broken mapping may reach them
     /// (released again when no broken mapping holds them any more).
     diverted: Vec<Run>,
+    /// Pool blocks of broken mappings whose tear-down failed: their pages
+    /// may reach these blocks for the life of the process, so they are held
+    /// for good ([`MapTable::held_blocks`] includes them).
+    zombies: Vec<Run>,
     /// The fault service's userfaultfd, once started.
     uffd: Option<Arc<Uffd>>,
     /// The fault service failed: pages it would serve raise `SIGBUS`.
@@ -136,8 +140,8 @@ impl MapTable {
 
     /// The pool blocks the broken mappings may still reach, sorted and
     /// merged.
-    fn held_blocks(&self) -> Vec<Run> {
-        let mut held: Vec<Run> = Vec::new();
+    pub(super) fn held_blocks(&self) -> Vec<Run> {
+        let mut held: Vec<Run> = self.zombies.clone();
         for m in self.all() {
             let placed = m.placed.lock();
             if placed.broken {
@@ -439,7 +443,9 @@ pub(crate) fn replace(
     for (m, p0, p1) in list {
         place_range(st, media, &m, p0, p1);
     }
-    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+    if (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
+        || st.maps.hold_disabled
+    {
         return Held(Vec::new());
     }
     Held(st.maps.held_blocks())
@@ -693,15 +699,28 @@ impl Drop for Mapping {
         let torn_down = m.tear_down();
         {
             let mut st = self.fs.state.write();
+            // Before the mapping leaves the table (and with it
+            // `held_blocks`), a failed tear-down moves what its pages may
+            // still reach to the zombies: nothing may free those blocks
+            // between the two steps.
+            let broken = {
+                let placed = m.placed.lock();
+                if placed.broken && !torn_down {
+                    // The pages still reach the held blocks (tear-down
+                    // recorded every pool run it still showed): they stay
+                    // busy for the life of the file system, never reused.
+                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy for good");
+                    st.maps
+                        .zombies
+                        .extend(placed.held.iter().map(|&(start, len)| Run { start, len }));
+                }
+                placed.broken
+            };
             st.maps.remove(m);
-            if m.placed.lock().broken {
+            if broken {
                 st.maps.broken.fetch_sub(1, Ordering::AcqRel);
                 if torn_down {
                     release_held(&mut st);
-                } else {
-                    // The pages still reach the held blocks: they stay busy
-                    // for the life of the file system rather than be reused.
-                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy");
                 }
             }
             if let Some(rt) = st.runtime.get(&m.ino).cloned() {
