@@ -32,9 +32,10 @@
 //!
 //! The fault service (`fault.rs`) is the only code that answers page faults:
 //! per file system, one thread reads the userfaultfd and answers read faults
-//! (never blocking), and a bounded pool of workers answers write faults, one
-//! fault per mapping at a time — so a write fault waiting in a lease break
-//! stalls only its own mapping. If the service fails, every served page
+//! (never blocking), and workers answer write faults, one fault per mapping
+//! at a time, with a worker started for every mapping that has a fault and
+//! no worker coming — so a write fault waiting in a lease break stalls only
+//! its own mapping, however many mappings wait. If the service fails, every served page
 //! becomes the `SIGBUS` mapping and every waiter is woken: no fault hangs.
 //!
 //! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for

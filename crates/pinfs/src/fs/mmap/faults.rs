@@ -70,6 +70,33 @@ impl Fs {
         Ok(())
     }
 
+    /// Test switch: at most `cap` fault workers (`None`: one per mapping
+    /// with a fault in progress, the design). A negative control: with the
+    /// old fixed pool of eight, eight mappings blocked in lease breaks stall
+    /// every other mapping's write faults.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn cap_fault_workers_for_tests(self: &Arc<Self>, cap: Option<usize>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.set_worker_cap(cap);
+        }
+        Ok(())
+    }
+
+    /// Test switch: the fault service stops reading faults while `paused`
+    /// (they queue in the kernel), so that a test can have several faults
+    /// dispatched back to back.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn pause_fault_service_for_tests(self: &Arc<Self>, paused: bool) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.pause(paused);
+        }
+        Ok(())
+    }
+
     /// Test fault injection: the fault service fails as on a read error of
     /// its userfaultfd.
     #[cfg(feature = "negative-controls")]
