@@ -33,10 +33,10 @@ use crate::format::{block_offset, BLOCK_SIZE, HUGE_BLOCKS, MAX_FILE_BYTES};
 use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
 };
-use crate::map::fault::{Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
+use crate::map::fault::{sigbus_thread, Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
 use crate::map::place::{Kind, Runs};
 use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
-use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed};
+use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed, MAX_FAULTS_WITHOUT_PROGRESS};
 use crate::media::Media;
 use crate::pin::{PinVia, RevokeFn};
 use crate::{Errno, Error, Result};
@@ -532,6 +532,8 @@ impl Handle {
             }),
             lease: parking_lot::Mutex::new(None),
             broken_maps,
+            progress: std::sync::atomic::AtomicU64::new(0),
+            refaults: parking_lot::Mutex::new(HashMap::new()),
         });
         check_budget(&fs.state.read(), &inner)?;
         if flags.direct {

@@ -51,6 +51,13 @@
 //! a source buffer the caller passes as a slice of at least that length, and
 //! writes only into pages of a registered range — memory the kernel itself
 //! manages for the registering mapping, never Rust-owned memory.
+//! [`sigbus_thread`] sends a signal (`tgkill`/`kill`) and touches no memory.
+//!
+//! A fault that cannot be answered at all — its page can be made neither
+//! the pool block nor the `SIGBUS` mapping, or it keeps faulting with
+//! nothing changing ([`crate::map::MAX_FAULTS_WITHOUT_PROGRESS`]) — gets the
+//! kernel's answer to an unservable fault: `SIGBUS` sent to the faulting
+//! thread (its id comes with each fault, `UFFD_FEATURE_THREAD_ID`).
 #![allow(unsafe_code)]
 
 use std::collections::{HashSet, VecDeque};
@@ -78,6 +85,8 @@ const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
 const UFFD_USER_MODE_ONLY: i32 = 1;
 
 const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// The faulting thread's id in each fault message (Linux 4.14+).
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
@@ -124,6 +133,34 @@ pub(crate) struct Fault {
     pub address: u64,
     /// A store (missing page written, or a write-protected page).
     pub write: bool,
+    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`), 0 if unknown.
+    pub ptid: u32,
+}
+
+/// Send `SIGBUS` to the thread of `fault`: the kernel's own answer to a
+/// fault that can be neither served nor made to raise `SIGBUS` by placing
+/// the empty memfd (the thread would otherwise re-fault for ever). Without
+/// the thread's id, the whole process gets it.
+pub(crate) fn sigbus_thread(fault: &Fault) {
+    let pid = std::process::id() as libc::pid_t;
+    let r = if fault.ptid != 0 {
+        // SAFETY: `tgkill(2)` only sends a signal to a thread of this
+        // process; it touches no memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                pid,
+                fault.ptid as libc::pid_t,
+                libc::SIGBUS,
+            )
+        }
+    } else {
+        // SAFETY: `kill(2)` only sends a signal to this process.
+        i64::from(unsafe { libc::kill(pid, libc::SIGBUS) })
+    };
+    if r != 0 {
+        tracing::error!(target: "pinfs::map", ptid = fault.ptid, error = %std::io::Error::last_os_error(), "cannot send SIGBUS to a faulting thread");
+    }
 }
 
 /// A userfaultfd.
@@ -196,14 +233,21 @@ impl Uffd {
             .or_else(|_| by_device())
             .or_else(|_| by_syscall(UFFD_USER_MODE_ONLY))
             .map_err(|e| Error::media("userfaultfd", e))?;
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: UFFD_FEATURE_PAGEFAULT_FLAG_WP,
-            ioctls: 0,
+        let negotiate = |features: u64| {
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features,
+                ioctls: 0,
+            };
+            // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which
+            // `UffdioApi` spells out; it carries no pointers.
+            unsafe { ioctl(&fd, UFFDIO_API, &mut api) }
         };
-        // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which `UffdioApi`
-        // spells out; it carries no pointers.
-        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }.map_err(|e| Error::media("UFFDIO_API", e))?;
+        // The thread id lets an unservable fault be answered with a SIGBUS
+        // to that thread; a kernel without it still serves faults.
+        negotiate(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID)
+            .or_else(|_| negotiate(UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+            .map_err(|e| Error::media("UFFDIO_API", e))?;
         Ok(Uffd { fd })
     }
 
@@ -289,6 +333,8 @@ impl Uffd {
         Ok(Some(Fault {
             address: word(16),
             write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
+            // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
+            ptid: u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes")),
         }))
     }
 }
@@ -700,6 +746,7 @@ mod tests {
         Fault {
             address,
             write: true,
+            ptid: 0,
         }
     }
 

@@ -245,7 +245,25 @@ pub(crate) struct MapInner {
     /// The file system's count of broken mappings (`MapTable`), which every
     /// release of blocks consults: this one adds itself when it breaks.
     pub broken_maps: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counts every change of what a page shows (a placement, a served
+    /// copy): a fault of a page that sees no change since the same thread's
+    /// last fault of that page made no progress ([`MapInner::refault`]).
+    pub progress: std::sync::atomic::AtomicU64,
+    /// Faults without progress, per (thread, page): (progress seen, count).
+    pub refaults: Mutex<std::collections::HashMap<(u32, u64), (u64, u32)>>,
 }
+
+/// Most faults of one page by one thread with nothing changed in the
+/// mapping in between: past this the thread would spin for ever (its page
+/// shows what the kernel faults on, while the placement says otherwise), so
+/// it gets `SIGBUS`. Generous: a thread re-faults a page legitimately only
+/// when a fault races a re-placement, once or twice.
+pub const MAX_FAULTS_WITHOUT_PROGRESS: u32 = 1000;
+
+/// Most (thread, page) pairs whose faults without progress one mapping
+/// tracks; the table is cleared beyond it (counting restarts: a spinning
+/// thread is then caught a little later).
+const MAX_TRACKED_REFAULTS: usize = 256;
 
 impl MapInner {
     /// Pages in the mapping.
@@ -324,7 +342,10 @@ impl MapInner {
             Kind::Nothing => self.region.place(offset, len, Backing::Nothing, false),
         };
         match r {
-            Ok(()) => placed.runs.set(start, pages, kind),
+            Ok(()) => {
+                self.changed();
+                placed.runs.set(start, pages, kind);
+            }
             Err(e) => {
                 tracing::error!(target: "pinfs::map", map = self.id, start, pages, ?kind, error = %e, "placing pages failed; they raise SIGBUS instead");
                 let fallback = self
@@ -336,7 +357,10 @@ impl MapInner {
                             .map(|()| Kind::Nothing)
                     });
                 match fallback {
-                    Ok(k) => placed.runs.set(start, pages, k),
+                    Ok(k) => {
+                        self.changed();
+                        placed.runs.set(start, pages, k);
+                    }
                     Err(e) => {
                         tracing::error!(target: "pinfs::map", map = self.id, start, pages, error = %e, "cannot even make pages inaccessible: mapping broken, the blocks they reach stay busy until munmap");
                         self.stuck(placed, start, pages);
@@ -371,6 +395,35 @@ impl MapInner {
             },
             true,
         )
+    }
+
+    /// Count a fault of `page` by thread `ptid`: whether that thread has
+    /// now faulted on the page more than [`MAX_FAULTS_WITHOUT_PROGRESS`]
+    /// times with nothing in the mapping changing in between — a fault that
+    /// can never be served, whose thread must get `SIGBUS` rather than spin.
+    pub(crate) fn refault(&self, ptid: u32, page: u64) -> bool {
+        let now = self.progress.load(std::sync::atomic::Ordering::Acquire);
+        let mut r = self.refaults.lock();
+        if r.len() >= MAX_TRACKED_REFAULTS && !r.contains_key(&(ptid, page)) {
+            r.clear();
+        }
+        let e = r.entry((ptid, page)).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > MAX_FAULTS_WITHOUT_PROGRESS {
+            r.remove(&(ptid, page));
+            return true;
+        }
+        false
+    }
+
+    /// A page changed (placed, or filled by a served copy): progress (see
+    /// [`MapInner::refault`]).
+    pub(crate) fn changed(&self) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The `MAP_DIRECT` lease was lost at lease-break-time: every page now
@@ -521,6 +574,15 @@ impl Mapping {
     #[doc(hidden)]
     pub fn inject_placement_failures_for_tests(&self, skip: u64, fail: u64) {
         self.inner.region.inject_placement_failures(skip, fail);
+    }
+
+    /// Test-only fault injection: the next `n` placements of pages in this
+    /// mapping report success without doing anything, so the page tables
+    /// disagree with what the file system believes the pages show.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn inject_silent_placements_for_tests(&self, n: u64) {
+        self.inner.region.inject_silent_placements(n);
     }
 
     /// Whether some page of the mapping could not be re-placed (nor made to

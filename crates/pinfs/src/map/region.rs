@@ -76,6 +76,10 @@ pub(crate) struct Region {
     /// placements to fail).
     #[cfg(feature = "negative-controls")]
     inject: parking_lot::Mutex<(u64, u64)>,
+    /// Fault injection (tests): placements still to report as done without
+    /// doing them (the page tables then disagree with the placement).
+    #[cfg(feature = "negative-controls")]
+    silent: parking_lot::Mutex<u64>,
 }
 
 impl Region {
@@ -119,6 +123,8 @@ impl Region {
             len,
             #[cfg(feature = "negative-controls")]
             inject: parking_lot::Mutex::new((0, 0)),
+            #[cfg(feature = "negative-controls")]
+            silent: parking_lot::Mutex::new(0),
         };
         region.dont_fork(0, len);
         Ok(region)
@@ -225,6 +231,26 @@ impl Region {
         false
     }
 
+    /// Fault injection (tests): the next `n` placements report success
+    /// without changing anything.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn inject_silent_placements(&self, n: u64) {
+        *self.silent.lock() = n;
+    }
+
+    #[cfg(feature = "negative-controls")]
+    fn injected_silence(&self) -> bool {
+        let mut g = self.silent.lock();
+        let silent = *g > 0;
+        *g = g.saturating_sub(1);
+        silent
+    }
+
+    #[cfg(not(feature = "negative-controls"))]
+    fn injected_silence(&self) -> bool {
+        false
+    }
+
     /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
     /// region), readable, and writable when `writable`.
     pub(crate) fn place(
@@ -244,7 +270,7 @@ impl Region {
         if !offset.is_multiple_of(PAGE_BYTES) || !len.is_multiple_of(PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
-        if len == 0 {
+        if len == 0 || self.injected_silence() {
             return Ok(());
         }
         let addr = (self.base + offset as usize) as *mut c_void;

@@ -137,9 +137,18 @@ impl Fs {
             return;
         };
         let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
+        if m.refault(fault.ptid, page) {
+            // The page keeps faulting while nothing changes: what the kernel
+            // sees and what the placement says disagree, and no answer here
+            // would end it. The kernel's own answer to such a fault.
+            tracing::error!(target: "pinfs::map", map = m.id, page, ptid = fault.ptid, "a fault made no progress {MAX_FAULTS_WITHOUT_PROGRESS} times: SIGBUS to its thread");
+            sigbus_thread(&fault);
+            uffd.wake(addr, PAGE_BYTES);
+            return;
+        }
         if m.placed.lock().broken {
             // Its placements cannot be trusted any more (SPEC §4.4).
-            self.sigbus_page(&m, page);
+            self.sigbus_page_or_thread(&m, page, &fault);
             uffd.wake(addr, PAGE_BYTES);
             return;
         }
@@ -155,12 +164,15 @@ impl Fs {
                         Some(b) => self.media.read(block_offset(b), &mut buf),
                         None => Ok(()),
                     };
-                    if let Err(e) = read.and_then(|()| uffd.copy_wp(addr, &buf)) {
-                        tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
-                        drop(placed);
-                        drop(st);
-                        self.sigbus_page(&m, page);
-                        uffd.wake(addr, PAGE_BYTES);
+                    match read.and_then(|()| uffd.copy_wp(addr, &buf)) {
+                        Ok(()) => m.changed(),
+                        Err(e) => {
+                            tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
+                            drop(placed);
+                            drop(st);
+                            self.sigbus_page_or_thread(&m, page, &fault);
+                            uffd.wake(addr, PAGE_BYTES);
+                        }
                     }
                 }
                 _ => uffd.wake(addr, PAGE_BYTES),
@@ -175,7 +187,7 @@ impl Fs {
             } else {
                 tracing::warn!(target: "pinfs::map", map = m.id, ino = m.ino, page, error = %e, "write fault failed: SIGBUS");
             }
-            self.sigbus_page(&m, page);
+            self.sigbus_page_or_thread(&m, page, &fault);
         }
         uffd.wake(addr, PAGE_BYTES);
     }
@@ -237,6 +249,20 @@ impl Fs {
             return Ok(());
         }
         Err(Errno::EAGAIN.into())
+    }
+
+    /// Make page `page` of `m` raise `SIGBUS` for the thread of `fault`: by
+    /// placing the `SIGBUS` mapping there, or — when even that fails and
+    /// the page still shows what it faulted on, so that waking the thread
+    /// would only make it fault again, for ever — by sending the thread
+    /// `SIGBUS` itself.
+    fn sigbus_page_or_thread(&self, m: &MapInner, page: u64, fault: &Fault) {
+        self.sigbus_page(m, page);
+        let shown = m.placed.lock().runs.kind_at(page);
+        if !matches!(shown, Some(Kind::Sigbus | Kind::Nothing)) {
+            tracing::error!(target: "pinfs::map", map = m.id, page, ptid = fault.ptid, "a page that cannot be served cannot be made SIGBUS either: SIGBUS to the faulting thread");
+            sigbus_thread(fault);
+        }
     }
 
     /// Make one page of `m` raise `SIGBUS` (a fault that could not be
