@@ -18,7 +18,8 @@
 //!
 //! Submodules: `faults` (the fault service's side: answering faults, losing
 //! the service), `held` (blocks broken mappings may still reach stay busy),
-//! `budget` (the share of `vm.max_map_count` one mapping may need).
+//! `budget` (the share of `vm.max_map_count` the live mappings may need,
+//! charged at `mmap` and refunded at munmap).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -49,7 +50,7 @@ mod budget;
 mod faults;
 mod held;
 
-use self::budget::check_budget;
+use self::budget::{charge_budget, check_budget, refund_budget};
 use self::held::release_held;
 pub(crate) use self::held::{release_blocks, release_unpinned, split_held};
 
@@ -63,9 +64,14 @@ pub(crate) struct MapTable {
     /// Test-only negative control: blocks a broken mapping reaches are freed
     /// like any other (not held busy).
     hold_disabled: bool,
-    /// Test-only: the placement budget of one mapping, instead of the one
-    /// computed from `vm.max_map_count`.
+    /// Test-only: the placement budget (of all live mappings together, and
+    /// so of one), instead of the one computed from `vm.max_map_count`.
     budget_override: Option<u64>,
+    /// Areas (kernel VMAs) charged to each live mapping at `mmap`, by id,
+    /// counted as [`desired`] places them; refunded at munmap.
+    charges: HashMap<u64, u64>,
+    /// Their sum: never more than the budget (`fs/mmap/budget.rs`).
+    charged: u64,
     /// Mappings that are broken ([`crate::map::Placed::broken`]): while
     /// non-zero, every release of blocks looks for the ones they hold.
     broken: Arc<AtomicUsize>,
@@ -465,8 +471,9 @@ impl Handle {
     /// shared layout lease of the mapped range for the mapping's lifetime.
     /// Pools that cannot be placed page by page (not mapped, or with pages
     /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`. A range
-    /// whose layout would need more separate areas than its share of
-    /// `vm.max_map_count` (one in `MAP_COUNT_SHARE`) gives `ENOMEM`.
+    /// whose layout would need more separate areas than are left of the
+    /// live mappings' share of `vm.max_map_count` (one in
+    /// `MAP_COUNT_SHARE`, a running total) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
@@ -535,7 +542,12 @@ impl Handle {
             progress: std::sync::atomic::AtomicU64::new(0),
             refaults: parking_lot::Mutex::new(HashMap::new()),
         });
-        check_budget(&fs.state.read(), &inner)?;
+        if let Some(u) = &uffd {
+            // Before counting its areas: what the mapping's holes show
+            // depends on whether a fault service serves them.
+            fs.state.write().maps.uffd.get_or_insert_with(|| u.clone());
+        }
+        let areas = check_budget(&fs.state.read(), &inner)?;
         if flags.direct {
             // Before the state lock: the request waits for a layout change
             // in progress (SPEC §3.2).
@@ -568,8 +580,12 @@ impl Handle {
         if let Some(u) = uffd {
             st.maps.uffd.get_or_insert(u);
         }
-        st.maps.insert(&mapping.inner)?;
+        // Counted first: on an error below, the guard's drop undoes it.
         st.runtime(self.ino).opens.fetch_add(1, Ordering::Relaxed);
+        // Charged under the lock that inserts it: concurrent mmaps cannot
+        // both pass the total. The guard's drop refunds it.
+        charge_budget(&mut st.maps, &mapping.inner, areas)?;
+        st.maps.insert(&mapping.inner)?;
         place_range(&st, &*fs.media, &mapping.inner, 0, pages);
         drop(st);
         Ok(mapping)
@@ -595,8 +611,8 @@ impl Fs {
         self.state.write().maps.hold_disabled = true;
     }
 
-    /// Test-only: the most areas one mapping may need (instead of the share
-    /// of `vm.max_map_count`).
+    /// Test-only: the most areas all live mappings together may need
+    /// (instead of the share of `vm.max_map_count`); `None` restores it.
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn set_map_budget_for_tests(&self, areas: Option<u64>) {
@@ -719,6 +735,7 @@ impl Drop for Mapping {
                 placed.broken
             };
             st.maps.remove(m);
+            refund_budget(&mut st.maps, m.id);
             if broken {
                 st.maps.broken.fetch_sub(1, Ordering::AcqRel);
                 if torn_down {
