@@ -8,7 +8,10 @@
 //! - a reflink of a file whose blocks such pages (or a live broken
 //!   mapping's stuck pages) still reach copies those blocks instead of
 //!   sharing them: a stuck page is a writer nobody can stop, and a store
-//!   through it into a shared block would change the other file.
+//!   through it into a shared block would change the other file;
+//! - a mapping whose address range is poisoned (a failed placement may have
+//!   left a gap another thread mapped into) breaks at its next re-placement
+//!   and, never torn down, keeps its blocks held after munmap.
 //!
 //! Negative controls: with the hold disabled the truncate frees the blocks
 //! and the reflink shares them.
@@ -87,4 +90,37 @@ fn reflink_copies_blocks_a_stuck_page_still_reaches() {
 #[test]
 fn negative_control_without_the_hold_reflink_shares_them() {
     assert!(reflink_shares_a_held_block(false));
+}
+
+/// A mapping whose address range is poisoned (a failed placement may have
+/// left a gap someone else mapped into: nothing is placed there again)
+/// breaks at its next re-placement, holds its blocks, and — since it can
+/// never be torn down — keeps them held after munmap. Returns busy blocks
+/// after the punch, and after munmap plus truncate.
+fn poisoned(hold: bool) -> (u64, u64) {
+    let fs = mount(LONG);
+    if !hold {
+        fs.disable_map_hold_for_tests();
+    }
+    let a = file(&fs, "/a", PAGES * PAGE, A);
+    let m = a.mmap(0, PAGES * PAGE, MapFlags::SHARED).unwrap();
+    assert_eq!(load(&m, PAGE), A);
+    m.poison_region_for_tests();
+    a.fallocate(pinfs::fs::FallocMode::PunchHole, PAGE, PAGE)
+        .unwrap();
+    assert!(m.is_broken(), "a poisoned mapping breaks");
+    let after_punch = fs.statfs().busy;
+    drop(m);
+    a.truncate(0).unwrap();
+    (after_punch, fs.statfs().busy)
+}
+
+#[test]
+fn a_poisoned_mapping_breaks_and_holds_its_blocks_for_good() {
+    assert_eq!(poisoned(true), (1, PAGES));
+}
+
+#[test]
+fn negative_control_without_the_hold_a_poisoned_mappings_blocks_are_freed() {
+    assert_eq!(poisoned(false), (0, 0));
 }

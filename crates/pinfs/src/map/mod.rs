@@ -41,7 +41,11 @@
 //! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for
 //! it, its `SIGBUS` fallback and its no-access fallback) breaks its mapping
 //! (`Placed::broken`): the pool blocks the page may still reach stay busy
-//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`).
+//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`) — for good
+//! if its tear-down fails too (the file system's zombies), and reflink
+//! copies them rather than share them. A failed `MAP_FIXED` that may have
+//! left a gap in the range poisons the region (`region.rs`): nothing is
+//! mapped into it again, so the mapping breaks.
 //!
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
@@ -574,6 +578,15 @@ impl Mapping {
     #[doc(hidden)]
     pub fn inject_placement_failures_for_tests(&self, skip: u64, fail: u64) {
         self.inner.region.inject_placement_failures(skip, fail);
+    }
+
+    /// Test-only fault injection: the mapping's address range is poisoned,
+    /// as after a failed placement that may have left a gap someone else
+    /// mapped into: nothing is placed in it any more.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn poison_region_for_tests(&self) {
+        self.inner.region.poison();
     }
 
     /// Test-only fault injection: the next `n` placements of pages in this

@@ -304,6 +304,14 @@ impl Region {
         false
     }
 
+    /// Fault injection (tests): poison the region as a failed placement
+    /// that left a gap would.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn poison(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Fault injection (tests): the next `n` placements report success
     /// without changing anything.
     #[cfg(feature = "negative-controls")]
