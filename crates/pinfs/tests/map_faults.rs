@@ -7,7 +7,17 @@
 //! (b) a lease break callback that reads a hole of another mapping does not
 //!     deadlock;
 //! (c) when the service fails (injected), later and pending faults raise
-//!     `SIGBUS` instead of hanging.
+//!     `SIGBUS` instead of hanging;
+//! (d) two mappings' write faults dispatched back to back while one worker
+//!     idles each get a worker (the first blocks in a break);
+//! (e) with lease-break-time 0, more mappings than the old fixed pool of
+//!     eight workers blocked in breaks of one holder's leases stall neither
+//!     another mapping's faults nor the holder's own store into a hole of
+//!     its mapping, which it makes before releasing.
+//!
+//! Negative controls for (d) and (e): the old dispatch rule (an idle worker
+//! counted for every fault, woken or not) and the old fixed pool of eight
+//! workers stall the fault that must complete.
 //!
 //! Negative controls for (a) and (b): with the fault service forced into
 //! the old single-thread design, B's faults stall (seen as a timeout of the
@@ -258,8 +268,11 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// dispatched back to back (the service is paused while both threads
 /// fault); A's blocks in the lease break, B's must still complete. The old
 /// dispatch counted the idle worker for both and started none for B.
-fn burst(wait: Duration) -> i32 {
+fn burst(old_rule: bool, wait: Duration) -> i32 {
     let s = setup(false);
+    if old_rule {
+        s.fs.uncounted_fault_wakeups_for_tests().unwrap();
+    }
     // Warm up: a write fault of B leaves one worker idle.
     store(&s.mb, PAGE, 3);
     s.fs.pause_fault_service_for_tests(true).unwrap();
@@ -294,7 +307,18 @@ fn burst(wait: Duration) -> i32 {
 
 #[test]
 fn back_to_back_faults_of_two_mappings_do_not_share_a_blocked_worker() {
-    assert_eq!(in_child(|| burst(COMPLETES_WITHIN)), Ending::Exited(DONE));
+    assert_eq!(
+        in_child(|| burst(false, COMPLETES_WITHIN)),
+        Ending::Exited(DONE)
+    );
+}
+
+#[test]
+fn negative_control_uncounted_wake_ups_leave_the_second_fault_waiting() {
+    assert_eq!(
+        in_child(|| burst(true, STALL_SEEN_AFTER)),
+        Ending::Exited(STALLED)
+    );
 }
 
 /// More mappings than the old fixed pool of workers (eight).

@@ -376,6 +376,9 @@ struct Queue {
     workers: usize,
     /// Test switch: most workers (`None`: no fixed cap).
     cap: Option<usize>,
+    /// Test switch: count on every idle worker, woken or not (the old rule
+    /// that lost wake-ups; a negative control).
+    uncounted_wakeups: bool,
     /// The service stopped: workers exit once idle.
     closed: bool,
 }
@@ -401,6 +404,9 @@ impl Queue {
         self.jobs.push_back((key, fault));
         if covered {
             return Wake::Nothing;
+        }
+        if self.uncounted_wakeups && self.idle > 0 {
+            return Wake::Notify;
         }
         if self.idle > self.wakeups {
             self.wakeups += 1;
@@ -527,6 +533,13 @@ impl FaultService {
     #[cfg(feature = "negative-controls")]
     pub(crate) fn set_worker_cap(&self, cap: Option<usize>) {
         self.shared.queue.lock().cap = cap;
+    }
+
+    /// Test switch: dispatch counts on every idle worker, even one already
+    /// woken for an earlier fault (the old rule, a negative control).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn set_uncounted_wakeups(&self, on: bool) {
+        self.shared.queue.lock().uncounted_wakeups = on;
     }
 
     /// Test switch: the service thread stops reading faults while `paused`

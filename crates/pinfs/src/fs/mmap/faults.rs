@@ -84,6 +84,20 @@ impl Fs {
         Ok(())
     }
 
+    /// Test switch: the fault service dispatches write faults by the old
+    /// rule, counting on an idle worker even when it was already woken for
+    /// an earlier fault (a negative control: of two faults dispatched back
+    /// to back, the second waits behind the first).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn uncounted_fault_wakeups_for_tests(self: &Arc<Self>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.set_uncounted_wakeups(true);
+        }
+        Ok(())
+    }
+
     /// Test switch: the fault service stops reading faults while `paused`
     /// (they queue in the kernel), so that a test can have several faults
     /// dispatched back to back.
