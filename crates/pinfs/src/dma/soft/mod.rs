@@ -335,7 +335,7 @@ impl QueuePair {
                 key,
                 iova,
                 data,
-            } => Posted::new(wr_id, key, iova, Op::Write(Payload::Owned(data)), cq),
+            } => Posted::new(wr_id, key, iova, Op::Write(Payload::Shared(data)), cq),
             WorkRequest::Read {
                 wr_id,
                 key,

@@ -33,8 +33,10 @@ pub enum WorkRequest {
         key: u32,
         /// First device address written.
         iova: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes: shared, so a caller can post the same buffer again
+        /// and again without copying it (as a verbs request names a local
+        /// buffer rather than carrying one).
+        data: Arc<[u8]>,
     },
     /// Read `len` bytes at `iova` of the region `key` names.
     Read {
@@ -70,14 +72,14 @@ pub(super) enum Op {
 
 /// The bytes a write brings.
 pub(super) enum Payload {
-    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
     Lent(LentBytes),
 }
 
 impl Payload {
     pub(super) fn as_slice(&self) -> &[u8] {
         match self {
-            Payload::Owned(v) => v,
+            Payload::Shared(v) => v,
             Payload::Lent(l) => l.as_slice(),
         }
     }

@@ -74,7 +74,7 @@ fn write_read_round_trip_through_the_pool() {
         wr_id: 41,
         key: keys.rkey,
         iova: keys.iova + 2 * P + 5,
-        data: vec![0xAB; 10],
+        data: vec![0xAB; 10].into(),
     })
     .unwrap();
     qp.post_send(WorkRequest::Read {
@@ -139,7 +139,7 @@ fn wrong_key_and_out_of_range_are_protection_errors() {
             wr_id: i as u64,
             key,
             iova,
-            data: vec![0xEE; 10],
+            data: vec![0xEE; 10].into(),
         })
         .unwrap();
     }
@@ -185,7 +185,7 @@ fn send_and_completion_queues_are_bounded() {
         wr_id: i,
         key: a.lkey,
         iova: a.iova,
-        data: vec![1],
+        data: vec![1].into(),
     };
     for i in 0..CQ_DEPTH as u64 {
         qp.post_send(wr(i)).unwrap();
@@ -304,7 +304,7 @@ fn iova_of_a_revoked_region_is_not_reused_until_deregistration() {
             wr_id: i as u64,
             key: a.rkey,
             iova,
-            data: vec![0xCC; 64],
+            data: vec![0xCC; 64].into(),
         })
         .unwrap();
     }
@@ -330,7 +330,7 @@ fn iova_of_a_revoked_region_is_not_reused_until_deregistration() {
         wr_id: 9,
         key: a.rkey,
         iova: c.iova,
-        data: vec![0xCC; 64],
+        data: vec![0xCC; 64].into(),
     })
     .unwrap();
     assert_eq!(qp.wait_cq(1)[0].status, Completion::ProtectionError);
@@ -497,6 +497,8 @@ struct Traffic {
 /// Pages of the region the streamers write (4 MiB: a request takes long
 /// enough that one is in flight when the withdrawal runs).
 const STREAM_PAGES: u64 = 1024;
+/// Patterns each streamer cycles through.
+const PATTERNS: u64 = 4;
 /// Requests each streamer keeps in flight.
 const STREAM_DEPTH: usize = 3;
 /// Requests each streamer completes after the withdrawal before the pages
@@ -580,16 +582,23 @@ fn withdraw_under_traffic(how: Withdraw, confirmed: bool) -> Traffic {
                 let (stop, withdrawn, completed) = (&stop, &withdrawn, &completed);
                 let (after, ok_after, bytes) = (&after, &ok_after, &bytes);
                 s.spawn(move || {
+                    // A ring of patterns, distinct per streamer and round:
+                    // consecutive requests always write different bytes.
+                    let ring: Vec<Arc<[u8]>> = (0..PATTERNS)
+                        .map(|k| {
+                            let byte = ((round * 2 * PATTERNS + k * 2 + t) % 255 + 1) as u8;
+                            vec![byte; (STREAM_PAGES * P) as usize].into()
+                        })
+                        .collect();
                     let mut seq = 0u64;
                     loop {
                         while !stop.load(Ordering::SeqCst) && qp.outstanding() < STREAM_DEPTH {
                             seq += 1;
-                            let byte = ((round * 64 + seq * 2 + t) % 255 + 1) as u8;
                             qp.post_send(WorkRequest::Write {
                                 wr_id: seq,
                                 key: keys.rkey,
                                 iova: keys.iova,
-                                data: vec![byte; (STREAM_PAGES * P) as usize],
+                                data: Arc::clone(&ring[(seq % PATTERNS) as usize]),
                             })
                             .unwrap();
                         }
