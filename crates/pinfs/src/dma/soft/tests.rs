@@ -108,6 +108,42 @@ fn write_read_round_trip_through_the_pool() {
 }
 
 #[test]
+fn large_transfers_are_split_over_the_workers_and_still_exact() {
+    let pool = pool(8 << 20);
+    let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
+    // 600 pages in reverse pool order: no run coalesces, every page is
+    // translated on its own.
+    let pages: Vec<u64> = (0..600).rev().map(|i| (100 + i) * P).collect();
+    let a = dev
+        .register(Backing::Pinned(pages.clone()), RevokeMode::Invalidate)
+        .unwrap();
+    let len = 600 * P as usize - 100;
+    assert!(len >= blocking::SPLIT_MIN_BYTES);
+    let data = pattern(len, 11);
+    assert_eq!(dev.write(a.mr, 50, &data).unwrap(), Completion::Ok);
+    let mut expect = vec![0u8; 600 * P as usize];
+    expect[50..50 + len].copy_from_slice(&data);
+    for (i, &off) in pages.iter().enumerate() {
+        let want = &expect[i * P as usize..(i + 1) * P as usize];
+        assert!(page_bytes(&pool, off) == want, "page {i}");
+    }
+    let mut back = vec![0u8; len];
+    assert_eq!(dev.read(a.mr, 50, &mut back).unwrap(), Completion::Ok);
+    assert!(back == data);
+    // Running past the end: the first piece is fine, the last is refused,
+    // and the transfer reports it.
+    assert_eq!(
+        dev.write(a.mr, 200, &data).unwrap(),
+        Completion::ProtectionError
+    );
+    let mut back = vec![0u8; len];
+    assert_eq!(
+        dev.read(a.mr, 200, &mut back).unwrap(),
+        Completion::ProtectionError
+    );
+}
+
+#[test]
 fn wrong_key_and_out_of_range_are_protection_errors() {
     let pool = pool(4 << 20);
     let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
