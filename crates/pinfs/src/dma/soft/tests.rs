@@ -448,6 +448,12 @@ fn odp_faults_in_and_refaults_to_the_new_page_after_invalidation() {
         dev.invalidate_pages(a.mr, 1, 2).unwrap_err().errno(),
         Errno::EINVAL
     );
+    let pinned = dev
+        .register(Backing::Pinned(vec![95 * P]), RevokeMode::Invalidate)
+        .unwrap();
+    dev.invalidate_pages(pinned.mr, 0, 1).unwrap();
+    assert_eq!(dev.write(pinned.mr, 0, &[2; 8]).unwrap(), Completion::Ok);
+    assert_eq!(&page_bytes(&pool, 95 * P)[..8], &[2; 8]);
     // Revoked: no translation, no new fault.
     source.fail.store(false, Ordering::SeqCst);
     dev.revoke(a.mr).unwrap();
@@ -785,4 +791,59 @@ fn withdrawal_under_traffic_negative_control_detects_late_writes() {
             "{how:?}: with protection off the test saw no late write"
         );
     }
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn drop_completes_every_accepted_request_and_stops_the_workers() {
+    let pool = pool(8 << 20);
+    let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
+    let named = thread_names()
+        .iter()
+        .filter(|n| n.starts_with("pinfs-soft-"))
+        .count();
+    assert!(named >= WORKERS, "{:?}", thread_names());
+    let pages: Vec<u64> = (0..256).map(|i| (512 + i) * P).collect();
+    let a = dev
+        .register(Backing::Pinned(pages), RevokeMode::Invalidate)
+        .unwrap();
+    let qp = dev.queue_pair();
+    let data: Arc<[u8]> = vec![3u8; 256 * P as usize].into();
+    for i in 0..32 {
+        qp.post_send(WorkRequest::Write {
+            wr_id: i,
+            key: a.lkey,
+            iova: a.iova,
+            data: Arc::clone(&data),
+        })
+        .unwrap();
+    }
+    // Dropped with requests queued: the workers drain the queue first.
+    drop(dev);
+    let mut got = Vec::new();
+    while qp.outstanding() > 0 {
+        got.extend(qp.poll_cq(64));
+    }
+    assert_eq!(got.len(), 32);
+    assert!(got.iter().all(|w| w.status == Completion::Ok));
+    assert_eq!(page_bytes(&pool, 512 * P), vec![3u8; P as usize]);
+    assert_eq!(
+        qp.post_send(WorkRequest::Read {
+            wr_id: 0,
+            key: a.lkey,
+            iova: a.iova,
+            len: 1,
+        })
+        .unwrap_err()
+        .errno(),
+        Errno::ENODEV
+    );
 }
