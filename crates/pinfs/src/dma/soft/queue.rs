@@ -87,13 +87,25 @@ impl Payload {
 
 /// Where a read's bytes go.
 pub(super) enum Sink {
+    /// A buffer of this many bytes, allocated only when a worker serves the
+    /// request: what queued reads hold in memory stays bounded by what the
+    /// workers serve at once, not by the queue depths.
+    Deferred(usize),
     Owned(Vec<u8>),
     Lent(LentBuf),
 }
 
 impl Sink {
+    /// Allocate a deferred buffer.
+    pub(super) fn materialize(&mut self) {
+        if let Sink::Deferred(n) = *self {
+            *self = Sink::Owned(vec![0; n]);
+        }
+    }
+
     pub(super) fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
+            Sink::Deferred(_) => &mut [],
             Sink::Owned(v) => v,
             Sink::Lent(l) => l.as_mut_slice(),
         }
@@ -133,6 +145,7 @@ impl Posted {
     pub(super) fn complete(mut self, status: Completion) {
         let len = match &mut self.op {
             Op::Write(p) => p.as_slice().len(),
+            Op::Read(Sink::Deferred(n)) => *n,
             Op::Read(s) => s.as_mut_slice().len(),
         } as u64;
         let data = match (&mut self.op, status) {

@@ -806,11 +806,20 @@ fn thread_names() -> Vec<String> {
 fn drop_completes_every_accepted_request_and_stops_the_workers() {
     let pool = pool(8 << 20);
     let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
-    let named = thread_names()
-        .iter()
-        .filter(|n| n.starts_with("pinfs-soft-"))
-        .count();
-    assert!(named >= WORKERS, "{:?}", thread_names());
+    // A thread names itself once it runs: wait (boundedly) for that.
+    let named = || {
+        thread_names()
+            .iter()
+            .filter(|n| n.starts_with("pinfs-soft-"))
+            .count()
+    };
+    for _ in 0..2000 {
+        if named() >= WORKERS {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(named() >= WORKERS, "{:?}", thread_names());
     let pages: Vec<u64> = (0..256).map(|i| (512 + i) * P).collect();
     let a = dev
         .register(Backing::Pinned(pages), RevokeMode::Invalidate)
