@@ -188,17 +188,15 @@ pub(super) struct LentBytes {
 unsafe impl Send for LentBytes {}
 
 impl LentBytes {
-    /// Lend `buf`.
+    /// Lend `len` bytes at `ptr`.
     ///
     /// # Safety
     ///
-    /// The caller keeps `buf` alive and unmodified until the completion of
-    /// the request carrying this value has been delivered.
-    pub(super) unsafe fn new(buf: &[u8]) -> Self {
-        LentBytes {
-            ptr: buf.as_ptr(),
-            len: buf.len(),
-        }
+    /// `ptr..ptr + len` lies in one live Rust buffer that the caller keeps
+    /// alive and unmodified until the completion of the request carrying
+    /// this value has been delivered.
+    pub(super) unsafe fn from_raw(ptr: *const u8, len: usize) -> Self {
+        LentBytes { ptr, len }
     }
 
     /// The lent bytes.
@@ -220,17 +218,16 @@ pub(super) struct LentBuf {
 unsafe impl Send for LentBuf {}
 
 impl LentBuf {
-    /// Lend `buf`.
+    /// Lend `len` bytes at `ptr`.
     ///
     /// # Safety
     ///
-    /// The caller keeps `buf` alive and does not touch it until the
-    /// completion of the request carrying this value has been delivered.
-    pub(super) unsafe fn new(buf: &mut [u8]) -> Self {
-        LentBuf {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        }
+    /// `ptr..ptr + len` lies in one live Rust buffer that nobody else
+    /// touches — neither the caller nor another lent range overlapping it —
+    /// until the completion of the request carrying this value has been
+    /// delivered.
+    pub(super) unsafe fn from_raw(ptr: *mut u8, len: usize) -> Self {
+        LentBuf { ptr, len }
     }
 
     /// The lent buffer.

@@ -2,7 +2,8 @@
 //! verbs device, reaching pool memory from its own worker threads.
 //!
 //! - **Protection domain** ([`SoftDevice`] itself): its memory regions, each
-//!   with an lkey and an rkey (random, never 0) and a fresh page-aligned
+//!   with an lkey and an rkey (a keyed permutation of a counter: not
+//!   guessable, never 0, never handed out twice) and a fresh page-aligned
 //!   IOVA range followed by a guard gap ([`iova`]). A range is reserved from
 //!   registration to *deregistration*, not revocation (SPEC §6.3).
 //! - **Translation table** per region, page granular ([`region`]): pool page
@@ -15,7 +16,11 @@
 //!   and complete them asynchronously. The trait's [`Device::write`] and
 //!   [`Device::read`] translate (region, offset) to (lkey, IOVA), post and
 //!   wait; they lend the caller's buffer to the worker instead of copying it
-//!   (the copy to the pool is the only copy, as a NIC's DMA is).
+//!   (the copy to the pool is the only copy, as a NIC's DMA is), and spread
+//!   transfers of [`blocking::SPLIT_MIN_BYTES`] or more over the workers.
+//! - **Limits**: [`MAX_REGIONS`] regions, [`MAX_REGISTRATION_PAGES`] pages
+//!   per region, [`SQ_DEPTH`] queued requests, [`CQ_DEPTH`] outstanding per
+//!   queue pair, [`MAX_WR_BYTES`] per request, [`WORKERS`] workers.
 //! - **Revocation, confirmed**: workers hold a region's table lock (read
 //!   side) for each page copy and re-read the translation each time;
 //!   `revoke`, `invalidate_pages` and `deregister` take the write side. So
@@ -33,7 +38,9 @@
 //! flight, because a request may be inside [`PageSource::fault`](crate::dma::PageSource::fault), i.e.
 //! waiting on the file system, which may be the caller of `deregister`.
 //! Such a request holds the region alive and completes with
-//! `ProtectionError` without touching memory.
+//! `ProtectionError` without touching memory. (So the page source may see
+//! one `fault` call that started before `deregister` or `revoke` returned
+//! finish after it; its answer is never installed.)
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -48,7 +55,7 @@ use crate::dma::{
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
-mod blocking;
+pub mod blocking;
 pub mod iova;
 mod mem;
 pub mod queue;
@@ -256,7 +263,10 @@ impl Shared {
                 Some(start) => {
                     let access = match &mut posted.op {
                         Op::Write(p) => Access::Write(p.as_slice()),
-                        Op::Read(s) => Access::Read(s.as_mut_slice()),
+                        Op::Read(s) => {
+                            s.materialize();
+                            Access::Read(s.as_mut_slice())
+                        }
                     };
                     self.access(&region, start, access)
                 }
@@ -335,19 +345,13 @@ impl QueuePair {
                 key,
                 iova,
                 data,
-            } => Posted::new(wr_id, key, iova, Op::Write(Payload::Owned(data)), cq),
+            } => Posted::new(wr_id, key, iova, Op::Write(Payload::Shared(data)), cq),
             WorkRequest::Read {
                 wr_id,
                 key,
                 iova,
                 len,
-            } => Posted::new(
-                wr_id,
-                key,
-                iova,
-                Op::Read(Sink::Owned(vec![0; len as usize])),
-                cq,
-            ),
+            } => Posted::new(wr_id, key, iova, Op::Read(Sink::Deferred(len as usize)), cq),
         };
         self.shared.push(posted, false)
     }

@@ -33,8 +33,10 @@ pub enum WorkRequest {
         key: u32,
         /// First device address written.
         iova: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes: shared, so a caller can post the same buffer again
+        /// and again without copying it (as a verbs request names a local
+        /// buffer rather than carrying one).
+        data: Arc<[u8]>,
     },
     /// Read `len` bytes at `iova` of the region `key` names.
     Read {
@@ -70,14 +72,14 @@ pub(super) enum Op {
 
 /// The bytes a write brings.
 pub(super) enum Payload {
-    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
     Lent(LentBytes),
 }
 
 impl Payload {
     pub(super) fn as_slice(&self) -> &[u8] {
         match self {
-            Payload::Owned(v) => v,
+            Payload::Shared(v) => v,
             Payload::Lent(l) => l.as_slice(),
         }
     }
@@ -85,13 +87,25 @@ impl Payload {
 
 /// Where a read's bytes go.
 pub(super) enum Sink {
+    /// A buffer of this many bytes, allocated only when a worker serves the
+    /// request: what queued reads hold in memory stays bounded by what the
+    /// workers serve at once, not by the queue depths.
+    Deferred(usize),
     Owned(Vec<u8>),
     Lent(LentBuf),
 }
 
 impl Sink {
+    /// Allocate a deferred buffer.
+    pub(super) fn materialize(&mut self) {
+        if let Sink::Deferred(n) = *self {
+            *self = Sink::Owned(vec![0; n]);
+        }
+    }
+
     pub(super) fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
+            Sink::Deferred(_) => &mut [],
             Sink::Owned(v) => v,
             Sink::Lent(l) => l.as_mut_slice(),
         }
@@ -131,6 +145,7 @@ impl Posted {
     pub(super) fn complete(mut self, status: Completion) {
         let len = match &mut self.op {
             Op::Write(p) => p.as_slice().len(),
+            Op::Read(Sink::Deferred(n)) => *n,
             Op::Read(s) => s.as_mut_slice().len(),
         } as u64;
         let data = match (&mut self.op, status) {

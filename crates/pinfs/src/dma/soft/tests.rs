@@ -74,7 +74,7 @@ fn write_read_round_trip_through_the_pool() {
         wr_id: 41,
         key: keys.rkey,
         iova: keys.iova + 2 * P + 5,
-        data: vec![0xAB; 10],
+        data: vec![0xAB; 10].into(),
     })
     .unwrap();
     qp.post_send(WorkRequest::Read {
@@ -104,6 +104,42 @@ fn write_read_round_trip_through_the_pool() {
     assert_eq!(
         dev.write(keys.mr, 0, b"x").unwrap(),
         Completion::InvalidRegion
+    );
+}
+
+#[test]
+fn large_transfers_are_split_over_the_workers_and_still_exact() {
+    let pool = pool(8 << 20);
+    let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
+    // 600 pages in reverse pool order: no run coalesces, every page is
+    // translated on its own.
+    let pages: Vec<u64> = (0..600).rev().map(|i| (100 + i) * P).collect();
+    let a = dev
+        .register(Backing::Pinned(pages.clone()), RevokeMode::Invalidate)
+        .unwrap();
+    let len = 600 * P as usize - 100;
+    assert!(len >= blocking::SPLIT_MIN_BYTES);
+    let data = pattern(len, 11);
+    assert_eq!(dev.write(a.mr, 50, &data).unwrap(), Completion::Ok);
+    let mut expect = vec![0u8; 600 * P as usize];
+    expect[50..50 + len].copy_from_slice(&data);
+    for (i, &off) in pages.iter().enumerate() {
+        let want = &expect[i * P as usize..(i + 1) * P as usize];
+        assert!(page_bytes(&pool, off) == want, "page {i}");
+    }
+    let mut back = vec![0u8; len];
+    assert_eq!(dev.read(a.mr, 50, &mut back).unwrap(), Completion::Ok);
+    assert!(back == data);
+    // Running past the end: the first piece is fine, the last is refused,
+    // and the transfer reports it.
+    assert_eq!(
+        dev.write(a.mr, 200, &data).unwrap(),
+        Completion::ProtectionError
+    );
+    let mut back = vec![0u8; len];
+    assert_eq!(
+        dev.read(a.mr, 200, &mut back).unwrap(),
+        Completion::ProtectionError
     );
 }
 
@@ -139,7 +175,7 @@ fn wrong_key_and_out_of_range_are_protection_errors() {
             wr_id: i as u64,
             key,
             iova,
-            data: vec![0xEE; 10],
+            data: vec![0xEE; 10].into(),
         })
         .unwrap();
     }
@@ -185,7 +221,7 @@ fn send_and_completion_queues_are_bounded() {
         wr_id: i,
         key: a.lkey,
         iova: a.iova,
-        data: vec![1],
+        data: vec![1].into(),
     };
     for i in 0..CQ_DEPTH as u64 {
         qp.post_send(wr(i)).unwrap();
@@ -304,7 +340,7 @@ fn iova_of_a_revoked_region_is_not_reused_until_deregistration() {
             wr_id: i as u64,
             key: a.rkey,
             iova,
-            data: vec![0xCC; 64],
+            data: vec![0xCC; 64].into(),
         })
         .unwrap();
     }
@@ -330,7 +366,7 @@ fn iova_of_a_revoked_region_is_not_reused_until_deregistration() {
         wr_id: 9,
         key: a.rkey,
         iova: c.iova,
-        data: vec![0xCC; 64],
+        data: vec![0xCC; 64].into(),
     })
     .unwrap();
     assert_eq!(qp.wait_cq(1)[0].status, Completion::ProtectionError);
@@ -412,6 +448,12 @@ fn odp_faults_in_and_refaults_to_the_new_page_after_invalidation() {
         dev.invalidate_pages(a.mr, 1, 2).unwrap_err().errno(),
         Errno::EINVAL
     );
+    let pinned = dev
+        .register(Backing::Pinned(vec![95 * P]), RevokeMode::Invalidate)
+        .unwrap();
+    dev.invalidate_pages(pinned.mr, 0, 1).unwrap();
+    assert_eq!(dev.write(pinned.mr, 0, &[2; 8]).unwrap(), Completion::Ok);
+    assert_eq!(&page_bytes(&pool, 95 * P)[..8], &[2; 8]);
     // Revoked: no translation, no new fault.
     source.fail.store(false, Ordering::SeqCst);
     dev.revoke(a.mr).unwrap();
@@ -497,6 +539,8 @@ struct Traffic {
 /// Pages of the region the streamers write (4 MiB: a request takes long
 /// enough that one is in flight when the withdrawal runs).
 const STREAM_PAGES: u64 = 1024;
+/// Patterns each streamer cycles through.
+const PATTERNS: u64 = 4;
 /// Requests each streamer keeps in flight.
 const STREAM_DEPTH: usize = 3;
 /// Requests each streamer completes after the withdrawal before the pages
@@ -580,16 +624,23 @@ fn withdraw_under_traffic(how: Withdraw, confirmed: bool) -> Traffic {
                 let (stop, withdrawn, completed) = (&stop, &withdrawn, &completed);
                 let (after, ok_after, bytes) = (&after, &ok_after, &bytes);
                 s.spawn(move || {
+                    // A ring of patterns, distinct per streamer and round:
+                    // consecutive requests always write different bytes.
+                    let ring: Vec<Arc<[u8]>> = (0..PATTERNS)
+                        .map(|k| {
+                            let byte = ((round * 2 * PATTERNS + k * 2 + t) % 255 + 1) as u8;
+                            vec![byte; (STREAM_PAGES * P) as usize].into()
+                        })
+                        .collect();
                     let mut seq = 0u64;
                     loop {
                         while !stop.load(Ordering::SeqCst) && qp.outstanding() < STREAM_DEPTH {
                             seq += 1;
-                            let byte = ((round * 64 + seq * 2 + t) % 255 + 1) as u8;
                             qp.post_send(WorkRequest::Write {
                                 wr_id: seq,
                                 key: keys.rkey,
                                 iova: keys.iova,
-                                data: vec![byte; (STREAM_PAGES * P) as usize],
+                                data: Arc::clone(&ring[(seq % PATTERNS) as usize]),
                             })
                             .unwrap();
                         }
@@ -740,4 +791,68 @@ fn withdrawal_under_traffic_negative_control_detects_late_writes() {
             "{how:?}: with protection off the test saw no late write"
         );
     }
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn drop_completes_every_accepted_request_and_stops_the_workers() {
+    let pool = pool(8 << 20);
+    let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
+    // A thread names itself once it runs: wait (boundedly) for that.
+    let named = || {
+        thread_names()
+            .iter()
+            .filter(|n| n.starts_with("pinfs-soft-"))
+            .count()
+    };
+    for _ in 0..2000 {
+        if named() >= WORKERS {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(named() >= WORKERS, "{:?}", thread_names());
+    let pages: Vec<u64> = (0..256).map(|i| (512 + i) * P).collect();
+    let a = dev
+        .register(Backing::Pinned(pages), RevokeMode::Invalidate)
+        .unwrap();
+    let qp = dev.queue_pair();
+    let data: Arc<[u8]> = vec![3u8; 256 * P as usize].into();
+    for i in 0..32 {
+        qp.post_send(WorkRequest::Write {
+            wr_id: i,
+            key: a.lkey,
+            iova: a.iova,
+            data: Arc::clone(&data),
+        })
+        .unwrap();
+    }
+    // Dropped with requests queued: the workers drain the queue first.
+    drop(dev);
+    let mut got = Vec::new();
+    while qp.outstanding() > 0 {
+        got.extend(qp.poll_cq(64));
+    }
+    assert_eq!(got.len(), 32);
+    assert!(got.iter().all(|w| w.status == Completion::Ok));
+    assert_eq!(page_bytes(&pool, 512 * P), vec![3u8; P as usize]);
+    assert_eq!(
+        qp.post_send(WorkRequest::Read {
+            wr_id: 0,
+            key: a.lkey,
+            iova: a.iova,
+            len: 1,
+        })
+        .unwrap_err()
+        .errno(),
+        Errno::ENODEV
+    );
 }
