@@ -9,7 +9,7 @@
 //! followed by [`IOVA_GUARD_PAGES`] unmapped pages, so an access that runs
 //! off the end of one region never lands in the next.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 
 use crate::dma::PAGE_BYTES;
@@ -77,11 +77,14 @@ impl IovaSpace {
     }
 }
 
-/// Key generator: values from a randomly seeded hash of a counter — not
-/// guessable from earlier keys by a peer, never 0, unique among live keys.
+/// Key generator: the n-th key is a keyed permutation (a four-round
+/// Feistel network over 16-bit halves, round keys random per device) of n —
+/// so keys are unique for the device's life (no key is ever handed out
+/// twice: a late request with a deregistered region's key can never match
+/// a later region), not guessable from earlier keys by a peer, and never 0.
 pub(super) struct KeyGen {
-    seed: std::collections::hash_map::RandomState,
-    counter: u64,
+    round_keys: [u16; 4],
+    counter: u32,
 }
 
 impl std::fmt::Debug for KeyGen {
@@ -92,21 +95,36 @@ impl std::fmt::Debug for KeyGen {
 
 impl KeyGen {
     pub(super) fn new() -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
+        let r = h.finish();
         KeyGen {
-            seed: std::collections::hash_map::RandomState::new(),
+            round_keys: [
+                r as u16,
+                (r >> 16) as u16,
+                (r >> 32) as u16,
+                (r >> 48) as u16,
+            ],
             counter: 0,
         }
     }
 
-    /// A fresh key not in `live`.
-    pub(super) fn next(&mut self, live: &HashSet<u32>) -> u32 {
+    fn permute(&self, n: u32) -> u32 {
+        let (mut l, mut r) = ((n >> 16) as u16, n as u16);
+        for &k in &self.round_keys {
+            let f = (r ^ k).wrapping_mul(0x9e37).rotate_left(5) ^ k.rotate_right(3);
+            (l, r) = (r, l ^ f);
+        }
+        (u32::from(l) << 16) | u32::from(r)
+    }
+
+    /// A fresh key, or `None` once all 2^32 - 1 are spent.
+    pub(super) fn next(&mut self) -> Option<u32> {
         loop {
-            self.counter += 1;
-            let mut h = self.seed.build_hasher();
-            h.write_u64(self.counter);
-            let key = h.finish() as u32;
-            if key != 0 && !live.contains(&key) {
-                return key;
+            self.counter = self.counter.checked_add(1)?;
+            let key = self.permute(self.counter);
+            if key != 0 {
+                return Some(key);
             }
         }
     }
@@ -132,12 +150,25 @@ mod tests {
         assert!(s.reserve(huge).is_some());
         let d = s.reserve(4).unwrap();
         assert_eq!(d, a);
+    }
+
+    #[test]
+    fn keys_are_never_zero_and_never_repeat() {
         let mut k = KeyGen::new();
-        let mut live = HashSet::new();
-        for _ in 0..1000 {
-            let key = k.next(&live);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let key = k.next().unwrap();
             assert_ne!(key, 0);
-            assert!(live.insert(key));
+            assert!(seen.insert(key));
+        }
+        // Not a counter: consecutive keys differ in many bits.
+        let (a, b) = (k.next().unwrap(), k.next().unwrap());
+        assert!((a ^ b).count_ones() > 4, "{a:#x} {b:#x}");
+        // A bijection: a small domain maps onto itself without collision.
+        let k = KeyGen::new();
+        let mut all = std::collections::HashSet::new();
+        for n in 0..1u32 << 16 {
+            assert!(all.insert(k.permute(n)));
         }
     }
 }

@@ -30,12 +30,12 @@
 //! `deregister` confirms like `revoke` (it waits for copies in progress,
 //! after which no access reaches the region's pages) and then frees the
 //! IOVA range and keys at once: it does not wait for whole requests in
-//! flight, because a request may be inside [`PageSource::fault`], i.e.
+//! flight, because a request may be inside [`PageSource::fault`](crate::dma::PageSource::fault), i.e.
 //! waiting on the file system, which may be the caller of `deregister`.
 //! Such a request holds the region alive and completes with
 //! `ProtectionError` without touching memory.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -97,7 +97,6 @@ struct Shared {
 struct Pd {
     regions: HashMap<MrId, Arc<Region>>,
     by_key: HashMap<u32, Arc<Region>>,
-    keys: HashSet<u32>,
     iova: iova::IovaSpace,
     keygen: iova::KeyGen,
     next_mr: u64,
@@ -127,7 +126,6 @@ impl SoftDevice {
             pd: RwLock::new(Pd {
                 regions: HashMap::new(),
                 by_key: HashMap::new(),
-                keys: HashSet::new(),
                 iova: iova::IovaSpace::new(),
                 keygen: iova::KeyGen::new(),
                 next_mr: 1,
@@ -284,7 +282,13 @@ impl Drop for SoftDevice {
         self.shared.sq.lock().stopping = true;
         self.shared.work.notify_all();
         self.shared.space.notify_all();
+        let me = std::thread::current().id();
         for w in self.workers.drain(..) {
+            // The last reference may be dropped by a worker itself (a page
+            // source that holds the device): it must not join itself.
+            if w.thread().id() == me {
+                continue;
+            }
             if w.join().is_err() {
                 tracing::warn!("a soft-device worker panicked");
             }
@@ -406,10 +410,10 @@ impl Device for SoftDevice {
         }
         let iova = pd.iova.reserve(pages).ok_or(Errno::ENOMEM)?;
         let mr = MrId(pd.next_mr);
-        let lkey = pd.keygen.next(&pd.keys);
-        pd.keys.insert(lkey);
-        let rkey = pd.keygen.next(&pd.keys);
-        pd.keys.insert(rkey);
+        let (Some(lkey), Some(rkey)) = (pd.keygen.next(), pd.keygen.next()) else {
+            pd.iova.release(iova);
+            return Err(Errno::ENOMEM.into());
+        };
         let keys = MrKeys {
             mr,
             iova,
@@ -424,8 +428,6 @@ impl Device for SoftDevice {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 pd.iova.release(iova);
-                pd.keys.remove(&lkey);
-                pd.keys.remove(&rkey);
                 return Err(e);
             }
         };
@@ -471,7 +473,6 @@ impl Device for SoftDevice {
             };
             for key in [region.keys.lkey, region.keys.rkey] {
                 pd.by_key.remove(&key);
-                pd.keys.remove(&key);
             }
             region
         };

@@ -329,8 +329,10 @@ impl Region {
 
     /// Negative control only: the broken device — translations read once at
     /// the start of the request and cached, copies made without the lock, so
-    /// `revoke` waits for nothing and in-flight requests keep writing the
-    /// old pages.
+    /// `revoke`, `invalidate_pages` and `deregister` wait for nothing and
+    /// in-flight requests keep writing the old pages. (A request that finds
+    /// an untranslated page takes the real path, so that on-demand regions
+    /// still fault in.)
     #[cfg(feature = "negative-controls")]
     pub(super) fn access_cached(
         &self,
@@ -353,6 +355,18 @@ impl Region {
             }
             t.entries[first as usize..=last as usize].to_vec()
         };
+        // Pages to fault in: the real path (faults are not what this
+        // control breaks; it breaks what happens after the lookup).
+        if cached.iter().any(|&e| {
+            !matches!(
+                decode(e),
+                Translation::Pool { writable: true, .. }
+                    | Translation::Scratch
+                    | Translation::Invalid
+            )
+        }) {
+            return self.access(pool, start, access);
+        }
         let mut done = 0u64;
         while done < len {
             let pos = start + done;

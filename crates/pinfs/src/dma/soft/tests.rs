@@ -460,54 +460,85 @@ fn odp_fault_raced_by_invalidation_retries_then_gives_up() {
     drop(source);
 }
 
-/// What one run of [`revoke_under_traffic`] saw.
+/// How the region's access is withdrawn under traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Withdraw {
+    /// `revoke` of a pinned region in this mode.
+    Revoke(RevokeMode),
+    /// `deregister` of a pinned (invalidate-mode) region.
+    Deregister,
+    /// On-demand region: the file system moves every page to a new one
+    /// (the source's answers change) and calls `invalidate_pages`.
+    InvalidatePages,
+}
+
+/// What one run of [`withdraw_under_traffic`] saw.
 #[derive(Debug, Default)]
 struct Traffic {
     writes: u64,
     bytes: u64,
-    /// Completions seen once `revoke` had been called.
-    after_revoke: u64,
+    /// Completions seen once the withdrawal had been called.
+    after: u64,
     /// ... of which `Ok`.
-    ok_after_revoke: u64,
+    ok_after: u64,
+    /// Old pool pages that changed after the withdrawal returned.
     changed_pages: u64,
     /// Rounds run.
     rounds: u64,
-    /// Rounds whose revocation ran while a request had just started.
-    revoked_mid_copy: u64,
+    /// Rounds whose withdrawal ran while a request had just started.
+    mid_copy: u64,
+    /// Longest and total time the withdrawal call took (informative only).
+    max_withdraw: std::time::Duration,
+    sum_withdraw: std::time::Duration,
+    /// On-demand: new pages written after the invalidation.
+    new_pages_written: u64,
 }
 
 /// Pages of the region the streamers write (4 MiB: a request takes long
-/// enough that one is always in flight when `revoke` runs).
+/// enough that one is in flight when the withdrawal runs).
 const STREAM_PAGES: u64 = 1024;
 /// Requests each streamer keeps in flight.
 const STREAM_DEPTH: usize = 3;
-/// Requests each streamer completes after the revocation before the pages
+/// Requests each streamer completes after the withdrawal before the pages
 /// are compared.
-const WRITES_AFTER_REVOKE: u64 = 16;
-/// Registrations (each revoked under traffic) per run.
-const ROUNDS: u64 = 6;
+const WRITES_AFTER: u64 = 16;
+/// Registrations (each withdrawn under traffic) per run.
+const ROUNDS: u64 = 4;
 /// Most rounds the negative control runs looking for a late write.
 const CONTROL_ROUNDS: u64 = 40;
+/// Where the region's pool pages start, and where on-demand pages move to.
+const OLD_BASE: u64 = 512 * P;
+const NEW_BASE: u64 = OLD_BASE + STREAM_PAGES * P;
+
+/// A page source answering page `i` → `base + i * P`, `base` switchable.
+struct MovingSource {
+    base: AtomicU64,
+}
+
+impl PageSource for MovingSource {
+    fn fault(&self, page: u64, _write: bool) -> Result<u64> {
+        Ok(self.base.load(Ordering::SeqCst) + page * P)
+    }
+}
 
 /// Two threads stream whole-region writes into a registered region while
-/// this thread revokes it; the old pool pages are snapshotted the moment
-/// `revoke` returns (in reverse order, so the snapshot runs against a copy
-/// in flight rather than behind it) and compared once every request has
-/// completed, after more traffic.
+/// this thread withdraws its access; the old pool pages are snapshotted the
+/// moment the withdrawal returns (in reverse order, so the snapshot runs
+/// against a copy in flight rather than behind it) and compared once every
+/// request has completed, after more traffic.
 ///
-/// With revocation confirmed it runs [`ROUNDS`] rounds; without (the
-/// negative control) it stops at the first round that saw a late write, or
-/// after [`CONTROL_ROUNDS`]: whether a copy is still running when the
-/// snapshot is taken is up to the scheduler on a busy two-core machine, so
-/// one round may miss it; many in a row do not.
-fn revoke_under_traffic(mode: RevokeMode, confirmed: bool) -> Traffic {
-    let pool = pool(8 << 20);
+/// With protection on it runs [`ROUNDS`] rounds; without (the negative
+/// control) it stops at the first round that saw a late write, or after
+/// [`CONTROL_ROUNDS`]: whether a copy is still running when the snapshot is
+/// taken is up to the scheduler on a busy two-core machine, so one round
+/// may miss it; many in a row do not.
+fn withdraw_under_traffic(how: Withdraw, confirmed: bool) -> Traffic {
+    let pool = pool(12 << 20);
     let dev = SoftDevice::new(Arc::clone(&pool)).unwrap();
     if !confirmed {
         dev.unconfirmed_revoke_for_tests();
     }
-    let base = 512 * P;
-    let pages: Vec<u64> = (0..STREAM_PAGES).map(|i| base + i * P).collect();
+    let pages: Vec<u64> = (0..STREAM_PAGES).map(|i| OLD_BASE + i * P).collect();
     let mut total = Traffic::default();
     let rounds = if confirmed { ROUNDS } else { CONTROL_ROUNDS };
     for round in 0..rounds {
@@ -515,18 +546,38 @@ fn revoke_under_traffic(mode: RevokeMode, confirmed: bool) -> Traffic {
             break;
         }
         total.rounds += 1;
-        let keys = dev.register(Backing::Pinned(pages.clone()), mode).unwrap();
+        let source = Arc::new(MovingSource {
+            base: AtomicU64::new(OLD_BASE),
+        });
+        let keys = match how {
+            Withdraw::Revoke(mode) => dev.register(Backing::Pinned(pages.clone()), mode),
+            Withdraw::Deregister => {
+                dev.register(Backing::Pinned(pages.clone()), RevokeMode::Invalidate)
+            }
+            Withdraw::InvalidatePages => dev.register(
+                Backing::OnDemand {
+                    pages: STREAM_PAGES,
+                    source: Arc::clone(&source) as Arc<dyn PageSource>,
+                },
+                RevokeMode::Odp,
+            ),
+        }
+        .unwrap();
+        let new_before: Vec<Vec<u8>> = (0..STREAM_PAGES)
+            .map(|i| page_bytes(&pool, NEW_BASE + i * P))
+            .collect();
         let stop = AtomicBool::new(false);
-        let revoked = AtomicBool::new(false);
+        let withdrawn = AtomicBool::new(false);
         let completed = AtomicU64::new(0);
         let after = AtomicU64::new(0);
         let ok_after = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let mut mid_copy = 0u64;
+        let mut took = std::time::Duration::ZERO;
         let snapshot = std::thread::scope(|s| {
             for t in 0..2u64 {
                 let qp = dev.queue_pair();
-                let (stop, revoked, completed) = (&stop, &revoked, &completed);
+                let (stop, withdrawn, completed) = (&stop, &withdrawn, &completed);
                 let (after, ok_after, bytes) = (&after, &ok_after, &bytes);
                 s.spawn(move || {
                     let mut seq = 0u64;
@@ -548,7 +599,7 @@ fn revoke_under_traffic(mode: RevokeMode, confirmed: bool) -> Traffic {
                         for wc in qp.wait_cq(8) {
                             completed.fetch_add(1, Ordering::SeqCst);
                             bytes.fetch_add(wc.byte_len, Ordering::SeqCst);
-                            if revoked.load(Ordering::SeqCst) {
+                            if withdrawn.load(Ordering::SeqCst) {
                                 after.fetch_add(1, Ordering::SeqCst);
                                 if wc.status == Completion::Ok {
                                     ok_after.fetch_add(1, Ordering::SeqCst);
@@ -563,30 +614,40 @@ fn revoke_under_traffic(mode: RevokeMode, confirmed: bool) -> Traffic {
             while completed.load(Ordering::SeqCst) < 2 {
                 std::thread::yield_now();
             }
-            // Revoke while a request has just started on the region (its
+            // Withdraw while a request has just started on the region (its
             // first page written, the page an eighth in not yet), so the
             // race window is real, not left to scheduling luck; bounded.
             let (mut first, mut eighth) = ([0u8], [0u8]);
             for _ in 0..1_000_000 {
-                pool.read(base, &mut first).unwrap();
-                pool.read(base + STREAM_PAGES / 8 * P, &mut eighth).unwrap();
+                pool.read(OLD_BASE, &mut first).unwrap();
+                pool.read(OLD_BASE + STREAM_PAGES / 8 * P, &mut eighth)
+                    .unwrap();
                 if first != eighth {
                     mid_copy += 1;
                     break;
                 }
                 std::hint::spin_loop();
             }
-            revoked.store(true, Ordering::SeqCst);
-            dev.revoke(keys.mr).unwrap();
+            withdrawn.store(true, Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            match how {
+                Withdraw::Revoke(_) => dev.revoke(keys.mr).unwrap(),
+                Withdraw::Deregister => dev.deregister(keys.mr).unwrap(),
+                Withdraw::InvalidatePages => {
+                    source.base.store(NEW_BASE, Ordering::SeqCst);
+                    dev.invalidate_pages(keys.mr, 0, STREAM_PAGES).unwrap();
+                }
+            }
+            took = started.elapsed();
             let snapshot: Vec<Vec<u8>> = {
                 let mut v: Vec<_> = (0..STREAM_PAGES)
                     .rev()
-                    .map(|i| page_bytes(&pool, base + i * P))
+                    .map(|i| page_bytes(&pool, OLD_BASE + i * P))
                     .collect();
                 v.reverse();
                 v
             };
-            while after.load(Ordering::SeqCst) < 2 * WRITES_AFTER_REVOKE {
+            while after.load(Ordering::SeqCst) < 2 * WRITES_AFTER {
                 std::thread::yield_now();
             }
             stop.store(true, Ordering::SeqCst);
@@ -594,59 +655,89 @@ fn revoke_under_traffic(mode: RevokeMode, confirmed: bool) -> Traffic {
         });
         // Every request has completed (the streamers drained their queues).
         let changed = (0..STREAM_PAGES)
-            .filter(|&i| page_bytes(&pool, base + i * P) != snapshot[i as usize])
+            .filter(|&i| page_bytes(&pool, OLD_BASE + i * P) != snapshot[i as usize])
             .count() as u64;
-        dev.deregister(keys.mr).unwrap();
+        total.new_pages_written += (0..STREAM_PAGES)
+            .filter(|&i| page_bytes(&pool, NEW_BASE + i * P) != new_before[i as usize])
+            .count() as u64;
+        if how != Withdraw::Deregister {
+            dev.deregister(keys.mr).unwrap();
+        }
         total.writes += completed.into_inner();
         total.bytes += bytes.into_inner();
-        total.after_revoke += after.into_inner();
-        total.ok_after_revoke += ok_after.into_inner();
+        total.after += after.into_inner();
+        total.ok_after += ok_after.into_inner();
         total.changed_pages += changed;
-        total.revoked_mid_copy += mid_copy;
+        total.mid_copy += mid_copy;
+        total.max_withdraw = total.max_withdraw.max(took);
+        total.sum_withdraw += took;
     }
     println!(
-        "soft revoke under traffic, {mode}, revocation {}: {} device writes, {} MiB written, \
-         {} completed after revoke ({} ok), {} of {} revocations during a copy, \
-         {} old pool pages changed after revoke returned",
+        "soft {how:?} under traffic, protection {}: {} device writes, {} MiB written, \
+         {} completed after the withdrawal ({} ok), {} of {} withdrawals during a copy \
+         (took mean {:?}, max {:?}), {} old pool pages changed after it returned, \
+         {} new pages written",
         if confirmed {
-            "confirmed"
+            "on"
         } else {
-            "NOT confirmed (negative control)"
+            "OFF (negative control)"
         },
         total.writes,
         total.bytes >> 20,
-        total.after_revoke,
-        total.ok_after_revoke,
-        total.revoked_mid_copy,
+        total.after,
+        total.ok_after,
+        total.mid_copy,
         total.rounds,
-        total.changed_pages
+        total.sum_withdraw / total.rounds.max(1) as u32,
+        total.max_withdraw,
+        total.changed_pages,
+        total.new_pages_written,
     );
     total
 }
 
+const ALL_WITHDRAWALS: [Withdraw; 4] = [
+    Withdraw::Revoke(RevokeMode::Invalidate),
+    Withdraw::Revoke(RevokeMode::Redirect),
+    Withdraw::Deregister,
+    Withdraw::InvalidatePages,
+];
+
 #[test]
-fn revoke_is_confirmed_under_traffic() {
-    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
-        let t = revoke_under_traffic(mode, true);
-        assert_eq!(t.changed_pages, 0, "{mode}: old pages changed after revoke");
-        assert!(t.after_revoke >= ROUNDS * 2 * WRITES_AFTER_REVOKE);
-        match mode {
-            // Only requests that raced the revocation may complete Ok
-            // once it started; later ones are refused.
-            RevokeMode::Invalidate => assert!(t.ok_after_revoke < t.after_revoke),
-            // The device sees no error: writes land in scratch.
-            _ => assert_eq!(t.ok_after_revoke, t.after_revoke),
+fn withdrawal_is_confirmed_under_traffic() {
+    for how in ALL_WITHDRAWALS {
+        let t = withdraw_under_traffic(how, true);
+        assert_eq!(
+            t.changed_pages, 0,
+            "{how:?}: old pages changed after it returned"
+        );
+        assert!(t.after >= ROUNDS * 2 * WRITES_AFTER);
+        match how {
+            // Only requests that raced the withdrawal may complete Ok once
+            // it started; later ones are refused.
+            Withdraw::Revoke(RevokeMode::Invalidate) | Withdraw::Deregister => {
+                assert!(t.ok_after < t.after)
+            }
+            // The device sees no error: writes land in scratch, or in the
+            // new pages.
+            _ => assert_eq!(t.ok_after, t.after),
+        }
+        if how == Withdraw::InvalidatePages {
+            // The device re-faulted to the new pages and wrote them.
+            assert_eq!(t.new_pages_written, ROUNDS * STREAM_PAGES);
+        } else {
+            assert_eq!(t.new_pages_written, 0);
         }
     }
 }
 
 #[test]
-fn revoke_under_traffic_negative_control_detects_late_writes() {
-    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
-        let t = revoke_under_traffic(mode, false);
+fn withdrawal_under_traffic_negative_control_detects_late_writes() {
+    for how in ALL_WITHDRAWALS {
+        let t = withdraw_under_traffic(how, false);
         assert!(
             t.changed_pages > 0,
-            "{mode}: with revocation unconfirmed the test saw no late write"
+            "{how:?}: with protection off the test saw no late write"
         );
     }
 }
