@@ -39,6 +39,7 @@ use std::sync::Arc;
 use crate::Result;
 
 pub mod soft;
+pub mod uring;
 
 /// Bytes per device page: the granularity of every translation table here.
 pub const PAGE_BYTES: u64 = 4096;
