@@ -480,6 +480,19 @@ fn stat_and_demo() {
             .contains("A store through the invalidated mapping now raises SIGBUS"),
         "{run:#?}"
     );
+    // The device scenes: a timeline, real devices, and no log lines.
+    assert!(run.stderr.is_empty(), "{run:#?}");
+    for needle in [
+        "] @app quiesces: stops the stream",
+        "its writes complete with protection-error",
+        "its writes keep completing ok, into scratch memory",
+        "revocation confirmed after",
+        "unchanged, no device write reached them",
+        "refused at once, Text file busy",
+        "@app is told: break /ira refused",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle}: {run:#?}");
+    }
 }
 
 /// Start `pinfs io --pool POOL -c "echo mounted" -c "sleep 3000"` and return
