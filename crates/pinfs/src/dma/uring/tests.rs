@@ -238,6 +238,8 @@ struct InFlightRun {
 fn revoke_with_a_request_in_flight(mode: RevokeMode, revoke_waits: bool) -> InFlightRun {
     let pool = pool();
     let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+    // This scenario fills the pipe itself: the revocation must wait for it.
+    dev.set_revoke_cancel_after(None);
     #[cfg(feature = "negative-controls")]
     if !revoke_waits {
         dev.disable_revoke_wait_for_tests();
@@ -337,6 +339,35 @@ fn negative_control_revoke_without_waiting_lets_late_data_land() {
         .count();
     println!("negative control: {landed} bytes landed in the pool after revoke returned");
     assert_eq!(landed, PAGE_BYTES as usize, "the late write is detected");
+}
+
+#[test]
+fn a_request_stuck_in_flight_is_cancelled_past_the_bound() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    dev.set_revoke_cancel_after(Some(std::time::Duration::ZERO));
+    let page = 90 * PAGE_BYTES;
+    let keys = dev
+        .register(Backing::Pinned(vec![page]), RevokeMode::Invalidate)
+        .unwrap();
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let ticket = dev
+        .submit_write_from_fd(keys.mr, 0, PAGE_BYTES, rd.as_fd(), 0)
+        .unwrap();
+    assert!(!ticket.is_done());
+    // Nobody fills the pipe: revoke cancels the request, then returns.
+    dev.revoke(keys.mr).unwrap();
+    assert!(ticket.is_done(), "confirmed: the request has completed");
+    let (c, kernel) = ticket.wait();
+    println!("stuck request after revoke: {kernel:?} ({c})");
+    assert_eq!(kernel, vec![-libc::ECANCELED]);
+    // Data that arrives now lands nowhere.
+    rustix::io::write(&wr, &[0xCD; 4096]).unwrap();
+    assert_eq!(dev.in_flight(keys.mr), 0);
+    assert_eq!(
+        pool_bytes(&pool, page, PAGE_BYTES as usize),
+        vec![0; PAGE_BYTES as usize]
+    );
 }
 
 #[test]
