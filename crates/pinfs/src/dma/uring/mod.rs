@@ -76,7 +76,7 @@ use super::{
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
-pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES};
+pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES, SCRATCH_WINDOW_BYTES};
 pub use self::ring::{MAX_ENTRY_BYTES, RING_ENTRIES, TABLE_ENTRIES};
 
 /// Most kernel requests (one per run a device access crosses) in flight at
@@ -104,10 +104,22 @@ pub const REVOKE_CANCEL_AFTER: Duration = Duration::from_secs(1);
 /// cost of anything unforeseen).
 const LEADER_TICK: Duration = Duration::from_millis(100);
 
-/// The message of a registration the kernel refused to pin.
-const PIN_REFUSED: &str = "io_uring could not register the pool pages as fixed buffers: \
-     the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
-     for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool";
+/// Why the kernel refused to register pool pages, by its errno.
+fn pin_refused(errno: Errno) -> &'static str {
+    match errno.0 {
+        libc::EFAULT | libc::EOPNOTSUPP => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
+             for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool"
+        }
+        libc::ENOMEM => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             pinned pages are charged to RLIMIT_MEMLOCK (without CAP_IPC_LOCK); \
+             raise it (ulimit -l) or register less"
+        }
+        _ => "io_uring could not register the pool pages as fixed buffers",
+    }
+}
 
 /// The `uring` device.
 pub struct UringDevice {
@@ -946,7 +958,7 @@ impl Device for UringDevice {
             let errno = e.errno();
             tracing::warn!(%errno, "uring: the kernel refused to register pool pages");
             return Err(Error::media(
-                PIN_REFUSED,
+                pin_refused(errno),
                 std::io::Error::from_raw_os_error(errno.0),
             ));
         }

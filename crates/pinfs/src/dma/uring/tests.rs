@@ -188,6 +188,32 @@ fn redirect_sends_later_writes_to_scratch() {
 }
 
 #[test]
+fn a_large_redirected_region_pins_one_scratch_window() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    // 12 MiB of pool: the scratch is 12 MiB of addresses over an 8 MiB window.
+    let n = 3 * 1024;
+    let keys = dev
+        .register(
+            Backing::Pinned((0..n).map(|p| p * PAGE_BYTES).collect()),
+            RevokeMode::Redirect,
+        )
+        .unwrap();
+    let before = pool_bytes(&pool, 0, 64);
+    dev.revoke(keys.mr).unwrap();
+    let tail = 11 << 20;
+    assert_eq!(dev.write(keys.mr, tail, b"late").unwrap(), Completion::Ok);
+    let mut b = [0; 4];
+    dev.read_scratch(keys.mr, tail, &mut b).unwrap();
+    assert_eq!(&b, b"late");
+    dev.read_scratch(keys.mr, tail - SCRATCH_WINDOW_BYTES, &mut b)
+        .unwrap();
+    assert_eq!(&b, b"late", "one window, mapped again");
+    assert_eq!(pool_bytes(&pool, tail, 4), vec![0; 4]);
+    assert_eq!(pool_bytes(&pool, 0, 64), before);
+}
+
+#[test]
 fn on_demand_paging_and_bad_pages_are_refused() {
     let pool = pool();
     let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
