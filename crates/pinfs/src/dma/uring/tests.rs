@@ -524,3 +524,126 @@ fn throughput_against_raw_read_fixed() {
         );
     }
 }
+
+/// Writers stream device writes into a region (two runs) from several
+/// threads while it is revoked: after `revoke` returns nothing changes in
+/// the region's pool pages, pages around it never change, and later writes
+/// fail (`invalidate`) or succeed into scratch (`redirect`). The
+/// deterministic negative control of the same protection is
+/// `negative_control_revoke_without_waiting_lets_late_data_land`.
+#[test]
+fn concurrent_writers_during_revocation() {
+    use std::sync::atomic::AtomicU64;
+    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
+        let pool = pool();
+        let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+        let region_pages: Vec<u64> = (100..116).chain(200..216).collect();
+        let keys = dev.register(pages(&region_pages), mode).unwrap();
+        let len = region_pages.len() as u64 * PAGE_BYTES;
+        let guards = [99u64, 116, 199, 216];
+        let stop = Arc::new(AtomicBool::new(false));
+        // Set once `revoke` has returned: writes submitted after it are
+        // counted apart, and must all fail (invalidate) or all succeed
+        // (redirect).
+        let confirmed = Arc::new(AtomicBool::new(false));
+        let after = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..3u64)
+            .map(|w| {
+                let (dev, stop, ok, failed) = (
+                    Arc::clone(&dev),
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                );
+                let (confirmed, after) = (Arc::clone(&confirmed), Arc::clone(&after));
+                std::thread::spawn(move || {
+                    let mut x = w.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    while !stop.load(Ordering::SeqCst) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let size = 1 + x % 9000;
+                        let offset = (x >> 20) % (len - size);
+                        let data = vec![(w as u8 + 1) * 0x11; size as usize];
+                        let late = confirmed.load(Ordering::SeqCst);
+                        let c = dev.write(keys.mr, offset, &data).unwrap();
+                        match c {
+                            Completion::Ok => ok.fetch_add(1, Ordering::SeqCst),
+                            _ => failed.fetch_add(1, Ordering::SeqCst),
+                        };
+                        // (Writes racing with `revoke` may go either way.)
+                        if late {
+                            after[usize::from(c != Completion::Ok)].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let total = |ok: &AtomicU64, failed: &AtomicU64| {
+            ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst)
+        };
+        while total(&ok, &failed) < 300 {
+            std::thread::yield_now();
+        }
+        dev.revoke(keys.mr).unwrap();
+        confirmed.store(true, Ordering::SeqCst);
+        let at_confirmation: Vec<Vec<u8>> = region_pages
+            .iter()
+            .map(|p| pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize))
+            .collect();
+        let (ok_before, failed_before) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+        let target = total(&ok, &failed) + 300;
+        while total(&ok, &failed) < target {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        let changed: usize = region_pages
+            .iter()
+            .zip(&at_confirmation)
+            .map(|(p, snap)| {
+                let now = pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize);
+                now.iter().zip(snap).filter(|(a, b)| a != b).count()
+            })
+            .sum();
+        let guard_bytes: usize = guards
+            .iter()
+            .map(|p| {
+                pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize)
+                    .iter()
+                    .filter(|&&b| b != 0)
+                    .count()
+            })
+            .sum();
+        let (ok_after, failed_after) = (
+            after[0].load(Ordering::SeqCst),
+            after[1].load(Ordering::SeqCst),
+        );
+        println!(
+            "{mode}: device writes before confirmation {} ok / {} failed, after {ok_after} ok / \
+             {failed_after} failed; bytes changed in the pool after confirmation: {changed}; \
+             bytes outside the region: {guard_bytes}",
+            ok_before, failed_before
+        );
+        assert_eq!(
+            changed, 0,
+            "{mode}: a device write landed after confirmation"
+        );
+        assert_eq!(
+            guard_bytes, 0,
+            "{mode}: a device write landed outside its region"
+        );
+        match mode {
+            RevokeMode::Invalidate => assert_eq!(ok_after, 0),
+            _ => assert_eq!(failed_after, 0),
+        }
+        assert!(
+            at_confirmation.iter().flatten().any(|&b| b != 0),
+            "writes landed before"
+        );
+    }
+}
