@@ -57,7 +57,7 @@ impl Scratch {
     /// Map `len_bytes` (whole pages, non-zero) of scratch address space.
     pub fn new(len_bytes: u64) -> Result<Scratch> {
         let len = usize::try_from(len_bytes).map_err(|_| Errno::ENOMEM)?;
-        if len == 0 || len_bytes % super::PAGE_BYTES != 0 {
+        if len == 0 || !len_bytes.is_multiple_of(super::PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
         let window_bytes = len_bytes.min(SCRATCH_WINDOW_BYTES);

@@ -897,7 +897,7 @@ impl Device for UringDevice {
             let in_pool = page
                 .checked_add(PAGE_BYTES)
                 .is_some_and(|end| end <= inner.pool_len);
-            if page % PAGE_BYTES != 0 || !in_pool {
+            if !page.is_multiple_of(PAGE_BYTES) || !in_pool {
                 return Err(Errno::EINVAL.into());
             }
             let region_offset = i as u64 * PAGE_BYTES;
