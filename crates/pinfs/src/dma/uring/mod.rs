@@ -63,6 +63,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -75,7 +76,7 @@ use super::{
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
-pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES};
+pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES, SCRATCH_WINDOW_BYTES};
 pub use self::ring::{MAX_ENTRY_BYTES, RING_ENTRIES, TABLE_ENTRIES};
 
 /// Most kernel requests (one per run a device access crosses) in flight at
@@ -91,15 +92,34 @@ pub const IOVA_BASE: u64 = 1 << 32;
 /// so the table is the tighter bound unless runs are long).
 pub const MAX_REGIONS: usize = TABLE_ENTRIES as usize;
 
+/// How long a revocation waits, by default, for requests in flight under
+/// the old entries before it cancels them
+/// ([`UringDevice::set_revoke_cancel_after`]). Requests from the device's own
+/// memfds finish in microseconds to milliseconds; one that takes longer
+/// reads a stream with no data (a pipe nobody fills).
+pub const REVOKE_CANCEL_AFTER: Duration = Duration::from_secs(1);
+
 /// The leader's longest wait in the kernel before it looks again (the
 /// completion it waits for is normally what wakes it; this bounds the
 /// cost of anything unforeseen).
-const LEADER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const LEADER_TICK: Duration = Duration::from_millis(100);
 
-/// The message of a registration the kernel refused to pin.
-const PIN_REFUSED: &str = "io_uring could not register the pool pages as fixed buffers: \
-     the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
-     for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool";
+/// Why the kernel refused to register pool pages, by its errno.
+fn pin_refused(errno: Errno) -> &'static str {
+    match errno.0 {
+        libc::EFAULT | libc::EOPNOTSUPP => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
+             for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool"
+        }
+        libc::ENOMEM => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             pinned pages are charged to RLIMIT_MEMLOCK (without CAP_IPC_LOCK); \
+             raise it (ulimit -l) or register less"
+        }
+        _ => "io_uring could not register the pool pages as fixed buffers",
+    }
+}
 
 /// The `uring` device.
 pub struct UringDevice {
@@ -137,6 +157,10 @@ struct State {
     /// Revocations waiting for in-flight requests (observable by tests).
     revocations_waiting: usize,
     closing: bool,
+    /// How long `revoke` and `deregister` wait for requests under the old
+    /// entries before cancelling them (`None`: wait for as long as they
+    /// take).
+    cancel_after: Option<Duration>,
     /// Negative control: `revoke` does not wait for in-flight requests.
     revoke_waits: bool,
 }
@@ -239,6 +263,7 @@ impl UringDevice {
                 next_ticket: 1,
                 revocations_waiting: 0,
                 closing: false,
+                cancel_after: Some(REVOKE_CANCEL_AFTER),
                 revoke_waits: true,
             }),
             changed: Condvar::new(),
@@ -311,6 +336,14 @@ impl UringDevice {
             .and_then(|r| r.scratch.as_ref())
             .ok_or(Errno::EINVAL)?;
         scratch.read(offset, buf)
+    }
+
+    /// How long `revoke` and `deregister` wait for requests in flight under
+    /// the old entries before cancelling them; `None`: as long as they take
+    /// (default [`REVOKE_CANCEL_AFTER`]). Either way they return only once
+    /// those requests have completed (cancelled or not).
+    pub fn set_revoke_cancel_after(&self, after: Option<Duration>) {
+        self.inner.state.lock().cancel_after = after;
     }
 
     /// Revocations now waiting for requests in flight under the old entries.
@@ -773,6 +806,12 @@ impl Inner {
 
     /// Wait (the lock released meanwhile) until no request of region `mr`
     /// submitted before generation `generation` is in flight.
+    ///
+    /// Past the state's `cancel_after`, the old requests still in flight are
+    /// cancelled (a stream source with no data would otherwise hold the
+    /// revocation forever, against SPEC §3's bound on breaking); the wait
+    /// goes on until they have completed — cancelled, or done if the
+    /// cancellation came too late to stop them.
     fn wait_older(&self, st: &mut MutexGuard<'_, State>, mr: u64, generation: u64) {
         st.revocations_waiting += 1;
         self.changed.notify_all();
@@ -781,15 +820,46 @@ impl Inner {
         if let Err(e) = self.ring.flush() {
             tracing::warn!(error = %e, "uring: flushing queued requests failed");
         }
+        let started = Instant::now();
+        let mut cancelled = false;
         while st
             .regions
             .get(&mr)
             .and_then(|r| r.in_flight.keys().next().copied())
             .is_some_and(|oldest| oldest < generation)
         {
+            let due = st.cancel_after.is_some_and(|d| started.elapsed() >= d);
+            if due && !cancelled {
+                cancelled = true;
+                self.cancel_older(st, mr, generation);
+            }
             self.wait_for_completions(st);
         }
         st.revocations_waiting -= 1;
+    }
+
+    /// Cancel the requests of region `mr` submitted before `generation`.
+    fn cancel_older(&self, st: &mut MutexGuard<'_, State>, mr: u64, generation: u64) {
+        let st = &mut **st;
+        let old: Vec<u64> = st
+            .requests
+            .iter()
+            .filter(|(_, r)| r.mr == mr && r.generation < generation)
+            .map(|(&user_data, _)| user_data)
+            .collect();
+        tracing::warn!(
+            mr,
+            requests = old.len(),
+            "uring: requests under revoked entries still in flight; cancelling them"
+        );
+        for user_data in old {
+            if let Err(e) = self.ring.cancel(&mut st.sq, user_data) {
+                tracing::warn!(error = %e, "uring: cancelling a request failed");
+            }
+        }
+        if let Err(e) = self.ring.flush() {
+            tracing::warn!(error = %e, "uring: submitting cancellations failed");
+        }
     }
 }
 
@@ -827,7 +897,7 @@ impl Device for UringDevice {
             let in_pool = page
                 .checked_add(PAGE_BYTES)
                 .is_some_and(|end| end <= inner.pool_len);
-            if page % PAGE_BYTES != 0 || !in_pool {
+            if !page.is_multiple_of(PAGE_BYTES) || !in_pool {
                 return Err(Errno::EINVAL.into());
             }
             let region_offset = i as u64 * PAGE_BYTES;
@@ -888,7 +958,7 @@ impl Device for UringDevice {
             let errno = e.errno();
             tracing::warn!(%errno, "uring: the kernel refused to register pool pages");
             return Err(Error::media(
-                PIN_REFUSED,
+                pin_refused(errno),
                 std::io::Error::from_raw_os_error(errno.0),
             ));
         }

@@ -188,6 +188,32 @@ fn redirect_sends_later_writes_to_scratch() {
 }
 
 #[test]
+fn a_large_redirected_region_pins_one_scratch_window() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    // 12 MiB of pool: the scratch is 12 MiB of addresses over an 8 MiB window.
+    let n = 3 * 1024;
+    let keys = dev
+        .register(
+            Backing::Pinned((0..n).map(|p| p * PAGE_BYTES).collect()),
+            RevokeMode::Redirect,
+        )
+        .unwrap();
+    let before = pool_bytes(&pool, 0, 64);
+    dev.revoke(keys.mr).unwrap();
+    let tail = 11 << 20;
+    assert_eq!(dev.write(keys.mr, tail, b"late").unwrap(), Completion::Ok);
+    let mut b = [0; 4];
+    dev.read_scratch(keys.mr, tail, &mut b).unwrap();
+    assert_eq!(&b, b"late");
+    dev.read_scratch(keys.mr, tail - SCRATCH_WINDOW_BYTES, &mut b)
+        .unwrap();
+    assert_eq!(&b, b"late", "one window, mapped again");
+    assert_eq!(pool_bytes(&pool, tail, 4), vec![0; 4]);
+    assert_eq!(pool_bytes(&pool, 0, 64), before);
+}
+
+#[test]
 fn on_demand_paging_and_bad_pages_are_refused() {
     let pool = pool();
     let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
@@ -238,6 +264,8 @@ struct InFlightRun {
 fn revoke_with_a_request_in_flight(mode: RevokeMode, revoke_waits: bool) -> InFlightRun {
     let pool = pool();
     let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+    // This scenario fills the pipe itself: the revocation must wait for it.
+    dev.set_revoke_cancel_after(None);
     #[cfg(feature = "negative-controls")]
     if !revoke_waits {
         dev.disable_revoke_wait_for_tests();
@@ -337,6 +365,35 @@ fn negative_control_revoke_without_waiting_lets_late_data_land() {
         .count();
     println!("negative control: {landed} bytes landed in the pool after revoke returned");
     assert_eq!(landed, PAGE_BYTES as usize, "the late write is detected");
+}
+
+#[test]
+fn a_request_stuck_in_flight_is_cancelled_past_the_bound() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    dev.set_revoke_cancel_after(Some(std::time::Duration::ZERO));
+    let page = 90 * PAGE_BYTES;
+    let keys = dev
+        .register(Backing::Pinned(vec![page]), RevokeMode::Invalidate)
+        .unwrap();
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let ticket = dev
+        .submit_write_from_fd(keys.mr, 0, PAGE_BYTES, rd.as_fd(), 0)
+        .unwrap();
+    assert!(!ticket.is_done());
+    // Nobody fills the pipe: revoke cancels the request, then returns.
+    dev.revoke(keys.mr).unwrap();
+    assert!(ticket.is_done(), "confirmed: the request has completed");
+    let (c, kernel) = ticket.wait();
+    println!("stuck request after revoke: {kernel:?} ({c})");
+    assert_eq!(kernel, vec![-libc::ECANCELED]);
+    // Data that arrives now lands nowhere.
+    rustix::io::write(&wr, &[0xCD; 4096]).unwrap();
+    assert_eq!(dev.in_flight(keys.mr), 0);
+    assert_eq!(
+        pool_bytes(&pool, page, PAGE_BYTES as usize),
+        vec![0; PAGE_BYTES as usize]
+    );
 }
 
 #[test]
@@ -464,6 +521,129 @@ fn throughput_against_raw_read_fixed() {
             (size * iters) as f64 / ours / 1e6,
             (size * iters) as f64 / base / 1e6,
             base / ours
+        );
+    }
+}
+
+/// Writers stream device writes into a region (two runs) from several
+/// threads while it is revoked: after `revoke` returns nothing changes in
+/// the region's pool pages, pages around it never change, and later writes
+/// fail (`invalidate`) or succeed into scratch (`redirect`). The
+/// deterministic negative control of the same protection is
+/// `negative_control_revoke_without_waiting_lets_late_data_land`.
+#[test]
+fn concurrent_writers_during_revocation() {
+    use std::sync::atomic::AtomicU64;
+    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
+        let pool = pool();
+        let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+        let region_pages: Vec<u64> = (100..116).chain(200..216).collect();
+        let keys = dev.register(pages(&region_pages), mode).unwrap();
+        let len = region_pages.len() as u64 * PAGE_BYTES;
+        let guards = [99u64, 116, 199, 216];
+        let stop = Arc::new(AtomicBool::new(false));
+        // Set once `revoke` has returned: writes submitted after it are
+        // counted apart, and must all fail (invalidate) or all succeed
+        // (redirect).
+        let confirmed = Arc::new(AtomicBool::new(false));
+        let after = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..3u64)
+            .map(|w| {
+                let (dev, stop, ok, failed) = (
+                    Arc::clone(&dev),
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                );
+                let (confirmed, after) = (Arc::clone(&confirmed), Arc::clone(&after));
+                std::thread::spawn(move || {
+                    let mut x = w.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    while !stop.load(Ordering::SeqCst) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let size = 1 + x % 9000;
+                        let offset = (x >> 20) % (len - size);
+                        let data = vec![(w as u8 + 1) * 0x11; size as usize];
+                        let late = confirmed.load(Ordering::SeqCst);
+                        let c = dev.write(keys.mr, offset, &data).unwrap();
+                        match c {
+                            Completion::Ok => ok.fetch_add(1, Ordering::SeqCst),
+                            _ => failed.fetch_add(1, Ordering::SeqCst),
+                        };
+                        // (Writes racing with `revoke` may go either way.)
+                        if late {
+                            after[usize::from(c != Completion::Ok)].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let total = |ok: &AtomicU64, failed: &AtomicU64| {
+            ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst)
+        };
+        while total(&ok, &failed) < 300 {
+            std::thread::yield_now();
+        }
+        dev.revoke(keys.mr).unwrap();
+        confirmed.store(true, Ordering::SeqCst);
+        let at_confirmation: Vec<Vec<u8>> = region_pages
+            .iter()
+            .map(|p| pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize))
+            .collect();
+        let (ok_before, failed_before) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+        let target = total(&ok, &failed) + 300;
+        while total(&ok, &failed) < target {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        let changed: usize = region_pages
+            .iter()
+            .zip(&at_confirmation)
+            .map(|(p, snap)| {
+                let now = pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize);
+                now.iter().zip(snap).filter(|(a, b)| a != b).count()
+            })
+            .sum();
+        let guard_bytes: usize = guards
+            .iter()
+            .map(|p| {
+                pool_bytes(&pool, p * PAGE_BYTES, PAGE_BYTES as usize)
+                    .iter()
+                    .filter(|&&b| b != 0)
+                    .count()
+            })
+            .sum();
+        let (ok_after, failed_after) = (
+            after[0].load(Ordering::SeqCst),
+            after[1].load(Ordering::SeqCst),
+        );
+        println!(
+            "{mode}: device writes before confirmation {} ok / {} failed, after {ok_after} ok / \
+             {failed_after} failed; bytes changed in the pool after confirmation: {changed}; \
+             bytes outside the region: {guard_bytes}",
+            ok_before, failed_before
+        );
+        assert_eq!(
+            changed, 0,
+            "{mode}: a device write landed after confirmation"
+        );
+        assert_eq!(
+            guard_bytes, 0,
+            "{mode}: a device write landed outside its region"
+        );
+        match mode {
+            RevokeMode::Invalidate => assert_eq!(ok_after, 0),
+            _ => assert_eq!(failed_after, 0),
+        }
+        assert!(
+            at_confirmation.iter().flatten().any(|&b| b != 0),
+            "writes landed before"
         );
     }
 }
