@@ -221,3 +221,37 @@ fn truncate_during_a_stream_an_unresponsive_owner_is_revoked() {
         .unwrap_or_else(|| panic!("{out}"));
     assert!(stream.contains("protection-error"), "{stream}");
 }
+
+/// `uring` on a regular-file pool: the kernel will not pin its pages; the
+/// registration fails with the kernel's error and says why. The same script
+/// with `soft` works (the control).
+#[test]
+fn uring_on_a_regular_file_pool_fails_with_the_kernels_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_pinfs"))
+        .args(["mkfs", "--size", "16m"])
+        .arg(&pool)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let pool = pool.to_str().unwrap();
+    let (out, err, ok) = io(
+        &["--pool", pool],
+        &with(DIRECT, &["dma-reg --device uring 0 16k"]),
+    );
+    assert!(!ok);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("dma-reg: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.len() > "dma-reg: Operation not supported".len(),
+        "says why: {line}"
+    );
+    assert!(!out.contains("mr "), "{out}");
+    println!("{line}");
+    let (out, err, ok) = io(&["--pool", pool], &with(DIRECT, &["dma-reg 0 16k"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("mr 1 "), "{out}");
+}

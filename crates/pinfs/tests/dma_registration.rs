@@ -178,6 +178,15 @@ fn a_device_lacking_the_mode_is_eopnotsupp() {
     let (fs, pool) = mount(TruncatePolicy::Defer, LONG);
     let h = file(&fs, OWNER, "/f", FILE, 1);
     let m = map_direct(&h, FILE);
+    // The shipped device that cannot page on demand: io_uring.
+    let ring = uring(&pool);
+    assert!(!ring.caps().odp);
+    assert_eq!(
+        errno(m.register(ring.clone(), 0, FILE, RevokeMode::Odp)),
+        Errno::EOPNOTSUPP
+    );
+    // Its control: in a mode it has, the same registration works.
+    drop(m.register(ring, 0, FILE, RevokeMode::Invalidate).unwrap());
     let pinned_only: Arc<dyn Device> = Toy::new(
         pool.clone(),
         DeviceCaps {
@@ -268,11 +277,15 @@ fn lease_direct_an_unresponsive_owner_is_revoked_at_lease_break_time() {
         TruncatePolicy::Defer,
         TruncatePolicy::Wait,
     ] {
-        for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
+        for (mode, make) in [RevokeMode::Invalidate, RevokeMode::Redirect]
+            .into_iter()
+            .flat_map(|m| [(m, soft as fn(&_) -> _), (m, uring)])
+        {
             let (fs, pool) = mount(policy, SHORT);
             let h = file(&fs, OWNER, "/f", FILE, 1);
             let m = map_direct(&h, FILE);
-            let r = m.register(device(&pool), 0, FILE, mode).unwrap();
+            let r = m.register(make(&pool), 0, FILE, mode).unwrap();
+            let policy = format!("{policy} {}", r.device().name());
             let pages = pinned_pages(&fs, r.id());
             assert_eq!(pages.len() as u64, FILE / PAGE_BYTES);
             let free_before = fs.statfs().free;

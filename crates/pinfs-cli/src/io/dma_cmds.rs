@@ -160,8 +160,7 @@ impl DmaState {
 fn new_device(name: &str, pool: Arc<dyn pinfs::media::Media>) -> pinfs::Result<Arc<dyn Device>> {
     match name {
         "soft" => Ok(Arc::new(pinfs::dma::soft::SoftDevice::new(pool)?)),
-        // The uring device arrives with its own work.
-        _ => Err(Errno::ENODEV.into()),
+        _ => Ok(Arc::new(pinfs::dma::uring::UringDevice::new(pool)?)),
     }
 }
 

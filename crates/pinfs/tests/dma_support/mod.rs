@@ -235,6 +235,11 @@ pub fn soft(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
     Arc::new(pinfs::dma::soft::SoftDevice::new(pool.clone()).unwrap())
 }
 
+/// The io_uring device over `pool` (real kernel pins and DMA).
+pub fn uring(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
+    Arc::new(pinfs::dma::uring::UringDevice::new(pool.clone()).unwrap())
+}
+
 pub fn toy(pool: &Arc<dyn Media>) -> Arc<dyn Device> {
     Toy::new(
         pool.clone(),
