@@ -495,6 +495,40 @@ fn stat_and_demo() {
     }
 }
 
+/// `bench dma --quick` runs (a few seconds), logs nothing, and prints a
+/// verdict on every line that has a target: the figures are not asserted
+/// (no wall-clock assertions), their presence and wording are.
+#[test]
+fn bench_dma_quick_prints_a_verdict_per_target() {
+    let run = pinfs(&["bench", "dma", "--quick"]);
+    run.ok();
+    let lines = run.lines();
+    let with_target: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("target met") || l.contains("target NOT met: "))
+        .collect();
+    for label in [
+        "Mapping::register, uring device",
+        "Mapping::register, soft device",
+        "soft write 4 KiB",
+        "soft write 1024 KiB",
+        "uring write 4 KiB",
+        "uring write 1024 KiB",
+        "revocation uring, 0 in flight",
+        "revocation soft, 64 in flight",
+        "truncate 256 MiB registered, uring",
+        "truncate 256 MiB registered, soft",
+    ] {
+        assert!(
+            with_target.iter().any(|l| l.starts_with(label)),
+            "{label}: {run:#?}"
+        );
+    }
+    let summary = lines.last().copied().unwrap_or_default();
+    assert!(summary.starts_with("all 14 targets: target "), "{run:#?}");
+    assert_eq!(with_target.len(), 15, "14 lines and the summary: {run:#?}");
+}
+
 /// Start `pinfs io --pool POOL -c "echo mounted" -c "sleep 3000"` and return
 /// once it has mounted (it printed its first line): the holder of the pool.
 fn hold(pool: &Path) -> std::process::Child {
