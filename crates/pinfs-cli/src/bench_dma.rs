@@ -501,6 +501,7 @@ fn revocation_round(
     let reg = map.register(timed.clone(), 0, LEN, RevokeMode::Invalidate)?;
     let keys = reg.keys();
     let mut flight = InFlight::None;
+    let posted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     if n > 0 {
         if let Some(u) = uring {
             let mut tickets = Vec::with_capacity(n);
@@ -508,6 +509,9 @@ fn revocation_round(
                 let at = (i as u64 * BLOCK) % LEN;
                 tickets.push(u.submit_write_from_fd(keys.mr, at, BLOCK, r.as_fd(), 0)?);
             }
+            // They wait in the kernel for their pipes: in flight.
+            let waiting = u.in_flight(keys.mr);
+            ensure!(waiting == n, "{waiting} of {n} requests in flight");
             let writers: Vec<OwnedFd> = pipes
                 .iter()
                 .take(n)
@@ -531,9 +535,12 @@ fn revocation_round(
                     data: vec![0x42; WR],
                 })
                 .collect();
+            let count = posted.clone();
             *timed.hook.lock() = Some(Box::new(move || {
                 for wr in wrs {
-                    let _ = qp2.post_send(wr);
+                    if qp2.post_send(wr).is_ok() {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }));
             flight = InFlight::Soft(qp);
@@ -553,6 +560,8 @@ fn revocation_round(
             }
         }
         InFlight::Soft(qp) => {
+            let p = posted.load(std::sync::atomic::Ordering::Relaxed);
+            ensure!(p == n, "{p} of {n} work requests posted");
             while qp.outstanding() > 0 {
                 qp.wait_cq(64);
             }

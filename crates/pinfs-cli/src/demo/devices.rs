@@ -155,6 +155,8 @@ impl Device for Watched {
 struct Scene {
     fs: Arc<Fs>,
     device: Arc<Watched>,
+    /// The same device when it is the `uring` one (to look at its scratch).
+    uring: Option<Arc<UringDevice>>,
     line: Timeline,
 }
 
@@ -172,11 +174,14 @@ impl Scene {
                 policy,
             },
         )?;
-        let inner: Arc<dyn Device> = match UringDevice::new(pool.clone()) {
-            Ok(d) => Arc::new(d),
+        let (inner, uring): (Arc<dyn Device>, _) = match UringDevice::new(pool.clone()) {
+            Ok(d) => {
+                let d = Arc::new(d);
+                (d.clone(), Some(d))
+            }
             Err(e) => {
                 println!("   (io_uring is unavailable here: {e}; the soft device stands in)");
-                Arc::new(SoftDevice::new(pool)?)
+                (Arc::new(SoftDevice::new(pool)?), None)
             }
         };
         let line = Timeline::new();
@@ -188,7 +193,12 @@ impl Scene {
             label,
             narrate: AtomicBool::new(false),
         });
-        Ok(Scene { fs, device, line })
+        Ok(Scene {
+            fs,
+            device,
+            uring,
+            line,
+        })
     }
 
     fn dev(&self) -> &str {
@@ -418,6 +428,11 @@ fn unresponsive(step: &str, mode: RevokeMode) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     line.say(format!("@app's {} streams 0xee into /victim", sc.dev()));
+    let victim_blocks: Vec<(u64, u64)> = file
+        .fiemap()?
+        .iter()
+        .map(|e| (e.physical, e.physical + e.len))
+        .collect();
     let before = sc.fs.statfs();
     line.say(format!(
         "statfs before: free {}, busy {}",
@@ -442,8 +457,19 @@ fn unresponsive(step: &str, mode: RevokeMode) -> Result<()> {
     // Another actor takes the freed blocks at once.
     let fresh = sc.file(OTHER, "/fresh", 0x77)?;
     let fresh_sum = checksum(&fresh)?;
+    let reused: u64 = fresh
+        .fiemap()?
+        .iter()
+        .map(|e| {
+            victim_blocks
+                .iter()
+                .map(|&(a, b)| b.min(e.physical + e.len).saturating_sub(a.max(e.physical)))
+                .sum::<u64>()
+        })
+        .sum();
     line.say(format!(
-        "@other creates /fresh (1 MiB of 0x77) in the freed blocks: checksum {fresh_sum:016x}"
+        "@other creates /fresh (1 MiB of 0x77): {} KiB of it in blocks /victim had; checksum {fresh_sum:016x}",
+        reused >> 10
     ));
     // Let the device go on a little against the revoked region.
     let at = stream.writes();
@@ -478,6 +504,15 @@ fn unresponsive(step: &str, mode: RevokeMode) -> Result<()> {
                 summary(&counts),
                 counts.ok_after_revoke.load(Ordering::Relaxed)
             ));
+            if let Some(u) = &sc.uring {
+                let mut scratch = vec![0u8; FILE_BYTES as usize];
+                u.read_scratch(reg.keys().mr, 0, &mut scratch)?;
+                let landed = scratch.iter().filter(|&&b| b == 0xee).count();
+                ensure!(landed > 0, "redirect: the writes should land in scratch");
+                line.say(format!(
+                    "the uring device's scratch memory holds {landed} bytes of 0xee: where the writes went"
+                ));
+            }
         }
     }
     let (o, f) = (checksum(&other)?, checksum(&fresh)?);
