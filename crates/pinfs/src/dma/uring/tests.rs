@@ -647,3 +647,52 @@ fn concurrent_writers_during_revocation() {
         );
     }
 }
+
+/// Not a test: revocation latency (from the call to confirmation) with 0, 1
+/// and 64 device writes of 64 KiB in flight, run by hand with `--ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn revocation_latency() {
+    use std::time::Instant;
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    let data = pattern(64 << 10, 5);
+    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
+        for in_flight in [0usize, 1, 64] {
+            let mut us = Vec::new();
+            for _ in 0..200 {
+                // 1 MiB region in 16 runs of 64 KiB (every other 64 KiB).
+                let keys = dev
+                    .register(
+                        Backing::Pinned(
+                            (0..256)
+                                .map(|p| (p / 16 * 32 + p % 16) * PAGE_BYTES)
+                                .collect(),
+                        ),
+                        mode,
+                    )
+                    .unwrap();
+                let tickets: Vec<_> = (0..in_flight)
+                    .map(|i| {
+                        let off = (i as u64 % 16) * (64 << 10);
+                        dev.submit_write(keys.mr, off, &data).unwrap()
+                    })
+                    .collect();
+                let t = Instant::now();
+                dev.revoke(keys.mr).unwrap();
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+                for t in tickets {
+                    t.wait();
+                }
+                dev.deregister(keys.mr).unwrap();
+            }
+            us.sort_by(f64::total_cmp);
+            println!(
+                "revoke ({mode}) with {in_flight:2} in flight: p50 {:.0} us, p99 {:.0} us",
+                us[us.len() / 2],
+                us[us.len() * 99 / 100]
+            );
+        }
+    }
+}
