@@ -9,7 +9,7 @@
 //! baseline whose fixed buffer is a `Vec` that outlives its registration.
 #![allow(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
