@@ -273,6 +273,14 @@ impl UringDevice {
         fd: BorrowedFd<'_>,
         fd_offset: u64,
     ) -> Result<Ticket> {
+        // The source's offsets must not wrap (the kernel takes them as
+        // signed, `loff_t`).
+        if fd_offset
+            .checked_add(len)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(Errno::EINVAL.into());
+        }
         if let Some(early) = self.inner.early_outcome(mr, offset, len) {
             return Ok(self.inner.ready_ticket(early));
         }

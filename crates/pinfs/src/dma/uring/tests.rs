@@ -725,6 +725,10 @@ fn a_callers_file_feeds_a_write_across_runs() {
         .write_from_fd(keys.mr, 0, 3 * PAGE_BYTES, src.as_fd(), 4000)
         .unwrap();
     assert_eq!(c, Completion::DeviceError(libc::EIO), "short read");
+    let err = dev
+        .write_from_fd(keys.mr, 0, 10, src.as_fd(), u64::MAX - 5)
+        .unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
 }
 
 #[test]
