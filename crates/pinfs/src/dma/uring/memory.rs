@@ -30,15 +30,15 @@ pub const MAX_IDLE_FILES: usize = 16;
 /// idle device does not keep a large request's bytes.
 pub const KEEP_FILE_BYTES: u64 = 8 << 20;
 
-/// Real memory behind one redirected region's scratch, at most: the
-/// region's length of address space is this much memory mapped over and
-/// over (so redirecting a 1 GiB region pins 8 MiB, not 1 GiB; the pages are
-/// pinned, and so allocated, when the entries are pointed at them).
+/// Real memory behind every redirected region's scratch of one device: a
+/// region's length of address space is this much of one device-wide memfd
+/// mapped over and over (so redirecting a 1 GiB region pins 8 MiB, not
+/// 1 GiB, and many regions still 8 MiB).
 pub const SCRATCH_WINDOW_BYTES: u64 = 8 << 20;
 
 /// Memory that belongs to no file, which a redirected region's entries
-/// point at: `len_bytes` of address space over a memfd of at most
-/// [`SCRATCH_WINDOW_BYTES`], mapped repeatedly. Writes to offsets a window
+/// point at: `len_bytes` of address space over the device's scratch memfd
+/// of [`SCRATCH_WINDOW_BYTES`], mapped repeatedly. Writes to offsets a window
 /// apart land on the same bytes; they are all discarded anyway.
 #[derive(Debug)]
 pub struct Scratch {
@@ -54,17 +54,24 @@ unsafe impl Send for Scratch {}
 unsafe impl Sync for Scratch {}
 
 impl Scratch {
-    /// Map `len_bytes` (whole pages, non-zero) of scratch address space.
-    pub fn new(len_bytes: u64) -> Result<Scratch> {
+    /// The memfd every scratch of a device maps: [`SCRATCH_WINDOW_BYTES`].
+    pub fn file() -> Result<OwnedFd> {
+        let memfd = rustix::fs::memfd_create("pinfs-uring-scratch", MemfdFlags::CLOEXEC)
+            .map_err(|e| Error::media("memfd_create for uring scratch", e.into()))?;
+        rustix::fs::ftruncate(&memfd, SCRATCH_WINDOW_BYTES)
+            .map_err(|e| Error::media("size uring scratch", e.into()))?;
+        Ok(memfd)
+    }
+
+    /// Map `len_bytes` (whole pages, non-zero) of scratch address space over
+    /// `memfd` (made by [`Scratch::file`]), its pages populated now so that
+    /// pointing table entries at it later (at revocation) allocates nothing.
+    pub fn new(len_bytes: u64, memfd: &OwnedFd) -> Result<Scratch> {
         let len = usize::try_from(len_bytes).map_err(|_| Errno::ENOMEM)?;
         if len == 0 || !len_bytes.is_multiple_of(super::PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
         let window_bytes = len_bytes.min(SCRATCH_WINDOW_BYTES);
-        let memfd = rustix::fs::memfd_create("pinfs-uring-scratch", MemfdFlags::CLOEXEC)
-            .map_err(|e| Error::media("memfd_create for uring scratch", e.into()))?;
-        rustix::fs::ftruncate(&memfd, window_bytes)
-            .map_err(|e| Error::media("size uring scratch", e.into()))?;
         // Reserve the whole range first, so the windows land side by side
         // at addresses nobody else holds.
         // SAFETY: a fresh mapping at an address the kernel chooses overlaps
@@ -93,8 +100,10 @@ impl Scratch {
                     base.as_ptr().add(at as usize).cast(),
                     n,
                     rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                    rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
-                    &memfd,
+                    rustix::mm::MapFlags::SHARED
+                        | rustix::mm::MapFlags::FIXED
+                        | rustix::mm::MapFlags::POPULATE,
+                    memfd,
                     0,
                 )
             }

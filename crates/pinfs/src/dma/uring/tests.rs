@@ -9,7 +9,7 @@
 //! baseline whose fixed buffer is a `Vec` that outlives its registration.
 #![allow(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -646,4 +646,156 @@ fn concurrent_writers_during_revocation() {
             "writes landed before"
         );
     }
+}
+
+/// Not a test: revocation latency (from the call to confirmation) with 0, 1
+/// and 64 device writes of 64 KiB in flight, run by hand with `--ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn revocation_latency() {
+    use std::time::Instant;
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    let data = pattern(64 << 10, 5);
+    for mode in [RevokeMode::Invalidate, RevokeMode::Redirect] {
+        for in_flight in [0usize, 1, 64] {
+            let mut us = Vec::new();
+            for _ in 0..200 {
+                // 1 MiB region in 16 runs of 64 KiB (every other 64 KiB).
+                let keys = dev
+                    .register(
+                        Backing::Pinned(
+                            (0..256)
+                                .map(|p| (p / 16 * 32 + p % 16) * PAGE_BYTES)
+                                .collect(),
+                        ),
+                        mode,
+                    )
+                    .unwrap();
+                let tickets: Vec<_> = (0..in_flight)
+                    .map(|i| {
+                        let off = (i as u64 % 16) * (64 << 10);
+                        dev.submit_write(keys.mr, off, &data).unwrap()
+                    })
+                    .collect();
+                let t = Instant::now();
+                dev.revoke(keys.mr).unwrap();
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+                for t in tickets {
+                    t.wait();
+                }
+                dev.deregister(keys.mr).unwrap();
+            }
+            us.sort_by(f64::total_cmp);
+            println!(
+                "revoke ({mode}) with {in_flight:2} in flight: p50 {:.0} us, p99 {:.0} us",
+                us[us.len() / 2],
+                us[us.len() * 99 / 100]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_callers_file_feeds_a_write_across_runs() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    let keys = dev
+        .register(pages(&[5, 9, 10]), RevokeMode::Invalidate)
+        .unwrap();
+    let src = rustix::fs::memfd_create("src", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let data = pattern(7000, 21);
+    memory::pwrite_all(&src, 1000, &data).unwrap();
+    let c = dev
+        .write_from_fd(keys.mr, 2000, 7000, src.as_fd(), 1000)
+        .unwrap();
+    assert_eq!(c, Completion::Ok);
+    let first = (PAGE_BYTES - 2000) as usize;
+    assert_eq!(
+        pool_bytes(&pool, 5 * PAGE_BYTES + 2000, first),
+        data[..first]
+    );
+    assert_eq!(
+        pool_bytes(&pool, 9 * PAGE_BYTES, 7000 - first),
+        data[first..]
+    );
+    // A source that runs dry: the access fails, nothing past the data lands.
+    let c = dev
+        .write_from_fd(keys.mr, 0, 3 * PAGE_BYTES, src.as_fd(), 4000)
+        .unwrap();
+    assert_eq!(c, Completion::DeviceError(libc::EIO), "short read");
+    let err = dev
+        .write_from_fd(keys.mr, 0, 10, src.as_fd(), u64::MAX - 5)
+        .unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
+}
+
+#[test]
+fn many_accesses_in_flight_wait_for_room() {
+    let pool = pool();
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    let keys = dev
+        .register(pages(&[1, 3]), RevokeMode::Invalidate)
+        .unwrap();
+    // Each access crosses both runs: two requests each, past MAX_IN_FLIGHT.
+    let tickets: Vec<_> = (0..MAX_IN_FLIGHT as u64)
+        .map(|i| {
+            dev.submit_write(keys.mr, PAGE_BYTES - 8, &i.to_le_bytes().repeat(2))
+                .unwrap()
+        })
+        .collect();
+    for t in tickets {
+        assert_eq!(t.wait().0, Completion::Ok);
+    }
+    assert_eq!(dev.in_flight(keys.mr), 0);
+}
+
+#[test]
+fn the_table_has_a_limit() {
+    // Every other page: one entry per page, one more than the table holds.
+    let pool: Arc<dyn Media> =
+        Arc::new(MappedPool::memfd(2 * (TABLE_ENTRIES as u64 + 1) * PAGE_BYTES).unwrap());
+    let dev = UringDevice::new(Arc::clone(&pool)).unwrap();
+    let scattered: Vec<u64> = (0..=TABLE_ENTRIES as u64)
+        .map(|i| 2 * i * PAGE_BYTES)
+        .collect();
+    let err = dev
+        .register(Backing::Pinned(scattered), RevokeMode::Invalidate)
+        .unwrap_err();
+    assert_eq!(err.errno(), Errno::ENOSPC);
+    assert!(dev.register(pages(&[0]), RevokeMode::Invalidate).is_ok());
+}
+
+#[test]
+fn deregister_waits_for_the_request_in_flight() {
+    let pool = pool();
+    let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+    dev.set_revoke_cancel_after(None);
+    let keys = dev.register(pages(&[7]), RevokeMode::Redirect).unwrap();
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let ticket = dev
+        .submit_write_from_fd(keys.mr, 0, 100, rd.as_fd(), 0)
+        .unwrap();
+    let returned = Arc::new(AtomicBool::new(false));
+    let h = {
+        let (dev, returned) = (Arc::clone(&dev), Arc::clone(&returned));
+        std::thread::spawn(move || {
+            dev.deregister(keys.mr).unwrap();
+            returned.store(true, Ordering::SeqCst);
+        })
+    };
+    while dev.revocations_waiting() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(!returned.load(Ordering::SeqCst));
+    rustix::io::write(&wr, &[0x42; 100]).unwrap();
+    assert_eq!(ticket.wait().0, Completion::Ok);
+    h.join().unwrap();
+    assert!(returned.load(Ordering::SeqCst));
+    assert_eq!(dev.entries(keys.mr), 0);
+    assert_eq!(
+        dev.inner.state.lock().free_entries.len(),
+        TABLE_ENTRIES as usize
+    );
 }
