@@ -255,3 +255,48 @@ fn uring_on_a_regular_file_pool_fails_with_the_kernels_error() {
     assert!(ok, "{err}");
     assert!(out.contains("mr 1 "), "{out}");
 }
+
+/// The same with real kernel DMA (`uring`, the default memfd pool allows
+/// it) and `redirect`: after revocation the device keeps writing without an
+/// error, and its writes land nowhere — the file given the blocks next holds
+/// only its own bytes.
+#[test]
+fn truncate_during_a_uring_stream_redirect_lands_nowhere() {
+    let (out, err, ok) = io(
+        &["--policy", "revoke", "--break-time", "0.2"],
+        &with(
+            DIRECT,
+            &[
+                "dma-reg --device uring --revoke redirect 0 64k",
+                "@dev dma-stream -S 0x45 1 0 4k &",
+                "sleep 50",
+                "@b open /f",
+                "@b truncate 0",
+                "@b open -c /g",
+                "@b pwrite -S 0x47 0 64k",
+                "dma-write -S 0x45 1 0 64k",
+                "sleep 50",
+                "dma-stop 1",
+                "@dev wait",
+                "@b pread -v 0 64k",
+                "@b statfs",
+            ],
+        ),
+    );
+    assert!(ok, "{err}\n{out}");
+    let stream = out
+        .lines()
+        .find(|l| l.starts_with("dma-stream: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        !stream.contains("protection-error"),
+        "redirect: no errors: {stream}"
+    );
+    let dump: Vec<&str> = out.lines().filter(|l| l.contains(":  ")).collect();
+    assert_eq!(dump.len(), 4096, "{out}");
+    assert!(
+        dump.iter().all(|l| !l.contains(" 45 ")),
+        "a redirected write reached /g"
+    );
+    assert!(out.contains("busy 0"), "{out}");
+}

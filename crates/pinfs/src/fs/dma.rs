@@ -699,3 +699,16 @@ pub(crate) fn odp_invalidate(list: Vec<OdpInvalidation>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Registration>();
+        send_sync::<RegistrationInfo>();
+        assert_eq!(RegistrationId(7).to_string(), "7");
+    }
+}
