@@ -990,11 +990,19 @@ impl Handle {
                     start: physical,
                     len: n,
                 };
-                let (pinned, shareable) = if op.st.protect_pinned {
+                let (mut pinned, pin_free) = if op.st.protect_pinned {
                     op.st.pins.split(whole)
                 } else {
                     (Vec::new(), vec![whole])
                 };
+                // Blocks a broken mapping may still reach are copied like
+                // pinned ones: a stuck page is a writer nobody can stop.
+                let mut shareable = Vec::new();
+                for r in pin_free {
+                    let (held, free) = super::mmap::split_held(op.st, r);
+                    pinned.extend(held);
+                    shareable.extend(free);
+                }
                 for r in shareable {
                     op.incref(r.start, r.len)?;
                     let e = Extent {
