@@ -10,7 +10,10 @@
 //! while another actor truncates the file: once with a holder that reacts to
 //! the notification, once with one that never does (its mapping is
 //! invalidated at lease-break-time; its pinned blocks stay busy, never reused,
-//! until it unpins). Later work adds device registrations.
+//! until it unpins). Then devices ([`devices`], steps 7–9): a device
+//! streaming into a registered file meets another actor's truncate, with an
+//! owner that reacts, one that never does (revocation at lease-break-time),
+//! and Ira Weiny's unbreakable lease.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use pinfs::map::MapFlags;
 use pinfs::media::{MappedPool, Media};
 
 use crate::io::lease_cmds::listing_line;
+
+mod devices;
 
 /// Size of the demo's pool.
 const POOL_BYTES: u64 = 64 << 20;
@@ -341,7 +346,10 @@ pub fn run() -> Result<()> {
     direct_mapping()?;
 
     println!();
-    println!("7. Check the metadata as fsck does.");
+    devices::run()?;
+
+    println!();
+    println!("10. Check the metadata as fsck does.");
     let problems = fs.check();
     for p in &problems {
         println!("   problem: {p}");

@@ -7,6 +7,7 @@
 //! `pinfs: <error>`, and exit status 1 (see [`error`] for the wording);
 //! `io` also exits 1 when any of its commands failed.
 
+mod bench_dma;
 mod bench_fs;
 mod bench_lease;
 mod bench_map;
@@ -233,6 +234,8 @@ enum BenchName {
     Lease,
     /// Layout changes over long-term-pinned files.
     Map,
+    /// Device registrations, device writes and revocation (soft and uring).
+    Dma,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -593,10 +596,16 @@ fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
         BenchName::Fs => bench_fs::run(quick),
         BenchName::Lease => bench_lease::run(quick),
         BenchName::Map => bench_map::run(quick),
+        BenchName::Dma => bench_dma::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
-        None => vec![BenchName::Fs, BenchName::Lease, BenchName::Map],
+        None => vec![
+            BenchName::Fs,
+            BenchName::Lease,
+            BenchName::Map,
+            BenchName::Dma,
+        ],
     };
     for b in chosen {
         run(b).map_err(CliError::Other)?;

@@ -480,6 +480,53 @@ fn stat_and_demo() {
             .contains("A store through the invalidated mapping now raises SIGBUS"),
         "{run:#?}"
     );
+    // The device scenes: a timeline, real devices, and no log lines.
+    assert!(run.stderr.is_empty(), "{run:#?}");
+    for needle in [
+        "] @app quiesces: stops the stream",
+        "its writes complete with protection-error",
+        "its writes keep completing ok, into scratch memory",
+        "revocation confirmed after",
+        "unchanged, no device write reached them",
+        "refused at once, Text file busy",
+        "@app is told: break /ira refused",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle}: {run:#?}");
+    }
+}
+
+/// `bench dma --quick` runs (a few seconds), logs nothing, and prints a
+/// verdict on every line that has a target: the figures are not asserted
+/// (no wall-clock assertions), their presence and wording are.
+#[test]
+fn bench_dma_quick_prints_a_verdict_per_target() {
+    let run = pinfs(&["bench", "dma", "--quick"]);
+    run.ok();
+    let lines = run.lines();
+    let with_target: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("target met") || l.contains("target NOT met: "))
+        .collect();
+    for label in [
+        "Mapping::register, uring device",
+        "Mapping::register, soft device",
+        "soft write 4 KiB",
+        "soft write 1024 KiB",
+        "uring write 4 KiB",
+        "uring write 1024 KiB",
+        "revocation uring, 0 in flight",
+        "revocation soft, 64 in flight",
+        "truncate 256 MiB registered, uring",
+        "truncate 256 MiB registered, soft",
+    ] {
+        assert!(
+            with_target.iter().any(|l| l.starts_with(label)),
+            "{label}: {run:#?}"
+        );
+    }
+    let summary = lines.last().copied().unwrap_or_default();
+    assert!(summary.starts_with("all 14 targets: target "), "{run:#?}");
+    assert_eq!(with_target.len(), 15, "14 lines and the summary: {run:#?}");
 }
 
 /// Start `pinfs io --pool POOL -c "echo mounted" -c "sleep 3000"` and return

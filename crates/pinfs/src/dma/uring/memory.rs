@@ -1,12 +1,13 @@
 //! Memory and files the `uring` device owns itself: the scratch buffer a
-//! redirected region's table entries point at (anonymous memory that belongs
-//! to no file), and the memfds a device write reads from and a device read
+//! redirected region's table entries point at (memory that belongs to no
+//! file), and the memfds a device write reads from and a device read
 //! writes to (the kernel moves the bytes between them and the fixed buffer:
 //! that copy is the device's DMA).
 //!
 //! # Safety
 //!
-//! [`Scratch`] owns an anonymous mapping from creation to `Drop`; its
+//! [`Scratch`] owns its mappings (a reservation and the windows mapped
+//! over it) from creation to `Drop`; its
 //! accessors are bounds-checked and copy with `crate::media::volatile`,
 //! because the kernel writes the mapping concurrently (by DMA through the
 //! fixed-buffer table), so no Rust reference into it is ever made.
@@ -29,7 +30,16 @@ pub const MAX_IDLE_FILES: usize = 16;
 /// idle device does not keep a large request's bytes.
 pub const KEEP_FILE_BYTES: u64 = 8 << 20;
 
-/// Anonymous memory that a redirected region's entries point at.
+/// Real memory behind every redirected region's scratch of one device: a
+/// region's length of address space is this much of one device-wide memfd
+/// mapped over and over (so redirecting a 1 GiB region pins 8 MiB, not
+/// 1 GiB, and many regions still 8 MiB).
+pub const SCRATCH_WINDOW_BYTES: u64 = 8 << 20;
+
+/// Memory that belongs to no file, which a redirected region's entries
+/// point at: `len_bytes` of address space over the device's scratch memfd
+/// of [`SCRATCH_WINDOW_BYTES`], mapped repeatedly. Writes to offsets a window
+/// apart land on the same bytes; they are all discarded anyway.
 #[derive(Debug)]
 pub struct Scratch {
     base: NonNull<u8>,
@@ -44,28 +54,63 @@ unsafe impl Send for Scratch {}
 unsafe impl Sync for Scratch {}
 
 impl Scratch {
-    /// Map `len_bytes` (whole pages, non-zero) of anonymous memory.
-    pub fn new(len_bytes: u64) -> Result<Scratch> {
+    /// The memfd every scratch of a device maps: [`SCRATCH_WINDOW_BYTES`].
+    pub fn file() -> Result<OwnedFd> {
+        let memfd = rustix::fs::memfd_create("pinfs-uring-scratch", MemfdFlags::CLOEXEC)
+            .map_err(|e| Error::media("memfd_create for uring scratch", e.into()))?;
+        rustix::fs::ftruncate(&memfd, SCRATCH_WINDOW_BYTES)
+            .map_err(|e| Error::media("size uring scratch", e.into()))?;
+        Ok(memfd)
+    }
+
+    /// Map `len_bytes` (whole pages, non-zero) of scratch address space over
+    /// `memfd` (made by [`Scratch::file`]), its pages populated now so that
+    /// pointing table entries at it later (at revocation) allocates nothing.
+    pub fn new(len_bytes: u64, memfd: &OwnedFd) -> Result<Scratch> {
         let len = usize::try_from(len_bytes).map_err(|_| Errno::ENOMEM)?;
-        if len == 0 {
+        if len == 0 || !len_bytes.is_multiple_of(super::PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses
-        // overlaps nothing of ours.
+        let window_bytes = len_bytes.min(SCRATCH_WINDOW_BYTES);
+        // Reserve the whole range first, so the windows land side by side
+        // at addresses nobody else holds.
+        // SAFETY: a fresh mapping at an address the kernel chooses overlaps
+        // nothing of ours.
         let ptr = unsafe {
             rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::ProtFlags::empty(),
                 rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
             )
         }
-        .map_err(|e| Error::media(format!("map {len} bytes of scratch memory"), e.into()))?;
+        .map_err(|e| Error::media(format!("reserve {len} bytes for uring scratch"), e.into()))?;
         let base = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
-        Ok(Scratch {
+        let scratch = Scratch {
             base,
             len_bytes: len,
-        })
+        };
+        let mut at = 0u64;
+        while at < len_bytes {
+            let n = (len_bytes - at).min(window_bytes) as usize;
+            // SAFETY: `at..at + n` lies inside the reservation made above,
+            // which `scratch` owns; MAP_FIXED replaces only that part of it.
+            unsafe {
+                rustix::mm::mmap(
+                    base.as_ptr().add(at as usize).cast(),
+                    n,
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::SHARED
+                        | rustix::mm::MapFlags::FIXED
+                        | rustix::mm::MapFlags::POPULATE,
+                    memfd,
+                    0,
+                )
+            }
+            .map_err(|e| Error::media("map a uring scratch window", e.into()))?;
+            at += n as u64;
+        }
+        Ok(scratch)
     }
 
     /// First byte, as the address a fixed-buffer entry names.
@@ -86,10 +131,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made by `new` with this length and nothing
-        // refers to it any more (the table entries pointing at it were
-        // replaced first; the kernel keeps its own page references for any
-        // request still finishing).
+        // SAFETY: the whole range was reserved by `new` with this length and
+        // nothing refers to it any more (the table entries pointing at it
+        // were replaced first; the kernel keeps its own page references for
+        // any request still finishing).
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len_bytes) };
     }
 }

@@ -24,50 +24,43 @@
 //!
 //! Each region has a generation, bumped by every replacement of its
 //! entries. A request is counted against the generation current when it is
-//! submitted, and submission happens under the same lock as the
-//! replacement, so the count is exact: a request counted against the new
-//! generation was submitted after the kernel's table already held the new
-//! entries, and cannot reach the old pages whenever the kernel looks the
-//! entry up (at issue, or later for a linked request). A request counted
-//! against an old generation may or may not have looked up the old entry;
-//! revocation waits for it either way (conservative). `revoke` returns once
-//! no request of an older generation is in flight.
+//! queued, and queueing happens under the same lock as the replacement
+//! (the state lock, which holds the one right to the submission queue); the
+//! kernel looks the entry up only after that — when the request is issued
+//! inside some later `io_uring_enter`, or later still for a linked request
+//! or one retried after a poll. So the count errs only one way: a request
+//! counted against the new generation was queued after the kernel's table
+//! held the new entries, and cannot reach the old pages; a request counted
+//! against an old generation may or may not have looked up the old entry,
+//! and revocation waits for it either way. `revoke` returns once no request
+//! of an older generation is in flight — that is, once its completion has
+//! been posted, after which the kernel touches its buffer no more (it may
+//! drop its reference to the old pages a moment later, but a reference is
+//! not an access).
 //!
-//! # Why the callers reap (and no reaper thread)
+//! Measured on Linux 6.18: a request that looked up the entry before the
+//! replacement (a `READ_FIXED` blocked on an empty pipe) completes into the
+//! old pages when data arrives; a request submitted after an `invalidate`
+//! completes with `-EFAULT` (reported as [`Completion::ProtectionError`]).
 //!
-//! Completions are reaped by the threads that wait for them, one at a time:
-//! whoever needs a completion that has not been accounted yet takes the
-//! completion queue's lock (it becomes the *leader*), takes what is posted
-//! or else waits in the kernel for at least one completion (with a tick),
-//! accounts everything it took — to whichever request, region and ticket
-//! it belongs — releases the lock and wakes the other waiters; a waiter
-//! that finds the lock taken waits on a condition variable for the
-//! leader's accounting, then checks again (and may lead in turn). A
-//! revocation waiting for old requests is such a waiter, so it needs no
-//! thread of its own, even for a request whose submitter never waits.
-//!
-//! A dedicated reaper thread was the first design and was measured worse:
-//! io_uring runs a `READ_FIXED` from a memfd in its io-wq worker (memfds
-//! lack `FMODE_NOWAIT`), so every completion is posted from another thread
-//! anyway; a reaper adds a second hand-off (worker → reaper → waiter),
-//! which on this project's loaded two-core machines is a wait to be
-//! scheduled. With the waiter leading it is one hand-off, as for a plain
-//! `submit_and_wait`. What it costs: an access nobody waits for (a dropped
-//! [`Ticket`]) is accounted, and its descriptor closed, at the next wait of
-//! anyone, and at the latest when the device is dropped.
+//! Requests, their completions and who reaps them: `io.rs` (why the
+//! callers reap, and no reaper thread).
 
+mod io;
 mod memory;
 mod ring;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use self::io::{InFlight, TicketState};
 use self::memory::{Files, Scratch};
-use self::ring::{CqToken, Request, Ring, SqToken};
+use self::ring::{CqToken, Ring, SqToken};
 use super::{
     Backing, Completion, Device, DeviceCaps, MrId, MrKeys, RevokeMode, MAX_REGISTRATION_PAGES,
     PAGE_BYTES,
@@ -75,7 +68,8 @@ use super::{
 use crate::media::Media;
 use crate::{Errno, Error, Result};
 
-pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES};
+pub use self::io::Ticket;
+pub use self::memory::{KEEP_FILE_BYTES, MAX_IDLE_FILES, SCRATCH_WINDOW_BYTES};
 pub use self::ring::{MAX_ENTRY_BYTES, RING_ENTRIES, TABLE_ENTRIES};
 
 /// Most kernel requests (one per run a device access crosses) in flight at
@@ -91,15 +85,34 @@ pub const IOVA_BASE: u64 = 1 << 32;
 /// so the table is the tighter bound unless runs are long).
 pub const MAX_REGIONS: usize = TABLE_ENTRIES as usize;
 
+/// How long a revocation waits, by default, for requests in flight under
+/// the old entries before it cancels them
+/// ([`UringDevice::set_revoke_cancel_after`]). Requests from the device's own
+/// memfds finish in microseconds to milliseconds; one that takes longer
+/// reads a stream with no data (a pipe nobody fills).
+pub const REVOKE_CANCEL_AFTER: Duration = Duration::from_secs(1);
+
 /// The leader's longest wait in the kernel before it looks again (the
 /// completion it waits for is normally what wakes it; this bounds the
 /// cost of anything unforeseen).
-const LEADER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const LEADER_TICK: Duration = Duration::from_millis(100);
 
-/// The message of a registration the kernel refused to pin.
-const PIN_REFUSED: &str = "io_uring could not register the pool pages as fixed buffers: \
-     the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
-     for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool";
+/// Why the kernel refused to register pool pages, by its errno.
+fn pin_refused(errno: Errno) -> &'static str {
+    match errno.0 {
+        libc::EFAULT | libc::EOPNOTSUPP => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             the kernel will not long-term-pin (FOLL_LONGTERM) page-cache pages of a disk file \
+             for io_uring; use a memfd, tmpfs (/dev/shm), hugetlbfs or device-dax pool"
+        }
+        libc::ENOMEM => {
+            "io_uring could not register the pool pages as fixed buffers: \
+             pinned pages are charged to RLIMIT_MEMLOCK (without CAP_IPC_LOCK); \
+             raise it (ulimit -l) or register less"
+        }
+        _ => "io_uring could not register the pool pages as fixed buffers",
+    }
+}
 
 /// The `uring` device.
 pub struct UringDevice {
@@ -120,6 +133,8 @@ struct Inner {
     /// revocation starts waiting).
     changed: Condvar,
     files: Files,
+    /// The memfd behind every redirected region's scratch ([`Scratch`]).
+    scratch_file: OwnedFd,
 }
 
 struct State {
@@ -137,6 +152,10 @@ struct State {
     /// Revocations waiting for in-flight requests (observable by tests).
     revocations_waiting: usize,
     closing: bool,
+    /// How long `revoke` and `deregister` wait for requests under the old
+    /// entries before cancelling them (`None`: wait for as long as they
+    /// take).
+    cancel_after: Option<Duration>,
     /// Negative control: `revoke` does not wait for in-flight requests.
     revoke_waits: bool,
 }
@@ -169,30 +188,6 @@ struct Run {
     pool_addr: u64,
     len_bytes: u64,
     entry: u32,
-}
-
-struct InFlight {
-    ticket: u64,
-    mr: u64,
-    generation: u64,
-    expected: i32,
-}
-
-struct TicketState {
-    remaining: usize,
-    outcome: Completion,
-    /// What the kernel returned for each request (bytes or `-errno`).
-    kernel: Vec<i32>,
-    /// The region was invalidated when the request was submitted.
-    submitted_invalidated: bool,
-    /// Source or sink kept open until every request completed.
-    file: Option<OwnedFd>,
-    /// Whether `file` is one of the device's memfds (reused afterwards).
-    own_file: bool,
-    len_bytes: u64,
-    /// The `Ticket` was dropped: whoever accounts its last completion
-    /// releases it.
-    abandoned: bool,
 }
 
 impl fmt::Debug for UringDevice {
@@ -239,10 +234,12 @@ impl UringDevice {
                 next_ticket: 1,
                 revocations_waiting: 0,
                 closing: false,
+                cancel_after: Some(REVOKE_CANCEL_AFTER),
                 revoke_waits: true,
             }),
             changed: Condvar::new(),
             files: Files::default(),
+            scratch_file: Scratch::file()?,
         });
         Ok(UringDevice { inner })
     }
@@ -276,6 +273,14 @@ impl UringDevice {
         fd: BorrowedFd<'_>,
         fd_offset: u64,
     ) -> Result<Ticket> {
+        // The source's offsets must not wrap (the kernel takes them as
+        // signed, `loff_t`).
+        if fd_offset
+            .checked_add(len)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(Errno::EINVAL.into());
+        }
         if let Some(early) = self.inner.early_outcome(mr, offset, len) {
             return Ok(self.inner.ready_ticket(early));
         }
@@ -313,6 +318,14 @@ impl UringDevice {
         scratch.read(offset, buf)
     }
 
+    /// How long `revoke` and `deregister` wait for requests in flight under
+    /// the old entries before cancelling them; `None`: as long as they take
+    /// (default [`REVOKE_CANCEL_AFTER`]). Either way they return only once
+    /// those requests have completed (cancelled or not).
+    pub fn set_revoke_cancel_after(&self, after: Option<Duration>) {
+        self.inner.state.lock().cancel_after = after;
+    }
+
     /// Revocations now waiting for requests in flight under the old entries.
     pub fn revocations_waiting(&self) -> usize {
         self.inner.state.lock().revocations_waiting
@@ -342,417 +355,6 @@ impl UringDevice {
     }
 }
 
-/// A device access in flight; [`Ticket::wait`] waits for its completion.
-/// Dropping it does not cancel the access (the device cleans up when it
-/// completes).
-pub struct Ticket {
-    inner: Arc<Inner>,
-    id: u64,
-    waited: bool,
-}
-
-impl fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket").field("id", &self.id).finish()
-    }
-}
-
-impl Ticket {
-    /// Whether the access has completed.
-    pub fn is_done(&self) -> bool {
-        self.inner.poll_completions();
-        let st = self.inner.state.lock();
-        st.tickets.get(&self.id).is_none_or(|t| t.remaining == 0)
-    }
-
-    /// Wait for the completion: its status and what the kernel returned for
-    /// each of its requests (bytes moved, or `-errno`).
-    pub fn wait(mut self) -> (Completion, Vec<i32>) {
-        let (outcome, kernel, file) = self.wait_keep_file();
-        if let Some((fd, own, used)) = file {
-            self.inner.give_back(fd, own, used);
-        }
-        (outcome, kernel)
-    }
-
-    fn wait_keep_file(&mut self) -> (Completion, Vec<i32>, Option<(OwnedFd, bool, u64)>) {
-        self.waited = true;
-        let inner = &*self.inner;
-        let mut st = inner.state.lock();
-        let t = loop {
-            match st.tickets.get(&self.id) {
-                None => return (Completion::DeviceError(libc::EIO), Vec::new(), None),
-                Some(t) if t.remaining == 0 => match st.tickets.remove(&self.id) {
-                    Some(t) => break t,
-                    None => return (Completion::DeviceError(libc::EIO), Vec::new(), None),
-                },
-                Some(_) => inner.wait_for_completions(&mut st),
-            }
-        };
-        drop(st);
-        let file = t.file.map(|f| (f, t.own_file, t.len_bytes));
-        (t.outcome, t.kernel, file)
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.waited {
-            return;
-        }
-        let mut st = self.inner.state.lock();
-        let done = match st.tickets.get_mut(&self.id) {
-            Some(t) if t.remaining == 0 => true,
-            Some(t) => {
-                t.abandoned = true;
-                false
-            }
-            None => false,
-        };
-        if done {
-            if let Some(t) = st.tickets.remove(&self.id) {
-                drop(st);
-                self.inner.release_file(t);
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// The outcome of an access that needs no kernel request: unknown region,
-    /// out of bounds, empty.
-    fn early_outcome(&self, mr: MrId, offset: u64, len: u64) -> Option<Completion> {
-        let st = self.state.lock();
-        let Some(region) = st.regions.get(&mr.0) else {
-            return Some(Completion::InvalidRegion);
-        };
-        match offset.checked_add(len) {
-            Some(end) if end <= region.len_bytes => {}
-            _ => return Some(Completion::ProtectionError),
-        }
-        (len == 0).then_some(Completion::Ok)
-    }
-
-    fn ready_ticket(self: &Arc<Self>, outcome: Completion) -> Ticket {
-        let mut st = self.state.lock();
-        let id = st.next_ticket;
-        st.next_ticket += 1;
-        st.tickets.insert(
-            id,
-            TicketState {
-                remaining: 0,
-                outcome,
-                kernel: Vec::new(),
-                submitted_invalidated: false,
-                file: None,
-                own_file: false,
-                len_bytes: 0,
-                abandoned: false,
-            },
-        );
-        Ticket {
-            inner: Arc::clone(self),
-            id,
-            waited: false,
-        }
-    }
-
-    /// Submit one access of `len` bytes at `offset` of region `mr`: one
-    /// kernel request per run it crosses, counted against the region's
-    /// current generation, all under the state lock.
-    #[allow(clippy::too_many_arguments)]
-    fn submit(
-        self: &Arc<Self>,
-        mr: MrId,
-        offset: u64,
-        len: u64,
-        into_buffer: bool,
-        file: OwnedFd,
-        own_file: bool,
-        file_offset: u64,
-        linked: bool,
-    ) -> Result<Ticket> {
-        let mut st = self.state.lock();
-        // Re-check under the lock that submits (the region may have gone).
-        let pieces = loop {
-            if st.closing {
-                drop(st);
-                self.give_back(file, own_file, len);
-                return Err(Errno(libc::ESHUTDOWN).into());
-            }
-            let Some(region) = st.regions.get(&mr.0) else {
-                drop(st);
-                self.give_back(file, own_file, len);
-                return Ok(self.ready_ticket(Completion::InvalidRegion));
-            };
-            let pieces = match region.pieces(offset, len) {
-                Some(p) => p,
-                None => {
-                    drop(st);
-                    self.give_back(file, own_file, len);
-                    return Ok(self.ready_ticket(Completion::ProtectionError));
-                }
-            };
-            if st.requests.len() + pieces.len() <= MAX_IN_FLIGHT || st.requests.is_empty() {
-                break pieces;
-            }
-            self.wait_for_completions(&mut st);
-        };
-        let mut guard = st;
-        let st = &mut *guard;
-        let Some(region) = st.regions.get_mut(&mr.0) else {
-            return Err(Errno::EIO.into()); // unreachable: checked above under the same lock
-        };
-        let generation = region.generation;
-        let invalidated = region.state == RegionState::Invalidated;
-        *region.in_flight.entry(generation).or_insert(0) += pieces.len();
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        let fd = file.as_raw_fd();
-        let mut requests = Vec::with_capacity(pieces.len());
-        for p in &pieces {
-            let user_data = st.next_user_data;
-            st.next_user_data += 1;
-            st.requests.insert(
-                user_data,
-                InFlight {
-                    ticket,
-                    mr: mr.0,
-                    generation,
-                    expected: p.len as i32,
-                },
-            );
-            requests.push(Request {
-                into_buffer,
-                fd,
-                file_offset: file_offset + (p.region_offset - offset),
-                addr: p.addr,
-                len: p.len,
-                entry: p.entry,
-                linked,
-                user_data,
-            });
-        }
-        st.tickets.insert(
-            ticket,
-            TicketState {
-                remaining: pieces.len(),
-                outcome: Completion::Ok,
-                kernel: Vec::with_capacity(pieces.len()),
-                submitted_invalidated: invalidated,
-                file: Some(file),
-                own_file,
-                len_bytes: len,
-                abandoned: false,
-            },
-        );
-        if let Err((pushed, e)) = self.ring.queue(&mut st.sq, &requests) {
-            // The requests not queued never run: forget them. Those queued
-            // run and stay counted; their ticket is released when they
-            // complete.
-            let unqueued = &requests[pushed..];
-            for r in unqueued {
-                st.requests.remove(&r.user_data);
-            }
-            if let Some(region) = st.regions.get_mut(&mr.0) {
-                region.uncount(generation, unqueued.len());
-            }
-            let mut release = None;
-            if pushed == 0 {
-                release = st.tickets.remove(&ticket);
-            } else if let Some(t) = st.tickets.get_mut(&ticket) {
-                t.remaining = pushed;
-                t.abandoned = true;
-            }
-            drop(guard);
-            if let Some(t) = release {
-                self.release_file(t);
-            }
-            self.changed.notify_all();
-            if pushed > 0 {
-                let _ = self.ring.flush();
-            }
-            return Err(Error::media("queue a uring request", e));
-        }
-        drop(guard);
-        // Outside the lock: the copy of an access that completes inline
-        // (a memfd source) runs inside this system call.
-        if let Err(e) = self.ring.flush() {
-            // Still queued and counted: the next leader's wait submits it.
-            tracing::warn!(error = %e, "uring: io_uring_enter failed; retried at the next wait");
-        }
-        Ok(Ticket {
-            inner: Arc::clone(self),
-            id: ticket,
-            waited: false,
-        })
-    }
-
-    fn give_back(&self, file: OwnedFd, own_file: bool, len: u64) {
-        if own_file {
-            self.files.give(file, len);
-        }
-    }
-
-    fn release_file(&self, t: TicketState) {
-        if let Some(f) = t.file {
-            self.give_back(f, t.own_file, t.len_bytes);
-        }
-    }
-
-    /// Account completions taken off the queue, release the abandoned
-    /// tickets they finish, and wake every waiter (also when `batch` is
-    /// empty: a waiter that found the queue's lock taken waits for this).
-    fn account(&self, batch: &[(u64, i32)]) {
-        let mut released = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for &(user_data, res) in batch {
-                if let Some(t) = st.complete(user_data, res) {
-                    released.push(t);
-                }
-            }
-            self.changed.notify_all();
-        }
-        for t in released {
-            self.release_file(t);
-        }
-    }
-
-    /// Account what is posted now, unless another thread is leading.
-    fn poll_completions(&self) {
-        let mut batch = Vec::new();
-        if let Some(mut cq) = self.cq.try_lock() {
-            self.ring.drain(&mut cq, &mut batch);
-        } else {
-            return;
-        }
-        self.account(&batch);
-    }
-
-    /// Wait until some completions have been accounted: lead (take the
-    /// completion queue, waiting in the kernel if nothing is posted) or, if
-    /// another thread leads, wait for its accounting. The state lock is
-    /// held on entry and on return, released meanwhile; callers re-check
-    /// what they wait for.
-    fn wait_for_completions(&self, st: &mut MutexGuard<'_, State>) {
-        // Tried with the state lock held: a leader notifies (under the state
-        // lock) only after releasing the queue, so if this fails the
-        // notification is still to come and cannot be missed.
-        let Some(mut cq) = self.cq.try_lock() else {
-            self.changed.wait(st);
-            return;
-        };
-        MutexGuard::unlocked(st, || {
-            let mut batch = Vec::new();
-            self.ring.drain(&mut cq, &mut batch);
-            if batch.is_empty() {
-                if let Err(e) = self.ring.wait(LEADER_TICK) {
-                    tracing::error!(error = %e, "uring: waiting for completions failed");
-                }
-                self.ring.drain(&mut cq, &mut batch);
-            }
-            drop(cq);
-            self.account(&batch);
-        });
-    }
-}
-
-impl State {
-    /// Account one completion; returns an abandoned ticket that is done.
-    fn complete(&mut self, user_data: u64, res: i32) -> Option<TicketState> {
-        let req = self.requests.remove(&user_data)?;
-        let mut region_now = None;
-        if let Some(region) = self.regions.get_mut(&req.mr) {
-            region.uncount(req.generation, 1);
-            region_now = Some((region.state, region.generation));
-        }
-        let t = self.tickets.get_mut(&req.ticket)?;
-        t.remaining = t.remaining.saturating_sub(1);
-        t.kernel.push(res);
-        if res != req.expected && t.outcome == Completion::Ok {
-            // The kernel's EFAULT on an entry we emptied is the invalidated
-            // region's protection error: the request was submitted while it
-            // was invalidated, or looked the entry up after it was (a
-            // linked request); a deregistered region's entries are empty too.
-            let revoked_since = match region_now {
-                None => true,
-                Some((state, generation)) => {
-                    state == RegionState::Invalidated && generation > req.generation
-                }
-            };
-            t.outcome = if res == -libc::EFAULT && (t.submitted_invalidated || revoked_since) {
-                Completion::ProtectionError
-            } else if res < 0 {
-                Completion::DeviceError(-res)
-            } else {
-                // Short transfer (a stream ran dry, or the link was cut).
-                Completion::DeviceError(libc::EIO)
-            };
-        }
-        if t.remaining == 0 && t.abandoned {
-            return self.tickets.remove(&req.ticket);
-        }
-        None
-    }
-}
-
-/// One kernel request's share of an access.
-struct Piece {
-    region_offset: u64,
-    addr: u64,
-    len: u32,
-    entry: u16,
-}
-
-impl Region {
-    /// Forget `n` requests counted against `generation`.
-    fn uncount(&mut self, generation: u64, n: usize) {
-        if let Some(c) = self.in_flight.get_mut(&generation) {
-            *c = c.saturating_sub(n);
-            if *c == 0 {
-                self.in_flight.remove(&generation);
-            }
-        }
-    }
-
-    /// The kernel requests an access of `len` bytes at `offset` needs: one
-    /// per run it crosses, each addressed inside the buffer the run's entry
-    /// names now (pool pages, or scratch once redirected; an invalidated
-    /// region keeps naming its old pool pages, as a late device would — the
-    /// kernel finds the entry empty). `None` when out of bounds.
-    fn pieces(&self, offset: u64, len: u64) -> Option<Vec<Piece>> {
-        let end = offset.checked_add(len)?;
-        if end > self.len_bytes {
-            return None;
-        }
-        let first = self
-            .runs
-            .partition_point(|r| r.region_offset + r.len_bytes <= offset);
-        let mut out = Vec::new();
-        let mut at = offset;
-        for run in &self.runs[first..] {
-            if at >= end {
-                break;
-            }
-            let within = at - run.region_offset;
-            let n = (run.len_bytes - within).min(end - at);
-            let base = match (self.state, &self.scratch) {
-                (RegionState::Redirected, Some(s)) => s.addr() + run.region_offset,
-                _ => run.pool_addr,
-            };
-            out.push(Piece {
-                region_offset: at,
-                addr: base + within,
-                len: u32::try_from(n).ok()?,
-                entry: u16::try_from(run.entry).ok()?,
-            });
-            at += n;
-        }
-        Some(out)
-    }
-}
-
 impl Inner {
     /// Point every entry of `region` at its buffer in `state` (`None`: empty).
     fn set_entries(&self, sq: &mut SqToken, region: &Region, to: RegionState) -> Result<()> {
@@ -773,6 +375,12 @@ impl Inner {
 
     /// Wait (the lock released meanwhile) until no request of region `mr`
     /// submitted before generation `generation` is in flight.
+    ///
+    /// Past the state's `cancel_after`, the old requests still in flight are
+    /// cancelled (a stream source with no data would otherwise hold the
+    /// revocation forever, against SPEC §3's bound on breaking); the wait
+    /// goes on until they have completed — cancelled, or done if the
+    /// cancellation came too late to stop them.
     fn wait_older(&self, st: &mut MutexGuard<'_, State>, mr: u64, generation: u64) {
         st.revocations_waiting += 1;
         self.changed.notify_all();
@@ -781,15 +389,46 @@ impl Inner {
         if let Err(e) = self.ring.flush() {
             tracing::warn!(error = %e, "uring: flushing queued requests failed");
         }
+        let started = Instant::now();
+        let mut cancelled = false;
         while st
             .regions
             .get(&mr)
             .and_then(|r| r.in_flight.keys().next().copied())
             .is_some_and(|oldest| oldest < generation)
         {
+            let due = st.cancel_after.is_some_and(|d| started.elapsed() >= d);
+            if due && !cancelled {
+                cancelled = true;
+                self.cancel_older(st, mr, generation);
+            }
             self.wait_for_completions(st);
         }
         st.revocations_waiting -= 1;
+    }
+
+    /// Cancel the requests of region `mr` submitted before `generation`.
+    fn cancel_older(&self, st: &mut MutexGuard<'_, State>, mr: u64, generation: u64) {
+        let st = &mut **st;
+        let old: Vec<u64> = st
+            .requests
+            .iter()
+            .filter(|(_, r)| r.mr == mr && r.generation < generation)
+            .map(|(&user_data, _)| user_data)
+            .collect();
+        tracing::warn!(
+            mr,
+            requests = old.len(),
+            "uring: requests under revoked entries still in flight; cancelling them"
+        );
+        for user_data in old {
+            if let Err(e) = self.ring.cancel(&mut st.sq, user_data) {
+                tracing::warn!(error = %e, "uring: cancelling a request failed");
+            }
+        }
+        if let Err(e) = self.ring.flush() {
+            tracing::warn!(error = %e, "uring: submitting cancellations failed");
+        }
     }
 }
 
@@ -827,7 +466,7 @@ impl Device for UringDevice {
             let in_pool = page
                 .checked_add(PAGE_BYTES)
                 .is_some_and(|end| end <= inner.pool_len);
-            if page % PAGE_BYTES != 0 || !in_pool {
+            if !page.is_multiple_of(PAGE_BYTES) || !in_pool {
                 return Err(Errno::EINVAL.into());
             }
             let region_offset = i as u64 * PAGE_BYTES;
@@ -845,6 +484,12 @@ impl Device for UringDevice {
             }
         }
         let len_bytes = pages.len() as u64 * PAGE_BYTES;
+        // Made now, not at revocation: revocation should only re-point
+        // entries, and must not fail for want of memory.
+        let scratch = match mode {
+            RevokeMode::Redirect => Some(Scratch::new(len_bytes, &inner.scratch_file)?),
+            _ => None,
+        };
         let mut guard = inner.state.lock();
         let st = &mut *guard;
         if st.closing {
@@ -878,7 +523,7 @@ impl Device for UringDevice {
             generation: 0,
             state: RegionState::Live,
             in_flight: BTreeMap::new(),
-            scratch: None,
+            scratch,
         };
         if let Err(e) = inner.set_entries(&mut st.sq, &region, RegionState::Live) {
             // Undo the entries filled so far (emptying an entry never fails
@@ -888,7 +533,7 @@ impl Device for UringDevice {
             let errno = e.errno();
             tracing::warn!(%errno, "uring: the kernel refused to register pool pages");
             return Err(Error::media(
-                PIN_REFUSED,
+                pin_refused(errno),
                 std::io::Error::from_raw_os_error(errno.0),
             ));
         }
@@ -909,16 +554,8 @@ impl Device for UringDevice {
         let region = state.regions.get_mut(&mr.0).ok_or(Errno::EINVAL)?;
         if region.state == RegionState::Live {
             let mut to = RegionState::Invalidated;
-            if region.mode == RevokeMode::Redirect {
-                match Scratch::new(region.len_bytes) {
-                    Ok(s) => {
-                        region.scratch = Some(s);
-                        to = RegionState::Redirected;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "uring: no scratch memory; invalidating instead")
-                    }
-                }
+            if region.scratch.is_some() {
+                to = RegionState::Redirected;
             }
             if let Err(e) = inner.set_entries(&mut state.sq, region, to) {
                 if to == RegionState::Invalidated {
@@ -928,7 +565,6 @@ impl Device for UringDevice {
                 }
                 // Scratch could not be pinned: invalidate instead.
                 tracing::warn!(error = %e, "uring: redirect failed; invalidating instead");
-                region.scratch = None;
                 to = RegionState::Invalidated;
                 inner.set_entries(&mut state.sq, region, to)?;
             }

@@ -192,6 +192,15 @@ impl Ring {
         self.push_all(&[e]).map_err(|(_, e)| e)
     }
 
+    /// Queue a cancellation of the request with `user_data` (a linked
+    /// request's successors are cancelled with it).
+    pub fn cancel(&self, _token: &mut SqToken, user_data: u64) -> io::Result<()> {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(user_data))
+            .build()
+            .user_data(CANCEL_USER_DATA);
+        self.push_all(&[e]).map_err(|(_, e)| e)
+    }
+
     /// Push every entry (flushing whenever the queue is full); on an error,
     /// how many were pushed.
     fn push_all(&self, entries: &[squeue::Entry]) -> Result<(), (usize, io::Error)> {
