@@ -532,7 +532,7 @@ fn revocation_round(
                     wr_id: i as u64,
                     key: keys.rkey,
                     iova: keys.iova + (i * WR) as u64 % LEN,
-                    data: vec![0x42; WR],
+                    data: vec![0x42; WR].into(),
                 })
                 .collect();
             let count = posted.clone();
