@@ -845,3 +845,39 @@ fn registration_time_against_anonymous() {
         );
     }
 }
+
+/// A linked chain (one access over two runs, from a pipe) whose head is
+/// blocked when the region is invalidated: the head holds the old buffer
+/// and completes into it; the second request is issued only after the
+/// head, and then finds the entry empty. Either way revoke waits for both.
+#[test]
+fn a_linked_request_issued_after_invalidation_finds_the_entry_empty() {
+    let pool = pool();
+    let dev = Arc::new(UringDevice::new(Arc::clone(&pool)).unwrap());
+    dev.set_revoke_cancel_after(None);
+    let keys = dev
+        .register(pages(&[20, 30]), RevokeMode::Invalidate)
+        .unwrap();
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let ticket = dev
+        .submit_write_from_fd(keys.mr, 0, 2 * PAGE_BYTES, rd.as_fd(), 0)
+        .unwrap();
+    let revoker = {
+        let dev = Arc::clone(&dev);
+        std::thread::spawn(move || dev.revoke(keys.mr).unwrap())
+    };
+    while dev.revocations_waiting() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(!revoker.is_finished());
+    rustix::io::write(&wr, &[0x5A; 2 * 4096]).unwrap();
+    let (c, kernel) = ticket.wait();
+    revoker.join().unwrap();
+    println!("linked chain across an invalidation: {kernel:?} -> {c}");
+    assert_eq!(kernel[0], PAGE_BYTES as i32, "the head used the old buffer");
+    assert_eq!(pool_bytes(&pool, 20 * PAGE_BYTES, 4), vec![0x5A; 4]);
+    if kernel[1] < 0 {
+        assert_eq!(c, Completion::ProtectionError);
+        assert_eq!(pool_bytes(&pool, 30 * PAGE_BYTES, 4), vec![0; 4]);
+    }
+}
