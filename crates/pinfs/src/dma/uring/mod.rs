@@ -120,11 +120,11 @@ pub struct UringDevice {
 }
 
 struct Inner {
-    /// Kept so that pool memory stays mapped while any entry points at it.
-    pool: Arc<dyn Media>,
     /// Address of pool byte 0 in this process.
     pool_base: u64,
     pool_len: u64,
+    /// Dropped (closing the ring, so the kernel drops its pins) before the
+    /// pool and the scratch it may still name: fields drop in order.
     ring: Ring,
     /// The right to read completions: held by the leader (module doc).
     cq: Mutex<CqToken>,
@@ -135,6 +135,8 @@ struct Inner {
     files: Files,
     /// The memfd behind every redirected region's scratch ([`Scratch`]).
     scratch_file: OwnedFd,
+    /// Kept so that pool memory stays mapped while any entry points at it.
+    pool: Arc<dyn Media>,
 }
 
 struct State {
