@@ -147,6 +147,10 @@ pub enum CmdError {
     /// A load or store through a mapping would have raised this signal
     /// (`mwrite: SIGBUS`); the actor survives it.
     Signal(&'static str),
+    /// A failure that explains itself: a device's completion status other
+    /// than `ok` (`dma-write: protection-error`), a device that could not be
+    /// set up (the kernel's error, with why).
+    Detail(String),
 }
 
 impl CmdError {
@@ -180,6 +184,7 @@ impl fmt::Display for CmdError {
             CmdError::Limit { what, limit } => write!(f, "too many {what} (limit {limit})"),
             CmdError::ActorLost => f.write_str("the actor's thread died (a bug; see above)"),
             CmdError::Signal(name) => f.write_str(name),
+            CmdError::Detail(text) => f.write_str(text),
         }
     }
 }

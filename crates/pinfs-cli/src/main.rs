@@ -160,9 +160,23 @@ Mappings and pins (on the current file / mapping):
   pin OFF LEN       long-term pin of a range of the mapping; prints `pin ID`
   unpin ID
   pins      per actor a line `@ACTOR`, then `<TAB>PATH START END` per pinned range
+            (a registration's: `... DEVICE mr ID`; on-demand ones `... mr ID odp`)
+
+Devices (on the current mapping; devices are created once per run):
+  dma-reg [--device soft|uring] [--revoke invalidate|redirect|odp] OFF LEN
+      register a range of the mapping (default soft, invalidate); prints
+      `mr ID iova 0xADDR lkey 0xK rkey 0xK`. Needs MAP_DIRECT, or the actor's
+      unbreakable layout lease over the range, or --revoke odp
+  dma-write [-S BYTE] ID OFF LEN, dma-read [-v] ID OFF LEN
+      the device writes/reads through registration ID; prints the completion
+      status (`ok`, `protection-error`, ...); not ok also fails the command
+  dma-stream [-S BYTE] ID OFF LEN   (with &) the device writes in a loop until
+      dma-stop ID or deregistration; prints `dma-stream: N writes (ok X, ...)`
+  dma-stop ID
+  dma-dereg ID      deregister (only the registering actor)
 
 Other: sleep MS, echo TEXT.
-Not yet available: dma-reg, dma-write, dma-read, dma-dereg (devices), --socket.";
+Not yet available: --socket.";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]

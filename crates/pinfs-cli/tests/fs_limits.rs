@@ -46,3 +46,21 @@ fn insert_past_the_largest_file_is_refused_and_fsck_is_clean() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+/// A write that crosses the largest file size writes up to it and says so
+/// (`wrote 100/4096`, as xfs_io reports a short write); one that starts at
+/// the limit fails with `File too large`.
+#[test]
+fn a_write_across_the_largest_file_is_short() {
+    let at = MAX_FILE_BYTES - 100;
+    let cross = format!("pwrite {at} 4096");
+    let past = format!("pwrite {MAX_FILE_BYTES} 1");
+    let (out, err, ok) = io(&[], &["open -c /f", &cross, "stat", &past]);
+    assert!(!ok, "the write at the limit fails: {out}{err}");
+    assert!(
+        out.contains(&format!("wrote 100/4096 bytes at offset {at}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("size {MAX_FILE_BYTES}")), "{out}");
+    assert_eq!(err.trim(), "pwrite: File too large", "{err}");
+}

@@ -479,7 +479,9 @@ fn run(ops: &[FileOp]) {
             let problems = fs.check();
             assert!(problems.is_empty(), "after op {i} {op:?}: {problems:?}");
             // What the next mount would say of the pool as committed now.
-            let report = Fs::fsck(&*media).unwrap_or_else(|e| panic!("after op {i} {op:?}: {e}"));
+            let report = fs
+                .fsck_snapshot()
+                .unwrap_or_else(|e| panic!("after op {i} {op:?}: {e}"));
             assert!(
                 report.problems.is_empty(),
                 "after op {i} {op:?}: {:?}",

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use pinfs::fs::{Cred, Fs, OpenFlags};
-use pinfs::media::{MappedPool, Media};
+use pinfs::media::{MappedPool, Media, RecordingMedia};
 use pinfs::Errno;
 
 fn pool() -> (Arc<dyn Media>, Arc<Fs>) {
@@ -53,20 +53,22 @@ fn unlinked_open_file_lives_until_close() {
 
 #[test]
 fn orphans_left_by_a_crash_are_freed_at_mount() {
-    let (media, fs) = pool();
+    let (_media, fs) = pool();
     let h = fs.open(ROOT, "/f", OpenFlags::CREATE, 0o644).unwrap();
     h.pwrite(0, &[5; 1 << 20]).unwrap();
     fs.unlink(ROOT, "/f").unwrap();
     let free_while_open = fs.statfs().free;
-    // "Crash": the handle is never closed; mount the pool's current image.
-    std::mem::forget(h);
-    let report = Fs::fsck(&*media).unwrap();
+    // "Crash": the handle is never closed; mount the pool's current image
+    // (a copy: the live mount keeps the pool itself).
+    let report = fs.fsck_snapshot().unwrap();
     assert!(
         report.problems.is_empty(),
         "an open orphan is consistent: {:?}",
         report.problems
     );
-    let fs2 = Fs::mount(media.clone()).unwrap();
+    let image: Arc<dyn Media> = Arc::new(RecordingMedia::from_image(fs.snapshot().unwrap()));
+    drop(h);
+    let fs2 = Fs::mount(image).unwrap();
     assert_eq!(
         fs2.statfs().free,
         free_while_open + 256,

@@ -176,3 +176,80 @@ fn a_failure_before_the_commit_point_changes_nothing() {
     assert_eq!(contents(&f), want);
     assert_eq!(remounted(media.image()), want);
 }
+
+/// The header flush itself fails (the commit point's own write): whether the
+/// header reached the media is unknown, so the file system assumes the pool
+/// may replay it and shuts down. A crash image at any point then mounts with
+/// the state before or after the operation — never anything else.
+#[test]
+fn a_failed_commit_point_write_is_treated_as_may_replay() {
+    let (media, fs, f) = setup();
+    media.fail_flush_after_fences(1);
+    assert!(f.pwrite(BS, &[2; BS as usize]).is_err());
+    assert!(
+        fs.is_shut_down(),
+        "a commit point of unknown fate shuts down"
+    );
+    let mut after = vec![1u8; BS as usize];
+    after.extend_from_slice(&[2; BS as usize]);
+    let before = vec![1u8; BS as usize];
+    for k in 0..=media.fence_count() {
+        for mode in [CrashMode::DurableOnly, CrashMode::AllPending] {
+            let got = remounted(media.crash_image(k, mode));
+            assert!(got == after || got == before, "crash point {k} {mode:?}");
+        }
+    }
+}
+
+/// After a shutdown no change gets as far as breaking a lease: a holder of a
+/// shared layout lease hears nothing of another owner's refused truncate,
+/// punch, reflink or open for writing.
+#[test]
+fn a_shut_down_file_system_breaks_no_lease_and_refuses_every_change() {
+    use pinfs::lease::{LeaseRequest, OwnerId};
+    let (media, fs, _f) = setup();
+    let holder = Cred::root_as(7);
+    let other = Cred::root_as(8);
+    let h = fs.open(holder, "/f", OpenFlags::RDONLY, 0).unwrap();
+    let events = fs.leases().owner_events(OwnerId(holder.owner)).unwrap();
+    let lease = fs
+        .leases()
+        .set_lease(
+            h.lease_file(),
+            h.lease_handle(),
+            OwnerId(holder.owner),
+            LeaseRequest::layout_shared(),
+        )
+        .unwrap();
+    let g = fs.open(other, "/f", OpenFlags::RDWR, 0).unwrap();
+    let src = fs.open(other, "/src", OpenFlags::CREATE, 0o644).unwrap();
+    src.pwrite(0, &[5; BS as usize]).unwrap();
+    // Shut down by a failure past the commit point (another file's write).
+    media.fail_flush_after_fences(2);
+    assert!(src.pwrite(BS, &[6; BS as usize]).is_err());
+    assert!(fs.is_shut_down());
+    eio("truncate", g.truncate(0));
+    eio("truncate by path", fs.truncate_path(other, "/f", 0));
+    eio("punch", g.fallocate(FallocMode::PunchHole, 0, BS));
+    eio("reflink", g.reflink(&src, None));
+    eio("open for writing", fs.open(other, "/f", OpenFlags::RDWR, 0));
+    eio(
+        "open with truncate",
+        fs.open(
+            other,
+            "/f",
+            OpenFlags {
+                truncate: true,
+                ..OpenFlags::RDWR
+            },
+            0,
+        ),
+    );
+    assert_eq!(
+        events.try_recv(),
+        Ok(None),
+        "the lease holder was told nothing"
+    );
+    let info = fs.leases().lease(lease).expect("still held");
+    assert_eq!(info.state, pinfs::lease::LeaseState::Active);
+}

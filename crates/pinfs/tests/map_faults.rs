@@ -7,7 +7,17 @@
 //! (b) a lease break callback that reads a hole of another mapping does not
 //!     deadlock;
 //! (c) when the service fails (injected), later and pending faults raise
-//!     `SIGBUS` instead of hanging.
+//!     `SIGBUS` instead of hanging;
+//! (d) two mappings' write faults dispatched back to back while one worker
+//!     idles each get a worker (the first blocks in a break);
+//! (e) with lease-break-time 0, more mappings than the old fixed pool of
+//!     eight workers blocked in breaks of one holder's leases stall neither
+//!     another mapping's faults nor the holder's own store into a hole of
+//!     its mapping, which it makes before releasing.
+//!
+//! Negative controls for (d) and (e): the old dispatch rule (an idle worker
+//! counted for every fault, woken or not) and the old fixed pool of eight
+//! workers stall the fault that must complete.
 //!
 //! Negative controls for (a) and (b): with the fault service forced into
 //! the old single-thread design, B's faults stall (seen as a timeout of the
@@ -229,4 +239,170 @@ fn a_lost_fault_service_turns_pending_faults_into_sigbus() {
     };
     assert_eq!(in_child(scenario(false)), Ending::Exited(DONE));
     assert_eq!(in_child(scenario(true)), SIGBUS);
+}
+
+/// Waits until at least `n` leases are being broken.
+fn wait_breaking(fs: &Fs, n: usize) {
+    let deadline = Instant::now() + COMPLETES_WITHIN;
+    while fs
+        .leases()
+        .list()
+        .iter()
+        .filter(|l| l.state == LeaseState::Breaking)
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the write faults never broke {n} leases"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A pause that lets a storing thread reach its fault (ordering only: if
+/// it is too short the scenario tests less, it never fails wrongly).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// (d) A burst: with one worker idle, A's and B's write faults are
+/// dispatched back to back (the service is paused while both threads
+/// fault); A's blocks in the lease break, B's must still complete. The old
+/// dispatch counted the idle worker for both and started none for B.
+fn burst(old_rule: bool, wait: Duration) -> i32 {
+    let s = setup(false);
+    if old_rule {
+        s.fs.uncounted_fault_wakeups_for_tests().unwrap();
+    }
+    // Warm up: a write fault of B leaves one worker idle.
+    store(&s.mb, PAGE, 3);
+    s.fs.pause_fault_service_for_tests(true).unwrap();
+    let ma = s.ma.clone();
+    let ta = thread::spawn(move || store(&ma, PAGE, 9));
+    thread::sleep(SETTLE);
+    let (tx, rx) = mpsc::channel();
+    let mb = s.mb.clone();
+    thread::spawn(move || {
+        store(&mb, 2 * PAGE, 7);
+        let _ = tx.send(());
+    });
+    thread::sleep(SETTLE);
+    s.fs.pause_fault_service_for_tests(false).unwrap();
+    if rx.recv_timeout(wait).is_err() {
+        return STALLED;
+    }
+    expect!(
+        contents(&s.b, PAGE, PAGE as usize + 1)[..] == {
+            let mut v = vec![3u8];
+            v.resize(PAGE as usize, 0);
+            v.push(7);
+            v
+        }[..],
+        10
+    );
+    drop(s.direct);
+    expect!(ta.join().is_ok(), 11);
+    expect!(contents(&s.a, PAGE, 1) == [9], 12);
+    DONE
+}
+
+#[test]
+fn back_to_back_faults_of_two_mappings_do_not_share_a_blocked_worker() {
+    assert_eq!(
+        in_child(|| burst(false, COMPLETES_WITHIN)),
+        Ending::Exited(DONE)
+    );
+}
+
+#[test]
+fn negative_control_uncounted_wake_ups_leave_the_second_fault_waiting() {
+    assert_eq!(
+        in_child(|| burst(true, STALL_SEEN_AFTER)),
+        Ending::Exited(STALLED)
+    );
+}
+
+/// More mappings than the old fixed pool of workers (eight).
+const BLOCKED: usize = 9;
+
+/// (e) Worker exhaustion, lease-break-time 0 (breakers wait for ever):
+/// `BLOCKED` mappings' write faults wait in breaks of leases that actor H
+/// holds; then another mapping's read and write faults, and H's own store
+/// into a hole of its own mapping — which H makes before releasing its
+/// leases — must complete. With a fixed pool of eight workers, all eight
+/// wait on H and H's fault waits for a worker: a deadlock for good.
+fn exhaustion(cap: Option<usize>, wait: Duration) -> i32 {
+    let fs = mount(Duration::ZERO);
+    if cap.is_some() {
+        fs.cap_fault_workers_for_tests(cap).unwrap();
+    }
+    let h_cred = Cred::root_as(LEASE_OWNER);
+    let mut maps = Vec::new();
+    let mut directs = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..BLOCKED {
+        let path = format!("/f{i}");
+        let f = file(&fs, &path, 4 * PAGE, 1);
+        f.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+        maps.push(Arc::new(f.mmap(0, 4 * PAGE, MapFlags::SHARED).unwrap()));
+        let hf = fs.open(h_cred, &path, OpenFlags::RDWR, 0).unwrap();
+        directs.push(hf.mmap(0, 4 * PAGE, MapFlags::DIRECT).unwrap());
+        handles.push(f);
+    }
+    let b = file(&fs, "/b", 4 * PAGE, 2);
+    b.fallocate(FallocMode::PunchHole, PAGE, 2 * PAGE).unwrap();
+    let mb = Arc::new(b.mmap(0, 4 * PAGE, MapFlags::SHARED).unwrap());
+    drop(fs.open(h_cred, "/h", OpenFlags::CREATE, 0o644).unwrap());
+    let h = fs.open(h_cred, "/h", OpenFlags::RDWR, 0).unwrap();
+    h.pwrite(0, &[4u8; 4 * PAGE as usize]).unwrap();
+    h.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+    let mh = Arc::new(h.mmap(0, 4 * PAGE, MapFlags::SHARED).unwrap());
+
+    let stores: Vec<_> = maps
+        .iter()
+        .map(|m| {
+            let m = m.clone();
+            thread::spawn(move || store(&m, PAGE, 9))
+        })
+        .collect();
+    wait_breaking(&fs, cap.unwrap_or(BLOCKED).min(BLOCKED));
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let read = load(&mb, PAGE);
+        store(&mb, 2 * PAGE + 1, 7);
+        // H, notified, stores into its own hole before it releases.
+        store(&mh, PAGE, 5);
+        let _ = tx.send(read);
+    });
+    match rx.recv_timeout(wait) {
+        Ok(0) => {}
+        Ok(_) => return 10,
+        Err(_) => return STALLED,
+    }
+    expect!(contents(&b, 2 * PAGE, 2) == [0, 7], 11);
+    expect!(contents(&h, PAGE, 1) == [5], 12);
+    // H releases: every blocked store completes.
+    drop(directs);
+    for t in stores {
+        expect!(t.join().is_ok(), 13);
+    }
+    for f in &handles {
+        expect!(contents(f, PAGE, 1) == [9], 14);
+    }
+    DONE
+}
+
+#[test]
+fn more_than_eight_mappings_blocked_in_breaks_stall_no_other_mapping() {
+    assert_eq!(
+        in_child(|| exhaustion(None, COMPLETES_WITHIN)),
+        Ending::Exited(DONE)
+    );
+}
+
+#[test]
+fn negative_control_a_fixed_pool_of_eight_workers_deadlocks() {
+    assert_eq!(
+        in_child(|| exhaustion(Some(8), STALL_SEEN_AFTER)),
+        Ending::Exited(STALLED)
+    );
 }

@@ -165,13 +165,18 @@ fn pwrite(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         let at = pinfs::util::add(offset, done)?;
         let wrote = handle.pwrite(at, &buf[..n as usize])? as u64;
         if wrote == 0 {
-            // The library writes everything or fails; never spin on a bug.
+            // The library writes something or fails; never spin on a bug.
             return Err(pinfs::Errno::EIO.into());
         }
         done += wrote;
+        if wrote < n {
+            // A short write (the largest file size reached): like xfs_io,
+            // report what was written and stop.
+            break;
+        }
     }
     ctx.out
-        .line(format_args!("wrote {len}/{len} bytes at offset {offset}"));
+        .line(format_args!("wrote {done}/{len} bytes at offset {offset}"));
     Ok(())
 }
 

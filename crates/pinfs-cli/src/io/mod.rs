@@ -21,7 +21,7 @@
 //! [`dispatch`]: `file_cmds` (files and the namespace), `lease_cmds`
 //! (leases and their break notifications) and `other_cmds` (`sleep`,
 //! `echo`). Mapping and pin commands arrive as further modules
-//! (`map_cmds.rs`) added to [`COMMAND_SETS`], with their per-actor state
+//! (`map_cmds.rs`, `pin_cmds.rs`, `dma_cmds.rs`) added to [`COMMAND_SETS`], with their per-actor state
 //! added to [`Actor`] and shared state to [`Shared`].
 //!
 //! Each actor is a lease owner ([`OwnerId`] = its `Cred::owner`). Its event
@@ -30,6 +30,7 @@
 //! handles close and the engine forgets the owner
 //! ([`pinfs::lease::LeaseEngine::drop_owner`]), as at a process exit.
 
+mod dma_cmds;
 mod dump;
 mod file_cmds;
 pub mod lease_cmds;
@@ -121,6 +122,8 @@ pub struct Shared {
     /// listing and `wait-break`. A rename afterwards is not seen: the
     /// listing shows the path as the script last named it.
     paths: Mutex<HashMap<FileKey, String>>,
+    /// The run's devices and registrations (`dma-*` commands).
+    pub dma: dma_cmds::DmaState,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Shared {
             settings,
             names: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
+            dma: Default::default(),
         }
     }
 
@@ -293,6 +297,7 @@ const COMMAND_SETS: &[CommandSet] = &[
     lease_cmds::run,
     map_cmds::run,
     pin_cmds::run,
+    dma_cmds::run,
     other_cmds::run,
 ];
 
@@ -344,6 +349,9 @@ fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
             result,
         });
     }
+    // Its registrations end with it (device access first), then what it
+    // holds, then its leases: as at a process exit.
+    shared.dma.drop_owner(owner.0);
     drop(actor);
     shared.fs.leases().drop_owner(owner);
 }

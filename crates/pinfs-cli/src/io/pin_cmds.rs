@@ -14,7 +14,7 @@
 //! still blocked by a pin at lease-break-time revokes it: it disappears from
 //! `pins` and its blocks are freed (nothing but the actor held them).
 
-use pinfs::pin::PinInfo;
+use pinfs::pin::{PinInfo, PinVia};
 use pinfs::Errno;
 
 use super::parse::{Line, OptSpec, Parsed};
@@ -71,25 +71,55 @@ fn unpin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     }
 }
 
-/// The `pins` listing: per owner, its pinned ranges.
+/// The `pins` listing: per owner, its pinned ranges — a registration's
+/// pins name its device and id (`/f 0 65535 soft mr 3`) — then its
+/// on-demand registrations, which pin nothing (`... soft mr 4 odp`).
 fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
     let mut all: Vec<PinInfo> = ctx.shared.fs.pins();
     all.sort_by_key(|p| (p.owner, p.id));
-    let mut last_owner = None;
+    let mut lines: Vec<(u64, u8, u64, String)> = Vec::new();
     for p in all {
-        if last_owner != Some(p.owner) {
-            ctx.out
-                .line(ctx.shared.actor_label(pinfs::lease::OwnerId(p.owner)));
-            last_owner = Some(p.owner);
-        }
         let end = p.offset + p.len - 1;
-        ctx.out.line(format!(
-            "\t{} {} {}",
+        let via = match p.via {
+            PinVia::Registration(id) => format!(
+                " {} mr {}",
+                ctx.shared.dma.device_of(id.0).unwrap_or("?"),
+                id.0
+            ),
+            _ => String::new(),
+        };
+        let text = format!(
+            "\t{} {} {}{via}",
             ctx.shared.path_of_ino(p.ino),
             p.offset,
             end
-        ));
+        );
+        lines.push((p.owner, 0, p.id.0, text));
+    }
+    for r in ctx.shared.fs.registrations() {
+        if r.mode != pinfs::dma::RevokeMode::Odp {
+            continue;
+        }
+        let text = format!(
+            "\t{} {} {} {} mr {} odp",
+            ctx.shared.path_of_ino(r.ino),
+            r.offset,
+            r.offset + r.len - 1,
+            r.device,
+            r.id.0
+        );
+        lines.push((r.owner, 1, r.id.0, text));
+    }
+    lines.sort_by_key(|l| (l.0, l.1, l.2));
+    let mut last_owner = None;
+    for (owner, _, _, text) in lines {
+        if last_owner != Some(owner) {
+            ctx.out
+                .line(ctx.shared.actor_label(pinfs::lease::OwnerId(owner)));
+            last_owner = Some(owner);
+        }
+        ctx.out.line(text);
     }
     Ok(())
 }

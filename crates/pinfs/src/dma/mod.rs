@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use crate::Result;
 
+pub mod soft;
 pub mod uring;
 
 /// Bytes per device page: the granularity of every translation table here.

@@ -124,6 +124,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         shut_down_on_journal_error: true,
         validate_commits: true,
         maps: Default::default(),
+        dma: Default::default(),
     };
     Ok((st, recovery))
 }

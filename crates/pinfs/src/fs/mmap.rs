@@ -18,7 +18,8 @@
 //!
 //! Submodules: `faults` (the fault service's side: answering faults, losing
 //! the service), `held` (blocks broken mappings may still reach stay busy),
-//! `budget` (the share of `vm.max_map_count` one mapping may need).
+//! `budget` (the share of `vm.max_map_count` the live mappings may need,
+//! charged at `mmap` and refunded at munmap).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -33,10 +34,10 @@ use crate::format::{block_offset, BLOCK_SIZE, HUGE_BLOCKS, MAX_FILE_BYTES};
 use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
 };
-use crate::map::fault::{Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
+use crate::map::fault::{sigbus_thread, Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
 use crate::map::place::{Kind, Runs};
 use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
-use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed};
+use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed, MAX_FAULTS_WITHOUT_PROGRESS};
 use crate::media::Media;
 use crate::pin::{PinVia, RevokeFn};
 use crate::{Errno, Error, Result};
@@ -49,9 +50,9 @@ mod budget;
 mod faults;
 mod held;
 
-use self::budget::check_budget;
+use self::budget::{charge_budget, check_budget, refund_budget};
 use self::held::release_held;
-pub(crate) use self::held::{release_blocks, release_unpinned};
+pub(crate) use self::held::{release_blocks, release_unpinned, split_held};
 
 /// The live mappings, by file and by address (in the state, under its lock).
 #[derive(Default)]
@@ -63,15 +64,24 @@ pub(crate) struct MapTable {
     /// Test-only negative control: blocks a broken mapping reaches are freed
     /// like any other (not held busy).
     hold_disabled: bool,
-    /// Test-only: the placement budget of one mapping, instead of the one
-    /// computed from `vm.max_map_count`.
+    /// Test-only: the placement budget (of all live mappings together, and
+    /// so of one), instead of the one computed from `vm.max_map_count`.
     budget_override: Option<u64>,
+    /// Areas (kernel VMAs) charged to each live mapping at `mmap`, by id,
+    /// counted as [`desired`] places them; refunded at munmap.
+    charges: HashMap<u64, u64>,
+    /// Their sum: never more than the budget (`fs/mmap/budget.rs`).
+    charged: u64,
     /// Mappings that are broken ([`crate::map::Placed::broken`]): while
     /// non-zero, every release of blocks looks for the ones they hold.
     broken: Arc<AtomicUsize>,
     /// Blocks put on the busy list because a broken mapping may reach them
     /// (released again when no broken mapping holds them any more).
     diverted: Vec<Run>,
+    /// Pool blocks of broken mappings whose tear-down failed: their pages
+    /// may reach these blocks for the life of the process, so they are held
+    /// for good ([`MapTable::held_blocks`] includes them).
+    zombies: Vec<Run>,
     /// The fault service's userfaultfd, once started.
     uffd: Option<Arc<Uffd>>,
     /// The fault service failed: pages it would serve raise `SIGBUS`.
@@ -136,8 +146,8 @@ impl MapTable {
 
     /// The pool blocks the broken mappings may still reach, sorted and
     /// merged.
-    fn held_blocks(&self) -> Vec<Run> {
-        let mut held: Vec<Run> = Vec::new();
+    pub(super) fn held_blocks(&self) -> Vec<Run> {
+        let mut held: Vec<Run> = self.zombies.clone();
         for m in self.all() {
             let placed = m.placed.lock();
             if placed.broken {
@@ -439,7 +449,9 @@ pub(crate) fn replace(
     for (m, p0, p1) in list {
         place_range(st, media, &m, p0, p1);
     }
-    if st.maps.broken.load(Ordering::Acquire) == 0 || st.maps.hold_disabled {
+    if (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
+        || st.maps.hold_disabled
+    {
         return Held(Vec::new());
     }
     Held(st.maps.held_blocks())
@@ -459,8 +471,9 @@ impl Handle {
     /// shared layout lease of the mapped range for the mapping's lifetime.
     /// Pools that cannot be placed page by page (not mapped, or with pages
     /// larger than 4 KiB: hugetlbfs, device-dax) give `EOPNOTSUPP`. A range
-    /// whose layout would need more separate areas than its share of
-    /// `vm.max_map_count` (one in `MAP_COUNT_SHARE`) gives `ENOMEM`.
+    /// whose layout would need more separate areas than are left of the
+    /// live mappings' share of `vm.max_map_count` (one in
+    /// `MAP_COUNT_SHARE`, a running total) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
@@ -526,8 +539,15 @@ impl Handle {
             }),
             lease: parking_lot::Mutex::new(None),
             broken_maps,
+            progress: std::sync::atomic::AtomicU64::new(0),
+            refaults: parking_lot::Mutex::new(HashMap::new()),
         });
-        check_budget(&fs.state.read(), &inner)?;
+        if let Some(u) = &uffd {
+            // Before counting its areas: what the mapping's holes show
+            // depends on whether a fault service serves them.
+            fs.state.write().maps.uffd.get_or_insert_with(|| u.clone());
+        }
+        let areas = check_budget(&fs.state.read(), &inner)?;
         if flags.direct {
             // Before the state lock: the request waits for a layout change
             // in progress (SPEC §3.2).
@@ -560,8 +580,12 @@ impl Handle {
         if let Some(u) = uffd {
             st.maps.uffd.get_or_insert(u);
         }
-        st.maps.insert(&mapping.inner)?;
+        // Counted first: on an error below, the guard's drop undoes it.
         st.runtime(self.ino).opens.fetch_add(1, Ordering::Relaxed);
+        // Charged under the lock that inserts it: concurrent mmaps cannot
+        // both pass the total. The guard's drop refunds it.
+        charge_budget(&mut st.maps, &mapping.inner, areas)?;
+        st.maps.insert(&mapping.inner)?;
         place_range(&st, &*fs.media, &mapping.inner, 0, pages);
         drop(st);
         Ok(mapping)
@@ -587,8 +611,8 @@ impl Fs {
         self.state.write().maps.hold_disabled = true;
     }
 
-    /// Test-only: the most areas one mapping may need (instead of the share
-    /// of `vm.max_map_count`).
+    /// Test-only: the most areas all live mappings together may need
+    /// (instead of the share of `vm.max_map_count`); `None` restores it.
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn set_map_budget_for_tests(&self, areas: Option<u64>) {
@@ -693,15 +717,29 @@ impl Drop for Mapping {
         let torn_down = m.tear_down();
         {
             let mut st = self.fs.state.write();
+            // Before the mapping leaves the table (and with it
+            // `held_blocks`), a failed tear-down moves what its pages may
+            // still reach to the zombies: nothing may free those blocks
+            // between the two steps.
+            let broken = {
+                let placed = m.placed.lock();
+                if placed.broken && !torn_down {
+                    // The pages still reach the held blocks (tear-down
+                    // recorded every pool run it still showed): they stay
+                    // busy for the life of the file system, never reused.
+                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy for good");
+                    st.maps
+                        .zombies
+                        .extend(placed.held.iter().map(|&(start, len)| Run { start, len }));
+                }
+                placed.broken
+            };
             st.maps.remove(m);
-            if m.placed.lock().broken {
+            refund_budget(&mut st.maps, m.id);
+            if broken {
                 st.maps.broken.fetch_sub(1, Ordering::AcqRel);
                 if torn_down {
                     release_held(&mut st);
-                } else {
-                    // The pages still reach the held blocks: they stay busy
-                    // for the life of the file system rather than be reused.
-                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy");
                 }
             }
             if let Some(rt) = st.runtime.get(&m.ino).cloned() {

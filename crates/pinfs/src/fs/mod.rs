@@ -11,6 +11,7 @@
 //! Layout changes all funnel through the functions of `ops.rs`, so the lease
 //! and pin machinery has one place to intervene.
 
+mod dma;
 mod extent;
 mod load;
 mod mmap;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
+pub use self::dma::{Registration, RegistrationId, RegistrationInfo, MAX_REGISTRATIONS};
 pub use self::extent::{Extent, ExtentMap, Segment};
 pub use self::mmap::MAX_MAPPINGS;
 pub use self::ops::FallocMode;
@@ -238,6 +240,36 @@ impl Drop for Fs {
             flag.store(false, Ordering::Release);
         }
     }
+}
+
+/// A media seen through a view that refuses every change (`EROFS`): fsck of
+/// a mounted pool must not write to it.
+#[derive(Debug)]
+struct ReadOnlyView<'a>(&'a dyn Media);
+
+impl Media for ReadOnlyView<'_> {
+    fn caps(&self) -> crate::media::MediaCaps {
+        self.0.caps()
+    }
+    fn len_bytes(&self) -> u64 {
+        self.0.len_bytes()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read(offset, buf)
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn fill(&self, _offset: u64, _len: u64, _byte: u8) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn write_u64(&self, _offset: u64, _value: u64) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn flush(&self, _offset: u64, _len: u64) -> Result<()> {
+        Err(Errno::EROFS.into())
+    }
+    fn fence(&self) {}
 }
 
 /// The in-process claim on a media (SPEC §7: a pool has one mount at a time;
@@ -509,9 +541,47 @@ impl Fs {
         Ok(fs)
     }
 
-    /// Check a pool without changing it beyond journal recovery.
+    /// The pool's bytes as committed now: copied under the state lock, so
+    /// no transaction is half-applied in the copy (data written in place
+    /// meanwhile may or may not be in it). What a crash now would leave on
+    /// media that persist every store; for diagnostics and tests — it copies
+    /// the whole pool.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        let len = usize::try_from(self.media.len_bytes()).map_err(|_| Errno::EFBIG)?;
+        let mut image = vec![0u8; len];
+        let _st = self.state.read();
+        self.media.read(0, &mut image)?;
+        Ok(image)
+    }
+
+    /// What [`Fs::fsck`] says of the mounted pool as committed now (fsck of
+    /// the media itself is refused while it is mounted). Read under the
+    /// state lock, so no transaction is in flight, through a view that
+    /// refuses every write: between commits the journal is clean and fsck
+    /// writes nothing; should it need to (a shut-down file system with a
+    /// transaction to replay), it checks a [`snapshot`](Fs::snapshot)
+    /// instead.
+    pub fn fsck_snapshot(&self) -> Result<FsckReport> {
+        {
+            let _st = self.state.read();
+            match Self::check_media(&ReadOnlyView(&*self.media)) {
+                Err(e) if e.errno() == Errno::EROFS => {}
+                done => return done,
+            }
+        }
+        let image = self.snapshot()?;
+        Self::check_media(&crate::media::RecordingMedia::from_image(image))
+    }
+
+    /// Check a pool without changing it beyond journal recovery. Refused
+    /// with `EBUSY` while the media is mounted ([`Fs::fsck_snapshot`]
+    /// checks a mounted one).
     pub fn fsck(media: &dyn Media) -> Result<FsckReport> {
         let _claim = MountClaim::take(media)?;
+        Self::check_media(media)
+    }
+
+    fn check_media(media: &dyn Media) -> Result<FsckReport> {
         let (st, recovery) = load::load(media)?;
         let problems = load::check(&st);
         Ok(FsckReport {
@@ -555,6 +625,9 @@ impl Fs {
         owner: u64,
         nonblocking: bool,
     ) -> Result<LayoutChangeGuard> {
+        // A shut-down file system changes nothing, so it breaks no lease
+        // either: every layout change is refused here, before any break.
+        self.writable()?;
         let key = {
             let st = self.state.read();
             file_key(ino, st.inode(ino)?.generation)
@@ -623,6 +696,11 @@ impl Fs {
         flags: OpenFlags,
         mode: u32,
     ) -> Result<Handle> {
+        // After a shutdown only reading opens are served: an open that may
+        // write would break open leases for changes that cannot happen.
+        if flags.write || flags.truncate || flags.create {
+            self.writable()?;
+        }
         let mut st = self.state.write();
         let (dir, name) = st.walk_parent(&cred, path).or_else(|e| {
             // "/" itself.

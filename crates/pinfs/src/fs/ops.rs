@@ -990,11 +990,19 @@ impl Handle {
                     start: physical,
                     len: n,
                 };
-                let (pinned, shareable) = if op.st.protect_pinned {
+                let (mut pinned, pin_free) = if op.st.protect_pinned {
                     op.st.pins.split(whole)
                 } else {
                     (Vec::new(), vec![whole])
                 };
+                // Blocks a broken mapping may still reach are copied like
+                // pinned ones: a stuck page is a writer nobody can stop.
+                let mut shareable = Vec::new();
+                for r in pin_free {
+                    let (held, free) = super::mmap::split_held(op.st, r);
+                    pinned.extend(held);
+                    shareable.extend(free);
+                }
                 for r in shareable {
                     op.incref(r.start, r.len)?;
                     let e = Extent {
@@ -1116,11 +1124,14 @@ impl Fs {
         self.writable()?;
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         let mut layout = None;
+        // Where the guard's range starts (it runs to end of file).
+        let mut guarded_from = u64::MAX;
         let mut st = loop {
             let seen = self.state.read().inode(ino)?.size;
             // Truncate to the size the file has is no layout change: only
             // the timestamps change, as in Linux; no lease breaks.
             if layout.is_none() && seen != size {
+                guarded_from = size.min(seen);
                 let bound = match bound {
                     Some(b) => b,
                     None => self.pins_before_break(ino, removed, u64::MAX, owner)?,
@@ -1135,7 +1146,15 @@ impl Fs {
                 self.pins_after_break(ino, removed, u64::MAX, bound)?;
             }
             let st = self.state.write();
-            if layout.is_none() && st.inode(ino)?.size != size {
+            let current = st.inode(ino)?.size;
+            if layout.is_none() && current != size {
+                continue;
+            }
+            // The size moved between the look and the guard (another
+            // truncate): the guard must cover [min(current, size), EOF).
+            if layout.is_some() && size.min(current) < guarded_from {
+                drop(st);
+                layout = None;
                 continue;
             }
             break st;

@@ -139,20 +139,26 @@ impl Fs {
         }))
     }
 
-    /// Pin `[start, end)` (block-aligned) of `ino` for `owner`, entitled by
-    /// `via` (the caller checked the entitlement).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn pin_range(
+    /// Make `[start, end)` (block-aligned, inside the file) of `ino` written
+    /// and private — allocating holes (zeroed), converting unwritten extents,
+    /// unsharing reflinked blocks — as a layout change by `owner`, durable
+    /// when it returns; what a long-term pin and an on-demand-paging device
+    /// fault both need before a device may reach the blocks. Returns the
+    /// layout change's guard (`None` when nothing had to change) and the
+    /// state lock, held exclusively so the blocks cannot change before the
+    /// caller has looked at them. `EINVAL` past end of file.
+    pub(super) fn make_written_private(
         self: &Arc<Self>,
         ino: u64,
         owner: u64,
         start: u64,
         end: u64,
-        via: PinVia,
-        revoke: Option<RevokeFn>,
         nonblocking: bool,
-    ) -> Result<Pin> {
-        let fs = self.clone();
+    ) -> Result<(
+        Option<LayoutChangeGuard>,
+        parking_lot::RwLockWriteGuard<'_, FsState>,
+    )> {
+        let fs = self;
         // Making the range written and private is the holder's own layout
         // change: it needs no notification to the holder. A range that
         // already is changes nothing, so it takes no layout change at all —
@@ -179,7 +185,7 @@ impl Fs {
                 }))
         };
         let mut take_change = !ready(&fs.state.read())?;
-        let (_layout, mut st) = loop {
+        let (layout, st) = loop {
             let layout = match take_change {
                 true => {
                     Some(fs.layout_change(ino, ByteRange::new(start, end), owner, nonblocking)?)
@@ -200,6 +206,24 @@ impl Fs {
             }
             break (layout, st);
         };
+        Ok((layout, st))
+    }
+
+    /// Pin `[start, end)` (block-aligned) of `ino` for `owner`, entitled by
+    /// `via` (the caller checked the entitlement).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pin_range(
+        self: &Arc<Self>,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        via: PinVia,
+        revoke: Option<RevokeFn>,
+        nonblocking: bool,
+    ) -> Result<Pin> {
+        let fs = self.clone();
+        let (_layout, mut st) = self.make_written_private(ino, owner, start, end, nonblocking)?;
         let mut blocks: Vec<Run> = Vec::new();
         for seg in st
             .inode(ino)?
@@ -349,6 +373,7 @@ impl Fs {
         nonblocking: bool,
         deadline: BreakDeadline,
     ) -> Result<LayoutChangeGuard> {
+        self.writable()?;
         let key = {
             let st = self.state.read();
             super::file_key(ino, st.inode(ino)?.generation)

@@ -286,6 +286,9 @@ pub(crate) struct FsState {
     pub protect_pinned: bool,
     /// Live mappings, re-placed by every committed layout change.
     pub maps: super::mmap::MapTable,
+    /// Device registrations (SPEC §6); the on-demand ones are invalidated
+    /// by every committed layout change over their range.
+    pub dma: super::dma::DmaTable,
     /// A commit failed after its commit point: memory holds what the pool
     /// will replay, and nothing may change any more (`EIO`), as a kernel
     /// file system shuts down on a journal error.
@@ -835,6 +838,8 @@ impl<'a> Op<'a> {
         let st = &mut *self.st;
         // Live mappings this changes, found before it is installed.
         let remap = super::mmap::affected(st, &inodes, &refs);
+        // And on-demand device translations (SPEC §6.4).
+        let odp = super::dma::odp_affected(st, &inodes, &refs);
         let data_start = st.sb.data_start.get();
         for (b, c) in refs {
             st.refcounts[(b - data_start) as usize] = c;
@@ -887,6 +892,8 @@ impl<'a> Op<'a> {
         // so that blocks a mapping that could not be re-placed still reaches
         // are known when they are released.
         let held = super::mmap::replace(st, media, remap);
+        // Likewise no on-demand device translation reaches it.
+        super::dma::odp_invalidate(odp);
         // Blocks nothing refers to any more go back to free space, unless a
         // pin or a broken mapping still reaches them.
         for r in released_blocks {

@@ -28,11 +28,17 @@
 //! service like a CPU access does.
 //!
 //! No fault hangs: a write fault may wait in a lease break, but only on a
-//! worker (at most [`MAX_FAULT_WORKERS`], one per mapping at a time), so
-//! read faults and other mappings' write faults go on; and if the service
-//! cannot go on (a read or poll error on the userfaultfd, a thread ending
-//! unexpectedly), the file system re-places every served page as the
-//! `SIGBUS` mapping and wakes every waiter ([`OnLost`]).
+//! worker of its own: faults of one mapping are answered one at a time, and
+//! a worker is started whenever a mapping has a fault no worker is answering
+//! and no idle worker has been woken for it — so the workers number at most
+//! the mappings with a fault in progress, and no mapping's fault ever waits
+//! for a worker held by another mapping's lease break (nor for its own
+//! holder's: a lease holder storing into a hole of its own mapping before
+//! it releases gets a worker too). Read faults never wait for a worker at
+//! all. If the service cannot go on (a read or poll error on the
+//! userfaultfd, a thread ending unexpectedly), the file system re-places
+//! every served page as the `SIGBUS` mapping and wakes every waiter
+//! ([`OnLost`]).
 //!
 //! # Safety
 //!
@@ -45,6 +51,13 @@
 //! a source buffer the caller passes as a slice of at least that length, and
 //! writes only into pages of a registered range — memory the kernel itself
 //! manages for the registering mapping, never Rust-owned memory.
+//! [`sigbus_thread`] sends a signal (`tgkill`/`kill`) and touches no memory.
+//!
+//! A fault that cannot be answered at all — its page can be made neither
+//! the pool block nor the `SIGBUS` mapping, or it keeps faulting with
+//! nothing changing ([`crate::map::MAX_FAULTS_WITHOUT_PROGRESS`]) — gets the
+//! kernel's answer to an unservable fault: `SIGBUS` sent to the faulting
+//! thread (its id comes with each fault, `UFFD_FEATURE_THREAD_ID`).
 #![allow(unsafe_code)]
 
 use std::collections::{HashSet, VecDeque};
@@ -72,6 +85,8 @@ const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
 const UFFD_USER_MODE_ONLY: i32 = 1;
 
 const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+/// The faulting thread's id in each fault message (Linux 4.14+).
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
@@ -118,6 +133,34 @@ pub(crate) struct Fault {
     pub address: u64,
     /// A store (missing page written, or a write-protected page).
     pub write: bool,
+    /// The faulting thread (`UFFD_FEATURE_THREAD_ID`), 0 if unknown.
+    pub ptid: u32,
+}
+
+/// Send `SIGBUS` to the thread of `fault`: the kernel's own answer to a
+/// fault that can be neither served nor made to raise `SIGBUS` by placing
+/// the empty memfd (the thread would otherwise re-fault for ever). Without
+/// the thread's id, the whole process gets it.
+pub(crate) fn sigbus_thread(fault: &Fault) {
+    let pid = std::process::id() as libc::pid_t;
+    let r = if fault.ptid != 0 {
+        // SAFETY: `tgkill(2)` only sends a signal to a thread of this
+        // process; it touches no memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                pid,
+                fault.ptid as libc::pid_t,
+                libc::SIGBUS,
+            )
+        }
+    } else {
+        // SAFETY: `kill(2)` only sends a signal to this process.
+        i64::from(unsafe { libc::kill(pid, libc::SIGBUS) })
+    };
+    if r != 0 {
+        tracing::error!(target: "pinfs::map", ptid = fault.ptid, error = %std::io::Error::last_os_error(), "cannot send SIGBUS to a faulting thread");
+    }
 }
 
 /// A userfaultfd.
@@ -190,14 +233,21 @@ impl Uffd {
             .or_else(|_| by_device())
             .or_else(|_| by_syscall(UFFD_USER_MODE_ONLY))
             .map_err(|e| Error::media("userfaultfd", e))?;
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: UFFD_FEATURE_PAGEFAULT_FLAG_WP,
-            ioctls: 0,
+        let negotiate = |features: u64| {
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features,
+                ioctls: 0,
+            };
+            // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which
+            // `UffdioApi` spells out; it carries no pointers.
+            unsafe { ioctl(&fd, UFFDIO_API, &mut api) }
         };
-        // SAFETY: `UFFDIO_API` takes a `struct uffdio_api`, which `UffdioApi`
-        // spells out; it carries no pointers.
-        unsafe { ioctl(&fd, UFFDIO_API, &mut api) }.map_err(|e| Error::media("UFFDIO_API", e))?;
+        // The thread id lets an unservable fault be answered with a SIGBUS
+        // to that thread; a kernel without it still serves faults.
+        negotiate(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID)
+            .or_else(|_| negotiate(UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+            .map_err(|e| Error::media("UFFDIO_API", e))?;
         Ok(Uffd { fd })
     }
 
@@ -283,15 +333,20 @@ impl Uffd {
         Ok(Some(Fault {
             address: word(16),
             write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
+            // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
+            ptid: u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes")),
         }))
     }
 }
 
-/// Most worker threads answering write faults. A write fault may wait in a
-/// lease break (up to lease-break-time, or for good with 0); faults of one
-/// mapping are answered one at a time, so this many mappings blocked at
-/// once stall the write faults of the others — never their read faults.
-pub const MAX_FAULT_WORKERS: usize = 8;
+/// Most idle worker threads kept for later write faults; a worker that
+/// finds no job while this many others wait exits. Workers are otherwise
+/// not capped by a fixed number: a write fault may wait in a lease break
+/// (up to lease-break-time, or for good with 0), so each mapping with a
+/// fault in progress may need a worker of its own (at most one: faults of
+/// one mapping are answered one at a time). Their number is bounded by the
+/// live mappings (`fs::MAX_MAPPINGS`).
+pub const MAX_IDLE_FAULT_WORKERS: usize = 8;
 
 /// Answers one fault (the file system's `serve_fault`).
 pub(crate) type FaultHandler = Arc<dyn Fn(&Uffd, Fault) + Send + Sync>;
@@ -309,15 +364,62 @@ struct Queue {
     jobs: VecDeque<(u64, Fault)>,
     /// Keys a worker is answering now: their other faults wait.
     busy: HashSet<u64>,
-    /// Workers waiting for a job.
+    /// Workers waiting for a job (woken or not).
     idle: usize,
+    /// Wake-ups sent to idle workers that no worker has taken yet: a woken
+    /// worker leaves `idle` only once it runs again, so `idle - wakeups` is
+    /// the number of idle workers a new job may still count on. (Counting
+    /// `idle` alone lost wake-ups: two jobs dispatched back to back both
+    /// saw the one idle worker, and the second waited behind the first.)
+    wakeups: usize,
     /// Workers alive.
     workers: usize,
+    /// Test switch: most workers (`None`: no fixed cap).
+    cap: Option<usize>,
+    /// Test switch: count on every idle worker, woken or not (the old rule
+    /// that lost wake-ups; a negative control).
+    uncounted_wakeups: bool,
     /// The service stopped: workers exit once idle.
     closed: bool,
 }
 
+/// What a dispatch must do so that a queued job gets a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// A worker will take it anyway: the one answering its mapping, or one
+    /// already woken or started for an earlier job of its mapping.
+    Nothing,
+    /// Wake an idle worker (already counted in `wakeups`).
+    Notify,
+    /// Start a worker (already counted in `workers`).
+    Spawn,
+}
+
 impl Queue {
+    /// Queue `job` and decide how it gets a worker: every mapping with a
+    /// job no worker is answering has a worker of its own coming, so no
+    /// job waits for a worker blocked on another mapping's fault.
+    fn push(&mut self, key: u64, fault: Fault) -> Wake {
+        let covered = self.busy.contains(&key) || self.jobs.iter().any(|&(k, _)| k == key);
+        self.jobs.push_back((key, fault));
+        if covered {
+            return Wake::Nothing;
+        }
+        if self.uncounted_wakeups && self.idle > 0 {
+            return Wake::Notify;
+        }
+        if self.idle > self.wakeups {
+            self.wakeups += 1;
+            return Wake::Notify;
+        }
+        if self.cap.is_some_and(|c| self.workers >= c) {
+            // The negative control's fixed cap: the job waits for a worker.
+            return Wake::Nothing;
+        }
+        self.workers += 1;
+        Wake::Spawn
+    }
+
     /// The oldest job whose mapping no worker is answering.
     fn take(&mut self) -> Option<(u64, Fault)> {
         let i = self.jobs.iter().position(|(k, _)| !self.busy.contains(k))?;
@@ -341,6 +443,8 @@ struct Shared {
     inline_writes: AtomicBool,
     /// Test switch: the service thread fails as on a read error.
     fail: AtomicBool,
+    /// Test switch: the service thread reads no faults.
+    paused: AtomicBool,
     queue: Mutex<Queue>,
     ready: Condvar,
 }
@@ -389,6 +493,7 @@ impl FaultService {
             lost: AtomicBool::new(false),
             inline_writes: AtomicBool::new(false),
             fail: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
         });
@@ -421,6 +526,28 @@ impl FaultService {
     #[cfg(feature = "negative-controls")]
     pub(crate) fn set_inline_writes(&self, inline: bool) {
         self.shared.inline_writes.store(inline, Ordering::Release);
+    }
+
+    /// Test switch: at most `cap` workers (the fixed pool before workers
+    /// were started per blocked mapping, a negative control), or no cap.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn set_worker_cap(&self, cap: Option<usize>) {
+        self.shared.queue.lock().cap = cap;
+    }
+
+    /// Test switch: dispatch counts on every idle worker, even one already
+    /// woken for an earlier fault (the old rule, a negative control).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn set_uncounted_wakeups(&self, on: bool) {
+        self.shared.queue.lock().uncounted_wakeups = on;
+    }
+
+    /// Test switch: the service thread stops reading faults while `paused`
+    /// (so that tests can have several faults dispatched back to back).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn pause(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+        self.kick();
     }
 
     /// Test switch: make the service thread fail as on a read error.
@@ -473,16 +600,29 @@ fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
             let mut drained = [0u8; 8];
             let _ = rustix::io::read(stop, &mut drained);
         }
+        if sh.paused.load(Ordering::Acquire) {
+            // Test switch: faults stay queued in the kernel meanwhile.
+            thread::sleep(PAUSE_POLL);
+            continue;
+        }
+        // Write faults read in one go are queued together, under one lock:
+        // each must get its own worker even though none of the workers
+        // woken for the earlier ones has run yet (`Queue::wakeups`).
+        let mut writes = Vec::new();
         loop {
             match uffd.next() {
                 Ok(Some(fault)) if fault.write && !sh.inline_writes.load(Ordering::Acquire) => {
-                    dispatch(sh, fault);
+                    writes.push(fault);
                 }
                 Ok(Some(fault)) => (sh.handle)(uffd, fault),
                 Ok(None) => break,
-                Err(e) => return lose(sh, &format!("read failed: {e}")),
+                Err(e) => {
+                    dispatch(sh, writes);
+                    return lose(sh, &format!("read failed: {e}"));
+                }
             }
         }
+        dispatch(sh, writes);
     }
 }
 
@@ -496,41 +636,65 @@ fn lose(sh: &Shared, why: &str) {
     (sh.on_lost)(&sh.uffd);
 }
 
-/// Queue a write fault for the workers, starting one if none is idle.
-fn dispatch(sh: &Arc<Shared>, fault: Fault) {
-    let Some(key) = (sh.key)(fault.address) else {
-        // No live mapping: nothing to answer, let the thread retry.
-        sh.uffd.wake(page_start(fault.address), PAGE);
+/// Queue write faults for the workers, waking or starting one for each
+/// unless a worker will take it anyway ([`Queue::push`]).
+fn dispatch(sh: &Arc<Shared>, faults: Vec<Fault>) {
+    if faults.is_empty() {
         return;
-    };
-    let mut q = sh.queue.lock();
-    q.jobs.push_back((key, fault));
-    if q.idle == 0 && q.workers < MAX_FAULT_WORKERS {
-        let w = sh.clone();
-        let spawned = thread::Builder::new()
-            .name("pinfs-fault-worker".into())
-            .spawn(move || work(&w));
-        match spawned {
-            Ok(_) => q.workers += 1,
-            Err(e) => {
-                tracing::warn!(target: "pinfs::map", error = %e, workers = q.workers, "cannot start a fault worker");
-                if q.workers == 0 {
-                    // Nobody would ever answer it: answer it here.
-                    q.jobs.pop_back();
-                    drop(q);
-                    (sh.handle)(&sh.uffd, fault);
-                    return;
+    }
+    // The mappings first: the key lookup takes the file system's lock,
+    // never taken under the queue's.
+    let mut keyed = Vec::with_capacity(faults.len());
+    for fault in faults {
+        match (sh.key)(fault.address) {
+            Some(key) => keyed.push((key, fault)),
+            // No live mapping: nothing to answer, let the thread retry.
+            None => sh.uffd.wake(page_start(fault.address), PAGE),
+        }
+    }
+    let mut inline = Vec::new();
+    {
+        let mut q = sh.queue.lock();
+        for (key, fault) in keyed {
+            match q.push(key, fault) {
+                Wake::Nothing => {}
+                Wake::Notify => {
+                    sh.ready.notify_one();
+                }
+                Wake::Spawn => {
+                    let w = sh.clone();
+                    let spawned = thread::Builder::new()
+                        .name("pinfs-fault-worker".into())
+                        .spawn(move || work(&w));
+                    if let Err(e) = spawned {
+                        q.workers -= 1;
+                        tracing::warn!(target: "pinfs::map", error = %e, workers = q.workers, "cannot start a fault worker");
+                        if q.workers == 0 {
+                            // Nobody would ever answer it: answer it here.
+                            if let Some(i) = q.jobs.iter().rposition(|&(k, _)| k == key) {
+                                q.jobs.remove(i);
+                            }
+                            inline.push(fault);
+                        } else {
+                            // A worker answers it once one is free (the old
+                            // bounded pool, only while threads cannot start).
+                            sh.ready.notify_one();
+                        }
+                    }
                 }
             }
         }
     }
-    sh.ready.notify_one();
+    for fault in inline {
+        (sh.handle)(&sh.uffd, fault);
+    }
 }
 
-/// A worker: answer queued write faults until the service stops.
+/// A worker: answer queued write faults until the service stops (or it
+/// finds nothing to do while enough others idle).
 fn work(sh: &Shared) {
     // A worker that dies mid-fault leaves its mapping's key busy for good.
-    let _lost_on_exit = LostUnlessStopped(sh);
+    let lost_on_exit = LostUnlessStopped(sh);
     let mut q = sh.queue.lock();
     loop {
         if let Some((key, fault)) = q.take() {
@@ -538,25 +702,32 @@ fn work(sh: &Shared) {
             (sh.handle)(&sh.uffd, fault);
             q = sh.queue.lock();
             q.busy.remove(&key);
-            // Faults of that mapping may wait for this one.
-            if !q.jobs.is_empty() {
-                sh.ready.notify_one();
-            }
+            // Faults of that mapping waited for this one: the loop takes
+            // the next (each other takeable job has its own worker coming).
             continue;
         }
-        if q.closed {
+        if q.closed || q.idle - q.wakeups.min(q.idle) >= MAX_IDLE_FAULT_WORKERS {
             q.workers -= 1;
+            // An orderly exit: not a service failure.
+            std::mem::forget(lost_on_exit);
             return;
         }
         q.idle += 1;
         sh.ready.wait(&mut q);
         q.idle -= 1;
+        // This worker runs again: a wake-up sent to an idle worker is used
+        // (a spurious wake-up may use another's; that worker then counts as
+        // not idle while it waits, which can only start an extra worker).
+        q.wakeups = q.wakeups.saturating_sub(1);
     }
 }
 
 fn page_start(addr: u64) -> usize {
     (addr & !(PAGE - 1)) as usize
 }
+
+/// How often a paused service thread looks again (test switch only).
+const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Page size of faults (4 KiB pages only are ever registered).
 const PAGE: u64 = 4096;
@@ -577,5 +748,53 @@ impl Drop for FaultService {
         // a lease break; each exits when it finds the queue closed.
         self.shared.queue.lock().closed = true;
         self.shared.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(address: u64) -> Fault {
+        Fault {
+            address,
+            write: true,
+            ptid: 0,
+        }
+    }
+
+    /// Two mappings' faults dispatched back to back while one worker idles:
+    /// the first wakes it, the second must start a worker of its own (the
+    /// old rule, "start one when none is idle", started none, and the second
+    /// fault waited behind the first — for good if it blocked in a break).
+    #[test]
+    fn back_to_back_faults_of_two_mappings_get_two_workers() {
+        let mut q = Queue {
+            idle: 1,
+            workers: 1,
+            ..Queue::default()
+        };
+        assert_eq!(q.push(1, fault(0x1000)), Wake::Notify);
+        assert_eq!(q.push(2, fault(0x2000)), Wake::Spawn);
+        assert_eq!(q.workers, 2);
+        // A second fault of a mapping with a worker coming needs none.
+        assert_eq!(q.push(2, fault(0x3000)), Wake::Nothing);
+        // Mapping 1's fault is taken; its next fault waits for that worker.
+        assert_eq!(q.take().map(|j| j.0), Some(1));
+        assert_eq!(q.push(1, fault(0x1000)), Wake::Nothing);
+        // A third mapping's fault gets a worker even with every worker
+        // taken by the first two (one may be blocked in a lease break).
+        assert_eq!(q.push(3, fault(0x4000)), Wake::Spawn);
+        assert_eq!(q.workers, 3);
+    }
+
+    #[test]
+    fn the_negative_control_cap_leaves_faults_waiting() {
+        let mut q = Queue {
+            workers: 8,
+            cap: Some(8),
+            ..Queue::default()
+        };
+        assert_eq!(q.push(9, fault(0x1000)), Wake::Nothing);
     }
 }

@@ -32,15 +32,20 @@
 //!
 //! The fault service (`fault.rs`) is the only code that answers page faults:
 //! per file system, one thread reads the userfaultfd and answers read faults
-//! (never blocking), and a bounded pool of workers answers write faults, one
-//! fault per mapping at a time — so a write fault waiting in a lease break
-//! stalls only its own mapping. If the service fails, every served page
+//! (never blocking), and workers answer write faults, one fault per mapping
+//! at a time, with a worker started for every mapping that has a fault and
+//! no worker coming — so a write fault waiting in a lease break stalls only
+//! its own mapping, however many mappings wait. If the service fails, every served page
 //! becomes the `SIGBUS` mapping and every waiter is woken: no fault hangs.
 //!
 //! A page that cannot be re-placed at all (`mmap(MAP_FIXED)` failing for
 //! it, its `SIGBUS` fallback and its no-access fallback) breaks its mapping
 //! (`Placed::broken`): the pool blocks the page may still reach stay busy
-//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`).
+//! until the mapping is unmapped (`fs/mmap.rs::release_blocks`) — for good
+//! if its tear-down fails too (the file system's zombies), and reflink
+//! copies them rather than share them. A failed `MAP_FIXED` that may have
+//! left a gap in the range poisons the region (`region.rs`): nothing is
+//! mapped into it again, so the mapping breaks.
 //!
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
@@ -244,7 +249,25 @@ pub(crate) struct MapInner {
     /// The file system's count of broken mappings (`MapTable`), which every
     /// release of blocks consults: this one adds itself when it breaks.
     pub broken_maps: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counts every change of what a page shows (a placement, a served
+    /// copy): a fault of a page that sees no change since the same thread's
+    /// last fault of that page made no progress ([`MapInner::refault`]).
+    pub progress: std::sync::atomic::AtomicU64,
+    /// Faults without progress, per (thread, page): (progress seen, count).
+    pub refaults: Mutex<std::collections::HashMap<(u32, u64), (u64, u32)>>,
 }
+
+/// Most faults of one page by one thread with nothing changed in the
+/// mapping in between: past this the thread would spin for ever (its page
+/// shows what the kernel faults on, while the placement says otherwise), so
+/// it gets `SIGBUS`. Generous: a thread re-faults a page legitimately only
+/// when a fault races a re-placement, once or twice.
+pub const MAX_FAULTS_WITHOUT_PROGRESS: u32 = 1000;
+
+/// Most (thread, page) pairs whose faults without progress one mapping
+/// tracks; the table is cleared beyond it (counting restarts: a spinning
+/// thread is then caught a little later).
+const MAX_TRACKED_REFAULTS: usize = 256;
 
 impl MapInner {
     /// Pages in the mapping.
@@ -323,7 +346,10 @@ impl MapInner {
             Kind::Nothing => self.region.place(offset, len, Backing::Nothing, false),
         };
         match r {
-            Ok(()) => placed.runs.set(start, pages, kind),
+            Ok(()) => {
+                self.changed();
+                placed.runs.set(start, pages, kind);
+            }
             Err(e) => {
                 tracing::error!(target: "pinfs::map", map = self.id, start, pages, ?kind, error = %e, "placing pages failed; they raise SIGBUS instead");
                 let fallback = self
@@ -335,7 +361,10 @@ impl MapInner {
                             .map(|()| Kind::Nothing)
                     });
                 match fallback {
-                    Ok(k) => placed.runs.set(start, pages, k),
+                    Ok(k) => {
+                        self.changed();
+                        placed.runs.set(start, pages, k);
+                    }
                     Err(e) => {
                         tracing::error!(target: "pinfs::map", map = self.id, start, pages, error = %e, "cannot even make pages inaccessible: mapping broken, the blocks they reach stay busy until munmap");
                         self.stuck(placed, start, pages);
@@ -370,6 +399,35 @@ impl MapInner {
             },
             true,
         )
+    }
+
+    /// Count a fault of `page` by thread `ptid`: whether that thread has
+    /// now faulted on the page more than [`MAX_FAULTS_WITHOUT_PROGRESS`]
+    /// times with nothing in the mapping changing in between — a fault that
+    /// can never be served, whose thread must get `SIGBUS` rather than spin.
+    pub(crate) fn refault(&self, ptid: u32, page: u64) -> bool {
+        let now = self.progress.load(std::sync::atomic::Ordering::Acquire);
+        let mut r = self.refaults.lock();
+        if r.len() >= MAX_TRACKED_REFAULTS && !r.contains_key(&(ptid, page)) {
+            r.clear();
+        }
+        let e = r.entry((ptid, page)).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > MAX_FAULTS_WITHOUT_PROGRESS {
+            r.remove(&(ptid, page));
+            return true;
+        }
+        false
+    }
+
+    /// A page changed (placed, or filled by a served copy): progress (see
+    /// [`MapInner::refault`]).
+    pub(crate) fn changed(&self) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The `MAP_DIRECT` lease was lost at lease-break-time: every page now
@@ -520,6 +578,24 @@ impl Mapping {
     #[doc(hidden)]
     pub fn inject_placement_failures_for_tests(&self, skip: u64, fail: u64) {
         self.inner.region.inject_placement_failures(skip, fail);
+    }
+
+    /// Test-only fault injection: the mapping's address range is poisoned,
+    /// as after a failed placement that may have left a gap someone else
+    /// mapped into: nothing is placed in it any more.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn poison_region_for_tests(&self) {
+        self.inner.region.poison();
+    }
+
+    /// Test-only fault injection: the next `n` placements of pages in this
+    /// mapping report success without doing anything, so the page tables
+    /// disagree with what the file system believes the pages show.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn inject_silent_placements_for_tests(&self, n: u64) {
+        self.inner.region.inject_silent_placements(n);
     }
 
     /// Whether some page of the mapping could not be re-placed (nor made to

@@ -9,6 +9,17 @@
 //! (every access raises a real kernel `SIGBUS`: nothing backs it), or nothing
 //! at all (inaccessible, once the mapping is torn down).
 //!
+//! A `MAP_FIXED` that fails may, on kernels that unmap the old pages before
+//! mapping the new ones, leave part of the range unmapped — a gap where
+//! another thread's `mmap` can land, and which a later `MAP_FIXED` here
+//! would then overwrite. So after a failed placement the range is reclaimed
+//! with `MAP_FIXED_NOREPLACE` (inaccessible anonymous memory), which only
+//! succeeds where nothing is mapped; if anything is (`EEXIST`: the old
+//! pages, or someone else's in a gap — the two cannot be told apart), the
+//! region is *poisoned*: no `MAP_FIXED` ever goes into it again, it is never
+//! unmapped (its pages may be someone else's), and its mapping breaks, so
+//! the blocks its pages may reach stay held (`Placed::broken`).
+//!
 //! Every range placed here is marked `MADV_DONTFORK`: the file system
 //! re-places mappings when layouts change, and it can only do that in its
 //! own address space. A child that inherited a mapping would keep pointers
@@ -21,8 +32,12 @@
 //! `Drop`: the range was created by an `mmap` the kernel placed where nothing
 //! was mapped, and this module never hands out Rust references into it, only
 //! its address. So replacing pieces of it with `MAP_FIXED` cannot unmap or
-//! alias any memory the rest of the program owns; all offsets are checked
-//! against the region's length before an address is formed.
+//! alias any memory the rest of the program owns — as long as no placement
+//! failed leaving a gap that someone else mapped into: a failed placement
+//! either reclaims its whole range (`MAP_FIXED_NOREPLACE`) or poisons the
+//! region, after which nothing here maps into, copies from or unmaps it. All
+//! offsets are checked against the region's length before an address is
+//! formed.
 //! [`Region::read`]/[`Region::write`] copy with `process_vm_readv`/`writev`:
 //! the kernel makes the copy, opaque to the compiler like a volatile access,
 //! so pool memory that others write concurrently is never copied by a plain
@@ -76,6 +91,13 @@ pub(crate) struct Region {
     /// placements to fail).
     #[cfg(feature = "negative-controls")]
     inject: parking_lot::Mutex<(u64, u64)>,
+    /// A failed placement may have left a gap someone else mapped into:
+    /// nothing is placed, copied or unmapped here any more (module doc).
+    poisoned: std::sync::atomic::AtomicBool,
+    /// Fault injection (tests): placements still to report as done without
+    /// doing them (the page tables then disagree with the placement).
+    #[cfg(feature = "negative-controls")]
+    silent: parking_lot::Mutex<u64>,
 }
 
 impl Region {
@@ -119,6 +141,9 @@ impl Region {
             len,
             #[cfg(feature = "negative-controls")]
             inject: parking_lot::Mutex::new((0, 0)),
+            #[cfg(feature = "negative-controls")]
+            silent: parking_lot::Mutex::new(0),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         };
         region.dont_fork(0, len);
         Ok(region)
@@ -132,6 +157,60 @@ impl Region {
     /// Length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether a failed placement poisoned the region (module doc).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        if self.is_poisoned() {
+            return Err(Error::media(
+                "the mapping's address range may hold someone else's memory after a failed placement",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a failed `MAP_FIXED` over `len` bytes at `offset`: take the
+    /// range back with `MAP_FIXED_NOREPLACE` (inaccessible), which only
+    /// works if the failure unmapped all of it; if anything is mapped there
+    /// — our old pages, or another thread's in a gap the failure left —
+    /// poison the region. Returns whether the range was reclaimed.
+    fn reclaim_after_failure(&self, offset: u64, len: u64) -> bool {
+        let addr = (self.base + offset as usize) as *mut c_void;
+        // SAFETY: `MAP_FIXED_NOREPLACE` never replaces an existing mapping:
+        // it maps only if nothing at all is mapped in the range, so it
+        // cannot touch memory anyone owns (an old kernel that ignores the
+        // flag places it elsewhere instead, unmapped again below).
+        let r = unsafe {
+            rustix::mm::mmap_anonymous(
+                addr,
+                len as usize,
+                ProtFlags::empty(),
+                MapFlags::FIXED_NOREPLACE | MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        };
+        match r {
+            Ok(p) if p == addr => {
+                tracing::warn!(target: "pinfs::map", offset, len, "a failed placement had unmapped its range: reclaimed");
+                true
+            }
+            other => {
+                if let Ok(p) = other {
+                    // SAFETY: `p` is the mapping just made, elsewhere, by a
+                    // kernel that ignored `MAP_FIXED_NOREPLACE`; nothing
+                    // else refers to it.
+                    let _ = unsafe { rustix::mm::munmap(p, len as usize) };
+                }
+                self.poisoned
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::error!(target: "pinfs::map", offset, len, "a failed placement may have left a gap in the mapping's range: region poisoned, never mapped into again");
+                false
+            }
+        }
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
@@ -225,6 +304,34 @@ impl Region {
         false
     }
 
+    /// Fault injection (tests): poison the region as a failed placement
+    /// that left a gap would.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn poison(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fault injection (tests): the next `n` placements report success
+    /// without changing anything.
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fn inject_silent_placements(&self, n: u64) {
+        *self.silent.lock() = n;
+    }
+
+    #[cfg(feature = "negative-controls")]
+    fn injected_silence(&self) -> bool {
+        let mut g = self.silent.lock();
+        let silent = *g > 0;
+        *g = g.saturating_sub(1);
+        silent
+    }
+
+    #[cfg(not(feature = "negative-controls"))]
+    fn injected_silence(&self) -> bool {
+        false
+    }
+
     /// Place `backing` over `len` bytes at `offset` (page-aligned, inside the
     /// region), readable, and writable when `writable`.
     pub(crate) fn place(
@@ -235,6 +342,7 @@ impl Region {
         writable: bool,
     ) -> Result<()> {
         self.check(offset, len)?;
+        self.refuse_if_poisoned()?;
         if self.injected_failure() {
             return Err(Error::media(
                 "place pages in a mapping (injected failure)",
@@ -244,7 +352,7 @@ impl Region {
         if !offset.is_multiple_of(PAGE_BYTES) || !len.is_multiple_of(PAGE_BYTES) {
             return Err(Errno::EINVAL.into());
         }
-        if len == 0 {
+        if len == 0 || self.injected_silence() {
             return Ok(());
         }
         let addr = (self.base + offset as usize) as *mut c_void;
@@ -307,8 +415,17 @@ impl Region {
                 }
                 Ok(())
             }
-            Ok(_) => Err(Errno::ENOMEM.into()),
-            Err(e) => Err(Error::media("place pages in a mapping", e.into())),
+            Ok(p) => {
+                // Not where MAP_FIXED puts it (no such kernel): give it back.
+                // SAFETY: `p` is the mapping just made; nothing refers to it.
+                let _ = unsafe { rustix::mm::munmap(p, size) };
+                self.reclaim_after_failure(offset, len);
+                Err(Errno::ENOMEM.into())
+            }
+            Err(e) => {
+                self.reclaim_after_failure(offset, len);
+                Err(Error::media("place pages in a mapping", e.into()))
+            }
         }
     }
 
@@ -316,6 +433,7 @@ impl Region {
     /// placed as [`Backing::Anon`]) with the fault service's userfaultfd.
     pub(crate) fn register(&self, uffd: &super::fault::Uffd, offset: u64, len: u64) -> Result<()> {
         self.check(offset, len)?;
+        self.refuse_if_poisoned()?;
         // SAFETY: the range lies inside this region (checked above), which
         // this value owns and never lends out as a Rust reference (module
         // doc), until its `Drop` unmaps it — which also unregisters it.
@@ -328,6 +446,9 @@ impl Region {
     /// any other access.
     pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
+        if self.is_poisoned() {
+            return Err(Errno::EFAULT.into());
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let local = libc::iovec {
@@ -358,6 +479,9 @@ impl Region {
     /// storing the bytes before the faulting page.
     pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64)?;
+        if self.is_poisoned() {
+            return Err(Errno::EFAULT.into());
+        }
         let mut done = 0usize;
         while done < data.len() {
             let local = libc::iovec {
@@ -383,6 +507,12 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if self.is_poisoned() {
+            // Part of the range may be someone else's now: leave it all (the
+            // pages still reaching pool blocks keep them held, as zombies).
+            tracing::error!(target: "pinfs::map", base = self.base, len = self.len, "a poisoned mapping range is left mapped");
+            return;
+        }
         // SAFETY: `base..base+len` is the reservation this value owns; after
         // this nothing refers to it.
         if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.len as usize) } {
@@ -442,5 +572,98 @@ mod tests {
         assert!(r
             .place(PAGE_BYTES, 4 * PAGE_BYTES, Backing::Anon, true)
             .is_err());
+    }
+
+    /// Unmap `len` bytes at `offset` of `r` behind its back, as a kernel
+    /// that unmaps before mapping leaves a failed `MAP_FIXED`.
+    fn unmap_behind(r: &Region, offset: u64, len: u64) {
+        // SAFETY: the range lies in `r`, which this test owns; no reference
+        // points into it.
+        unsafe {
+            rustix::mm::munmap((r.base() + offset as usize) as *mut c_void, len as usize).unwrap();
+        }
+    }
+
+    /// Another thread's anonymous page at `addr` (nothing mapped there),
+    /// holding `byte`.
+    fn foreign_page(addr: usize, byte: u8) -> *mut u8 {
+        // SAFETY: NOREPLACE maps only where nothing is mapped.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                addr as *mut c_void,
+                PAGE_BYTES as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::FIXED_NOREPLACE | MapFlags::PRIVATE,
+            )
+        }
+        .unwrap();
+        assert_eq!(p as usize, addr);
+        // SAFETY: the page was just mapped, readable and writable.
+        unsafe { std::ptr::write_volatile(p.cast::<u8>(), byte) };
+        p.cast()
+    }
+
+    #[test]
+    fn a_failed_placement_that_left_a_gap_poisons_the_region() {
+        let r = Region::reserve(4 * PAGE_BYTES, 0).unwrap();
+        r.place(0, 4 * PAGE_BYTES, Backing::Anon, true).unwrap();
+        // A MAP_FIXED over pages 1..3 failed after unmapping page 1, and
+        // another thread's mmap landed there.
+        unmap_behind(&r, PAGE_BYTES, PAGE_BYTES);
+        let foreign = foreign_page(r.base() + PAGE_BYTES as usize, 0x5A);
+        assert!(!r.reclaim_after_failure(PAGE_BYTES, 2 * PAGE_BYTES));
+        assert!(r.is_poisoned());
+        // No MAP_FIXED into it again: the foreign page survives every
+        // placement attempt, copies through the region, and its drop.
+        assert!(r.place(0, 4 * PAGE_BYTES, Backing::Nothing, false).is_err());
+        assert!(r
+            .place(PAGE_BYTES, PAGE_BYTES, Backing::Anon, true)
+            .is_err());
+        assert!(r.write(PAGE_BYTES, &[1]).is_err());
+        drop(r);
+        // SAFETY: the foreign page is still mapped (the point of the test).
+        assert_eq!(unsafe { std::ptr::read_volatile(foreign) }, 0x5A);
+    }
+
+    #[test]
+    fn a_failed_placement_that_unmapped_its_range_is_reclaimed() {
+        let r = Region::reserve(4 * PAGE_BYTES, 0).unwrap();
+        r.place(0, 4 * PAGE_BYTES, Backing::Anon, true).unwrap();
+        unmap_behind(&r, PAGE_BYTES, 2 * PAGE_BYTES);
+        assert!(r.reclaim_after_failure(PAGE_BYTES, 2 * PAGE_BYTES));
+        assert!(!r.is_poisoned());
+        // Ours again (inaccessible), and placeable.
+        let mut b = [0u8; 1];
+        assert!(r.read(PAGE_BYTES, &mut b).is_err());
+        r.place(PAGE_BYTES, 2 * PAGE_BYTES, Backing::Anon, true)
+            .unwrap();
+        r.write(PAGE_BYTES, &[7]).unwrap();
+        r.read(PAGE_BYTES, &mut b).unwrap();
+        assert_eq!(b, [7]);
+    }
+
+    #[test]
+    fn a_real_failed_placement_reclaims_or_poisons() {
+        // A real MAP_FIXED failure: a directory cannot be mapped.
+        let r = Region::reserve(2 * PAGE_BYTES, 0).unwrap();
+        r.place(0, 2 * PAGE_BYTES, Backing::Anon, true).unwrap();
+        let dir = std::fs::File::open("/").unwrap();
+        use std::os::fd::AsFd;
+        let err = r.place(
+            0,
+            PAGE_BYTES,
+            Backing::Pool {
+                fd: dir.as_fd(),
+                offset: 0,
+                shared: true,
+                huge: false,
+            },
+            true,
+        );
+        assert!(err.is_err());
+        // The kernel refused before unmapping anything: the old pages are
+        // still there, so the range could not be reclaimed, and the region
+        // is poisoned (a gap and our own pages cannot be told apart).
+        assert!(r.is_poisoned());
     }
 }

@@ -5,7 +5,7 @@
 //! such accesses). vm-memory's rule for guest memory applies: every access
 //! to it is volatile (or atomic).
 //!
-//! - On x86_64 each copy of [`SMALL_COPY_BYTES`] or more is one
+//! - On x86_64 each copy of `SMALL_COPY_BYTES` (32) or more is one
 //!   inline-assembly `rep movsb` (`rep stosb` for a fill). The assembly is
 //!   opaque to the compiler: it must assume the
 //!   block reads and writes exactly the memory its pointers name, once,

@@ -70,6 +70,47 @@ impl Fs {
         Ok(())
     }
 
+    /// Test switch: at most `cap` fault workers (`None`: one per mapping
+    /// with a fault in progress, the design). A negative control: with the
+    /// old fixed pool of eight, eight mappings blocked in lease breaks stall
+    /// every other mapping's write faults.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn cap_fault_workers_for_tests(self: &Arc<Self>, cap: Option<usize>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.set_worker_cap(cap);
+        }
+        Ok(())
+    }
+
+    /// Test switch: the fault service dispatches write faults by the old
+    /// rule, counting on an idle worker even when it was already woken for
+    /// an earlier fault (a negative control: of two faults dispatched back
+    /// to back, the second waits behind the first).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn uncounted_fault_wakeups_for_tests(self: &Arc<Self>) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.set_uncounted_wakeups(true);
+        }
+        Ok(())
+    }
+
+    /// Test switch: the fault service stops reading faults while `paused`
+    /// (they queue in the kernel), so that a test can have several faults
+    /// dispatched back to back.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn pause_fault_service_for_tests(self: &Arc<Self>, paused: bool) -> Result<()> {
+        self.fault_service()?;
+        if let Some(s) = &*self.faults.lock() {
+            s.pause(paused);
+        }
+        Ok(())
+    }
+
     /// Test fault injection: the fault service fails as on a read error of
     /// its userfaultfd.
     #[cfg(feature = "negative-controls")]
@@ -110,9 +151,18 @@ impl Fs {
             return;
         };
         let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
+        if m.refault(fault.ptid, page) {
+            // The page keeps faulting while nothing changes: what the kernel
+            // sees and what the placement says disagree, and no answer here
+            // would end it. The kernel's own answer to such a fault.
+            tracing::error!(target: "pinfs::map", map = m.id, page, ptid = fault.ptid, "a fault made no progress {MAX_FAULTS_WITHOUT_PROGRESS} times: SIGBUS to its thread");
+            sigbus_thread(&fault);
+            uffd.wake(addr, PAGE_BYTES);
+            return;
+        }
         if m.placed.lock().broken {
             // Its placements cannot be trusted any more (SPEC §4.4).
-            self.sigbus_page(&m, page);
+            self.sigbus_page_or_thread(&m, page, &fault);
             uffd.wake(addr, PAGE_BYTES);
             return;
         }
@@ -128,12 +178,15 @@ impl Fs {
                         Some(b) => self.media.read(block_offset(b), &mut buf),
                         None => Ok(()),
                     };
-                    if let Err(e) = read.and_then(|()| uffd.copy_wp(addr, &buf)) {
-                        tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
-                        drop(placed);
-                        drop(st);
-                        self.sigbus_page(&m, page);
-                        uffd.wake(addr, PAGE_BYTES);
+                    match read.and_then(|()| uffd.copy_wp(addr, &buf)) {
+                        Ok(()) => m.changed(),
+                        Err(e) => {
+                            tracing::error!(target: "pinfs::map", map = m.id, page, error = %e, "serving a read fault failed");
+                            drop(placed);
+                            drop(st);
+                            self.sigbus_page_or_thread(&m, page, &fault);
+                            uffd.wake(addr, PAGE_BYTES);
+                        }
                     }
                 }
                 _ => uffd.wake(addr, PAGE_BYTES),
@@ -148,7 +201,7 @@ impl Fs {
             } else {
                 tracing::warn!(target: "pinfs::map", map = m.id, ino = m.ino, page, error = %e, "write fault failed: SIGBUS");
             }
-            self.sigbus_page(&m, page);
+            self.sigbus_page_or_thread(&m, page, &fault);
         }
         uffd.wake(addr, PAGE_BYTES);
     }
@@ -210,6 +263,20 @@ impl Fs {
             return Ok(());
         }
         Err(Errno::EAGAIN.into())
+    }
+
+    /// Make page `page` of `m` raise `SIGBUS` for the thread of `fault`: by
+    /// placing the `SIGBUS` mapping there, or — when even that fails and
+    /// the page still shows what it faulted on, so that waking the thread
+    /// would only make it fault again, for ever — by sending the thread
+    /// `SIGBUS` itself.
+    fn sigbus_page_or_thread(&self, m: &MapInner, page: u64, fault: &Fault) {
+        self.sigbus_page(m, page);
+        let shown = m.placed.lock().runs.kind_at(page);
+        if !matches!(shown, Some(Kind::Sigbus | Kind::Nothing)) {
+            tracing::error!(target: "pinfs::map", map = m.id, page, ptid = fault.ptid, "a page that cannot be served cannot be made SIGBUS either: SIGBUS to the faulting thread");
+            sigbus_thread(fault);
+        }
     }
 
     /// Make one page of `m` raise `SIGBUS` (a fault that could not be

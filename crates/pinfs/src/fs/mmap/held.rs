@@ -69,6 +69,28 @@ pub(crate) fn release_blocks(st: &mut FsState, held: &Held, run: Run) {
     }
 }
 
+/// `run` split into the blocks a broken mapping may still reach (or a
+/// mapping whose tear-down failed) and the others: reflink copies the
+/// first, as it copies pinned blocks, and shares only the others — a stuck
+/// page storing into a shared block would change the other file.
+pub(crate) fn split_held(st: &FsState, run: Run) -> (Vec<Run>, Vec<Run>) {
+    if st.maps.hold_disabled
+        || (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
+    {
+        return (Vec::new(), vec![run]);
+    }
+    let held = st.maps.held_blocks();
+    let (mut yes, mut no) = (Vec::new(), Vec::new());
+    for (part, is_held) in split_by(run, &held) {
+        if is_held {
+            yes.push(part);
+        } else {
+            no.push(part);
+        }
+    }
+    (yes, no)
+}
+
 /// A broken mapping was torn down: the diverted blocks no remaining broken
 /// mapping holds leave the busy list (unless a pin reaches them: unpinning
 /// releases those).
