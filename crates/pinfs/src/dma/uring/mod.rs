@@ -553,7 +553,15 @@ impl Device for UringDevice {
         let inner = &*self.inner;
         let mut st = inner.state.lock();
         let state = &mut *st;
-        let region = state.regions.get_mut(&mr.0).ok_or(Errno::EINVAL)?;
+        let issued = (1..state.next_mr).contains(&mr.0);
+        let Some(region) = state.regions.get_mut(&mr.0) else {
+            // Deregistered: nothing of it is reachable any more.
+            return if issued {
+                Ok(())
+            } else {
+                Err(Errno::EINVAL.into())
+            };
+        };
         if region.state == RegionState::Live {
             let mut to = RegionState::Invalidated;
             if region.scratch.is_some() {

@@ -149,6 +149,8 @@ fn invalidate_makes_later_writes_fail_and_leaves_the_pool_unchanged() {
 
     dev.deregister(keys.mr).unwrap();
     dev.deregister(keys.mr).unwrap(); // idempotent
+    dev.revoke(keys.mr).unwrap(); // a deregistered region is revoked already
+    assert_eq!(dev.revoke(MrId(999)).unwrap_err().errno(), Errno::EINVAL);
     assert_eq!(
         dev.write(keys.mr, 0, &[1]).unwrap(),
         Completion::InvalidRegion
