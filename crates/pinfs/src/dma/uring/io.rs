@@ -180,7 +180,8 @@ impl Inner {
 
     /// Submit one access of `len` bytes at `offset` of region `mr`: one
     /// kernel request per run it crosses, counted against the region's
-    /// current generation, all under the state lock.
+    /// current generation and queued under the state lock, then handed to
+    /// the kernel outside it (see the module doc of `uring`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn submit(
         self: &Arc<Self>,

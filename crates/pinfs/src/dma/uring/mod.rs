@@ -120,11 +120,11 @@ pub struct UringDevice {
 }
 
 struct Inner {
-    /// Kept so that pool memory stays mapped while any entry points at it.
-    pool: Arc<dyn Media>,
     /// Address of pool byte 0 in this process.
     pool_base: u64,
     pool_len: u64,
+    /// Dropped (closing the ring, so the kernel drops its pins) before the
+    /// pool and the scratch it may still name: fields drop in order.
     ring: Ring,
     /// The right to read completions: held by the leader (module doc).
     cq: Mutex<CqToken>,
@@ -135,6 +135,8 @@ struct Inner {
     files: Files,
     /// The memfd behind every redirected region's scratch ([`Scratch`]).
     scratch_file: OwnedFd,
+    /// Kept so that pool memory stays mapped while any entry points at it.
+    pool: Arc<dyn Media>,
 }
 
 struct State {
@@ -551,7 +553,15 @@ impl Device for UringDevice {
         let inner = &*self.inner;
         let mut st = inner.state.lock();
         let state = &mut *st;
-        let region = state.regions.get_mut(&mr.0).ok_or(Errno::EINVAL)?;
+        let issued = (1..state.next_mr).contains(&mr.0);
+        let Some(region) = state.regions.get_mut(&mr.0) else {
+            // Deregistered: nothing of it is reachable any more.
+            return if issued {
+                Ok(())
+            } else {
+                Err(Errno::EINVAL.into())
+            };
+        };
         if region.state == RegionState::Live {
             let mut to = RegionState::Invalidated;
             if region.scratch.is_some() {
