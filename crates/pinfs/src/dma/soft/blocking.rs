@@ -6,7 +6,7 @@
 //! # Safety
 //!
 //! The lent buffer is a raw pointer to the caller's slice (see `mem`). It
-//! is sound because [`transfer`] keeps the slice borrowed and does not
+//! is sound because `transfer` keeps the slice borrowed and does not
 //! return (nor touch the slice) before the completion of the request that
 //! carries it has been delivered: it waits for it unconditionally, and the
 //! device delivers a completion for every request it accepts — workers
