@@ -75,7 +75,10 @@ pub enum PinVia {
 
 /// Stops a device from reaching pinned memory. Called at revocation; when it
 /// returns, the device can no longer reach the blocks (SPEC §6.3).
-pub type RevokeFn = Arc<dyn Fn() + Send + Sync>;
+/// `Err` when the device could not confirm: the pin then stays (its blocks
+/// stay busy), since a device that may still reach them must not see them
+/// reused.
+pub type RevokeFn = Arc<dyn Fn() -> crate::Result<()> + Send + Sync>;
 
 /// A pin as listed (SPEC §9, `/proc/<pid>/file_pins`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -229,9 +229,39 @@ fn a_broken_map_direct_lease_is_enxio() {
     other.truncate(FILE / 2).unwrap();
     assert!(m.is_invalidated());
     assert_eq!(
-        errno(m.register(dev, 0, PAGE_BYTES, RevokeMode::Invalidate)),
+        errno(m.register(dev.clone(), 0, PAGE_BYTES, RevokeMode::Invalidate)),
         Errno::ENXIO
     );
+    // An on-demand device too: the mapping itself is invalidated.
+    assert_eq!(
+        errno(m.register(dev, 0, PAGE_BYTES, RevokeMode::Odp)),
+        Errno::ENXIO
+    );
+}
+
+/// A mapping that cannot write the file (read-only, private) entitles no
+/// registration: `EOPNOTSUPP`, whatever the device and mode.
+#[test]
+fn a_mapping_that_cannot_write_the_file_is_eopnotsupp() {
+    let (fs, pool) = mount(TruncatePolicy::Defer, SHORT);
+    let h = file(&fs, OWNER, "/f", FILE, 1);
+    let dev = device(&pool);
+    for flags in [
+        pinfs::map::MapFlags::PRIVATE,
+        pinfs::map::MapFlags::SHARED.read_only(),
+    ] {
+        let m = h.mmap(0, FILE, flags).unwrap();
+        for mode in [RevokeMode::Invalidate, RevokeMode::Odp] {
+            assert_eq!(
+                errno(m.register(dev.clone(), 0, PAGE_BYTES, mode)),
+                Errno::EOPNOTSUPP,
+                "{flags:?} {mode:?}"
+            );
+        }
+    }
+    // The control: a shared writable mapping registers on demand.
+    let m = h.mmap(0, FILE, pinfs::map::MapFlags::SHARED).unwrap();
+    drop(m.register(dev, 0, PAGE_BYTES, RevokeMode::Odp).unwrap());
 }
 
 /// Another actor truncates; the owner is told, deregisters and unmaps; the

@@ -86,6 +86,7 @@ fn run(policy: TruncatePolicy, protected: bool, rounds: usize) -> Outcome {
                 while !acked.load(Ordering::SeqCst) {
                     thread::yield_now();
                 }
+                Ok(())
             })
         };
         let pin = h.pin_long_term(0, PINNED, Some(revoke)).unwrap();

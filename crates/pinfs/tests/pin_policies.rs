@@ -261,7 +261,10 @@ fn unanswered_truncate(policy: TruncatePolicy) -> (pinfs::Result<()>, Duration, 
     let direct = h.mmap(0, FILE_BYTES, MapFlags::DIRECT).unwrap();
     let revoked = Arc::new(AtomicBool::new(false));
     let flag = revoked.clone();
-    let revoke: RevokeFn = Arc::new(move || flag.store(true, Ordering::SeqCst));
+    let revoke: RevokeFn = Arc::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        Ok(())
+    });
     let _pin = direct.pin_long_term(0, PINNED, Some(revoke)).unwrap();
     let other = fs.open(OTHER, "/f", OpenFlags::RDWR, 0).unwrap();
     let start = Instant::now();
@@ -311,6 +314,7 @@ fn revoke_frees_blocks_only_after_the_device_confirms() {
         if let Some(fs) = fs2.upgrade() {
             seen.store(fs.statfs().free, Ordering::SeqCst);
         }
+        Ok(())
     });
     let pin = h.pin_long_term(0, PINNED, Some(revoke)).unwrap();
     release(&fs, lease);
@@ -498,4 +502,27 @@ fn truncate_by_path_under_fail_refuses_before_breaking_open_leases() {
     assert_eq!(info.state, pinfs::lease::LeaseState::Active, "not broken");
     assert_eq!(h.stat().unwrap().size, FILE_BYTES);
     release(&fs, open_lease);
+}
+
+/// A revocation the device cannot confirm keeps its pin: under `revoke`
+/// the layout change still goes ahead (at lease-break-time), but the pinned
+/// blocks it removed stay busy — never free — until the pin drops.
+#[test]
+fn an_unconfirmed_revocation_keeps_the_blocks_busy() {
+    let fs = mount(TruncatePolicy::Revoke, Duration::from_millis(50));
+    let h = file(&fs);
+    let lease = unbreakable(&fs, &h, ByteRange::WHOLE);
+    let failing: RevokeFn = Arc::new(|| Err(Errno::EIO.into()));
+    let pin = h.pin_long_term(0, PINNED, Some(failing)).unwrap();
+    release(&fs, lease);
+    let other = fs.open(OTHER, "/f", OpenFlags::RDWR, 0).unwrap();
+    other.truncate(0).unwrap();
+    assert_eq!(
+        fs.statfs().busy,
+        PINNED / BLOCK,
+        "not confirmed: still busy"
+    );
+    assert_eq!(fs.pins().len(), 1, "the pin stays");
+    drop(pin);
+    assert_eq!(fs.statfs().busy, 0);
 }

@@ -43,7 +43,7 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let file = ctx.actor.file()?;
     // A pin taken here has no device behind it: revoking it (the `revoke`
     // policy) has nothing to stop, so the revocation completes at once.
-    let revoke: pinfs::pin::RevokeFn = std::sync::Arc::new(|| {});
+    let revoke: pinfs::pin::RevokeFn = std::sync::Arc::new(|| Ok(()));
     // Through the current mapping (MAP_DIRECT, or shared under the actor's
     // unbreakable lease; offsets relative to it) when there is one; else the current file's range (exclusive layout lease).
     let pin = match &ctx.actor.mapping {

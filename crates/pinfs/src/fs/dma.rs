@@ -161,24 +161,26 @@ struct RegInner {
 impl RegInner {
     /// Withdraw the device's access and wait for the confirmation (the
     /// revoke function of its pins, and the first half of its lease's
-    /// `Lost` callback). Idempotent.
-    fn revoke(&self) {
+    /// `Lost` callback). Idempotent. `Err`: not confirmed (the device may
+    /// still reach the blocks; the caller keeps them pinned).
+    fn revoke(&self) -> Result<()> {
         let mut stage = self.stage.lock();
         if stage.revoked {
-            return;
+            return Ok(());
         }
         let pretend = self.fs.state.read().dma.unprotected;
         if let Some(k) = stage.keys.filter(|_| !pretend) {
             tracing::warn!(target: "pinfs::dma", reg = self.id.0, mr = k.mr.0, device = self.device.name(), mode = %self.mode, "revoking a device registration");
             if let Err(e) = self.device.revoke(k.mr) {
-                // Not confirmed: the pins stay (the caller of a lease's
-                // callback drops them; see `lost`), so say so loudly.
+                // Not confirmed: the pins stay (see `lost` and
+                // `Fs::revoke_pins`), so say so loudly.
                 tracing::error!(target: "pinfs::dma", reg = self.id.0, error = %e, "device revocation failed");
-                return;
+                return Err(e);
             }
         }
         stage.revoked = true;
         self.revoked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The registration's lease was forcibly removed: revoke, then drop the
@@ -186,8 +188,7 @@ impl RegInner {
     /// revocation that failed keeps the pins (the blocks stay busy).
     fn lost(&self) {
         *self.lease.lock() = None;
-        self.revoke();
-        if self.revoked.load(Ordering::Acquire) {
+        if self.revoke().is_ok() {
             let pin = self.pin.lock().take();
             drop(pin);
         }
@@ -206,7 +207,14 @@ impl RegInner {
                 if !stage.revoked {
                     // Before the pins go, no access may still be in flight.
                     if let Err(e) = self.device.revoke(k.mr) {
-                        tracing::error!(target: "pinfs::dma", reg = self.id.0, error = %e, "revocation at deregistration failed; the blocks stay pinned");
+                        // The device may still reach the blocks: they stay
+                        // pinned — for good, since the guard that owns the
+                        // pin is going away (STYLE 8: a release that fails
+                        // must not leave memory reachable).
+                        tracing::error!(target: "pinfs::dma", reg = self.id.0, error = %e, "revocation at deregistration failed; the blocks stay pinned (busy) for the life of the file system");
+                        if let Some(pin) = self.pin.lock().take() {
+                            std::mem::forget(pin);
+                        }
                         return Err(e);
                     }
                     stage.revoked = true;
@@ -364,9 +372,9 @@ impl Mapping {
     /// relative to the mapping) with `device`, to be revoked in `mode`
     /// (SPEC §6.1; see the module doc for the entitlement rules and what the
     /// registration holds). Errors: `EINVAL` (range not page-aligned, empty,
-    /// past the mapping, longer than [`MAX_REGISTRATION_PAGES`]), `EACCES`
-    /// (not a shared writable mapping: the device stores into the file),
-    /// `EOPNOTSUPP` (not entitled, or the device cannot do `mode`), `ENXIO`
+    /// past the mapping, longer than [`MAX_REGISTRATION_PAGES`]),
+    /// `EOPNOTSUPP` (not entitled — a mapping that cannot write the file
+    /// entitles nothing — or the device cannot do `mode`), `ENXIO`
     /// (the `MAP_DIRECT` mapping's lease is broken, breaking, or broke while
     /// registering; the mapping is invalidated), `ENOSPC` (more than
     /// [`MAX_REGISTRATIONS`]), and the device's own errors.
@@ -388,22 +396,27 @@ impl Mapping {
         {
             return Err(Errno::EINVAL.into());
         }
+        // A device writes the file: a mapping that cannot (read-only,
+        // private) entitles nothing (SPEC §6.1: otherwise EOPNOTSUPP).
         if !m.flags.writes_file() {
-            return Err(Errno::EACCES.into());
+            return Err(Errno::EOPNOTSUPP.into());
         }
         let (start, end) = (m.file_offset + offset, m.file_offset + end);
         let caps = device.caps();
         let odp = mode == RevokeMode::Odp;
+        // A MAP_DIRECT mapping whose lease is broken or breaking is ENXIO
+        // whatever the device (an on-demand one too: the mapping itself is
+        // invalidated or about to be).
+        let direct_ok = m.flags.direct && !self.is_invalidated() && self.direct_lease_active();
+        if m.flags.direct && !direct_ok {
+            return Err(Errno::ENXIO.into());
+        }
         let via_direct = if odp {
             if !caps.odp {
                 return Err(Errno::EOPNOTSUPP.into());
             }
             false
         } else {
-            let direct_ok = m.flags.direct && !self.is_invalidated() && self.direct_lease_active();
-            if m.flags.direct && !direct_ok {
-                return Err(Errno::ENXIO.into());
-            }
             if m.flags.direct && caps.supports(mode) {
                 true
             } else if fs.holds_unbreakable_lease(m.ino, m.owner, start, end)? {
@@ -529,10 +542,9 @@ impl Mapping {
         *inner.lease.lock() = Some(lease);
         let revoke: Option<RevokeFn> = inner.device.caps().revocable().then(|| {
             let weak = Arc::downgrade(inner);
-            Arc::new(move || {
-                if let Some(r) = weak.upgrade() {
-                    r.revoke();
-                }
+            Arc::new(move || match weak.upgrade() {
+                Some(r) => r.revoke(),
+                None => Ok(()),
             }) as RevokeFn
         });
         let pin = fs.pin_range(

@@ -429,9 +429,10 @@ impl Fs {
     }
 
     /// Revoke the pins over a range: each device is told to stop and, once
-    /// its revoke function returns, can no longer reach the blocks, so the
+    /// its revoke function confirms, can no longer reach the blocks, so the
     /// pin is dropped (SPEC §6.3). Pins without a revoke function cannot be
-    /// revoked; their blocks go to the busy list when the change frees them.
+    /// revoked, and a revocation that was not confirmed keeps its pin: their
+    /// blocks go to the busy list when the change frees them.
     fn revoke_pins(&self, ino: u64, start: u64, end: u64) {
         let ids = self.pinned_in(ino, start, end);
         let revocable: Vec<(PinId, RevokeFn)> = {
@@ -446,7 +447,10 @@ impl Fs {
         };
         for (id, revoke) in revocable {
             tracing::warn!(target: "pinfs::pin", pin = id.0, ino, "revoking a long-term pin at lease-break-time");
-            revoke();
+            if let Err(e) = revoke() {
+                tracing::error!(target: "pinfs::pin", pin = id.0, ino, error = %e, "revocation not confirmed: the pin stays and its blocks stay busy");
+                continue;
+            }
             if let Some(e) = self.state.write().pins.get_mut(id) {
                 e.info.revoked = true;
             }

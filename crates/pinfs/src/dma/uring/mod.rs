@@ -646,6 +646,20 @@ impl Device for UringDevice {
         if let Some(early) = inner.early_outcome(mr, offset, len) {
             return Ok(early);
         }
+        // A redirected region's entries point at scratch memory the
+        // device's redirected regions share (one bounded window): a read of
+        // it must not show what another registration's device wrote there.
+        // It completes, as redirect promises, and reads zeros.
+        let redirected = inner
+            .state
+            .lock()
+            .regions
+            .get(&mr.0)
+            .is_some_and(|r| r.state == RegionState::Redirected);
+        if redirected {
+            buf.fill(0);
+            return Ok(Completion::Ok);
+        }
         let sink = inner.files.take()?;
         let mut ticket = inner.submit(mr, offset, len, false, sink, true, 0, false)?;
         let (outcome, _, file) = ticket.wait_keep_file();

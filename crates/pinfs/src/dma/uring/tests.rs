@@ -183,9 +183,17 @@ fn redirect_sends_later_writes_to_scratch() {
     let mut scratch = vec![0; 8000];
     dev.read_scratch(keys.mr, 100, &mut scratch).unwrap();
     assert_eq!(scratch, data, "the write went to scratch");
-    let mut back = vec![0; 8000];
-    assert_eq!(dev.read(keys.mr, 100, &mut back).unwrap(), Completion::Ok);
-    assert_eq!(back, data);
+    // A read of a redirected region completes and reads zeros: the scratch
+    // window is shared by the device's redirected regions, so it must not
+    // show what this (or another registration's) device wrote there.
+    let other = dev.register(pages(&[70]), RevokeMode::Redirect).unwrap();
+    dev.revoke(other.mr).unwrap();
+    for mr in [keys.mr, other.mr] {
+        let mut back = vec![0xffu8; 3000];
+        assert_eq!(dev.read(mr, 100, &mut back).unwrap(), Completion::Ok);
+        assert_eq!(back, vec![0; 3000], "{mr:?} reads zeros, not scratch");
+    }
+    dev.deregister(other.mr).unwrap();
     dev.deregister(keys.mr).unwrap();
 }
 
