@@ -208,10 +208,13 @@ fn truncate_during_a_stream_an_unresponsive_owner_is_revoked() {
                 "sleep 100",
                 "dma-stop 1",
                 "@dev wait",
+                "pins",
             ],
         ),
     );
     assert!(!ok, "the write after revocation fails");
+    // Still listed (its device addresses stay reserved) until dma-dereg.
+    assert!(out.contains("\t/f 0 65535 soft mr 1 revoked"), "{out}");
     assert!(err.contains("dma-write: protection-error"), "{err}");
     assert!(out.contains("\nprotection-error\n"), "{out}");
     assert!(out.contains("busy 0"), "{out}");

@@ -97,12 +97,16 @@ fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         );
         lines.push((p.owner, 0, p.id.0, text));
     }
+    // Registrations that hold no pin are listed too: on-demand ones, and
+    // revoked ones (their device addresses stay reserved until `dma-dereg`).
     for r in ctx.shared.fs.registrations() {
-        if r.mode != pinfs::dma::RevokeMode::Odp {
-            continue;
-        }
+        let what = match (r.mode, r.revoked) {
+            (pinfs::dma::RevokeMode::Odp, _) => "odp",
+            (_, true) => "revoked",
+            _ => continue,
+        };
         let text = format!(
-            "\t{} {} {} {} mr {} odp",
+            "\t{} {} {} {} mr {} {what}",
             ctx.shared.path_of_ino(r.ino),
             r.offset,
             r.offset + r.len - 1,
