@@ -422,21 +422,10 @@ fn mkfs(path: &Path, size: Option<u64>, force: bool) -> Result<(), CliError> {
     }
 }
 
-/// `EINVAL` for a pool size below the file system's minimum.
+/// `EINVAL` for a pool size below the file system's minimum (the library's
+/// own check, made before anything is created).
 fn check_fs_size(path: &Path, size: u64) -> Result<(), CliError> {
-    if size < pinfs::format::MIN_POOL_BYTES {
-        return Err(CliError::pool(
-            path,
-            pinfs::Error::media(
-                format!(
-                    "--size {size} is too small for a file system (at least {} MiB)",
-                    pinfs::format::MIN_POOL_BYTES >> 20
-                ),
-                std::io::Error::from_raw_os_error(libc::EINVAL),
-            ),
-        ));
-    }
-    Ok(())
+    Fs::check_pool_size(size).map_err(|e| CliError::pool(path, e))
 }
 
 /// What an existing pool holds in its first block, when it holds anything

@@ -661,6 +661,12 @@ pub(crate) fn odp_affected(
             continue;
         };
         let new = inodes.get(&e.ino);
+        // A file the commit does not touch and no block whose sharing or
+        // freeing changes: nothing of this registration goes stale (the
+        // common case: a commit on another file), so no page walk.
+        if new.is_none() && changed.is_empty() {
+            continue;
+        }
         let (b0, b1) = (e.offset / BLOCK_SIZE, (e.offset + e.len) / BLOCK_SIZE);
         let mut pages: Vec<(u64, u64)> = Vec::new();
         for seg in old.extents.segments(b0, b1) {

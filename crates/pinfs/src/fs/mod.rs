@@ -439,19 +439,26 @@ impl FsState {
 }
 
 impl Fs {
-    /// Create an empty file system on `media` (mkfs). A pool smaller than
-    /// [`format::MIN_POOL_BYTES`] is `EINVAL`, with a message saying so.
-    pub fn mkfs(media: &dyn Media) -> Result<()> {
-        if media.len_bytes() < format::MIN_POOL_BYTES {
+    /// `EINVAL` with a message saying so for a pool of `len_bytes` too small
+    /// for a file system (below [`format::MIN_POOL_BYTES`]): what `mkfs`
+    /// checks, for callers that want to refuse before creating a pool.
+    pub fn check_pool_size(len_bytes: u64) -> Result<()> {
+        if len_bytes < format::MIN_POOL_BYTES {
             return Err(Error::media(
                 format!(
-                    "a pool of {} bytes is too small for a file system (at least {} MiB)",
-                    media.len_bytes(),
+                    "a pool of {len_bytes} bytes is too small for a file system (at least {} MiB)",
                     format::MIN_POOL_BYTES >> 20
                 ),
                 std::io::Error::from_raw_os_error(libc::EINVAL),
             ));
         }
+        Ok(())
+    }
+
+    /// Create an empty file system on `media` (mkfs). A pool smaller than
+    /// [`format::MIN_POOL_BYTES`] is `EINVAL`, with a message saying so.
+    pub fn mkfs(media: &dyn Media) -> Result<()> {
+        Self::check_pool_size(media.len_bytes())?;
         let mut sb = format::plan_layout(media.len_bytes())?;
         let now = now_ns();
         sb.created_ns = now.into();
@@ -625,6 +632,19 @@ impl Fs {
         owner: u64,
         nonblocking: bool,
     ) -> Result<LayoutChangeGuard> {
+        self.layout_change_bounded(ino, range, owner, nonblocking, None)
+    }
+
+    /// [`Fs::layout_change`], its lease breaks forced by `deadline` at the
+    /// latest when the operation fixed one (SPEC §3.3.5).
+    pub(crate) fn layout_change_bounded(
+        &self,
+        ino: u64,
+        range: ByteRange,
+        owner: u64,
+        nonblocking: bool,
+        deadline: Option<crate::lease::BreakDeadline>,
+    ) -> Result<LayoutChangeGuard> {
         // A shut-down file system changes nothing, so it breaks no lease
         // either: every layout change is refused here, before any break.
         self.writable()?;
@@ -632,12 +652,14 @@ impl Fs {
             let st = self.state.read();
             file_key(ino, st.inode(ino)?.generation)
         };
-        Ok(self.leases.begin_layout_change(
-            key,
-            range,
-            OwnerId(owner),
-            &break_options(nonblocking),
-        )?)
+        let opts = break_options(nonblocking);
+        let opts = match deadline {
+            Some(d) => opts.until(d),
+            None => opts,
+        };
+        Ok(self
+            .leases
+            .begin_layout_change(key, range, OwnerId(owner), &opts)?)
     }
 
     /// Before removing a name: if that drops the last link of a file nobody
@@ -1007,6 +1029,7 @@ impl Fs {
     /// Test-only negative control: operations commit inodes without the
     /// validation mount runs, so a test can show that what it guards
     /// against (a pool mount refuses) really happens without it.
+    #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_commit_validation_for_tests(&self) {
         self.state.write().validate_commits = false;
@@ -1015,6 +1038,7 @@ impl Fs {
     /// Test-only negative control: a commit that fails after its commit
     /// point no longer shuts the file system down, so a test can show the
     /// damage the shutdown prevents.
+    #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_shutdown_for_tests(&self) {
         self.state.write().shut_down_on_journal_error = false;

@@ -373,17 +373,7 @@ impl Fs {
         nonblocking: bool,
         deadline: BreakDeadline,
     ) -> Result<LayoutChangeGuard> {
-        self.writable()?;
-        let key = {
-            let st = self.state.read();
-            super::file_key(ino, st.inode(ino)?.generation)
-        };
-        Ok(self.leases.begin_layout_change(
-            key,
-            range,
-            OwnerId(owner),
-            &super::break_options(nonblocking).until(deadline),
-        )?)
+        self.layout_change_bounded(ino, range, owner, nonblocking, Some(deadline))
     }
 
     /// The `wait` and `revoke` policies, after the lease break: wait for the

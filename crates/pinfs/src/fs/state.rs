@@ -93,6 +93,25 @@ impl Inode {
     /// region, inside the largest file, sorted and disjoint), that no
     /// written block lies past the block holding end of file, and that a
     /// directory is whole written blocks within its entry limit.
+    /// The limits of SPEC §7 alone (size, extent count, last extent's end):
+    /// constant time, for the checks an operation makes before writing data
+    /// in place; [`Inode::validate`] runs them first.
+    pub fn check_limits(&self) -> std::result::Result<(), Violation> {
+        if self.size > MAX_FILE_BYTES {
+            return Err(Violation::Limit("size too large"));
+        }
+        if self.extents.len() > MAX_EXTENTS_PER_FILE {
+            return Err(Violation::Limit("too many extents"));
+        }
+        // Extents are disjoint and sorted (`validate` checks it; mount checks
+        // that their ends do not overflow before building the map): the
+        // last one ends last.
+        if self.extents.end() > MAX_FILE_BLOCKS {
+            return Err(Violation::Limit("extent beyond the largest file"));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self, sb: &Superblock) -> std::result::Result<(), Violation> {
         if self.mode & S_IFMT != S_IFREG && self.mode & S_IFMT != S_IFDIR {
             return Err(Violation::Broken(format!(
@@ -100,19 +119,8 @@ impl Inode {
                 self.mode & S_IFMT
             )));
         }
-        if self.size > MAX_FILE_BYTES {
-            return Err(Violation::Limit("size too large"));
-        }
-        if self.extents.len() > MAX_EXTENTS_PER_FILE {
-            return Err(Violation::Limit("too many extents"));
-        }
-        // Extents are disjoint and sorted (checked below; mount checks that
-        // their ends do not overflow before building the map): the last
-        // one ends last.
-        if self.extents.end() > MAX_FILE_BLOCKS {
-            return Err(Violation::Limit("extent beyond the largest file"));
-        }
-        // Every limit is checked above, before any structural rule, so that
+        self.check_limits()?;
+        // Every limit is checked first, before any structural rule, so that
         // an operation half-way through (`Op::validate_limits`) sees them.
         let eof_block = self.size.div_ceil(BLOCK_SIZE);
         let mut next_logical = 0u64;
@@ -697,7 +705,7 @@ impl<'a> Op<'a> {
             return Ok(());
         }
         for inode in self.inodes.values() {
-            if let Err(v @ Violation::Limit(_)) = inode.validate(&self.st.sb) {
+            if let Err(v) = inode.check_limits() {
                 return Err(v.into_error(inode.ino));
             }
         }
