@@ -115,12 +115,152 @@ struct FilePins {
     longest: u64,
 }
 
+/// How many pins reach each pool block, as disjoint runs of blocks that
+/// share one (non-zero) count: run start → (length, count). Blocks no pin
+/// reaches are absent. Two adjacent runs never have the same count (they
+/// are merged), so the map has at most about two entries per live pin run
+/// whatever the lengths — registration costs per run, not per block.
+#[derive(Default)]
+struct BlockCounts {
+    runs: BTreeMap<u64, (u64, u32)>,
+}
+
+impl BlockCounts {
+    /// Make `b` a run boundary: no run starts before `b` and ends after it.
+    fn cut(&mut self, b: u64) {
+        if let Some((&s, &(len, c))) = self.runs.range(..b).next_back() {
+            if s + len > b {
+                self.runs.insert(s, (b - s, c));
+                self.runs.insert(b, (s + len - b, c));
+            }
+        }
+    }
+
+    /// Merge the run ending at `b` with the one starting there when their
+    /// counts agree (keeps the no-equal-neighbours invariant after a change
+    /// that ends at `b`; inside the changed range all counts moved together,
+    /// so neighbours there stay distinct).
+    fn merge(&mut self, b: u64) {
+        let Some(&(len, c)) = self.runs.get(&b) else {
+            return;
+        };
+        if let Some((&s, prev)) = self.runs.range_mut(..b).next_back() {
+            if s + prev.0 == b && prev.1 == c {
+                prev.0 += len;
+                self.runs.remove(&b);
+            }
+        }
+    }
+
+    /// One more pin reaches `r`.
+    fn add(&mut self, r: Run) {
+        if r.len == 0 {
+            return;
+        }
+        let (start, end) = (r.start, r.end());
+        self.cut(start);
+        self.cut(end);
+        let mut gaps: Vec<Run> = Vec::new();
+        let mut at = start;
+        for (&b, v) in self.runs.range_mut(start..end) {
+            if b > at {
+                gaps.push(Run {
+                    start: at,
+                    len: b - at,
+                });
+            }
+            v.1 += 1;
+            at = b + v.0;
+        }
+        if at < end {
+            gaps.push(Run {
+                start: at,
+                len: end - at,
+            });
+        }
+        // A gap's neighbours inside the range now count at least 2.
+        for g in gaps {
+            self.runs.insert(g.start, (g.len, 1));
+        }
+        self.merge(start);
+        self.merge(end);
+    }
+
+    /// One pin fewer reaches `r`; the blocks that no pin reaches any more
+    /// are appended to `freed` (merged with its last run when adjacent).
+    fn sub(&mut self, r: Run, freed: &mut Vec<Run>) {
+        if r.len == 0 {
+            return;
+        }
+        let (start, end) = (r.start, r.end());
+        self.cut(start);
+        self.cut(end);
+        let mut zero: Vec<u64> = Vec::new();
+        let mut at = start;
+        for (&b, v) in self.runs.range_mut(start..end) {
+            debug_assert_eq!(b, at, "pinned block counted");
+            at = b + v.0;
+            v.1 -= 1;
+            if v.1 == 0 {
+                zero.push(b);
+                match freed.last_mut() {
+                    Some(last) if last.end() == b => last.len += v.0,
+                    _ => freed.push(Run { start: b, len: v.0 }),
+                }
+            }
+        }
+        debug_assert_eq!(at, end, "pinned block counted");
+        for b in zero {
+            self.runs.remove(&b);
+        }
+        self.merge(start);
+        self.merge(end);
+    }
+
+    /// Split `run` into (pinned, unpinned) sub-runs, each in block order.
+    fn split(&self, run: Run) -> (Vec<Run>, Vec<Run>) {
+        let (mut pinned, mut free): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
+        let (start, end) = (run.start, run.end());
+        let before = self
+            .runs
+            .range(..start)
+            .next_back()
+            .filter(|(&s, &(len, _))| s + len > start);
+        let mut at = start;
+        for (&s, &(len, _)) in before.into_iter().chain(self.runs.range(start..end)) {
+            let (from, to) = (s.max(start), (s + len).min(end));
+            if from > at {
+                free.push(Run {
+                    start: at,
+                    len: from - at,
+                });
+            }
+            match pinned.last_mut() {
+                Some(last) if last.end() == from => last.len += to - from,
+                _ => pinned.push(Run {
+                    start: from,
+                    len: to - from,
+                }),
+            }
+            at = to;
+        }
+        if at < end {
+            free.push(Run {
+                start: at,
+                len: end - at,
+            });
+        }
+        (pinned, free)
+    }
+}
+
 /// Every long-term pin, and how many pins reach each block.
 #[derive(Default)]
 pub(crate) struct PinTable {
     pins: HashMap<PinId, PinEntry>,
-    /// block → number of pins reaching it.
-    by_block: BTreeMap<u64, u32>,
+    /// How many pins reach each block, kept by runs (a pin of a GiB is one
+    /// entry, not 262,144).
+    by_block: BlockCounts,
     /// inode → its pins by file offset, so a layout change looks only at
     /// the pins near its range (not at every pin of the file).
     by_ino: HashMap<u64, FilePins>,
@@ -142,10 +282,8 @@ impl PinTable {
         }
         self.next += 1;
         info.id = PinId(self.next);
-        for r in &info.blocks {
-            for b in r.start..r.end() {
-                *self.by_block.entry(b).or_default() += 1;
-            }
+        for &r in &info.blocks {
+            self.by_block.add(r);
         }
         tracing::debug!(target: "pinfs::pin", id = self.next, owner = info.owner, ino = info.ino, offset = info.offset, len = info.len, "pin");
         let id = info.id;
@@ -167,46 +305,15 @@ impl PinTable {
         }
         tracing::debug!(target: "pinfs::pin", id = id.0, "unpin");
         let mut freed: Vec<Run> = Vec::new();
-        for r in &e.info.blocks {
-            for b in r.start..r.end() {
-                let c = self.by_block.get_mut(&b).expect("pinned block counted");
-                *c -= 1;
-                if *c == 0 {
-                    self.by_block.remove(&b);
-                    match freed.last_mut() {
-                        Some(last) if last.end() == b => last.len += 1,
-                        _ => freed.push(Run { start: b, len: 1 }),
-                    }
-                }
-            }
+        for &r in &e.info.blocks {
+            self.by_block.sub(r, &mut freed);
         }
         Some(freed)
     }
 
     /// Split `run` into (pinned, unpinned) sub-runs.
     pub fn split(&self, run: Run) -> (Vec<Run>, Vec<Run>) {
-        let (mut pinned, mut free) = (Vec::new(), Vec::new());
-        let mut at = run.start;
-        for (&b, _) in self.by_block.range(run.start..run.end()) {
-            if b > at {
-                free.push(Run {
-                    start: at,
-                    len: b - at,
-                });
-            }
-            match pinned.last_mut() {
-                Some(Run { start, len }) if *start + *len == b => *len += 1,
-                _ => pinned.push(Run { start: b, len: 1 }),
-            }
-            at = b + 1;
-        }
-        if at < run.end() {
-            free.push(Run {
-                start: at,
-                len: run.end() - at,
-            });
-        }
-        (pinned, free)
+        self.by_block.split(run)
     }
 
     /// Pins of inode `ino` overlapping file bytes `[start, end)`.
@@ -247,6 +354,7 @@ impl PinTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn info(blocks: Vec<Run>) -> PinInfo {
         PinInfo {
@@ -334,5 +442,132 @@ mod tests {
                 assert_eq!(got, want, "[{start}, {end})");
             }
         }
+    }
+
+    /// The per-block model the run-based counts replace: block → count.
+    #[derive(Default)]
+    struct Model(BTreeMap<u64, u32>);
+
+    impl Model {
+        fn add(&mut self, r: Run) {
+            for b in r.start..r.end() {
+                *self.0.entry(b).or_default() += 1;
+            }
+        }
+        fn sub(&mut self, r: Run, freed: &mut Vec<Run>) {
+            for b in r.start..r.end() {
+                let c = self.0.get_mut(&b).expect("counted");
+                *c -= 1;
+                if *c == 0 {
+                    self.0.remove(&b);
+                    match freed.last_mut() {
+                        Some(last) if last.end() == b => last.len += 1,
+                        _ => freed.push(Run { start: b, len: 1 }),
+                    }
+                }
+            }
+        }
+        fn split(&self, run: Run) -> (Vec<Run>, Vec<Run>) {
+            let (mut pinned, mut free): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
+            for b in run.start..run.end() {
+                let v = if self.0.contains_key(&b) {
+                    &mut pinned
+                } else {
+                    &mut free
+                };
+                match v.last_mut() {
+                    Some(last) if last.end() == b => last.len += 1,
+                    _ => v.push(Run { start: b, len: 1 }),
+                }
+            }
+            (pinned, free)
+        }
+    }
+
+    /// The runs' counts, expanded per block, and whether the invariants
+    /// hold (disjoint, non-empty, non-zero, no equal adjacent counts).
+    fn expand(c: &BlockCounts) -> (BTreeMap<u64, u32>, bool) {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        let mut prev: Option<(u64, u32)> = None;
+        for (&s, &(len, n)) in &c.runs {
+            ok &= len > 0 && n > 0;
+            if let Some((end, pn)) = prev {
+                ok &= end <= s && !(end == s && pn == n);
+            }
+            prev = Some((s + len, n));
+            for b in s..s + len {
+                out.insert(b, n);
+            }
+        }
+        (out, ok)
+    }
+
+    fn small_run() -> impl Strategy<Value = Run> {
+        (0u64..64, 1u64..24).prop_map(|(start, len)| Run { start, len })
+    }
+
+    proptest! {
+        /// Run-based counts agree with a per-block model after every insert
+        /// and remove of multi-run pins: counts, freed runs (exact, in
+        /// order), and `split` of arbitrary runs; the map stays merged.
+        #[test]
+        fn run_counts_match_per_block_model(
+            ops in proptest::collection::vec(
+                (proptest::collection::vec(small_run(), 1..4), any::<bool>(), any::<u16>(), small_run()),
+                1..60,
+            )
+        ) {
+            let mut t = PinTable::default();
+            let mut model = Model::default();
+            let mut live: Vec<(PinId, Vec<Run>)> = Vec::new();
+            for (blocks, drop_one, pick, probe) in ops {
+                if drop_one && !live.is_empty() {
+                    let (id, runs) = live.swap_remove(pick as usize % live.len());
+                    let mut want = Vec::new();
+                    for &r in &runs {
+                        model.sub(r, &mut want);
+                    }
+                    prop_assert_eq!(t.remove(id).unwrap(), want);
+                } else {
+                    for &r in &blocks {
+                        model.add(r);
+                    }
+                    live.push((t.insert(info(blocks.clone()), None).unwrap(), blocks));
+                }
+                let (got, merged) = expand(&t.by_block);
+                prop_assert!(merged, "runs disjoint, non-zero and merged");
+                prop_assert_eq!(&got, &model.0);
+                prop_assert_eq!(t.split(probe), model.split(probe));
+                prop_assert_eq!(t.split(Run { start: 0, len: 100 }), model.split(Run { start: 0, len: 100 }));
+            }
+        }
+    }
+
+    /// A pin of a GiB costs one entry, not one per block; a second pin
+    /// inside it splits the run into three, and dropping it merges them.
+    #[test]
+    fn a_long_pin_is_one_entry() {
+        let mut t = PinTable::default();
+        let gib = Run {
+            start: 1000,
+            len: 1 << 18,
+        };
+        let a = t.insert(info(vec![gib]), None).unwrap();
+        assert_eq!(t.by_block.runs.len(), 1);
+        let b = t
+            .insert(
+                info(vec![Run {
+                    start: 5000,
+                    len: 10,
+                }]),
+                None,
+            )
+            .unwrap();
+        assert_eq!(t.by_block.runs.len(), 3);
+        assert_eq!(t.remove(b).unwrap(), vec![]);
+        assert_eq!(t.by_block.runs.len(), 1);
+        assert_eq!(t.remove(a).unwrap(), vec![gib]);
+        assert!(t.by_block.runs.is_empty());
     }
 }

@@ -180,7 +180,7 @@ impl Fs {
                         len,
                         unwritten,
                         ..
-                    } => !unwritten && (physical..physical + len).all(|b| st.refcount(b) == 1),
+                    } => !unwritten && st.refcounts_all_one(physical, len),
                     super::Segment::Hole { .. } => false,
                 }))
         };

@@ -316,6 +316,21 @@ impl FsState {
         self.refcounts[(block - self.sb.data_start.get()) as usize]
     }
 
+    /// Whether every block of `start..start+len` has exactly one reference
+    /// (owned by one file, not shared): one slice scan, not a lookup per
+    /// block. `false` for blocks outside the data region.
+    pub fn refcounts_all_one(&self, start: u64, len: u64) -> bool {
+        let Some(from) = start.checked_sub(self.sb.data_start.get()) else {
+            return false;
+        };
+        let (Ok(from), Ok(len)) = (usize::try_from(from), usize::try_from(len)) else {
+            return false;
+        };
+        from.checked_add(len)
+            .and_then(|to| self.refcounts.get(from..to))
+            .is_some_and(|s| s.iter().all(|&c| c == 1))
+    }
+
     pub fn inode(&self, ino: u64) -> Result<&Inode> {
         self.inodes.get(&ino).ok_or(Errno::ENOENT.into())
     }
