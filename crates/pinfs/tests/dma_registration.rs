@@ -239,6 +239,39 @@ fn a_broken_map_direct_lease_is_enxio() {
     );
 }
 
+/// A `MAP_DIRECT` mapping whose lease is *breaking* (another actor's
+/// truncate waits on it, lease-break-time an hour) is `ENXIO` too — for
+/// every mode — and the registration that was refused holds nothing. The
+/// owner then lets go (unmaps), and the truncate completes.
+#[test]
+fn a_breaking_map_direct_lease_is_enxio() {
+    let (fs, pool) = mount(TruncatePolicy::Defer, LONG);
+    let h = file(&fs, OWNER, "/f", FILE, 1);
+    let events = fs.leases().owner_events(OwnerId(OWNER.owner)).unwrap();
+    let m = map_direct(&h, FILE);
+    let dev = device(&pool);
+    let other = fs.open(OTHER, "/f", pinfs::fs::OpenFlags::RDWR, 0).unwrap();
+    let truncate = thread::spawn(move || other.truncate(0));
+    let ev = events.recv_timeout(PROMPTLY).unwrap().expect("the break");
+    assert_eq!(ev.kind, EventKind::Break);
+    assert!(!m.is_invalidated(), "breaking, not yet broken");
+    for mode in [
+        RevokeMode::Invalidate,
+        RevokeMode::Redirect,
+        RevokeMode::Odp,
+    ] {
+        assert_eq!(
+            errno(m.register(dev.clone(), 0, PAGE_BYTES, mode)),
+            Errno::ENXIO,
+            "{mode:?}"
+        );
+    }
+    assert!(fs.registrations().is_empty() && fs.pins().is_empty());
+    drop(m);
+    truncate.join().unwrap().unwrap();
+    assert_eq!(h.stat().unwrap().size, 0);
+}
+
 /// A mapping that cannot write the file (read-only, private) entitles no
 /// registration: `EOPNOTSUPP`, whatever the device and mode.
 #[test]
