@@ -75,6 +75,8 @@ pub struct MappedPool {
     base: NonNull<u8>,
     /// Length of the pool and of the mapping, in bytes (whole pages).
     len_bytes: u64,
+    /// The mapping, reached only by checked volatile copies.
+    window: volatile::Window,
     /// The descriptor the pool is mapped from.
     fd: OwnedFd,
     /// Where the pool was opened from (`None` for a memfd).
@@ -224,9 +226,14 @@ impl MappedPool {
                 io::Error::from_raw_os_error(libc::ENOMEM),
             ));
         };
+        let window_len = usize::try_from(len_bytes).map_err(|_| too_large(&what, len_bytes))?;
+        // SAFETY: the mapping just made stays mapped, readable and writable
+        // until `Drop`, and is never lent out as a Rust reference.
+        let window = unsafe { volatile::Window::new(base, window_len) };
         let pool = MappedPool {
             base,
             len_bytes,
+            window,
             fd,
             path,
             caps,
@@ -289,29 +296,25 @@ impl Media for MappedPool {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let (src, len) = self.at(offset, buf.len() as u64)?;
-        debug_assert_eq!(len, buf.len());
-        // SAFETY: `src..src+len` is inside the live mapping (checked by `at`)
-        // and `buf` is a distinct Rust buffer of exactly `len` bytes.
-        unsafe { volatile::copy_from_pool(src, buf) };
-        Ok(())
+        match self.window.read(offset, buf) {
+            true => Ok(()),
+            false => Err(Errno::EINVAL.into()),
+        }
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let (dst, len) = self.at(offset, data.len() as u64)?;
-        debug_assert_eq!(len, data.len());
-        // SAFETY: `dst..dst+len` is inside the live, writable mapping (checked
-        // by `at`) and `data` is a distinct Rust buffer of exactly `len` bytes.
-        unsafe { volatile::copy_to_pool(dst, data) };
-        Ok(())
+        match self.window.write(offset, data) {
+            true => Ok(()),
+            false => Err(Errno::EINVAL.into()),
+        }
     }
 
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<()> {
-        let (dst, len) = self.at(offset, len)?;
-        // SAFETY: `dst..dst+len` is inside the live, writable mapping (checked
-        // by `at`).
-        unsafe { volatile::fill_pool(dst, len, byte) };
-        Ok(())
+        let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
+        match self.window.fill(offset, len, byte) {
+            true => Ok(()),
+            false => Err(Errno::EINVAL.into()),
+        }
     }
 
     /// Stores `value` little-endian, as one aligned 8-byte store.

@@ -181,6 +181,101 @@ unsafe fn rep_movsb(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
+/// A range of memory that others write concurrently (a pool mapping, a
+/// device's scratch memory), reached only through bounds-checked volatile
+/// copies: the one place the checks and the `unsafe` copies are written,
+/// for the pool, the soft device's window and scratch page, and the uring
+/// device's scratch.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `Window` is an address range, reached only by volatile copies
+// whose concurrent use is the memory's contract (devices and other
+// processes write it too); moving or sharing it adds no data race that
+// another writer would not already cause.
+unsafe impl Send for Window {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Window {}
+
+impl Window {
+    /// The window over `base..base + len`.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` must stay mapped, readable and writable for as long
+    /// as this window or a copy of it is used, and must never be lent out as
+    /// a Rust reference.
+    pub unsafe fn new(base: std::ptr::NonNull<u8>, len: usize) -> Window {
+        Window { base, len }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its first byte's address (for the kernel, which names memory by
+    /// address: fixed buffers, `mmap`).
+    pub fn addr(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// The address of `offset..offset + len`, when it lies in the window.
+    fn at(&self, offset: u64, len: usize) -> Option<*mut u8> {
+        let offset = usize::try_from(offset).ok()?;
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        Some(self.base.as_ptr().wrapping_add(offset))
+    }
+
+    /// Copy window bytes at `offset` into `buf`; `false` (and nothing
+    /// copied) when the range passes the window.
+    #[must_use]
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(src) = self.at(offset, buf.len()) else {
+            return false;
+        };
+        // SAFETY: `src..src + buf.len()` lies in the window (checked by `at`),
+        // mapped for the window's life (`new`'s contract); `buf` is a Rust
+        // buffer, never window memory, so they do not overlap.
+        unsafe { copy_from_pool(src, buf) };
+        true
+    }
+
+    /// Copy `data` into the window at `offset`; `false` (and nothing
+    /// copied) when the range passes the window.
+    #[must_use]
+    pub fn write(&self, offset: u64, data: &[u8]) -> bool {
+        let Some(dst) = self.at(offset, data.len()) else {
+            return false;
+        };
+        // SAFETY: as in `read`, writing.
+        unsafe { copy_to_pool(dst, data) };
+        true
+    }
+
+    /// Fill `len` bytes at `offset` with `byte`; `false` when the range
+    /// passes the window.
+    #[must_use]
+    pub fn fill(&self, offset: u64, len: usize, byte: u8) -> bool {
+        let Some(dst) = self.at(offset, len) else {
+            return false;
+        };
+        // SAFETY: `dst..dst + len` lies in the window (checked by `at`).
+        unsafe { fill_pool(dst, len, byte) };
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +323,30 @@ mod tests {
                 assert!(pool[src_off + len..].iter().all(|&b| b == GUARD));
             }
         }
+    }
+
+    /// A window copies inside its range and refuses (copying nothing) any
+    /// range that passes its end, offsets near `u64::MAX` included.
+    #[test]
+    fn windows_check_their_bounds() {
+        let raw: *mut [u8] = Box::into_raw(vec![0u8; 64].into_boxed_slice());
+        let base = std::ptr::NonNull::new(raw.cast::<u8>()).unwrap();
+        // SAFETY: the boxed buffer lives until the end of the test and is
+        // reached only through the window until it is freed.
+        let w = unsafe { Window::new(base, 64) };
+        assert!(w.write(60, &[1, 2, 3, 4]));
+        assert!(!w.write(61, &[9; 4]), "one byte past the end");
+        assert!(!w.write(u64::MAX, &[9]));
+        assert!(w.fill(0, 4, 7));
+        assert!(!w.fill(63, 2, 7));
+        let mut back = [0u8; 8];
+        assert!(w.read(56, &mut back));
+        assert_eq!(back, [0, 0, 0, 0, 1, 2, 3, 4]);
+        assert!(!w.read(57, &mut back));
+        assert!(w.read(0, &mut back[..4]));
+        assert_eq!(&back[..4], &[7; 4]);
+        assert!(w.read(64, &mut []), "an empty range at the end is inside");
+        // SAFETY: the window is no longer used; the box is freed once.
+        drop(unsafe { Box::from_raw(raw) });
     }
 }

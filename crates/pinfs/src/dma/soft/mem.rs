@@ -39,10 +39,8 @@ use crate::{Errno, Error, Result};
 pub(super) struct PoolWindow {
     /// Keeps the mapping alive (see the module's Safety section).
     _media: Arc<dyn Media>,
-    /// Address of the first pool byte.
-    base: usize,
-    /// Length of the mapping.
-    len_bytes: u64,
+    /// The pool mapping, reached by checked volatile copies.
+    window: volatile::Window,
 }
 
 impl PoolWindow {
@@ -50,7 +48,7 @@ impl PoolWindow {
     /// process (emulated media) cannot be reached by a device.
     pub(super) fn new(media: Arc<dyn Media>) -> Result<Self> {
         let (base, len_bytes) = match media.mapping() {
-            Some(m) => (m.base.as_ptr() as usize, m.len_bytes),
+            Some(m) => (m.base, m.len_bytes),
             None => {
                 return Err(Error::media(
                     "the soft device copies into pool memory itself, and this pool is not \
@@ -59,48 +57,29 @@ impl PoolWindow {
                 ))
             }
         };
+        let len = usize::try_from(len_bytes).map_err(|_| Errno::ENOMEM)?;
+        // SAFETY: the media maps its pool once, for its whole life, and
+        // `self` holds the media (see the module's Safety section).
+        let window = unsafe { volatile::Window::new(base, len) };
         Ok(PoolWindow {
             _media: media,
-            base,
-            len_bytes,
+            window,
         })
     }
 
     /// Pool length in bytes.
     pub(super) fn len_bytes(&self) -> u64 {
-        self.len_bytes
-    }
-
-    /// The address of `offset..offset + len`, when it lies in the pool.
-    fn at(&self, offset: u64, len: usize) -> Option<*mut u8> {
-        let end = offset.checked_add(len as u64)?;
-        if end > self.len_bytes {
-            return None;
-        }
-        let offset = usize::try_from(offset).ok()?;
-        Some(self.base.checked_add(offset)? as *mut u8)
+        self.window.len() as u64
     }
 
     /// Copy `data` into the pool at `offset`; false when out of range.
     pub(super) fn copy_in(&self, offset: u64, data: &[u8]) -> bool {
-        let Some(dst) = self.at(offset, data.len()) else {
-            return false;
-        };
-        // SAFETY: `dst..dst+len` lies inside the pool mapping (checked by
-        // `at`), which stays mapped while `self` holds the media; `data` is
-        // a Rust buffer, never pool memory, so they do not overlap.
-        unsafe { volatile::copy_to_pool(dst, data) };
-        true
+        self.window.write(offset, data)
     }
 
     /// Copy pool bytes at `offset` into `buf`; false when out of range.
     pub(super) fn copy_out(&self, offset: u64, buf: &mut [u8]) -> bool {
-        let Some(src) = self.at(offset, buf.len()) else {
-            return false;
-        };
-        // SAFETY: as in `copy_in`, reading.
-        unsafe { volatile::copy_from_pool(src, buf) };
-        true
+        self.window.read(offset, buf)
     }
 }
 
@@ -108,11 +87,14 @@ impl PoolWindow {
 /// redirected region's accesses land.
 pub(super) struct ScratchPage {
     ptr: NonNull<u8>,
+    /// The page, reached by checked volatile copies (concurrent workers
+    /// write it, as they write the pool).
+    window: volatile::Window,
 }
 
 // SAFETY: the page is plain memory owned by this value; it is only reached
-// through volatile copies (concurrent workers write it, as they write the
-// pool), never through references, so sharing the pointer is sound.
+// through volatile copies, never through references, so sharing the
+// pointer is sound.
 unsafe impl Send for ScratchPage {}
 // SAFETY: as above.
 unsafe impl Sync for ScratchPage {}
@@ -132,37 +114,19 @@ impl ScratchPage {
         }
         .map_err(|e| Error::media("map a scratch page for a redirected region", e.into()))?;
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or(Errno::ENOMEM)?;
-        Ok(ScratchPage { ptr })
-    }
-
-    fn at(&self, offset: u64, len: usize) -> Option<*mut u8> {
-        let end = offset.checked_add(len as u64)?;
-        if end > PAGE_BYTES {
-            return None;
-        }
-        // SAFETY: `offset < PAGE_BYTES` (checked above), inside the page.
-        Some(unsafe { self.ptr.as_ptr().add(offset as usize) })
+        // SAFETY: the page stays mapped until `Drop`, and `self` owns it.
+        let window = unsafe { volatile::Window::new(ptr, PAGE_BYTES as usize) };
+        Ok(ScratchPage { ptr, window })
     }
 
     /// Copy `data` into the page at `offset`; false when out of range.
     pub(super) fn copy_in(&self, offset: u64, data: &[u8]) -> bool {
-        let Some(dst) = self.at(offset, data.len()) else {
-            return false;
-        };
-        // SAFETY: in the page (checked by `at`), which lives as long as
-        // `self`; `data` is a distinct Rust buffer.
-        unsafe { volatile::copy_to_pool(dst, data) };
-        true
+        self.window.write(offset, data)
     }
 
     /// Copy page bytes at `offset` into `buf`; false when out of range.
     pub(super) fn copy_out(&self, offset: u64, buf: &mut [u8]) -> bool {
-        let Some(src) = self.at(offset, buf.len()) else {
-            return false;
-        };
-        // SAFETY: as in `copy_in`, reading.
-        unsafe { volatile::copy_from_pool(src, buf) };
-        true
+        self.window.read(offset, buf)
     }
 }
 

@@ -120,12 +120,14 @@ impl Scratch {
 
     /// Copy bytes at `offset` out of the scratch memory.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        crate::media::check_range(self.len_bytes as u64, offset, buf.len() as u64)?;
-        // SAFETY: `offset..offset + buf.len()` lies inside the mapping
-        // (checked above), which lives as long as `self`; the copy is
-        // volatile because the kernel may be writing it.
-        unsafe { volatile::copy_from_pool(self.base.as_ptr().add(offset as usize), buf) };
-        Ok(())
+        // SAFETY: the range is mapped (readable, writable) until `Drop`, and
+        // `self` owns it; the copy is volatile because the kernel may be
+        // writing it.
+        let window = unsafe { volatile::Window::new(self.base, self.len_bytes) };
+        match window.read(offset, buf) {
+            true => Ok(()),
+            false => Err(Errno::EINVAL.into()),
+        }
     }
 }
 
