@@ -13,6 +13,7 @@
 
 mod dma;
 mod extent;
+mod falloc;
 mod load;
 mod mmap;
 mod ops;
@@ -27,8 +28,8 @@ use parking_lot::RwLock;
 
 pub use self::dma::{Registration, RegistrationId, RegistrationInfo, MAX_REGISTRATIONS};
 pub use self::extent::{Extent, ExtentMap, Segment};
+pub use self::falloc::FallocMode;
 pub use self::mmap::MAX_MAPPINGS;
-pub use self::ops::FallocMode;
 pub use self::pins::Pin;
 use self::state::{FsState, Op};
 use crate::format::{self, *};
