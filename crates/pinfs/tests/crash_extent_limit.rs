@@ -10,8 +10,11 @@
 //! (The random crash workload in `crash.rs` covers the 2^50-byte limit;
 //! a 32,768-extent file is built here directly, by reflink doubling.)
 
+mod limit_support;
+
 use std::sync::Arc;
 
+use limit_support::file_at_the_extent_limit;
 use pinfs::format::MAX_EXTENTS_PER_FILE;
 use pinfs::fs::{Cred, FallocMode, FiemapExtent, Fs, Handle, OpenFlags};
 use pinfs::media::recording::CrashMode;
@@ -22,32 +25,6 @@ const BS: u64 = 4096;
 const POOL: u64 = 8 << 20;
 /// The middle extent (each extent: 3 blocks, then a 1-block hole).
 const MID: u64 = (MAX_EXTENTS_PER_FILE as u64 / 2) * 4 * BS;
-
-/// A file of exactly 32,768 extents, each 3 shared blocks and a 1-block
-/// hole (the layout `fs_limits.rs` uses), built by doubling between `/a`
-/// and `/b`: its handle and which of the two it is.
-fn file_at_the_extent_limit(fs: &Arc<Fs>) -> (Handle, &'static str) {
-    let a = fs.open(Cred::ROOT, "/a", OpenFlags::CREATE, 0o644).unwrap();
-    let b = fs.open(Cred::ROOT, "/b", OpenFlags::CREATE, 0o644).unwrap();
-    let keep = fs
-        .open(Cred::ROOT, "/keep", OpenFlags::CREATE, 0o644)
-        .unwrap();
-    a.pwrite(0, &[9; 4 * BS as usize]).unwrap();
-    keep.reflink(&a, Some((3 * BS, 0, BS))).unwrap();
-    a.truncate(3 * BS).unwrap();
-    a.truncate(4 * BS).unwrap();
-    let (mut src, mut dst) = ((a, "/a"), (b, "/b"));
-    let (mut span, mut extents) = (4 * BS, 1usize);
-    while extents < MAX_EXTENTS_PER_FILE {
-        dst.0.reflink(&src.0, Some((0, 0, span))).unwrap();
-        dst.0.reflink(&src.0, Some((0, span, span))).unwrap();
-        span *= 2;
-        extents *= 2;
-        std::mem::swap(&mut src, &mut dst);
-    }
-    assert_eq!(src.0.fiemap().unwrap().len(), MAX_EXTENTS_PER_FILE);
-    src
-}
 
 /// What a crash image must show of the file: its size, extent map and
 /// bytes (the extent map compared by logical layout and flags; physical
@@ -98,7 +75,7 @@ fn every_crash_image_at_the_extent_limit_is_before_or_after() {
     let media = Arc::new(RecordingMedia::new(POOL));
     Fs::mkfs(&*media).unwrap();
     let fs = Fs::mount(media.clone() as Arc<dyn Media>).unwrap();
-    let (a, path) = file_at_the_extent_limit(&fs);
+    let (a, path, _) = file_at_the_extent_limit(&fs);
     // The other file of the doubling goes: each crash image mounts faster.
     let scratch = if path == "/a" { "/b" } else { "/a" };
     fs.unlink(Cred::ROOT, scratch).unwrap();
@@ -204,7 +181,7 @@ fn without_commit_validation_the_limit_is_not_refused() {
     let media = Arc::new(RecordingMedia::new(POOL));
     Fs::mkfs(&*media).unwrap();
     let fs = Fs::mount(media.clone() as Arc<dyn Media>).unwrap();
-    let (a, path) = file_at_the_extent_limit(&fs);
+    let (a, path, _) = file_at_the_extent_limit(&fs);
     fs.disable_commit_validation_for_tests();
     media.start_recording();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

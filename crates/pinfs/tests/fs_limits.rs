@@ -7,8 +7,11 @@
 //! count. The negative control commits without that validation and shows
 //! the pool mount then refuses.
 
+mod limit_support;
+
 use std::sync::Arc;
 
+use limit_support::file_at_the_extent_limit;
 use pinfs::format::{MAX_EXTENTS_PER_FILE, MAX_FILE_BYTES};
 use pinfs::fs::{Cred, FallocMode, FiemapExtent, Fs, Handle, OpenFlags};
 use pinfs::map::MapFlags;
@@ -233,41 +236,12 @@ fn pwrite_across_the_largest_file_is_short() {
     remount_is_clean(&media);
 }
 
-/// A file of exactly 32,768 extents, built by reflink doubling so it needs
-/// four pool blocks: each extent is 3 shared blocks followed by a 1-block
-/// hole. The pool block after the 3 (the allocation goal for the hole) is
-/// kept in use by another file, so nothing written into a hole can merge
-/// with its neighbour by chance.
-fn file_at_the_extent_limit(fs: &Arc<Fs>) -> (Handle, Handle) {
-    let a = fs.open(Cred::ROOT, "/a", OpenFlags::CREATE, 0o644).unwrap();
-    let b = fs.open(Cred::ROOT, "/b", OpenFlags::CREATE, 0o644).unwrap();
-    let keep = fs
-        .open(Cred::ROOT, "/keep", OpenFlags::CREATE, 0o644)
-        .unwrap();
-    a.pwrite(0, &[9; 4 * BS as usize]).unwrap();
-    keep.reflink(&a, Some((3 * BS, 0, BS))).unwrap();
-    a.truncate(3 * BS).unwrap();
-    a.truncate(4 * BS).unwrap();
-    let (mut src, mut dst) = (a, b);
-    let (mut span, mut extents) = (4 * BS, 1usize);
-    while extents < MAX_EXTENTS_PER_FILE {
-        dst.reflink(&src, Some((0, 0, span))).unwrap();
-        dst.reflink(&src, Some((0, span, span))).unwrap();
-        span *= 2;
-        extents *= 2;
-        std::mem::swap(&mut src, &mut dst);
-    }
-    assert_eq!(src.fiemap().unwrap().len(), MAX_EXTENTS_PER_FILE);
-    assert_eq!(src.stat().unwrap().size, span);
-    (src, dst)
-}
-
 /// Every operation that would give a file at the extent limit one more
 /// extent is refused; those that do not add one still work.
 #[test]
 fn every_path_refuses_to_pass_the_extent_limit() {
     let (media, fs) = mount(64 << 20);
-    let (f, _other) = file_at_the_extent_limit(&fs);
+    let (f, _, _other) = file_at_the_extent_limit(&fs);
     let q = fs.open(Cred::ROOT, "/q", OpenFlags::CREATE, 0o644).unwrap();
     q.pwrite(0, &[1; BS as usize]).unwrap();
     let hole = 3 * BS;
