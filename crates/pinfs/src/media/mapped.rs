@@ -22,7 +22,14 @@
 //! The pool is mapped at a 2 MiB-aligned address, and advised
 //! `MADV_HUGEPAGE` where the kernel gives its shmem transparent 2 MiB pages
 //! (`MediaCaps::huge_pages`), so that pool offsets, addresses and those pages
-//! line up, and direct mappings of aligned extents use them.
+//! line up, and direct mappings of aligned extents use them. How the pool's
+//! memory comes to be in 2 MiB pages is its [`HugePolicy`]: allocated so on
+//! first touch where `shmem_enabled` (or a tmpfs mount's `huge=`) allows it,
+//! or — for a memfd under the kernel's default `shmem_enabled=never`, which
+//! still honours `MADV_COLLAPSE` — collapsed on request: every whole 2 MiB
+//! window that [`Media::write`] or [`Media::fill`] is about to fill while none
+//! of its memory exists yet is first made one 2 MiB page (one page faulted in,
+//! then `MADV_COLLAPSE`), which costs what a 2 MiB first touch costs.
 //!
 //! # Safety
 //!
@@ -42,7 +49,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::mm::{Advice, MapFlags, MsyncFlags, ProtFlags};
@@ -62,6 +69,14 @@ const DEVDAX_DEFAULT_ALIGN_BYTES: u64 = 2 << 20;
 /// The pool is mapped at an address aligned to at least this, so that pool
 /// offsets and addresses agree modulo a 2 MiB page.
 const HUGE_ALIGN_BYTES: u64 = 2 << 20;
+
+/// `MADV_COLLAPSE` (Linux 6.1): make a 2 MiB window of a mapping one 2 MiB
+/// page now, whatever `shmem_enabled` says unless it is `deny`. Not in every
+/// `libc` target module, so spelled out (the value is the kernel's UAPI).
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// 4 KiB pages in a 2 MiB window (the `mincore` vector of one window).
+const PAGES_PER_HUGE: usize = (HUGE_ALIGN_BYTES / 4096) as usize;
 
 /// `TMPFS_MAGIC` from `statfs(2)`.
 const TMPFS_MAGIC: u32 = 0x0102_1994;
@@ -85,6 +100,37 @@ pub struct MappedPool {
     /// A file system is mounted on this pool in this process (the in-process
     /// half of SPEC §7's one-mount rule; the OFD lock is the other half).
     mounted: AtomicBool,
+    /// How its memory comes to be in 2 MiB pages.
+    huge_policy: HugePolicy,
+    /// `MADV_COLLAPSE` has not been refused as unsupported (`EINVAL`) yet.
+    collapse_works: AtomicBool,
+}
+
+/// How a pool's memory comes to be in transparent 2 MiB pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugePolicy {
+    /// Never: a regular file, hugetlbfs or device-dax (their own page size),
+    /// a tmpfs mounted without `huge=`, or a kernel that refuses shmem THP
+    /// (`shmem_enabled` `deny`, or the 2 MiB size set to `never`).
+    None,
+    /// The kernel allocates 2 MiB pages when memory is first touched through
+    /// the pool's `MADV_HUGEPAGE` mapping (`shmem_enabled` `always`,
+    /// `within_size`, `advise` or `force`; a tmpfs mounted with `huge=`).
+    FirstTouch,
+    /// Only on request (a memfd under `shmem_enabled=never`): each whole
+    /// 2 MiB window [`Media::write`] or [`Media::fill`] fills while none of
+    /// its memory exists yet is collapsed into one 2 MiB page first.
+    Collapse,
+}
+
+impl std::fmt::Display for HugePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HugePolicy::None => "no 2 MiB pages",
+            HugePolicy::FirstTouch => "2 MiB pages on first touch",
+            HugePolicy::Collapse => "2 MiB pages by MADV_COLLAPSE of whole windows written",
+        })
+    }
 }
 
 // SAFETY: `MappedPool` owns its mapping and descriptor outright; the raw base
@@ -109,15 +155,24 @@ impl MappedPool {
             .map_err(|e| Error::media("memfd_create", e.into()))?;
         rustix::fs::ftruncate(&fd, len_bytes)
             .map_err(|e| Error::media(format!("size memfd to {len_bytes} bytes"), e.into()))?;
+        let huge_policy = if page_bytes != 4096 {
+            HugePolicy::None
+        } else if shmem_huge_allowed(None) {
+            HugePolicy::FirstTouch
+        } else if shmem_collapse_allowed() {
+            HugePolicy::Collapse
+        } else {
+            HugePolicy::None
+        };
         let caps = MediaCaps {
             kind: MediaKind::Memfd,
             durability: Durability::ProcessLifetime,
             long_term_pin: true,
             flush: flush::detect(),
             page_size: page_bytes,
-            huge_pages: page_bytes == 4096 && shmem_huge_allowed(None),
+            huge_pages: huge_policy != HugePolicy::None,
         };
-        Self::map(fd, None, caps, len_bytes)
+        Self::map(fd, None, caps, len_bytes, huge_policy)
     }
 
     /// Opens an existing pool: a regular file, a file on tmpfs or hugetlbfs,
@@ -195,10 +250,48 @@ impl MappedPool {
                 io::Error::from_raw_os_error(libc::EINVAL),
             ));
         }
-        Self::map(fd, Some(path.to_path_buf()), caps, len_bytes)
+        // A tmpfs file follows its mount's `huge=` (the administrator's
+        // choice for that mount); only a memfd, whose internal mount nobody
+        // can configure, falls back to collapsing.
+        let huge_policy = if caps.huge_pages {
+            HugePolicy::FirstTouch
+        } else {
+            HugePolicy::None
+        };
+        Self::map(fd, Some(path.to_path_buf()), caps, len_bytes, huge_policy)
     }
 
-    fn map(fd: OwnedFd, path: Option<PathBuf>, caps: MediaCaps, len_bytes: u64) -> Result<Self> {
+    /// Tests: a memfd pool as [`MappedPool::memfd`], with `policy` instead
+    /// of the one the kernel's settings give (`Collapse` exercises the
+    /// collapsing path whatever `shmem_enabled` says; `None` is its control).
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn memfd_with_huge_policy_for_tests(size_bytes: u64, policy: HugePolicy) -> Result<Self> {
+        let pool = Self::memfd(size_bytes)?;
+        // Map the descriptor afresh with the policy asked for; the first
+        // mapping goes with `pool`.
+        let fd = pool.fd.try_clone().map_err(|e| Error::media("dup memfd", e))?;
+        let (len_bytes, caps) = (pool.len_bytes, pool.caps);
+        drop(pool);
+        let caps = MediaCaps {
+            huge_pages: policy != HugePolicy::None,
+            ..caps
+        };
+        Self::map(fd, None, caps, len_bytes, policy)
+    }
+
+    /// How this pool's memory comes to be in 2 MiB pages.
+    pub fn huge_policy(&self) -> HugePolicy {
+        self.huge_policy
+    }
+
+    fn map(
+        fd: OwnedFd,
+        path: Option<PathBuf>,
+        caps: MediaCaps,
+        len_bytes: u64,
+        huge_policy: HugePolicy,
+    ) -> Result<Self> {
         let what = match &path {
             Some(p) => p.display().to_string(),
             None => "memfd".to_string(),
@@ -209,7 +302,7 @@ impl MappedPool {
             .ok_or_else(|| too_large(&what, len_bytes))?;
         let addr = map_aligned(&fd, map_len, caps.page_size.max(HUGE_ALIGN_BYTES))
             .map_err(|e| Error::media(format!("map {what} ({len_bytes} bytes)"), e.into()))?;
-        if caps.huge_pages {
+        if huge_policy == HugePolicy::FirstTouch {
             // Ask for transparent 2 MiB pages: pool memory first touched through
             // this mapping is then allocated in 2 MiB pages (the kernel allows
             // it for this file: `MediaCaps::huge_pages`), so that 2 MiB-aligned
@@ -238,6 +331,8 @@ impl MappedPool {
             path,
             caps,
             mounted: AtomicBool::new(false),
+            huge_policy,
+            collapse_works: AtomicBool::new(true),
         };
         // Device-dax maps only at addresses aligned to its page size; the kernel
         // picks such an address, but a misaligned one would fault on every access.
@@ -264,6 +359,65 @@ impl MappedPool {
         let offset = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
         let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
         Ok((self.base.as_ptr().wrapping_add(offset), len))
+    }
+
+    /// Under [`HugePolicy::Collapse`], before `offset..offset+len` is filled:
+    /// make every whole 2 MiB window of it that has no memory yet one 2 MiB
+    /// page. A window with any page present is left alone: it is either one
+    /// 2 MiB page already or 4 KiB pages whose collapse would copy them (up
+    /// to milliseconds per window), which a write must not pay.
+    fn collapse_fresh_windows(&self, offset: u64, len: u64) {
+        if self.huge_policy != HugePolicy::Collapse
+            || len < HUGE_ALIGN_BYTES
+            || !self.collapse_works.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let Some(end) = offset.checked_add(len) else {
+            return;
+        };
+        let Some(mut window) = offset.checked_next_multiple_of(HUGE_ALIGN_BYTES) else {
+            return;
+        };
+        while window + HUGE_ALIGN_BYTES <= end {
+            self.collapse_if_fresh(window);
+            window += HUGE_ALIGN_BYTES;
+        }
+    }
+
+    /// One window of [`Self::collapse_fresh_windows`].
+    fn collapse_if_fresh(&self, window: u64) {
+        let Ok((addr, span)) = self.at(window, HUGE_ALIGN_BYTES) else {
+            return;
+        };
+        let mut resident = [0u8; PAGES_PER_HUGE];
+        // SAFETY: `addr..addr+span` is inside the live mapping (checked by
+        // `at`) and page aligned (the pool is mapped 2 MiB aligned, `window`
+        // is a multiple of 2 MiB); `resident` has one byte per page of it.
+        // mincore only reports which pages exist.
+        let r = unsafe { libc::mincore(addr.cast::<c_void>(), span, resident.as_mut_ptr()) };
+        if r != 0 || resident.iter().any(|&b| b & 1 != 0) {
+            return;
+        }
+        // The kernel collapses a window only if some page of it exists: a
+        // load faults one in (a hole reads as zeros, so nothing changes).
+        // SAFETY: `addr` is the first byte of the window, inside the live
+        // mapping; a raw volatile load makes no reference into the pool.
+        let _ = unsafe { ptr::read_volatile(addr) };
+        // SAFETY: the range is the window just checked; MADV_COLLAPSE moves
+        // its contents into one 2 MiB page without changing them (the kernel
+        // locks and unmaps the old pages while it copies), so concurrent
+        // users of the pool see the same bytes.
+        let r = unsafe { libc::madvise(addr.cast::<c_void>(), span, MADV_COLLAPSE) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                // No MADV_COLLAPSE (before Linux 6.1) or not for this mapping:
+                // stop asking.
+                self.collapse_works.store(false, Ordering::Relaxed);
+            }
+            tracing::debug!(window, error = %e, "MADV_COLLAPSE refused");
+        }
     }
 
     /// `msync(MS_SYNC)` of the pages covering `offset..offset+len`.
@@ -303,6 +457,7 @@ impl Media for MappedPool {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.collapse_fresh_windows(offset, data.len() as u64);
         match self.window.write(offset, data) {
             true => Ok(()),
             false => Err(Errno::EINVAL.into()),
@@ -310,6 +465,7 @@ impl Media for MappedPool {
     }
 
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<()> {
+        self.collapse_fresh_windows(offset, len);
         let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?;
         match self.window.fill(offset, len, byte) {
             true => Ok(()),
@@ -445,14 +601,7 @@ fn map_aligned(fd: &OwnedFd, len: usize, align: u64) -> rustix::io::Result<*mut 
 /// mount's `huge=` option (`mount_huge`), unless the global policy is
 /// `force` or `deny`.
 fn shmem_huge_allowed(mount_huge: Option<&str>) -> bool {
-    const THP: &str = "/sys/kernel/mm/transparent_hugepage";
-    let selected = |path: &str| -> Option<String> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let start = text.find('[')?;
-        let end = text[start..].find(']')? + start;
-        Some(text[start + 1..end].to_string())
-    };
-    let Some(global) = selected(&format!("{THP}/shmem_enabled")) else {
+    let Some(global) = thp_setting("shmem_enabled") else {
         return false;
     };
     let allows = |v: &str| matches!(v, "always" | "within_size" | "advise" | "force");
@@ -463,11 +612,33 @@ fn shmem_huge_allowed(mount_huge: Option<&str>) -> bool {
     }
     match mount_huge {
         Some(option) => allows(option),
-        None => match selected(&format!("{THP}/hugepages-2048kB/shmem_enabled")).as_deref() {
+        None => match thp_setting("hugepages-2048kB/shmem_enabled").as_deref() {
             None | Some("inherit") => allows(&global),
             Some(own) => allows(own),
         },
     }
+}
+
+/// The selected value (`[value]`) of a setting under
+/// `/sys/kernel/mm/transparent_hugepage`, e.g. `shmem_enabled`.
+pub fn thp_setting(name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{name}")).ok()?;
+    let start = text.find('[')?;
+    let end = text[start..].find(']')? + start;
+    Some(text[start + 1..end].to_string())
+}
+
+/// Whether `MADV_COLLAPSE` may make shmem memory 2 MiB pages although
+/// `shmem_enabled` does not allocate them on first touch: the kernel honours
+/// it under every policy but `deny`, unless the 2 MiB size itself says
+/// `never`.
+fn shmem_collapse_allowed() -> bool {
+    let Some(global) = thp_setting("shmem_enabled") else {
+        return false;
+    };
+    let own = thp_setting("hugepages-2048kB/shmem_enabled");
+    global != "deny" && own.as_deref() != Some("never")
 }
 
 /// The `huge=` option of the tmpfs mount holding `fd` (`never` when absent).
@@ -827,4 +998,69 @@ mod tests {
         pool.read((3 * 1000 + 999) * 8, &mut word).unwrap();
         assert_eq!(u64::from_le_bytes(word), 3 << 32 | 999);
     }
+
+    /// Bytes of the pool mapping the kernel maps with 2 MiB entries
+    /// (`ShmemPmdMapped`/`FilePmdMapped` of its line in `/proc/self/smaps`).
+    fn pmd_mapped_bytes(pool: &MappedPool) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", pool.base.as_ptr() as usize);
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            if line.contains('-') && line.split(' ').next().is_some_and(|w| w.contains('-')) {
+                inside = line.starts_with(&start);
+                continue;
+            }
+            if inside {
+                for key in ["ShmemPmdMapped:", "FilePmdMapped:"] {
+                    if let Some(v) = line.strip_prefix(key) {
+                        kib += v.trim().trim_end_matches(" kB").parse::<u64>().unwrap();
+                    }
+                }
+            }
+        }
+        kib * 1024
+    }
+
+    #[cfg(feature = "negative-controls")]
+    #[test]
+    fn whole_windows_written_under_collapse_are_2mib_pages() {
+        let written = 2 * HUGE_ALIGN_BYTES;
+        let write = |pool: &MappedPool| {
+            // Whole windows 1 and 2, by a write and by a fill; a partial
+            // window 3 (left alone: collapsing it would give a file's
+            // neighbours memory they did not ask for).
+            pool.write(HUGE_ALIGN_BYTES, &vec![0x5a; HUGE_ALIGN_BYTES as usize])
+                .unwrap();
+            pool.fill(2 * HUGE_ALIGN_BYTES, HUGE_ALIGN_BYTES + 4096, 0x5b)
+                .unwrap();
+        };
+        let pool =
+            MappedPool::memfd_with_huge_policy_for_tests(8 << 20, HugePolicy::Collapse).unwrap();
+        assert!(pool.caps().huge_pages);
+        write(&pool);
+        if !pool.collapse_works.load(Ordering::Relaxed) {
+            eprintln!("skipped: this kernel refuses MADV_COLLAPSE of shmem");
+            return;
+        }
+        assert_eq!(pmd_mapped_bytes(&pool), written);
+        let mut buf = vec![0u8; 3 * HUGE_ALIGN_BYTES as usize];
+        pool.read(HUGE_ALIGN_BYTES, &mut buf).unwrap();
+        let (a, rest) = buf.split_at(HUGE_ALIGN_BYTES as usize);
+        assert!(a.iter().all(|&b| b == 0x5a));
+        assert!(rest[..HUGE_ALIGN_BYTES as usize + 4096].iter().all(|&b| b == 0x5b));
+        assert!(rest[HUGE_ALIGN_BYTES as usize + 4096..].iter().all(|&b| b == 0));
+        // Negative control: the same writes with no policy stay in 4 KiB
+        // pages (unless the kernel gives 2 MiB pages to every memfd).
+        let global = thp_setting("shmem_enabled").unwrap_or_default();
+        if matches!(global.as_str(), "always" | "within_size" | "force") {
+            eprintln!("control skipped: shmem_enabled={global} gives every memfd 2 MiB pages");
+            return;
+        }
+        let control =
+            MappedPool::memfd_with_huge_policy_for_tests(8 << 20, HugePolicy::None).unwrap();
+        write(&control);
+        assert_eq!(pmd_mapped_bytes(&control), 0);
+    }
+
 }

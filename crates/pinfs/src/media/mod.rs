@@ -23,7 +23,7 @@ pub mod mapped;
 pub mod recording;
 pub mod volatile;
 
-pub use mapped::MappedPool;
+pub use mapped::{HugePolicy, MappedPool};
 pub use recording::RecordingMedia;
 
 /// How long data written to a pool lasts.
