@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::bench_fs::ShmDir;
+use crate::bench_huge;
 use crate::bench_target::{Goal, Scorecard};
 
 /// Target of mapped bandwidth: speed relative to `memcpy`.
@@ -59,7 +60,7 @@ const SCALING_GOAL: Goal = Goal::AtMost(3.0);
 use pinfs::fs::{Cred, FallocMode, Fs, MountOptions, OpenFlags, Pin, TruncatePolicy};
 use pinfs::lease::{LeaseRequest, OwnerId};
 use pinfs::map::MapFlags;
-use pinfs::media::{MappedPool, Media};
+use pinfs::media::{HugePolicy, MappedPool, Media};
 
 const FILE_BYTES: u64 = 1 << 30;
 const BLOCK: u64 = 4096;
@@ -143,7 +144,8 @@ fn best(rounds: usize, mut f: impl FnMut()) -> Duration {
         .unwrap_or_default()
 }
 
-/// Bandwidth through a mapping against memcpy between plain buffers.
+/// Bandwidth through a mapping against memcpy between plain buffers; every
+/// line with the 2 MiB-page coverage of the memory it read or wrote.
 fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     let h = fs.open(DEVICE, "/bw", OpenFlags::CREATE, 0o644)?;
     h.pwrite(0, &vec![0x33u8; BANDWIDTH_BYTES])?;
@@ -157,7 +159,18 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     unsafe { std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), BANDWIDTH_BYTES) };
     // Interleaved rounds: memcpy, read, write, pool read, each timed once per
     // round, best of each — so all four see the same machine conditions.
-    let pool = fs.media().mapping().map(|m| m.base.as_ptr());
+    // The pool read reads the file's own blocks where they are one run.
+    let pool = fs.media().mapping().map(|m| {
+        let at = h
+            .fiemap()
+            .ok()
+            .and_then(|x| x.first().copied())
+            .filter(|e| e.len >= BANDWIDTH_BYTES as u64 && e.physical + e.len <= m.len_bytes)
+            .map_or(64 << 20, |e| e.physical);
+        // SAFETY: `at + BANDWIDTH_BYTES` is inside the pool mapping (checked
+        // above, or 64 MiB into a pool of over 1 GiB).
+        unsafe { m.base.as_ptr().add(at as usize) }
+    });
     let (mut memcpy, mut read, mut write, mut pool_read) =
         (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
     // Every copy goes through `copy`, whose pointers are opaque to the
@@ -172,23 +185,48 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
         read = read.min(best(1, || unsafe { copy(p, dst) }));
         // SAFETY: as above; nothing else reads or writes the file meanwhile.
         write = write.min(best(1, || unsafe { copy(b.as_ptr(), p) }));
-        if let Some(base) = pool {
+        if let Some(src) = pool {
             // Diagnostic: the same copy straight from the pool's own mapping.
-            // SAFETY: the pool mapping is over 1 GiB long and nothing holds a
-            // reference into it.
-            pool_read = pool_read.min(best(1, || unsafe { copy(base.add(64 << 20), dst) }));
+            // SAFETY: `src` starts BANDWIDTH_BYTES inside the pool mapping
+            // and nothing holds a reference into it.
+            pool_read = pool_read.min(best(1, || unsafe { copy(src, dst) }));
         }
     }
     std::hint::black_box(&a);
-    if pool.is_some() {
-        println!(
-            "(diagnostic: the same read from the pool's own mapping: {:.2} GiB/s)",
-            gibs(BANDWIDTH_BYTES, pool_read)
-        );
-    }
+    // Coverage, read after the timing (reading smaps walks page tables).
+    let cov = |addr: *const u8| {
+        bench_huge::coverage(addr as usize, BANDWIDTH_BYTES).map_or("huge ?".into(), |c| {
+            c.to_string()
+        })
+    };
+    let map_cov = map.huge_mapped_bytes().map_or("huge ?".to_string(), |n| {
+        format!(
+            "huge {:>3.0}%",
+            n as f64 * 100.0 / BANDWIDTH_BYTES as f64
+        )
+    });
+    let base_cov = format!("{} / {}", cov(b.as_ptr()), cov(a.as_ptr()));
     println!(
-        "{:<34} {:>10} {:>12} {:>10} {:>8}",
-        "bandwidth (256 MiB, sequential)", "", "GiB/s", "memcpy", "ratio"
+        "{:<34} {:>10} {:>10} {:>8}  {:<21} verdict",
+        "bandwidth (256 MiB, sequential)", "GiB/s", "memcpy", "ratio", "2 MiB pages"
+    );
+    let line = |what: &str, t: Duration, pages: &str, verdict: &str| {
+        let ratio = memcpy.as_secs_f64() / t.as_secs_f64();
+        let l = format!(
+            "{:<34} {:>10.2} {:>10.2} {:>7.2}x  {:<21} {verdict}",
+            what,
+            gibs(BANDWIDTH_BYTES, t),
+            gibs(BANDWIDTH_BYTES, memcpy),
+            ratio,
+            pages,
+        );
+        println!("{}", l.trim_end());
+    };
+    line(
+        "memcpy (baseline: src / dst)",
+        memcpy,
+        &base_cov,
+        "(baseline)",
     );
     for (what, t) in [
         ("read through mapping", read),
@@ -196,13 +234,14 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     ] {
         let ratio = memcpy.as_secs_f64() / t.as_secs_f64();
         let verdict = card.check(what, ratio, BANDWIDTH_GOAL);
-        println!(
-            "{:<34} {:>10} {:>12.2} {:>10.2} {:>7.2}x  {verdict}",
-            what,
-            "",
-            gibs(BANDWIDTH_BYTES, t),
-            gibs(BANDWIDTH_BYTES, memcpy),
-            ratio
+        line(what, t, &map_cov, &verdict);
+    }
+    if let Some(src) = pool {
+        line(
+            "read from the pool's own mapping",
+            pool_read,
+            &format!("{} (pool)", cov(src)),
+            "(diagnostic)",
         );
     }
     drop(map);
@@ -236,7 +275,7 @@ unsafe fn touch(p: *const u8, len: usize) -> u64 {
 }
 
 /// Map and touch a 1 GiB file, against the kernel's tmpfs.
-fn map_and_touch(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
+fn map_and_touch(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard, thp: bool) -> Result<()> {
     let len = FILE_BYTES as usize;
     let h = fs.open(DEVICE, "/touch", OpenFlags::CREATE, 0o644)?;
     let chunk = vec![0x44u8; 8 << 20];
@@ -275,8 +314,8 @@ fn map_and_touch(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()
     );
     // The stronger baseline: the kernel's own shmem with 2 MiB pages (a
     // memfd filled through a MADV_HUGEPAGE mapping), where this kernel
-    // allows them.
-    if fs.media().caps().huge_pages {
+    // allows them on first touch.
+    if thp {
         let memfd = rustix::fs::memfd_create("pinfs-bench-thp", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&memfd, FILE_BYTES)?;
         // SAFETY: `memfd` is `len` bytes long.
@@ -396,7 +435,7 @@ unsafe fn kernel_map_and_touch(fd: BorrowedFd<'_>, len: usize, how: Touch) -> u6
 /// Stores into a sparse file through a mapping: every store faults and
 /// allocates (whole 2 MiB windows where the pool has 2 MiB pages), against
 /// the same on a sparse tmpfs file.
-fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
+fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64, thp: bool) -> Result<()> {
     let len = bytes as usize;
     let shm = ShmDir::new("map-faults")?;
     let tmpfs = shm.create("faults")?;
@@ -430,7 +469,7 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
         kernel_time,
         None,
     );
-    if fs.media().caps().huge_pages {
+    if thp {
         let memfd = rustix::fs::memfd_create("pinfs-bench-thp", rustix::fs::MemfdFlags::CLOEXEC)?;
         let mut thp_time = Duration::MAX;
         for _ in 0..rounds {
@@ -453,8 +492,9 @@ fn store_faults(fs: &Arc<Fs>, rounds: usize, bytes: u64) -> Result<()> {
 
 /// `pinfs bench map`.
 pub fn run(quick: bool) -> Result<()> {
-    let media: Arc<dyn Media> =
-        Arc::new(MappedPool::memfd(FILE_BYTES + (512 << 20)).context("memfd pool")?);
+    let pool = MappedPool::memfd(FILE_BYTES + (512 << 20)).context("memfd pool")?;
+    let policy = pool.huge_policy();
+    let media: Arc<dyn Media> = Arc::new(pool);
     Fs::mkfs(&*media)?;
     let fs = Fs::mount_with(
         media,
@@ -467,16 +507,22 @@ pub fn run(quick: bool) -> Result<()> {
     println!("pinfs bench map: direct mappings on a memfd pool; best of {rounds} round(s) (the ratio is pinfs speed / baseline speed)");
     let caps = fs.media().caps();
     println!("{caps}");
+    println!("{}", bench_huge::settings_line());
+    println!("pool memory: {policy} (this benchmark changes no setting)");
     if !caps.huge_pages {
         println!(
-            "(no 2 MiB pages: this kernel's shmem_enabled does not allow them for memfd; as root, \
-             `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` enables them)"
+            "(no 2 MiB pages: this kernel refuses them for memfd (shmem_enabled=deny, or the 2 MiB size set to never))"
         );
     }
     println!();
     let mut card = Scorecard::default();
     bandwidth(&fs, rounds, &mut card)?;
-    map_and_touch(&fs, rounds, &mut card)?;
+    // The kernel's memfd + THP baselines need 2 MiB pages on first touch.
+    let thp = policy == HugePolicy::FirstTouch;
+    if !thp {
+        println!("(memfd + THP baselines skipped: shmem_enabled gives a memfd no 2 MiB pages on first touch)");
+    }
+    map_and_touch(&fs, rounds, &mut card, thp)?;
     // Without 2 MiB pages every page is its own durable allocation (one
     // commit each), so the sparse file is kept small enough to finish.
     store_faults(
@@ -487,6 +533,7 @@ pub fn run(quick: bool) -> Result<()> {
         } else {
             64 << 20
         },
+        thp,
     )?;
     println!("targets: bandwidth {BANDWIDTH_GOAL} memcpy; map + touch {TOUCH_GOAL} as fast as tmpfs mmap");
     println!();

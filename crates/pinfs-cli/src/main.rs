@@ -9,6 +9,7 @@
 
 mod bench_dma;
 mod bench_fs;
+mod bench_huge;
 mod bench_lease;
 mod bench_map;
 mod bench_target;
