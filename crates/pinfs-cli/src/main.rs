@@ -11,6 +11,7 @@ mod bench_dma;
 mod bench_fs;
 mod bench_huge;
 mod bench_lease;
+mod bench_limit;
 mod bench_map;
 mod bench_target;
 mod demo;
