@@ -48,6 +48,7 @@ use pinfs::fs::{Cred, Fs, Handle, MountOptions, OpenFlags, TruncatePolicy};
 use pinfs::map::{MapFlags, Mapping};
 use pinfs::media::{MappedPool, Media};
 
+use crate::bench_huge;
 use crate::bench_target::{Goal, Scorecard};
 
 /// Registration cost relative to io_uring's registration of anonymous memory.
@@ -348,7 +349,8 @@ fn writes(fs: &Arc<Fs>, media: &Arc<dyn Media>, quick: bool, card: &mut Scorecar
         let label = format!("soft write {} KiB", size >> 10);
         let ratio = dev / memcpy;
         println!(
-            "{label:<44} {dev:>9.2} GiB/s  vs memcpy {memcpy:>7.2} GiB/s {ratio:>7.3}x  {}",
+            "{label:<44} {dev:>9.2} GiB/s  vs memcpy {memcpy:>7.2} GiB/s {ratio:>7.3}x  pool {}  {}",
+            bench_huge::pool(&**media),
             card.check(&label, ratio, WRITE_GOAL)
         );
         let fd = src.as_raw_fd();
@@ -384,7 +386,8 @@ fn writes(fs: &Arc<Fs>, media: &Arc<dyn Media>, quick: bool, card: &mut Scorecar
         let label = format!("uring write {} KiB", size >> 10);
         let ratio = dev / read_fixed;
         println!(
-            "{label:<44} {dev:>9.2} GiB/s  vs READ_FIXED {read_fixed:>5.2} GiB/s {ratio:>7.3}x  {}",
+            "{label:<44} {dev:>9.2} GiB/s  vs READ_FIXED {read_fixed:>5.2} GiB/s {ratio:>7.3}x  pool {}  {}",
+            bench_huge::pool(&**media),
             card.check(&label, ratio, WRITE_GOAL)
         );
     }

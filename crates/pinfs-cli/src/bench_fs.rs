@@ -38,6 +38,7 @@ use pinfs::fs::{Cred, Fs, Handle, OpenFlags};
 use pinfs::media::{MappedPool, Media};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::bench_huge;
 use crate::bench_target::{Goal, Scorecard};
 
 /// The target of the pread and pwrite rows: at least tmpfs's speed.
@@ -204,10 +205,11 @@ pub fn run(quick: bool) -> Result<()> {
         unit: "ops/s",
         pinfs: p,
         tmpfs: t,
-        targeted: false,
+        // Issue 12: "fine; keep it so" — at least as fast as tmpfs.
+        targeted: true,
     });
 
-    print_table(&rows);
+    print_table(&rows, &bench_huge::pool(&*pool));
     let problems = fs.check();
     if !problems.is_empty() {
         bail!(
@@ -366,7 +368,10 @@ fn create_unlink_tmpfs(dir: &OwnedFd, names: &[CString]) -> Result<f64> {
     Ok(names.len() as f64 / start.elapsed().as_secs_f64())
 }
 
-fn print_table(rows: &[Row]) {
+/// The table; `pool_pages` is the pool's 2 MiB-page coverage, printed on
+/// the bandwidth rows (the tmpfs side's page sizes are not visible to a
+/// process that only calls `pread`/`pwrite`).
+fn print_table(rows: &[Row], pool_pages: &str) {
     println!();
     println!(
         "{:<14} {:>6} {:>12} {:>12} {:>7}  unit",
@@ -386,14 +391,19 @@ fn print_table(rows: &[Row]) {
         } else {
             String::new()
         };
+        let pages = if r.unit == "GiB/s" {
+            format!("pool {pool_pages}")
+        } else {
+            String::new()
+        };
         let line = format!(
-            "{:<14} {:>6} {:>12} {:>12} {:>6.2}x  {:<6} {verdict}",
+            "{:<14} {:>6} {:>12} {:>12} {:>6.2}x  {:<6} {pages:<15} {verdict}",
             r.op, r.size, p, t, ratio, r.unit
         );
         println!("{}", line.trim_end());
     }
     println!();
-    println!("target: pinfs {FS_GOAL} tmpfs for pread and pwrite at every size");
+    println!("target: pinfs {FS_GOAL} tmpfs for pread and pwrite at every size, and for create+unlink");
     println!("{}", card.summary());
 }
 

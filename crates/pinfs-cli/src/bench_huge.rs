@@ -91,6 +91,15 @@ fn parse(smaps: &str, lo: u64, hi: u64) -> Coverage {
     out
 }
 
+/// The coverage of a pool's own mapping, as `huge N%` (`huge ?` where the
+/// pool is not mapped or `smaps` cannot be read).
+pub fn pool(media: &dyn pinfs::media::Media) -> String {
+    media
+        .mapping()
+        .and_then(|m| coverage(m.base.as_ptr() as usize, m.len_bytes as usize))
+        .map_or_else(|| "huge ?".to_string(), |c| c.to_string())
+}
+
 /// One line naming the transparent huge page settings this run saw.
 pub fn settings_line() -> String {
     let get = |name: &str| pinfs::media::mapped::thp_setting(name).unwrap_or_else(|| "-".into());
