@@ -504,9 +504,30 @@ fn store_faults(
     Ok(())
 }
 
+/// `--huge`: how the benchmark's pool gets 2 MiB pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HugeChoice {
+    /// As the kernel's settings say (`MappedPool::memfd`).
+    Auto,
+    /// Allocated in 2 MiB pages on first touch (where the settings allow).
+    FirstTouch,
+    /// Whole windows collapsed as they are written (a memfd's path under
+    /// `shmem_enabled=never`).
+    Collapse,
+    /// 4 KiB pages only (what a memfd got under `never` before collapsing).
+    None,
+}
+
 /// `pinfs bench map`.
-pub fn run(quick: bool) -> Result<()> {
-    let pool = MappedPool::memfd(FILE_BYTES + (512 << 20)).context("memfd pool")?;
+pub fn run(quick: bool, huge: HugeChoice) -> Result<()> {
+    let bytes = FILE_BYTES + (512 << 20);
+    let pool = match huge {
+        HugeChoice::Auto => MappedPool::memfd(bytes),
+        HugeChoice::FirstTouch => MappedPool::memfd_with_huge_policy(bytes, HugePolicy::FirstTouch),
+        HugeChoice::Collapse => MappedPool::memfd_with_huge_policy(bytes, HugePolicy::Collapse),
+        HugeChoice::None => MappedPool::memfd_with_huge_policy(bytes, HugePolicy::None),
+    }
+    .context("memfd pool")?;
     let policy = pool.huge_policy();
     let media: Arc<dyn Media> = Arc::new(pool);
     Fs::mkfs(&*media)?;
@@ -522,8 +543,15 @@ pub fn run(quick: bool) -> Result<()> {
     let caps = fs.media().caps();
     println!("{caps}");
     println!("{}", bench_huge::settings_line());
-    println!("pool memory: {policy} (this benchmark changes no setting)");
-    if !caps.huge_pages {
+    println!(
+        "pool memory: {policy}{} (this benchmark changes no setting)",
+        if huge == HugeChoice::Auto {
+            " (as the kernel's settings give)"
+        } else {
+            " (chosen by --huge)"
+        }
+    );
+    if !caps.huge_pages && huge == HugeChoice::Auto {
         println!(
             "(no 2 MiB pages: this kernel refuses them for memfd (shmem_enabled=deny, or the 2 MiB size set to never))"
         );
@@ -532,7 +560,8 @@ pub fn run(quick: bool) -> Result<()> {
     let mut card = Scorecard::default();
     bandwidth(&fs, rounds, &mut card)?;
     // The kernel's memfd + THP baselines need 2 MiB pages on first touch.
-    let thp = policy == HugePolicy::FirstTouch;
+    let thp = MappedPool::memfd(4 << 20)
+        .is_ok_and(|probe| probe.huge_policy() == HugePolicy::FirstTouch);
     if !thp {
         println!("(memfd + THP baselines skipped: shmem_enabled gives a memfd no 2 MiB pages on first touch)");
     }

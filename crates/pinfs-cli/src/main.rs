@@ -106,6 +106,11 @@ enum Command {
         /// Shorter runs (for smoke tests).
         #[arg(long)]
         quick: bool,
+        /// `bench map`: how its memfd pool gets 2 MiB pages — `auto` (as the
+        /// kernel's settings say), `first-touch`, `collapse` (what a memfd
+        /// does under shmem_enabled=never), `none` (4 KiB pages only).
+        #[arg(long, value_enum, default_value = "auto")]
+        huge: bench_map::HugeChoice,
     },
 }
 
@@ -311,7 +316,7 @@ fn main() -> ExitCode {
             _ => Err(CliError::NotSupported { what: "--socket" }),
         },
         Command::Demo => demo::run().map_err(CliError::Other),
-        Command::Bench { name, quick } => bench(name, quick),
+        Command::Bench { name, quick, huge } => bench(name, quick, huge),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -582,11 +587,15 @@ fn stat(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
+fn bench(
+    name: Option<BenchName>,
+    quick: bool,
+    huge: bench_map::HugeChoice,
+) -> Result<(), CliError> {
     let run = |b: BenchName| match b {
         BenchName::Fs => bench_fs::run(quick),
         BenchName::Lease => bench_lease::run(quick),
-        BenchName::Map => bench_map::run(quick),
+        BenchName::Map => bench_map::run(quick, huge),
         BenchName::Dma => bench_dma::run(quick),
     };
     let chosen = match name {

@@ -261,12 +261,13 @@ impl MappedPool {
         Self::map(fd, Some(path.to_path_buf()), caps, len_bytes, huge_policy)
     }
 
-    /// Tests: a memfd pool as [`MappedPool::memfd`], with `policy` instead
-    /// of the one the kernel's settings give (`Collapse` exercises the
-    /// collapsing path whatever `shmem_enabled` says; `None` is its control).
-    #[cfg(feature = "negative-controls")]
-    #[doc(hidden)]
-    pub fn memfd_with_huge_policy_for_tests(size_bytes: u64, policy: HugePolicy) -> Result<Self> {
+    /// A memfd pool as [`MappedPool::memfd`], whose memory gets 2 MiB pages
+    /// by `policy` instead of the policy the kernel's settings give — for
+    /// measurements and tests: what the pool costs with no 2 MiB pages
+    /// (`None`), or by collapsing (`Collapse`, the path a memfd takes under
+    /// `shmem_enabled=never`) on a machine set up otherwise. `FirstTouch`
+    /// where the settings do not allow it gets 4 KiB pages.
+    pub fn memfd_with_huge_policy(size_bytes: u64, policy: HugePolicy) -> Result<Self> {
         let pool = Self::memfd(size_bytes)?;
         // Map the descriptor afresh with the policy asked for; the first
         // mapping goes with `pool`.
@@ -1022,7 +1023,6 @@ mod tests {
         kib * 1024
     }
 
-    #[cfg(feature = "negative-controls")]
     #[test]
     fn whole_windows_written_under_collapse_are_2mib_pages() {
         let written = 2 * HUGE_ALIGN_BYTES;
@@ -1036,7 +1036,7 @@ mod tests {
                 .unwrap();
         };
         let pool =
-            MappedPool::memfd_with_huge_policy_for_tests(8 << 20, HugePolicy::Collapse).unwrap();
+            MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::Collapse).unwrap();
         assert!(pool.caps().huge_pages);
         write(&pool);
         if !pool.collapse_works.load(Ordering::Relaxed) {
@@ -1058,7 +1058,7 @@ mod tests {
             return;
         }
         let control =
-            MappedPool::memfd_with_huge_policy_for_tests(8 << 20, HugePolicy::None).unwrap();
+            MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::None).unwrap();
         write(&control);
         assert_eq!(pmd_mapped_bytes(&control), 0);
     }
