@@ -403,7 +403,9 @@ fn print_table(rows: &[Row], pool_pages: &str) {
         println!("{}", line.trim_end());
     }
     println!();
-    println!("target: pinfs {FS_GOAL} tmpfs for pread and pwrite at every size, and for create+unlink");
+    println!(
+        "target: pinfs {FS_GOAL} tmpfs for pread and pwrite at every size, and for create+unlink"
+    );
     println!("{}", card.summary());
 }
 

@@ -372,8 +372,8 @@ fn eventfd_processes(total: u32, warmup: usize, gap: Option<Duration>) -> Result
         let mut v = 0u64;
         for _ in 0..total {
             let one = 1u64;
-            // SAFETY (for all three calls): 8-byte reads and writes of
-            // local integers on eventfds that stay open in the child.
+            // SAFETY: 8-byte reads and writes of local integers on
+            // eventfds that stay open in the child.
             unsafe {
                 if libc::write(r, (&one as *const u64).cast(), 8) != 8
                     || libc::read(h, (&mut v as *mut u64).cast(), 8) != 8

@@ -203,15 +203,11 @@ fn bandwidth(fs: &Arc<Fs>, rounds: usize, card: &mut Scorecard) -> Result<()> {
     std::hint::black_box(&a);
     // Coverage, read after the timing (reading smaps walks page tables).
     let cov = |addr: *const u8| {
-        bench_huge::coverage(addr as usize, BANDWIDTH_BYTES).map_or("huge ?".into(), |c| {
-            c.to_string()
-        })
+        bench_huge::coverage(addr as usize, BANDWIDTH_BYTES)
+            .map_or("huge ?".into(), |c| c.to_string())
     };
     let map_cov = map.huge_mapped_bytes().map_or("huge ?".to_string(), |n| {
-        format!(
-            "huge {:>3.0}%",
-            n as f64 * 100.0 / BANDWIDTH_BYTES as f64
-        )
+        format!("huge {:>3.0}%", n as f64 * 100.0 / BANDWIDTH_BYTES as f64)
     });
     let base_cov = format!("{} / {}", cov(b.as_ptr()), cov(a.as_ptr()));
     println!(
@@ -560,8 +556,8 @@ pub fn run(quick: bool, huge: HugeChoice) -> Result<()> {
     let mut card = Scorecard::default();
     bandwidth(&fs, rounds, &mut card)?;
     // The kernel's memfd + THP baselines need 2 MiB pages on first touch.
-    let thp = MappedPool::memfd(4 << 20)
-        .is_ok_and(|probe| probe.huge_policy() == HugePolicy::FirstTouch);
+    let thp =
+        MappedPool::memfd(4 << 20).is_ok_and(|probe| probe.huge_policy() == HugePolicy::FirstTouch);
     if !thp {
         println!("(memfd + THP baselines skipped: shmem_enabled gives a memfd no 2 MiB pages on first touch)");
     }

@@ -271,7 +271,10 @@ impl MappedPool {
         let pool = Self::memfd(size_bytes)?;
         // Map the descriptor afresh with the policy asked for; the first
         // mapping goes with `pool`.
-        let fd = pool.fd.try_clone().map_err(|e| Error::media("dup memfd", e))?;
+        let fd = pool
+            .fd
+            .try_clone()
+            .map_err(|e| Error::media("dup memfd", e))?;
         let (len_bytes, caps) = (pool.len_bytes, pool.caps);
         drop(pool);
         let caps = MediaCaps {
@@ -1035,8 +1038,7 @@ mod tests {
             pool.fill(2 * HUGE_ALIGN_BYTES, HUGE_ALIGN_BYTES + 4096, 0x5b)
                 .unwrap();
         };
-        let pool =
-            MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::Collapse).unwrap();
+        let pool = MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::Collapse).unwrap();
         assert!(pool.caps().huge_pages);
         write(&pool);
         if !pool.collapse_works.load(Ordering::Relaxed) {
@@ -1048,8 +1050,12 @@ mod tests {
         pool.read(HUGE_ALIGN_BYTES, &mut buf).unwrap();
         let (a, rest) = buf.split_at(HUGE_ALIGN_BYTES as usize);
         assert!(a.iter().all(|&b| b == 0x5a));
-        assert!(rest[..HUGE_ALIGN_BYTES as usize + 4096].iter().all(|&b| b == 0x5b));
-        assert!(rest[HUGE_ALIGN_BYTES as usize + 4096..].iter().all(|&b| b == 0));
+        assert!(rest[..HUGE_ALIGN_BYTES as usize + 4096]
+            .iter()
+            .all(|&b| b == 0x5b));
+        assert!(rest[HUGE_ALIGN_BYTES as usize + 4096..]
+            .iter()
+            .all(|&b| b == 0));
         // Negative control: the same writes with no policy stay in 4 KiB
         // pages (unless the kernel gives 2 MiB pages to every memfd).
         let global = thp_setting("shmem_enabled").unwrap_or_default();
@@ -1057,10 +1063,8 @@ mod tests {
             eprintln!("control skipped: shmem_enabled={global} gives every memfd 2 MiB pages");
             return;
         }
-        let control =
-            MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::None).unwrap();
+        let control = MappedPool::memfd_with_huge_policy(8 << 20, HugePolicy::None).unwrap();
         write(&control);
         assert_eq!(pmd_mapped_bytes(&control), 0);
     }
-
 }
