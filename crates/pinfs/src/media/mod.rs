@@ -86,7 +86,9 @@ pub struct MediaCaps {
     pub page_size: u64,
     /// Whether the kernel backs this 4 KiB-page pool with transparent 2 MiB
     /// pages (shmem THP: a memfd with `shmem_enabled` `always`,
-    /// `within_size` or `advise`, or a tmpfs mounted `huge=` one of those).
+    /// `within_size` or `advise`, or a tmpfs mounted `huge=` one of those —
+    /// on first touch; or a memfd under `never`, by collapsing the whole
+    /// windows it writes: `mapped::HugePolicy`).
     /// Then a 2 MiB-aligned run of pool blocks mapped at a 2 MiB-aligned
     /// address is one page-table entry, and a write fault into a wholly
     /// unallocated 2 MiB window of a mapping allocates the whole window.
