@@ -495,6 +495,49 @@ fn stat_and_demo() {
     }
 }
 
+/// `bench lease --quick` runs (a few seconds) and prints a verdict on each
+/// round-trip line with a target (issue 12's cold targets among them), and
+/// the physical limit — bare hand-offs measured in the same run — next to
+/// pinfs's figure for every carrier. Figures are not asserted.
+#[test]
+fn bench_lease_quick_prints_verdicts_and_the_physical_limit() {
+    let run = pinfs(&["bench", "lease", "--quick"]);
+    run.ok();
+    let lines = run.lines();
+    for (label, goal) in [
+        ("hot p50", "0.25x"),
+        ("hot p99", "0.25x"),
+        ("cold p50", "0.5x"),
+        ("cold p99", "0.8x"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("{label}: {run:#?}"));
+        assert!(
+            line.ends_with("target met") || line.ends_with(&format!("(target <= {goal})")),
+            "{line}"
+        );
+    }
+    for carrier in [
+        "futex, two threads",
+        "condvar, two threads",
+        "futex, two processes",
+        "eventfd, two processes",
+    ] {
+        for mode in ["hot p50", "hot p99", "cold p50", "cold p99"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{mode} {carrier} ")) && l.contains('x')),
+                "{mode} {carrier}: {run:#?}"
+            );
+        }
+    }
+    let summary = lines.last().copied().unwrap_or_default();
+    assert!(summary.starts_with("all 4 targets: target "), "{run:#?}");
+}
+
 /// `bench dma --quick` runs (a few seconds), logs nothing, and prints a
 /// verdict on every line that has a target: the figures are not asserted
 /// (no wall-clock assertions), their presence and wording are.
