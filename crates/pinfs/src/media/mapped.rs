@@ -41,7 +41,11 @@
 //! never through a `&`/`&mut` reference nor a plain `memcpy`, since other
 //! processes and devices write the same memory concurrently. The caller's
 //! buffer is ordinary Rust memory and the crate never lends out references
-//! into the pool, so the two cannot overlap.
+//! into the pool, so the two cannot overlap. Collapsing a window
+//! ([`HugePolicy::Collapse`]) asks the kernel about and advises a checked,
+//! page-aligned range of the same mapping (`mincore`, `MADV_COLLAPSE`, which
+//! moves the contents into a 2 MiB page without changing them) and loads one
+//! byte of it with a volatile read.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
