@@ -86,7 +86,12 @@ fn serve_start_use_sigterm_fsck() {
     // (another pool) is refused while the first answers.
     let other = dir.path().join("other");
     mkfs(&other);
-    let out = pinfs(&["serve", other.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
+    let out = pinfs(&[
+        "serve",
+        other.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");

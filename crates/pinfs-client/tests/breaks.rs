@@ -25,7 +25,11 @@ fn a_break_reaches_the_holder_process_as_signal_and_event() {
     // Blocks until the holder, in its own process, has released.
     f.truncate(0).unwrap();
     assert_eq!(holder.expect("break "), "break Break");
-    assert_eq!(holder.expect("signal "), "signal yes", "the signal did not arrive");
+    assert_eq!(
+        holder.expect("signal "),
+        "signal yes",
+        "the signal did not arrive"
+    );
     holder.expect("released");
     let st = holder.wait_exit(support::PATIENCE).expect("holder exits");
     assert!(st.success());
@@ -90,14 +94,25 @@ fn negative_control_without_fencing_the_holder_survives() {
 
 #[test]
 fn fence_off_only_removes_the_lease() {
-    let d = Daemon::start(TruncatePolicy::Defer, Duration::from_millis(500), Fence::Off);
+    let d = Daemon::start(
+        TruncatePolicy::Defer,
+        Duration::from_millis(500),
+        Fence::Off,
+    );
     let mut holder = d.spawn(&["open /h", "write 0 4096", "layout", "ready", "hold"]);
     holder.expect("ready");
     let c = d.client();
     c.truncate_path("/h", 0).unwrap();
-    assert!(holder.wait_exit(Duration::from_secs(1)).is_none(), "killed under --fence off");
+    assert!(
+        holder.wait_exit(Duration::from_secs(1)).is_none(),
+        "killed under --fence off"
+    );
     let s = c.status().unwrap();
-    let me = s.clients.iter().find(|cl| cl.pid == holder.pid()).expect("still connected");
+    let me = s
+        .clients
+        .iter()
+        .find(|cl| cl.pid == holder.pid())
+        .expect("still connected");
     assert!(me.leases.is_empty(), "its lease was not removed");
     assert_eq!(me.handles.len(), 1);
     assert!(s.leases.is_empty());

@@ -62,9 +62,7 @@ fn a_remote_pin_outlives_its_lease_and_file_and_keeps_blocks_busy() {
     // until the pin is dropped.
     let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Kill);
     let c = d.client();
-    let f = c
-        .open("/q", pinfs::fs::OpenFlags::CREATE, 0o644)
-        .unwrap();
+    let f = c.open("/q", pinfs::fs::OpenFlags::CREATE, 0o644).unwrap();
     f.pwrite(0, &vec![1u8; 65536]).unwrap();
     let lease = f
         .set_lease(

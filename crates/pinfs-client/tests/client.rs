@@ -77,12 +77,20 @@ fn every_operation_through_the_daemon() {
     c.chown("/d/a", None, Some(7)).unwrap();
     assert_eq!(c.stat("/d/a").unwrap().gid, 7);
     c.rename("/d/b", "/d/c").unwrap();
-    let names: Vec<String> = c.readdir("/d").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = c
+        .readdir("/d")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["a", "c"]);
     drop(g);
     c.unlink("/d/c").unwrap();
     // Leases with the core's rules: a read lease needs a read-only handle.
-    assert_eq!(f.set_lease(LeaseSpec::read()).unwrap_err().errno(), Errno::EAGAIN);
+    assert_eq!(
+        f.set_lease(LeaseSpec::read()).unwrap_err().errno(),
+        Errno::EAGAIN
+    );
     let r = c.open("/d/a", OpenFlags::RDONLY, 0).unwrap();
     drop(f);
     let id = r.set_lease(LeaseSpec::read()).unwrap();
@@ -134,8 +142,14 @@ fn events_poll_readable_and_a_vanished_daemon_fails_calls() {
     assert!(support::wait_until(|| holder.disconnected().is_some()));
     assert!(holder.disconnected().unwrap().contains("shutting down"));
     let errno = f.stat().unwrap_err().errno();
-    assert!(errno == Errno::ENOTCONN || errno == Errno::EPIPE, "{errno:?}");
+    assert!(
+        errno == Errno::ENOTCONN || errno == Errno::EPIPE,
+        "{errno:?}"
+    );
     assert_eq!(holder.statfs().unwrap_err().errno(), Errno::ENOTCONN);
-    assert_eq!(holder.events().try_recv().unwrap_err().errno(), Errno::ENOTCONN);
+    assert_eq!(
+        holder.events().try_recv().unwrap_err().errno(),
+        Errno::ENOTCONN
+    );
     assert!(readable(&holder, 0));
 }

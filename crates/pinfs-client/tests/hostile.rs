@@ -35,7 +35,10 @@ fn welcomed(d: &Daemon) -> (UnixStream, FrameReader) {
     send_frame(&s, &hello(PROTOCOL_VERSION)).unwrap();
     let mut r = FrameReader::new(s.try_clone().unwrap(), MAX_FRAME, 1);
     let f = r.read_frame().unwrap();
-    assert!(matches!(decode::<DaemonMsg>(&f.payload).unwrap(), DaemonMsg::Welcome(_)));
+    assert!(matches!(
+        decode::<DaemonMsg>(&f.payload).unwrap(),
+        DaemonMsg::Welcome(_)
+    ));
     r.set_max_fds(0);
     (s, r)
 }
@@ -68,7 +71,10 @@ fn dropped(s: &mut UnixStream) -> Option<String> {
 /// Dropped, told why, and the why mentions `what`.
 fn dropped_for(s: &mut UnixStream, what: &str) {
     let reason = dropped(s).expect("no Bye");
-    assert!(reason.contains(what), "Bye `{reason}` does not say `{what}`");
+    assert!(
+        reason.contains(what),
+        "Bye `{reason}` does not say `{what}`"
+    );
 }
 
 /// The good client still works.
@@ -117,7 +123,14 @@ fn each_hostile_client_loses_only_its_own_connection() {
 
     // A request before Hello.
     let mut s = raw();
-    send_frame(&s, &frame(&ClientMsg::Request { id: 1, op: Op::Statfs })).unwrap();
+    send_frame(
+        &s,
+        &frame(&ClientMsg::Request {
+            id: 1,
+            op: Op::Statfs,
+        }),
+    )
+    .unwrap();
     dropped_for(&mut s, "not Hello");
     still_serving(&good, &file);
 
@@ -130,7 +143,10 @@ fn each_hostile_client_loses_only_its_own_connection() {
     let (mut s, _r) = welcomed(&d);
     send_frame_with_fd(
         &s,
-        &frame(&ClientMsg::Request { id: 1, op: Op::Statfs }),
+        &frame(&ClientMsg::Request {
+            id: 1,
+            op: Op::Statfs,
+        }),
         spare.as_fd(),
     )
     .unwrap();
@@ -214,7 +230,9 @@ fn each_hostile_client_loses_only_its_own_connection() {
     still_serving(&good, &file);
 
     // Only the good client is left, and it holds nothing it did not take.
-    assert!(support::wait_until(|| good.status().unwrap().clients.len() == 1));
+    assert!(support::wait_until(
+        || good.status().unwrap().clients.len() == 1
+    ));
     let st = good.status().unwrap();
     assert!(st.leases.is_empty(), "{:?}", st.leases);
     drop(file);

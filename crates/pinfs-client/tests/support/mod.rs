@@ -124,10 +124,15 @@ impl Daemon {
     pub fn stop_and_fsck(mut self) {
         self.stop.stop();
         self.thread.take().unwrap().join().unwrap().unwrap();
-        let server = Arc::try_unwrap(self.server.take().unwrap()).expect("the server is only the test's");
+        let server =
+            Arc::try_unwrap(self.server.take().unwrap()).expect("the server is only the test's");
         let fs = Arc::clone(server.fs());
         drop(server);
-        assert_eq!(Arc::strong_count(&fs), 1, "a session still holds the file system");
+        assert_eq!(
+            Arc::strong_count(&fs),
+            1,
+            "a session still holds the file system"
+        );
         drop(fs);
         let report = Fs::fsck(&*self.media).unwrap();
         assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
