@@ -473,6 +473,11 @@ impl Conn {
                 }
                 DaemonMsg::Event(ev) => self.events.push(ev),
                 DaemonMsg::Bye { reason } => break format!("the daemon said goodbye: {reason}"),
+                DaemonMsg::Ping { token } => {
+                    if let Err(e) = self.send(&ClientMsg::Ack { token, errno: 0 }) {
+                        break format!("cannot acknowledge: {e}");
+                    }
+                }
                 DaemonMsg::Welcome(_) => break "a second Welcome from the daemon".to_owned(),
             }
         };

@@ -170,6 +170,7 @@ fn every_message_round_trips() {
     }
     round_trip(&DaemonMsg::Event(event()), MAX_FRAME);
     round_trip(&DaemonMsg::bye("shutting down"), MAX_FRAME);
+    round_trip(&DaemonMsg::Ping { token: 77 }, MAX_FRAME);
     round_trip(
         &DaemonMsg::Welcome(Welcome {
             version: PROTOCOL_VERSION,
