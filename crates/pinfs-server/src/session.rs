@@ -28,6 +28,11 @@ const TARGET: &str = "pinfs::server";
 /// in-process user of the same `Fs` would pick.
 const OWNER_BASE: u64 = 1 << 48;
 
+/// The tokens of `Session::ask` have this bit set; acknowledgements of
+/// tokens without it belong to the mapping code's placements, which number
+/// their own (so neither can take the other's acknowledgement).
+pub(crate) const ASK_TOKEN_BIT: u64 = 1 << 63;
+
 /// An open file of a client.
 pub(crate) struct OpenFile {
     pub(crate) handle: Handle,
@@ -270,7 +275,7 @@ impl Session {
         timeout: Option<std::time::Duration>,
         what: &str,
     ) -> Result<i32, pinfs::Errno> {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = ASK_TOKEN_BIT | self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.acks.lock().insert(token, tx);
         if !self.send(&make(token)) {
@@ -517,7 +522,11 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
             ClientMsg::Ack { token, errno } => {
                 // Handled here, never queued behind file-system work. A
                 // late one (its asker gave up and fenced) is only logged.
-                match session.acks.lock().remove(&token) {
+                let waiter = match token & ASK_TOKEN_BIT {
+                    0 => None,
+                    _ => session.acks.lock().remove(&token),
+                };
+                match waiter {
                     Some(tx) => {
                         let _ = tx.try_send(errno);
                     }
