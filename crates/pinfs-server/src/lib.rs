@@ -81,6 +81,10 @@ pub const MAX_FILES_PER_CLIENT: usize = 65_536;
 /// Most long-term pins per client (`ENOSPC` beyond).
 pub const MAX_PINS_PER_CLIENT: usize = 65_536;
 
+/// Most connections that have not yet said `Hello` at once; more are closed
+/// at once (each waits up to [`HELLO_TIMEOUT`] on a thread of its own).
+pub const MAX_HANDSHAKES: usize = 64;
+
 /// How long a new connection has to say `Hello`.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -175,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) options: ServeOptions,
     pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     next_client: AtomicU64,
+    /// Connections not yet past `Hello` (at most [`MAX_HANDSHAKES`]).
+    pub(crate) handshakes: std::sync::atomic::AtomicUsize,
     /// Set by `serve` for its duration: what deaths are awaited against.
     pub(crate) stop: Mutex<Option<Stop>>,
     /// Test switch: fencing kills nobody (the negative control).
@@ -221,6 +227,7 @@ impl Server {
                 options,
                 sessions: Mutex::new(HashMap::new()),
                 next_client: AtomicU64::new(1),
+                handshakes: std::sync::atomic::AtomicUsize::new(0),
                 stop: Mutex::new(None),
                 #[cfg(feature = "negative-controls")]
                 fencing_disabled: AtomicBool::new(false),
@@ -256,6 +263,12 @@ impl Server {
             }
             match listener.accept() {
                 Ok((stream, _)) => {
+                    if self.shared.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                        self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(target: "pinfs::server", "too many connections saying nothing: one refused");
+                        drop(stream);
+                        continue;
+                    }
                     let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
                     let shared = Arc::clone(&self.shared);
                     match std::thread::Builder::new()
@@ -264,7 +277,8 @@ impl Server {
                     {
                         Ok(h) => threads.push(h),
                         Err(e) => {
-                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread")
+                            self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread");
                         }
                     }
                     threads.retain(|h| !h.is_finished());

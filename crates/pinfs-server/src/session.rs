@@ -157,7 +157,10 @@ impl Session {
                         if let Err(e) =
                             rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
                         {
-                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client");
+                            // It lives on (holding everything until it dies),
+                            // but it is served no more.
+                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
+                            self.end(reason);
                         }
                     }
                     None => {
@@ -352,6 +355,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
     let cred = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => c,
         Err(e) => {
+            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
             return;
         }
@@ -365,11 +369,14 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         }
     };
     let Ok(read_half) = stream.try_clone() else {
+        shared.handshakes.fetch_sub(1, Ordering::AcqRel);
         return;
     };
     let mut reader = FrameReader::new(read_half, MAX_REQUEST_FRAME, 0);
     let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-    let signal = match read_hello(&mut reader) {
+    let hello = read_hello(&mut reader);
+    shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+    let signal = match hello {
         Ok(s) => s,
         Err(reason) => return bye(&stream, &reason),
     };
