@@ -550,6 +550,17 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
+    if shared.cleanup_disabled() {
+        // The negative control: the connection closes, nothing is
+        // released, and the session stays listed.
+        tracing::warn!(target: TARGET, client = session.id, "cleanup disabled (test switch)");
+        *session.out.lock() = None;
+        if let Some(h) = writer {
+            let _ = h.join();
+        }
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
