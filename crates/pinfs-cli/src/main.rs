@@ -17,6 +17,7 @@ mod bench_target;
 mod demo;
 mod error;
 mod io;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -97,6 +98,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Serve POOL to client processes over a Unix socket (the daemon, in the
+    /// foreground; SIGINT/SIGTERM stop it cleanly).
+    Serve(serve::ServeArgs),
     /// The end-to-end scenario, narrated, on a volatile pool.
     Demo,
     /// Benchmarks, each printing ratios against a baseline measured in the same run.
@@ -301,7 +305,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    init_tracing(cli.verbose);
+    // A daemon tells its operator why it drops or fences a client.
+    init_tracing(cli.verbose, matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Mkfs { force, size, pool } => mkfs(&pool, size, force),
         Command::Fsck { pool } => fsck(&pool),
@@ -315,6 +320,7 @@ fn main() -> ExitCode {
             (Some(pool), None) => stat(&pool),
             _ => Err(CliError::NotSupported { what: "--socket" }),
         },
+        Command::Serve(args) => serve::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
         Command::Bench { name, quick, huge } => bench(name, quick, huge),
     };
@@ -333,12 +339,13 @@ fn main() -> ExitCode {
 /// stdout, and a forcibly broken lease is theirs to report, not a log line
 /// in the middle of it. Colours only on a terminal, so that scripts capture
 /// plain text.
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINFS_LOG")
         .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| {
             EnvFilter::new(match verbose {
+                0 if daemon => "error,pinfs::server=warn",
                 0 => "error",
                 1 => "info",
                 2 => "debug",
