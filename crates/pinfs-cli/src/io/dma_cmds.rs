@@ -105,7 +105,7 @@ impl DmaState {
     /// Device `kind` of the run, created over the pool on first use.
     fn device(&self, shared: &Shared, kind: &str) -> Result<Arc<dyn Device>, CmdError> {
         let mut devices = self.devices.lock();
-        let pool = shared.fs.media().clone();
+        let pool = shared.fs()?.media().clone();
         let name: &'static str = match kind {
             "soft" => "soft",
             "uring" => "uring",
@@ -176,6 +176,10 @@ pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
             "dma-dereg" => (DMA_DEREG, dma_dereg),
             _ => return None,
         };
+    // Not offered through a daemon yet: each device command says so.
+    if let Err(e) = ctx.shared.fs() {
+        return Some(Err(e));
+    }
     Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
 }
 
@@ -218,7 +222,7 @@ fn dma_reg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     shared.dma.regs.lock().insert(
         id,
         Arc::new(RunReg {
-            owner: ctx.actor.cred.owner,
+            owner: ctx.actor.owner.0,
             device: reg.device().name(),
             reg: Mutex::new(Some(reg)),
             stop: AtomicBool::new(false),
@@ -344,7 +348,7 @@ fn dma_dereg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [id] = args.exactly()?;
     let id = args.id(id, "registration id")?;
     let r = ctx.shared.dma.get(id)?;
-    if r.owner != ctx.actor.cred.owner {
+    if r.owner != ctx.actor.owner.0 {
         return Err(CmdError::Errno(Errno::EPERM));
     }
     ctx.shared.dma.regs.lock().remove(&id);

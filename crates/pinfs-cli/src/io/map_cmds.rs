@@ -61,6 +61,10 @@ pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
             "mstat" => (MSTAT, mstat),
             _ => return None,
         };
+    // Not offered through a daemon yet: each mapping command says so.
+    if let Err(e) = ctx.shared.fs() {
+        return Some(Err(e));
+    }
     Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
 }
 
@@ -97,7 +101,7 @@ fn mmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     if args.flag('r') {
         flags = flags.read_only();
     }
-    let mapping = ctx.actor.handle()?.mmap(offset, len, flags)?;
+    let mapping = ctx.actor.local_handle()?.mmap(offset, len, flags)?;
     ctx.actor.mapping = Some(mapping);
     Ok(())
 }

@@ -30,6 +30,7 @@
 //! handles close and the engine forgets the owner
 //! ([`pinfs::lease::LeaseEngine::drop_owner`]), as at a process exit.
 
+pub mod backend;
 mod dma_cmds;
 mod dump;
 mod file_cmds;
@@ -48,10 +49,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pinfs::fs::{Cred, Fs, Handle};
-use pinfs::lease::{EventQueue, FileKey, OwnerId};
+use pinfs::fs::{Cred, Fs};
+use pinfs::lease::{FileKey, OwnerId};
 use pinfs::Errno;
 
+use self::backend::{Conn, File};
 use self::parse::{Line, MAIN_ACTOR};
 use crate::error::CmdError;
 
@@ -110,8 +112,9 @@ pub fn unnamed_actor(owner: OwnerId) -> String {
 /// What every actor of a run shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The mounted file system.
-    pub fs: Arc<Fs>,
+    /// The mounted file system, when the run is in process (`None` through
+    /// a daemon).
+    fs: Option<Arc<Fs>>,
     /// The run's settings.
     // `policy` is read by the pin commands that arrive with later work.
     #[allow(dead_code)]
@@ -127,7 +130,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(fs: Arc<Fs>, settings: Settings) -> Self {
+    fn new(fs: Option<Arc<Fs>>, settings: Settings) -> Self {
         Shared {
             fs,
             settings,
@@ -135,6 +138,26 @@ impl Shared {
             paths: Mutex::new(HashMap::new()),
             dma: Default::default(),
         }
+    }
+
+    /// The in-process file system, or `EOPNOTSUPP` through a daemon: what
+    /// the commands the daemon does not offer yet (mappings, devices) ask
+    /// for first, so that each says `CMD: Operation not supported`.
+    pub fn fs(&self) -> Result<&Arc<Fs>, CmdError> {
+        self.fs.as_ref().ok_or(CmdError::Errno(Errno::EOPNOTSUPP))
+    }
+
+    /// A new actor's connection, as lease owner `owner`. In process, its
+    /// event queue is created here, before the actor can hold a lease, so
+    /// that no notification addressed to it is lost.
+    fn connect(&self, owner: OwnerId) -> Result<Conn, CmdError> {
+        let fs = self.fs()?;
+        let events = fs.leases().owner_events(owner)?;
+        Ok(Conn::Local {
+            fs: fs.clone(),
+            cred: Cred::root_as(owner.0),
+            events,
+        })
     }
 
     /// Remember that `owner` is actor `name`.
@@ -182,8 +205,8 @@ impl Shared {
 /// An open file, as an actor's current file.
 #[derive(Debug)]
 pub struct OpenFile {
-    /// The open file description.
-    pub handle: Handle,
+    /// The open file description (in process or through the daemon).
+    pub handle: File,
     /// The path it was opened by (what the `leases` listing shows for the
     /// leases set through it).
     pub path: String,
@@ -200,12 +223,13 @@ pub struct Actor {
     /// The name, without `@` (for the `pins` listing of later work).
     #[allow(dead_code)]
     pub name: String,
-    /// Identity for permission checks, and owner of leases and pins.
-    pub cred: Cred,
+    /// Owner of its leases, pins and registrations.
+    pub owner: OwnerId,
+    /// Its connection: identity for permission checks, the lease-break
+    /// notifications addressed to it (`wait-break`).
+    pub conn: Conn,
     /// The current file (`open`, `close`).
     pub file: Option<OpenFile>,
-    /// The lease-break notifications addressed to this actor (`wait-break`).
-    pub events: EventQueue,
     /// Its current mapping (`mmap`; dropped by `munmap` or the actor's end).
     pub mapping: Option<pinfs::map::Mapping>,
     /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
@@ -213,12 +237,12 @@ pub struct Actor {
 }
 
 impl Actor {
-    fn new(name: &str, owner: u64, events: EventQueue) -> Self {
+    fn new(name: &str, owner: OwnerId, conn: Conn) -> Self {
         Actor {
             name: name.to_string(),
-            cred: Cred::root_as(owner),
+            owner,
+            conn,
             file: None,
-            events,
             mapping: None,
             pins: std::collections::BTreeMap::new(),
         }
@@ -226,7 +250,7 @@ impl Actor {
 
     /// The actor as a lease owner.
     pub fn owner(&self) -> OwnerId {
-        OwnerId(self.cred.owner)
+        self.owner
     }
 
     /// The current file, or `EBADF` when there is none.
@@ -235,8 +259,14 @@ impl Actor {
     }
 
     /// The current file's handle, or `EBADF` when there is none.
-    pub fn handle(&self) -> Result<&Handle, CmdError> {
+    pub fn handle(&self) -> Result<&File, CmdError> {
         Ok(&self.file()?.handle)
+    }
+
+    /// The current file's in-process handle: `EBADF` when there is none,
+    /// `EOPNOTSUPP` through a daemon.
+    pub fn local_handle(&self) -> Result<&pinfs::fs::Handle, CmdError> {
+        self.handle()?.local()
     }
 }
 
@@ -353,7 +383,9 @@ fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
     // holds, then its leases: as at a process exit.
     shared.dma.drop_owner(owner.0);
     drop(actor);
-    shared.fs.leases().drop_owner(owner);
+    if let Ok(fs) = shared.fs() {
+        fs.leases().drop_owner(owner);
+    }
 }
 
 /// The runner's side of an actor.
@@ -438,16 +470,18 @@ impl Runner {
         let owner = self.actors.len() as u64 + 1;
         // The queue exists before the actor can hold a lease: no
         // notification addressed to it is lost.
-        let events = self.shared.fs.leases().owner_events(OwnerId(owner))?;
+        let conn = self.shared.connect(OwnerId(owner))?;
         self.shared.name_owner(OwnerId(owner), name);
-        let actor = Actor::new(name, owner, events);
+        let actor = Actor::new(name, OwnerId(owner), conn);
         let (jobs, incoming) = mpsc::channel();
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("@{name}"))
             .spawn(move || actor_main(actor, shared, incoming))
             .map_err(|e| {
-                self.shared.fs.leases().drop_owner(OwnerId(owner));
+                if let Ok(fs) = self.shared.fs() {
+                    fs.leases().drop_owner(OwnerId(owner));
+                }
                 Errno(e.raw_os_error().unwrap_or(libc::EAGAIN))
             })?;
         self.actors.push(ActorSlot {
@@ -564,7 +598,7 @@ impl Runner {
 /// Run a script on `fs`; `true` when every command succeeded.
 pub fn run(fs: Arc<Fs>, settings: Settings, script: &[String]) -> bool {
     let mut runner = Runner {
-        shared: Arc::new(Shared::new(fs, settings)),
+        shared: Arc::new(Shared::new(Some(fs), settings)),
         actors: Vec::new(),
         failed: false,
     };

@@ -48,7 +48,7 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     // unbreakable lease; offsets relative to it) when there is one; else the current file's range (exclusive layout lease).
     let pin = match &ctx.actor.mapping {
         Some(m) => m.pin_long_term(off, len, Some(revoke))?,
-        None => file.handle.pin_long_term(off, len, Some(revoke))?,
+        None => file.handle.local()?.pin_long_term(off, len, Some(revoke))?,
     };
     ctx.shared
         .remember_path(file.handle.lease_file(), &file.path);
@@ -76,7 +76,7 @@ fn unpin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 /// on-demand registrations, which pin nothing (`... soft mr 4 odp`).
 fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
-    let mut all: Vec<PinInfo> = ctx.shared.fs.pins();
+    let mut all: Vec<PinInfo> = ctx.shared.fs()?.pins();
     all.sort_by_key(|p| (p.owner, p.id));
     let mut lines: Vec<(u64, u8, u64, String)> = Vec::new();
     for p in all {
@@ -99,7 +99,7 @@ fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     }
     // Registrations that hold no pin are listed too: on-demand ones, and
     // revoked ones (their device addresses stay reserved until `dma-dereg`).
-    for r in ctx.shared.fs.registrations() {
+    for r in ctx.shared.fs()?.registrations() {
         let what = match (r.mode, r.revoked) {
             (pinfs::dma::RevokeMode::Odp, _) => "odp",
             (_, true) => "revoked",

@@ -1,0 +1,203 @@
+//! What an `io` actor talks to: the in-process file system (`--pool`, or the
+//! volatile pool) or a daemon (`--socket`), behind one shape so that every
+//! command reads the same either way and prints the same output.
+//!
+//! [`Conn`] is an actor's connection — its identity and its event queue —
+//! and [`File`] one of its open files. Both are enums with delegating
+//! methods rather than traits: there are exactly two sides, every command
+//! needs the same handful of calls, and an enum keeps the in-process side
+//! exactly what it was (the calls are the library's own). A command that the
+//! daemon's client library does not offer yet (mappings, devices) asks for
+//! the in-process side with [`File::local`] / `Shared::fs` and fails
+//! with `EOPNOTSUPP` (`mmap: Operation not supported`) through a daemon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinfs::fs::{Cred, DirEntry, FallocMode, FiemapExtent, Fs, Handle, OpenFlags, Stat, StatFs};
+use pinfs::lease::{BreakEvent, EventQueue, FileKey, LeaseRequest, LeaseType, OwnerId};
+use pinfs::Result;
+
+use crate::error::CmdError;
+
+/// An actor's connection to the file system.
+#[derive(Debug)]
+pub enum Conn {
+    /// The in-process file system: the actor is an identity ([`Cred`] with a
+    /// unique owner) and a lease-event queue of the run's engine.
+    Local {
+        /// The mounted file system (shared by every actor of the run).
+        fs: Arc<Fs>,
+        /// The actor's identity.
+        cred: Cred,
+        /// Its lease-break notifications.
+        events: EventQueue,
+    },
+}
+
+impl Conn {
+    /// Open `path` (created with `mode` under `flags.create`).
+    pub fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<File> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.open(*cred, path, flags, mode).map(File::Local),
+        }
+    }
+
+    /// `truncate(2)` by path.
+    pub fn truncate_path(&self, path: &str, size: u64) -> Result<()> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.truncate_path(*cred, path, size),
+        }
+    }
+
+    /// Remove a name.
+    pub fn unlink(&self, path: &str) -> Result<()> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.unlink(*cred, path),
+        }
+    }
+
+    /// Make a directory.
+    pub fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.mkdir(*cred, path, mode),
+        }
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.rmdir(*cred, path),
+        }
+    }
+
+    /// Rename.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.rename(*cred, from, to),
+        }
+    }
+
+    /// A directory's entries.
+    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        match self {
+            Conn::Local { fs, cred, .. } => fs.readdir(*cred, path),
+        }
+    }
+
+    /// Space and inode counts.
+    pub fn statfs(&self) -> Result<StatFs> {
+        match self {
+            Conn::Local { fs, .. } => Ok(fs.statfs()),
+        }
+    }
+
+    /// The next lease-break notification addressed to this actor, waiting
+    /// up to `timeout`; `None` when none came.
+    pub fn recv_event(&self, timeout: Duration) -> Result<Option<BreakEvent>, CmdError> {
+        match self {
+            Conn::Local { events, .. } => events
+                .recv_timeout(timeout)
+                .map_err(|e| CmdError::Errno(e.errno())),
+        }
+    }
+}
+
+/// An open file of an actor (drop closes it).
+#[derive(Debug)]
+pub enum File {
+    /// A handle of the in-process file system.
+    Local(Handle),
+}
+
+impl File {
+    /// The in-process handle, or `EOPNOTSUPP` through a daemon.
+    pub fn local(&self) -> Result<&Handle, CmdError> {
+        match self {
+            File::Local(h) => Ok(h),
+        }
+    }
+
+    /// The file as the lease engine names it (for the path listings).
+    pub fn lease_file(&self) -> FileKey {
+        match self {
+            File::Local(h) => h.lease_file(),
+        }
+    }
+
+    /// Read at `offset`; the count read (short at end of file).
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            File::Local(h) => h.pread(offset, buf),
+        }
+    }
+
+    /// Write at `offset`; the count written.
+    pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        match self {
+            File::Local(h) => h.pwrite(offset, data),
+        }
+    }
+
+    /// `ftruncate(2)`.
+    pub fn truncate(&self, size: u64) -> Result<()> {
+        match self {
+            File::Local(h) => h.truncate(size),
+        }
+    }
+
+    /// The fallocate family.
+    pub fn fallocate(&self, mode: FallocMode, offset: u64, len: u64) -> Result<()> {
+        match self {
+            File::Local(h) => h.fallocate(mode, offset, len),
+        }
+    }
+
+    /// Clone `src` (or a range of it: source offset, destination offset,
+    /// length) into this file. Both files are of the same connection.
+    pub fn reflink(&self, src: &File, range: Option<(u64, u64, u64)>) -> Result<()> {
+        match (self, src) {
+            (File::Local(h), File::Local(s)) => h.reflink(s, range),
+        }
+    }
+
+    /// Make the file durable.
+    pub fn fsync(&self) -> Result<()> {
+        match self {
+            File::Local(h) => h.fsync(),
+        }
+    }
+
+    /// Size, blocks, extents.
+    pub fn stat(&self) -> Result<Stat> {
+        match self {
+            File::Local(h) => h.stat(),
+        }
+    }
+
+    /// The extent map.
+    pub fn fiemap(&self) -> Result<Vec<FiemapExtent>> {
+        match self {
+            File::Local(h) => h.fiemap(),
+        }
+    }
+
+    /// Set (or release) a lease through this file for `owner` (the actor).
+    pub fn set_lease(&self, owner: OwnerId, req: LeaseRequest) -> Result<()> {
+        match self {
+            File::Local(h) => h
+                .fs()
+                .leases()
+                .set_lease(h.lease_file(), h.lease_handle(), owner, req)
+                .map(|_| ())
+                .map_err(Into::into),
+        }
+    }
+
+    /// The handle's open lease (the target type while a break is pending).
+    pub fn get_lease(&self) -> Result<LeaseType> {
+        match self {
+            File::Local(h) => Ok(h.fs().leases().get_lease(h.lease_file(), h.lease_handle())),
+        }
+    }
+}
