@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use pinfs::fs::{Cred, DirEntry, FallocMode, FiemapExtent, Fs, Handle, OpenFlags, Stat, StatFs};
 use pinfs::lease::{BreakEvent, EventQueue, FileKey, LeaseRequest, LeaseType, OwnerId};
-use pinfs::Result;
+use pinfs::{Errno, Result};
+use pinfs_client::{Client, LeaseSpec, RemoteFile, RemotePin};
 
 use crate::error::CmdError;
 
@@ -33,6 +34,10 @@ pub enum Conn {
         /// Its lease-break notifications.
         events: EventQueue,
     },
+    /// A connection to a daemon (`--socket`): one per actor, so each actor
+    /// is its own client (its own owner of leases and pins) as a separate
+    /// process would be; its notifications are the client's event queue.
+    Remote(Client),
 }
 
 impl Conn {
@@ -40,6 +45,7 @@ impl Conn {
     pub fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<File> {
         match self {
             Conn::Local { fs, cred, .. } => fs.open(*cred, path, flags, mode).map(File::Local),
+            Conn::Remote(c) => c.open(path, flags, mode).map(File::Remote),
         }
     }
 
@@ -47,6 +53,7 @@ impl Conn {
     pub fn truncate_path(&self, path: &str, size: u64) -> Result<()> {
         match self {
             Conn::Local { fs, cred, .. } => fs.truncate_path(*cred, path, size),
+            Conn::Remote(c) => c.truncate_path(path, size),
         }
     }
 
@@ -54,6 +61,7 @@ impl Conn {
     pub fn unlink(&self, path: &str) -> Result<()> {
         match self {
             Conn::Local { fs, cred, .. } => fs.unlink(*cred, path),
+            Conn::Remote(c) => c.unlink(path),
         }
     }
 
@@ -61,6 +69,7 @@ impl Conn {
     pub fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
         match self {
             Conn::Local { fs, cred, .. } => fs.mkdir(*cred, path, mode),
+            Conn::Remote(c) => c.mkdir(path, mode),
         }
     }
 
@@ -68,6 +77,7 @@ impl Conn {
     pub fn rmdir(&self, path: &str) -> Result<()> {
         match self {
             Conn::Local { fs, cred, .. } => fs.rmdir(*cred, path),
+            Conn::Remote(c) => c.rmdir(path),
         }
     }
 
@@ -75,6 +85,7 @@ impl Conn {
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
         match self {
             Conn::Local { fs, cred, .. } => fs.rename(*cred, from, to),
+            Conn::Remote(c) => c.rename(from, to),
         }
     }
 
@@ -82,6 +93,7 @@ impl Conn {
     pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         match self {
             Conn::Local { fs, cred, .. } => fs.readdir(*cred, path),
+            Conn::Remote(c) => c.readdir(path),
         }
     }
 
@@ -89,6 +101,7 @@ impl Conn {
     pub fn statfs(&self) -> Result<StatFs> {
         match self {
             Conn::Local { fs, .. } => Ok(fs.statfs()),
+            Conn::Remote(c) => c.statfs(),
         }
     }
 
@@ -99,6 +112,7 @@ impl Conn {
             Conn::Local { events, .. } => events
                 .recv_timeout(timeout)
                 .map_err(|e| CmdError::Errno(e.errno())),
+            Conn::Remote(c) => Ok(c.events().recv_timeout(timeout)?),
         }
     }
 }
@@ -108,6 +122,8 @@ impl Conn {
 pub enum File {
     /// A handle of the in-process file system.
     Local(Handle),
+    /// A file opened through the daemon.
+    Remote(RemoteFile),
 }
 
 impl File {
@@ -115,6 +131,7 @@ impl File {
     pub fn local(&self) -> Result<&Handle, CmdError> {
         match self {
             File::Local(h) => Ok(h),
+            File::Remote(_) => Err(CmdError::Errno(Errno::EOPNOTSUPP)),
         }
     }
 
@@ -122,6 +139,7 @@ impl File {
     pub fn lease_file(&self) -> FileKey {
         match self {
             File::Local(h) => h.lease_file(),
+            File::Remote(f) => f.lease_file(),
         }
     }
 
@@ -129,6 +147,7 @@ impl File {
     pub fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match self {
             File::Local(h) => h.pread(offset, buf),
+            File::Remote(f) => f.pread(offset, buf),
         }
     }
 
@@ -136,6 +155,7 @@ impl File {
     pub fn pwrite(&self, offset: u64, data: &[u8]) -> Result<usize> {
         match self {
             File::Local(h) => h.pwrite(offset, data),
+            File::Remote(f) => f.pwrite(offset, data),
         }
     }
 
@@ -143,6 +163,7 @@ impl File {
     pub fn truncate(&self, size: u64) -> Result<()> {
         match self {
             File::Local(h) => h.truncate(size),
+            File::Remote(f) => f.truncate(size),
         }
     }
 
@@ -150,6 +171,7 @@ impl File {
     pub fn fallocate(&self, mode: FallocMode, offset: u64, len: u64) -> Result<()> {
         match self {
             File::Local(h) => h.fallocate(mode, offset, len),
+            File::Remote(f) => f.fallocate(mode, offset, len),
         }
     }
 
@@ -158,6 +180,9 @@ impl File {
     pub fn reflink(&self, src: &File, range: Option<(u64, u64, u64)>) -> Result<()> {
         match (self, src) {
             (File::Local(h), File::Local(s)) => h.reflink(s, range),
+            (File::Remote(f), File::Remote(s)) => f.reflink(s, range),
+            // Never made by one actor: its files all come from one side.
+            _ => Err(Errno(libc::EXDEV).into()),
         }
     }
 
@@ -165,6 +190,7 @@ impl File {
     pub fn fsync(&self) -> Result<()> {
         match self {
             File::Local(h) => h.fsync(),
+            File::Remote(f) => f.fsync(),
         }
     }
 
@@ -172,6 +198,7 @@ impl File {
     pub fn stat(&self) -> Result<Stat> {
         match self {
             File::Local(h) => h.stat(),
+            File::Remote(f) => f.stat(),
         }
     }
 
@@ -179,6 +206,7 @@ impl File {
     pub fn fiemap(&self) -> Result<Vec<FiemapExtent>> {
         match self {
             File::Local(h) => h.fiemap(),
+            File::Remote(f) => f.fiemap(),
         }
     }
 
@@ -191,6 +219,15 @@ impl File {
                 .set_lease(h.lease_file(), h.lease_handle(), owner, req)
                 .map(|_| ())
                 .map_err(Into::into),
+            File::Remote(f) => f
+                .set_lease(LeaseSpec {
+                    ty: req.ty,
+                    layout: req.layout,
+                    unbreakable: req.unbreakable,
+                    range: req.range,
+                    nonblocking: false,
+                })
+                .map(|_| ()),
         }
     }
 
@@ -198,6 +235,53 @@ impl File {
     pub fn get_lease(&self) -> Result<LeaseType> {
         match self {
             File::Local(h) => Ok(h.fs().leases().get_lease(h.lease_file(), h.lease_handle())),
+            File::Remote(f) => f.get_lease(),
+        }
+    }
+}
+
+/// A long-term pin an actor holds (dropping it unpins).
+#[derive(Debug)]
+pub enum HeldPin {
+    /// Taken in process.
+    Local(pinfs::fs::Pin),
+    /// Taken through the daemon.
+    Remote(RemotePin),
+}
+
+impl HeldPin {
+    /// Its id (what `pin` prints and `unpin` takes).
+    pub fn id(&self) -> u64 {
+        match self {
+            HeldPin::Local(p) => p.id().0,
+            HeldPin::Remote(p) => p.id().0,
+        }
+    }
+}
+
+impl Conn {
+    /// The daemon's client, for the listings it answers (`leases`, `pins`).
+    pub fn client(&self) -> Option<&Client> {
+        match self {
+            Conn::Local { .. } => None,
+            Conn::Remote(c) => Some(c),
+        }
+    }
+}
+
+impl File {
+    /// A long-term pin of a range of the file under the actor's
+    /// unbreakable layout lease (SPEC §4.2). In process, `revoke` is what
+    /// the `revoke` policy calls; through the daemon the daemon revokes.
+    pub fn pin_long_term(
+        &self,
+        offset: u64,
+        len: u64,
+        revoke: Option<pinfs::pin::RevokeFn>,
+    ) -> Result<HeldPin> {
+        match self {
+            File::Local(h) => h.pin_long_term(offset, len, revoke).map(HeldPin::Local),
+            File::Remote(f) => f.pin_long_term(offset, len).map(HeldPin::Remote),
         }
     }
 }

@@ -170,6 +170,17 @@ pub fn listing_line(info: &LeaseInfo, actor: &str, path: &str) -> String {
 
 fn leases(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
+    // Through a daemon: what it lists (every client's leases), with the
+    // paths it knows.
+    if let Some(client) = ctx.actor.conn.client() {
+        let status = client.status()?;
+        for info in &status.leases {
+            let label = ctx.shared.client_label(&status, info.owner.0);
+            ctx.out
+                .line(listing_line(info, &label, status.path_of(info.file)));
+        }
+        return Ok(());
+    }
     for info in ctx.shared.fs()?.leases().list() {
         let line = listing_line(
             &info,

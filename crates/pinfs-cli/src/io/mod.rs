@@ -43,6 +43,7 @@ mod pin_cmds;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,6 +53,7 @@ use parking_lot::Mutex;
 use pinfs::fs::{Cred, Fs};
 use pinfs::lease::{FileKey, OwnerId};
 use pinfs::Errno;
+use pinfs_client::Client;
 
 use self::backend::{Conn, File};
 use self::parse::{Line, MAIN_ACTOR};
@@ -115,6 +117,13 @@ pub struct Shared {
     /// The mounted file system, when the run is in process (`None` through
     /// a daemon).
     fs: Option<Arc<Fs>>,
+    /// The daemon's socket, when the run is its client (`--socket`).
+    socket: Option<PathBuf>,
+    /// A connection made before the run (checking the socket), which the
+    /// first actor takes over.
+    first_client: Mutex<Option<Client>>,
+    /// Actor names by daemon client id (for the listings the daemon answers).
+    clients: Mutex<HashMap<u64, String>>,
     /// The run's settings.
     // `policy` is read by the pin commands that arrive with later work.
     #[allow(dead_code)]
@@ -130,9 +139,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(fs: Option<Arc<Fs>>, settings: Settings) -> Self {
+    fn new(
+        fs: Option<Arc<Fs>>,
+        socket: Option<Client>,
+        path: Option<PathBuf>,
+        settings: Settings,
+    ) -> Self {
         Shared {
             fs,
+            socket: path,
+            first_client: Mutex::new(socket),
+            clients: Mutex::new(HashMap::new()),
             settings,
             names: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
@@ -150,7 +167,15 @@ impl Shared {
     /// A new actor's connection, as lease owner `owner`. In process, its
     /// event queue is created here, before the actor can hold a lease, so
     /// that no notification addressed to it is lost.
-    fn connect(&self, owner: OwnerId) -> Result<Conn, CmdError> {
+    fn connect(&self, owner: OwnerId, name: &str) -> Result<Conn, CmdError> {
+        if let Some(socket) = &self.socket {
+            let client = match self.first_client.lock().take() {
+                Some(c) => c,
+                None => Client::connect(socket)?,
+            };
+            self.clients.lock().insert(client.id(), name.to_string());
+            return Ok(Conn::Remote(client));
+        }
         let fs = self.fs()?;
         let events = fs.leases().owner_events(owner)?;
         Ok(Conn::Local {
@@ -172,6 +197,18 @@ impl Shared {
             Some(name) => format!("@{name}"),
             None => unnamed_actor(owner),
         }
+    }
+
+    /// How the listings the daemon answers name a lease or pin owner: an
+    /// actor of this run by its `@NAME`, any other client as
+    /// `@client-ID` (`pinfs stat --socket` maps ids to processes).
+    pub fn client_label(&self, status: &pinfs_client::Status, owner: u64) -> String {
+        crate::stat::owner_label(status, owner, &self.clients.lock())
+    }
+
+    /// The `pins` listing of a daemon's `Status`, actors by name.
+    pub fn status_pin_lines(&self, status: &pinfs_client::Status) -> Vec<String> {
+        crate::stat::status_pin_lines(status, &self.clients.lock())
     }
 
     /// Remember that `file` goes by `path` (up to [`MAX_KNOWN_PATHS`]
@@ -233,7 +270,7 @@ pub struct Actor {
     /// Its current mapping (`mmap`; dropped by `munmap` or the actor's end).
     pub mapping: Option<pinfs::map::Mapping>,
     /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
-    pub pins: std::collections::BTreeMap<u64, pinfs::fs::Pin>,
+    pub pins: std::collections::BTreeMap<u64, backend::HeldPin>,
 }
 
 impl Actor {
@@ -470,7 +507,7 @@ impl Runner {
         let owner = self.actors.len() as u64 + 1;
         // The queue exists before the actor can hold a lease: no
         // notification addressed to it is lost.
-        let conn = self.shared.connect(OwnerId(owner))?;
+        let conn = self.shared.connect(OwnerId(owner), name)?;
         self.shared.name_owner(OwnerId(owner), name);
         let actor = Actor::new(name, OwnerId(owner), conn);
         let (jobs, incoming) = mpsc::channel();
@@ -595,10 +632,25 @@ impl Runner {
     }
 }
 
-/// Run a script on `fs`; `true` when every command succeeded.
-pub fn run(fs: Arc<Fs>, settings: Settings, script: &[String]) -> bool {
+/// Where a run's actors work.
+#[derive(Debug)]
+pub enum Target {
+    /// In process, on this file system.
+    Local(Arc<Fs>),
+    /// Through the daemon at this socket, each actor its own connection;
+    /// the client given is the first actor's (made beforehand, so that a
+    /// socket nobody serves is one error before the script starts).
+    Daemon(PathBuf, Client),
+}
+
+/// Run a script; `true` when every command succeeded.
+pub fn run(target: Target, settings: Settings, script: &[String]) -> bool {
+    let shared = match target {
+        Target::Local(fs) => Shared::new(Some(fs), None, None, settings),
+        Target::Daemon(path, client) => Shared::new(None, Some(client), Some(path), settings),
+    };
     let mut runner = Runner {
-        shared: Arc::new(Shared::new(Some(fs), settings)),
+        shared: Arc::new(shared),
         actors: Vec::new(),
         failed: false,
     };
