@@ -9,7 +9,7 @@
 //! reader's bound is refused before a byte of the payload is read or any
 //! memory is set aside for it.
 
-use std::io::{IoSlice, IoSliceMut, Write};
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -113,9 +113,19 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
     }
 }
 
-/// Writes one encoded frame.
-pub fn send_frame(mut sock: &UnixStream, frame: &[u8]) -> Result<(), ProtoError> {
-    sock.write_all(frame)?;
+/// Writes one encoded frame, whole. `MSG_NOSIGNAL`: a peer that went away
+/// is `EPIPE` here, never a `SIGPIPE` that would kill the process (a C
+/// program linking the client library keeps the default action).
+pub fn send_frame(sock: &UnixStream, frame: &[u8]) -> Result<(), ProtoError> {
+    let mut at = 0;
+    while at < frame.len() {
+        match rustix::net::send(sock, &frame[at..], SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+            Ok(n) => at += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        }
+    }
     Ok(())
 }
 

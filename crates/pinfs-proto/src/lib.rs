@@ -74,3 +74,6 @@ pub const MAX_REASON: usize = 512;
 /// Most entries of any list in a request (none today carries one; kept so a
 /// future list has its bound).
 pub const MAX_LIST: usize = 4096;
+
+#[cfg(test)]
+mod tests;
