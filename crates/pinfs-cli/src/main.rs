@@ -566,6 +566,18 @@ fn run_io(args: IoArgs) -> Result<bool, CliError> {
         // The first actor's connection, made now: a socket nobody serves is
         // one error naming it, before the script starts.
         (Some(socket), _) => {
+            // The daemon signals a holder's process on a lease break (SIGIO,
+            // whose default action ends it); io's actors take their
+            // notifications from their connections' event queues, so the
+            // signal is only counted.
+            signal_hook::flag::register(
+                signal_hook::consts::SIGIO,
+                std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            )
+            .map_err(|e| CliError::Socket {
+                path: socket.clone(),
+                source: pinfs::Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into(),
+            })?;
             let client = pinfs_client::Client::connect(socket).map_err(|e| CliError::Socket {
                 path: socket.clone(),
                 source: e,

@@ -263,7 +263,9 @@ impl Server {
                         .spawn(move || session::run(shared, id, stream))
                     {
                         Ok(h) => threads.push(h),
-                        Err(e) => tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread"),
+                        Err(e) => {
+                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread")
+                        }
                     }
                     threads.retain(|h| !h.is_finished());
                 }
