@@ -5,8 +5,8 @@
 //! # Safety
 //!
 //! This module opts into `unsafe` because a C caller hands it raw pointers:
-//! the connection (`pinfs_client *`, made by [`pinfs_connect`] and valid
-//! until [`pinfs_disconnect`]), NUL-terminated strings, I/O buffers of a
+//! the connection (`pinfs_client *`, made by `pinfs_connect` and valid
+//! until `pinfs_disconnect`), NUL-terminated strings, I/O buffers of a
 //! stated length, and out-parameters. Every pointer is checked for null
 //! (`-EFAULT`); beyond that the C caller promises what C functions always
 //! ask — a non-null pointer points at what the signature says, for as long
@@ -29,30 +29,30 @@ use pinfs_client::{Client, ConnectOptions, LeaseSpec};
 use crate::flags;
 use crate::state::Conn;
 
-/// A connection to a pinfs daemon (opaque). Made by [`pinfs_connect`],
-/// freed by [`pinfs_disconnect`]. Its functions may be called from several
+/// A connection to a pinfs daemon (opaque). Made by `pinfs_connect`,
+/// freed by `pinfs_disconnect`. Its functions may be called from several
 /// threads at once.
 pub struct PinfsClient {
     conn: Conn,
 }
 
-/// [`PinfsEvent::kind`]: the lease is being broken; release it (or, when
+/// `pinfs_event.kind`: the lease is being broken; release it (or, when
 /// `target` is `F_RDLCK`, downgrade it) within lease-break-time.
 pub const PINFS_EVENT_BREAK: c_int = 1;
-/// [`PinfsEvent::kind`]: someone's layout change was refused with
+/// `pinfs_event.kind`: someone's layout change was refused with
 /// `ETXTBSY` because of this connection's unbreakable layout lease (which
 /// is unchanged).
 pub const PINFS_EVENT_REFUSED: c_int = 2;
-/// [`PinfsEvent::kind`]: lease-break-time passed; the lease was forcibly
+/// `pinfs_event.kind`: lease-break-time passed; the lease was forcibly
 /// removed (or downgraded, `target` `F_RDLCK`) and what it protected
 /// revoked.
 pub const PINFS_EVENT_LOST: c_int = 3;
 
-/// Most bytes one [`pinfs_pread`] or [`pinfs_pwrite`] moves; larger
+/// Most bytes one `pinfs_pread` or `pinfs_pwrite` moves; larger
 /// requests are short (as `read(2)` may be), never an error.
 pub const PINFS_MAX_IO_BYTES: usize = 64 << 20;
 
-/// A lease notification, filled by [`pinfs_next_event`].
+/// A lease notification, filled by `pinfs_next_event`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PinfsEvent {
@@ -97,8 +97,8 @@ fn errno(e: pinfs::Error) -> Errno {
 /// The connection behind `c`.
 ///
 /// # Safety
-/// `c` is null or a pointer [`pinfs_connect`] returned and
-/// [`pinfs_disconnect`] has not freed.
+/// `c` is null or a pointer `pinfs_connect` returned and
+/// `pinfs_disconnect` has not freed.
 unsafe fn conn<'a>(c: *const PinfsClient) -> Result<&'a Conn, Errno> {
     // SAFETY: per this function's contract, a non-null `c` points at a live
     // `PinfsClient` (a `Box` leaked by `pinfs_connect`), only read here.
@@ -124,7 +124,7 @@ unsafe fn path<'a>(p: *const c_char) -> Result<&'a str, Errno> {
 /// new connection and 0 is returned. `signal` is what the daemon sends this
 /// process when one of its leases is being broken: -1 for `SIGIO` (the
 /// default), 0 for none (events only), or a signal number. The pool's
-/// descriptor and every resource are released by [`pinfs_disconnect`].
+/// descriptor and every resource are released by `pinfs_disconnect`.
 ///
 /// # Safety
 /// `socket_path` is null or a NUL-terminated string; `out` is null or
@@ -216,7 +216,7 @@ pub unsafe extern "C" fn pinfs_close(c: *const PinfsClient, fd: c_int) -> c_int 
 }
 
 /// Read up to `count` bytes at `offset` into `buf`; returns the bytes read
-/// (short at end of file, or past [`PINFS_MAX_IO_BYTES`]).
+/// (short at end of file, or past `PINFS_MAX_IO_BYTES`).
 ///
 /// # Safety
 /// `c` is null or a live connection; `buf` is null or writable for `count`
@@ -398,7 +398,7 @@ pub unsafe extern "C" fn pinfs_setlease_range(
     })
 }
 
-/// [`pinfs_setlease_range`] over the whole file: `fcntl(fd, F_SETLEASE,
+/// `pinfs_setlease_range` over the whole file: `fcntl(fd, F_SETLEASE,
 /// arg)` with pinfs's layout flags.
 ///
 /// # Safety
@@ -427,7 +427,7 @@ pub unsafe extern "C" fn pinfs_getlease(c: *const PinfsClient, fd: c_int) -> c_i
 /// A descriptor that polls readable (`POLLIN`) while a lease notification
 /// is queued for this connection, or once the connection is gone. It
 /// belongs to the connection: do not close it, and do not read it (use
-/// [`pinfs_next_event`]).
+/// `pinfs_next_event`).
 ///
 /// # Safety
 /// `c` is null or a live connection.
@@ -447,7 +447,7 @@ pub unsafe extern "C" fn pinfs_notify_fd(c: *const PinfsClient) -> c_int {
 ///
 /// # Safety
 /// `c` is null or a live connection; `ev` is null or points at writable
-/// storage for one `PinfsEvent`.
+/// storage for one `pinfs_event`.
 #[no_mangle]
 pub unsafe extern "C" fn pinfs_next_event(c: *const PinfsClient, ev: *mut PinfsEvent) -> c_int {
     guard_int(|| {
@@ -473,7 +473,7 @@ pub unsafe extern "C" fn pinfs_next_event(c: *const PinfsClient, ev: *mut PinfsE
             end: event.lease.range.end,
         };
         // SAFETY: non-null and, per the contract, writable storage for one
-        // `PinfsEvent`.
+        // `pinfs_event`.
         unsafe { ev.write(out) };
         Ok(1)
     })
@@ -482,7 +482,7 @@ pub unsafe extern "C" fn pinfs_next_event(c: *const PinfsClient, ev: *mut PinfsE
 /// A long-term pin of `[offset, offset + len)` of file `fd`, under this
 /// connection's unbreakable layout lease over the range (`F_RDLCK |
 /// PINFS_F_LAYOUT | PINFS_F_EXCLUSIVE`; without it `-EPERM`, SPEC §4.2).
-/// Returns the pin's id (> 0), which [`pinfs_unpin`] takes. Closing the
+/// Returns the pin's id (> 0), which `pinfs_unpin` takes. Closing the
 /// file does not drop it; unpinning or disconnecting does.
 ///
 /// # Safety

@@ -1,7 +1,7 @@
 //! The numbers a C caller passes, translated to the library's types: open
 //! flags (`O_*`), fallocate modes (`FALLOC_FL_*`), lease arguments
-//! (`F_RDLCK`/`F_WRLCK`/`F_UNLCK` with the [`PINFS_F_LAYOUT`] and
-//! [`PINFS_F_EXCLUSIVE`] bits) and lease types back to numbers.
+//! (`F_RDLCK`/`F_WRLCK`/`F_UNLCK` with the `PINFS_F_LAYOUT` and
+//! `PINFS_F_EXCLUSIVE` bits) and lease types back to numbers.
 //!
 //! Kept apart from the `extern "C"` functions so that every rule here is
 //! plain safe code with unit tests. The Linux values are the ABI: a C
@@ -13,21 +13,21 @@ use pinfs::fs::{FallocMode, OpenFlags};
 use pinfs::lease::{ByteRange, LeaseRequest, LeaseType};
 use pinfs::Errno;
 
-/// `F_RDLCK` (Linux's value): a read lease (with [`PINFS_F_LAYOUT`], a
+/// `F_RDLCK` (Linux's value): a read lease (with `PINFS_F_LAYOUT`, a
 /// shared layout lease).
-pub const PINFS_F_RDLCK: i32 = libc::F_RDLCK as i32;
-/// `F_WRLCK` (Linux's value): a write lease (with [`PINFS_F_LAYOUT`], an
+pub const PINFS_F_RDLCK: i32 = 0;
+/// `F_WRLCK` (Linux's value): a write lease (with `PINFS_F_LAYOUT`, an
 /// exclusive layout lease).
-pub const PINFS_F_WRLCK: i32 = libc::F_WRLCK as i32;
-/// `F_UNLCK` (Linux's value): release (with [`PINFS_F_LAYOUT`], the
+pub const PINFS_F_WRLCK: i32 = 1;
+/// `F_UNLCK` (Linux's value): release (with `PINFS_F_LAYOUT`, the
 /// handle's layout leases).
-pub const PINFS_F_UNLCK: i32 = libc::F_UNLCK as i32;
+pub const PINFS_F_UNLCK: i32 = 2;
 /// Flag bit of a lease argument: a layout lease (SPEC §3.2) instead of an
 /// open lease. The value of the kernel's proposed `F_LAYOUT`.
 pub const PINFS_F_LAYOUT: i32 = 16;
-/// Flag bit of a lease argument, with [`PINFS_F_LAYOUT`]: unbreakable (a
+/// Flag bit of a lease argument, with `PINFS_F_LAYOUT`: unbreakable (a
 /// layout change by anyone else fails with `ETXTBSY`; what long-term pins
-/// need). Not allowed without [`PINFS_F_LAYOUT`] (`-EINVAL`).
+/// need). Not allowed without `PINFS_F_LAYOUT` (`-EINVAL`).
 pub const PINFS_F_EXCLUSIVE: i32 = 32;
 
 /// The fallocate mode bits pinfs knows (Linux's `FALLOC_FL_*` values).
@@ -90,9 +90,9 @@ pub fn falloc_mode(raw: i32) -> Result<FallocMode, Errno> {
 }
 
 /// A lease argument (`F_RDLCK|F_WRLCK|F_UNLCK`, optionally with
-/// [`PINFS_F_LAYOUT`] and [`PINFS_F_EXCLUSIVE`]) and a byte range (`len` 0 =
+/// `PINFS_F_LAYOUT` and `PINFS_F_EXCLUSIVE`) and a byte range (`len` 0 =
 /// to the end of the file, as `fcntl` locks) to a [`LeaseRequest`]. A range
-/// other than the whole file needs [`PINFS_F_LAYOUT`] (open leases cover
+/// other than the whole file needs `PINFS_F_LAYOUT` (open leases cover
 /// the whole file): `EINVAL`, as is an unknown type or bit.
 pub fn lease_request(arg: i32, offset: u64, len: u64) -> Result<LeaseRequest, Errno> {
     let bits = PINFS_F_LAYOUT | PINFS_F_EXCLUSIVE;
@@ -144,6 +144,14 @@ pub fn lease_type_number(ty: LeaseType) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_types_are_linux_values() {
+        // Written as literals so that cbindgen can put them in the header.
+        assert_eq!(PINFS_F_RDLCK, libc::F_RDLCK as i32);
+        assert_eq!(PINFS_F_WRLCK, libc::F_WRLCK as i32);
+        assert_eq!(PINFS_F_UNLCK, libc::F_UNLCK as i32);
+    }
 
     #[test]
     fn open_flags_follow_open_2() {

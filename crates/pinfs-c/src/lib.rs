@@ -16,5 +16,7 @@ pub mod ffi;
 pub mod flags;
 mod state;
 
+pub use state::{PINFS_MAX_KNOWN_LEASES, PINFS_MAX_OPEN_FILES, PINFS_MAX_PINS};
+
 pub use ffi::*;
 pub use flags::{PINFS_F_EXCLUSIVE, PINFS_F_LAYOUT, PINFS_F_RDLCK, PINFS_F_UNLCK, PINFS_F_WRLCK};

@@ -11,14 +11,14 @@ use pinfs::Errno;
 use pinfs_client::{Client, RemoteFile, RemotePin};
 
 /// Most files one connection may have open through the C interface.
-pub const MAX_OPEN_FILES: usize = 4096;
+pub const PINFS_MAX_OPEN_FILES: usize = 4096;
 
 /// Most long-term pins one connection may hold through the C interface.
-pub const MAX_PINS: usize = 4096;
+pub const PINFS_MAX_PINS: usize = 4096;
 
 /// Most leases whose file number a connection remembers (to name the file
 /// of a break event); the oldest is forgotten first.
-pub const MAX_KNOWN_LEASES: usize = 4096;
+pub const PINFS_MAX_KNOWN_LEASES: usize = 4096;
 
 /// One connection: what `pinfs_client *` points at.
 pub struct Conn {
@@ -51,10 +51,10 @@ impl Conn {
     }
 
     /// Give `file` the lowest free number from the rotating cursor;
-    /// `EMFILE` at [`MAX_OPEN_FILES`].
+    /// `EMFILE` at `PINFS_MAX_OPEN_FILES`.
     pub fn insert_file(&self, file: RemoteFile) -> Result<i32, Errno> {
         let mut files = self.files.lock();
-        if files.open.len() >= MAX_OPEN_FILES {
+        if files.open.len() >= PINFS_MAX_OPEN_FILES {
             return Err(Errno::EMFILE);
         }
         let mut fd = files.next;
@@ -79,10 +79,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Keep a pin; `EMFILE` at [`MAX_PINS`] (the pin is dropped, unpinning).
+    /// Keep a pin; `EMFILE` at `PINFS_MAX_PINS` (the pin is dropped, unpinning).
     pub fn insert_pin(&self, pin: RemotePin) -> Result<u64, Errno> {
         let mut pins = self.pins.lock();
-        if pins.len() >= MAX_PINS {
+        if pins.len() >= PINFS_MAX_PINS {
             return Err(Errno::EMFILE);
         }
         let id = pin.id().0;
@@ -98,7 +98,7 @@ impl Conn {
     /// Remember that lease `lease` was set through `fd`.
     pub fn note_lease(&self, lease: LeaseId, fd: i32) {
         let mut leases = self.leases.lock();
-        if leases.len() >= MAX_KNOWN_LEASES && !leases.contains_key(&lease.0) {
+        if leases.len() >= PINFS_MAX_KNOWN_LEASES && !leases.contains_key(&lease.0) {
             leases.pop_first();
         }
         leases.insert(lease.0, fd);
