@@ -148,9 +148,9 @@ mod tests {
     #[test]
     fn lease_types_are_linux_values() {
         // Written as literals so that cbindgen can put them in the header.
-        assert_eq!(PINFS_F_RDLCK, libc::F_RDLCK as i32);
-        assert_eq!(PINFS_F_WRLCK, libc::F_WRLCK as i32);
-        assert_eq!(PINFS_F_UNLCK, libc::F_UNLCK as i32);
+        assert_eq!(PINFS_F_RDLCK, libc::F_RDLCK);
+        assert_eq!(PINFS_F_WRLCK, libc::F_WRLCK);
+        assert_eq!(PINFS_F_UNLCK, libc::F_UNLCK);
     }
 
     #[test]
