@@ -9,7 +9,7 @@
 //!
 //! # Sessions
 //!
-//! Each connection is a session ([`session`]): the peer's `SO_PEERCRED`
+//! Each connection is a session (`session.rs`): the peer's `SO_PEERCRED`
 //! (pid, uid, gid), a pidfd of its process, and a credential
 //! `Cred{uid, gid, owner}` with an owner number of its own, under which
 //! every operation runs — so the core's permission checks apply to the
