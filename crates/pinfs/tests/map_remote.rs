@@ -239,8 +239,11 @@ fn punch_truncate_reflink_and_copy_on_write_replace_client_pages() {
     }
     let p = map_remote(&a, &fs, 0, 4 * PAGE, MapFlags::SHARED).unwrap();
     let c = &p.client;
-    // Punch: the client reads zeros at once, never the old block.
+    // Punch: the client reads zeros at once, never the old block — one
+    // acknowledged placement for the whole change.
+    let before = p.space.placements.load(Ordering::Relaxed);
     a.fallocate(FallocMode::PunchHole, PAGE, PAGE).unwrap();
+    assert_eq!(p.space.placements.load(Ordering::Relaxed), before + 1);
     assert_eq!(c.kind_at(1), Some(RemoteKind::Served { copy_of: None }));
     assert_eq!(cread(c, PAGE, 8).unwrap(), [0; 8]);
     // Reflink /a to /b: the client's shared blocks become served copies
@@ -427,6 +430,13 @@ fn map_direct_invalidation_at_lease_break_time_makes_client_pages_sigbus() {
     // lease-break-time the lease is removed and the client's pages are
     // invalidated before the truncate goes ahead.
     let other = fs.open(OTHER, "/d", OpenFlags::RDWR, 0).unwrap();
+    // Only the owner (or CAP_LEASE) maps MAP_DIRECT, in a client too.
+    assert_eq!(
+        map_remote(&other, &fs, 0, PAGE, MapFlags::DIRECT)
+            .err()
+            .map(|e| e.errno()),
+        Some(Errno::EACCES)
+    );
     other.truncate(PAGE).unwrap();
     assert!(p.remote().is_invalidated());
     for page in 0..4 {

@@ -50,6 +50,14 @@
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
 //! holding stale pool pages could reach blocks after they were freed.
+//!
+//! A mapping may also live in a *client* process of the daemon (SPEC §8):
+//! the file system keeps a [`RemoteMapping`] — the same `MapInner`, whose
+//! pages are placed through a [`RemoteSpace`] instead of a local region —
+//! and the client a [`client::ClientMapping`] that applies what it is sent
+//! (see `remote.rs` for the contract: acknowledged placements under the
+//! state lock, unacknowledged ⇒ broken and fenced, and `client.rs`). The
+//! placing code both halves share is `local.rs`.
 
 pub mod client;
 pub(crate) mod fault;
