@@ -15,6 +15,7 @@ mod bench_target;
 mod demo;
 mod error;
 mod io;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,6 +96,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Serve POOL to client processes over a Unix socket (the daemon, in the
+    /// foreground; SIGINT/SIGTERM stop it cleanly).
+    Serve(serve::ServeArgs),
     /// The end-to-end scenario, narrated, on a volatile pool.
     Demo,
     /// Benchmarks, each printing ratios against a baseline measured in the same run.
@@ -308,6 +312,7 @@ fn main() -> ExitCode {
             (Some(pool), None) => stat(&pool),
             _ => Err(CliError::NotSupported { what: "--socket" }),
         },
+        Command::Serve(args) => serve::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
         Command::Bench { name, quick } => bench(name, quick),
     };

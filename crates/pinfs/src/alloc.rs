@@ -21,6 +21,7 @@ use crate::{Errno, Result};
 
 /// A run of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Run {
     /// First block.
     pub start: u64,

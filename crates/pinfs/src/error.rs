@@ -65,6 +65,11 @@ errnos!(
     ENODEV,
     ESTALE,
     EFAULT,
+    EPIPE,
+    ENOTCONN,
+    EPROTO,
+    ECONNREFUSED,
+    EMSGSIZE,
 );
 
 impl Errno {

@@ -21,6 +21,7 @@ pub const MAX_PINS: usize = 1 << 20;
 /// The truncate policy: what a layout change does to blocks a long-term pin
 /// still reaches (SPEC §4.3). Chosen per file system; default `Defer`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TruncatePolicy {
     /// Fail with `ETXTBSY` at once, changing nothing.
     Fail,
@@ -59,10 +60,12 @@ impl fmt::Display for TruncatePolicy {
 
 /// Identity of a pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PinId(pub u64);
 
 /// What entitles a long-term pin (SPEC §4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum PinVia {
     /// An unbreakable layout lease (`F_LAYOUT|F_EXCLUSIVE`) of the owner.
     ExclusiveLease,
@@ -82,6 +85,7 @@ pub type RevokeFn = Arc<dyn Fn() -> crate::Result<()> + Send + Sync>;
 
 /// A pin as listed (SPEC §9, `/proc/<pid>/file_pins`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PinInfo {
     /// Its id.
     pub id: PinId,

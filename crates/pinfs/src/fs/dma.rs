@@ -71,6 +71,7 @@ pub const MAX_REGISTRATIONS: usize = 4096;
 
 /// Identity of a registration (unique per file system).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RegistrationId(pub u64);
 
 impl std::fmt::Display for RegistrationId {

@@ -14,6 +14,7 @@ use crate::{Errno, Result};
 
 /// What `fallocate` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum FallocMode {
     /// Allocate unwritten blocks in the holes of the range.
     Allocate {

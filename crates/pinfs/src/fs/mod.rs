@@ -70,6 +70,7 @@ impl Cred {
 
 /// How a file is opened (`open(2)` flags).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OpenFlags {
     /// Readable.
     pub read: bool,
@@ -110,6 +111,7 @@ impl OpenFlags {
 
 /// `stat` of a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stat {
     /// Inode number.
     pub ino: u64,
@@ -146,6 +148,7 @@ impl Stat {
 
 /// `statfs` of the file system, in 4 KiB blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StatFs {
     /// Data blocks.
     pub blocks: u64,
@@ -164,6 +167,7 @@ pub struct StatFs {
 
 /// One extent as `fiemap` reports it, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FiemapExtent {
     /// File offset.
     pub logical: u64,
@@ -179,6 +183,7 @@ pub struct FiemapExtent {
 
 /// A directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DirEntry {
     /// Name.
     pub name: String,

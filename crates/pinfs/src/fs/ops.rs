@@ -373,6 +373,32 @@ impl Handle {
         self.cred
     }
 
+    /// `F_SETLEASE` (with `F_LAYOUT`/`F_EXCLUSIVE` for layout leases) on
+    /// this open file, held by its owner: [`crate::lease::LeaseEngine::set_lease`]
+    /// after the permission check the engine cannot make — only the file's
+    /// owner, or uid 0 (`CAP_LEASE`), may set or release a lease on it
+    /// (`EACCES`, SPEC §10), as Linux's `generic_setlease`.
+    pub fn set_lease(&self, req: crate::lease::LeaseRequest) -> Result<crate::lease::LeaseId> {
+        if self.cred.uid != 0 {
+            let owner_uid = self.fs.state.read().inode(self.ino)?.uid;
+            if owner_uid != self.cred.uid {
+                return Err(Errno::EACCES.into());
+            }
+        }
+        Ok(self.fs.leases().set_lease(
+            self.key,
+            self.lease_handle(),
+            crate::lease::OwnerId(self.cred.owner),
+            req,
+        )?)
+    }
+
+    /// `F_GETLEASE`: the handle's open lease type (the target type while a
+    /// break is pending).
+    pub fn get_lease(&self) -> crate::lease::LeaseType {
+        self.fs.leases().get_lease(self.key, self.lease_handle())
+    }
+
     pub(super) fn need_write(&self) -> Result<()> {
         if self.flags.write {
             Ok(())

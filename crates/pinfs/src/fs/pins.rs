@@ -274,6 +274,13 @@ impl Fs {
         self.state.read().pins.list()
     }
 
+    /// The busy extents (SPEC §9): pool blocks removed from files that a
+    /// pin, broken mapping or registration may still reach, not free until
+    /// it lets go.
+    pub fn busy_extents(&self) -> Vec<Run> {
+        self.state.read().alloc.busy_extents()
+    }
+
     /// Test-only negative control: with protection off, layout changes
     /// ignore pins and free pinned blocks at once, so a device can write into
     /// blocks another file was given. Tests use it to show they can fail.

@@ -191,20 +191,24 @@ pub const ENOLCK: Errno = Errno(libc::ENOLCK);
 /// A file, as the file system identifies it (inode number and generation
 /// folded together). Opaque to the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FileKey(pub u64);
 
 /// An actor that holds leases or breaks them: a thread of the library's
 /// user, a process, a daemon client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OwnerId(pub u64);
 
 /// An open file description — or, for layout leases, any object whose
 /// lifetime the lease should have (a mapping, a registration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HandleId(pub u64);
 
 /// A lease, as numbered by the engine (shown by `list`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseId(pub u64);
 
 impl fmt::Display for LeaseId {
@@ -215,6 +219,7 @@ impl fmt::Display for LeaseId {
 
 /// The access mode of an open handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Access {
     /// `O_RDONLY`.
     ReadOnly,
@@ -233,6 +238,7 @@ impl Access {
 
 /// The type of a lease (`F_RDLCK`, `F_WRLCK`, `F_UNLCK`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum LeaseType {
     /// `F_RDLCK`: shared.
     Read,
@@ -254,6 +260,7 @@ impl fmt::Display for LeaseType {
 
 /// Which kind of lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum LeaseKind {
     /// An open lease (`F_SETLEASE`), broken by opens and truncate.
     Lease,
@@ -272,6 +279,7 @@ impl fmt::Display for LeaseKind {
 
 /// Whether a lease is being broken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum LeaseState {
     /// Granted and not being broken.
     Active,
@@ -292,6 +300,7 @@ impl fmt::Display for LeaseState {
 /// A byte range `[start, end)` of a file; `end == u64::MAX` means "to end of
 /// file" (and `ByteRange::WHOLE` the whole file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ByteRange {
     /// First byte.
     pub start: u64,
@@ -601,6 +610,7 @@ impl fmt::Debug for LeaseRequest {
 
 /// A snapshot of one lease, for listings and events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseInfo {
     /// Its number.
     pub id: LeaseId,
@@ -640,6 +650,7 @@ impl LeaseInfo {
 
 /// Why a lease is being broken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum BreakReason {
     /// An open with this access mode.
     Open(Access),
@@ -651,6 +662,7 @@ pub enum BreakReason {
 
 /// What happened to the lease an event is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum EventKind {
     /// The lease is now breaking: release it (or downgrade it to
     /// `target`) within `break_time`.
@@ -665,6 +677,7 @@ pub enum EventKind {
 
 /// A notification to a lease holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BreakEvent {
     /// What happened.
     pub kind: EventKind,

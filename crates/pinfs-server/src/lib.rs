@@ -1,0 +1,319 @@
+//! The pinfs daemon (SPEC §8): one mounted file system served to client
+//! processes over a Unix stream socket, in the wire protocol of
+//! `pinfs-proto`.
+//!
+//! [`Server::new`] takes the mounted [`Fs`]; [`Server::serve`] accepts
+//! connections until [`Stop::stop`], then says `Bye` to every client,
+//! releases everything every session held, and returns — the caller
+//! unmounts (drops the `Fs`).
+//!
+//! # Sessions
+//!
+//! Each connection is a session ([`session`]): the peer's `SO_PEERCRED`
+//! (pid, uid, gid), a pidfd of its process, and a credential
+//! `Cred{uid, gid, owner}` with an owner number of its own, under which
+//! every operation runs — so the core's permission checks apply to the
+//! client's user, and its leases and pins are attributed to it. Threads: a
+//! reader that only decodes, checks bounds and queues (it never blocks on
+//! the file system, and handles acknowledgements itself); workers, started
+//! as requests need them, at most [`pinfs_proto::MAX_INFLIGHT`] — so a
+//! request waiting in a lease break never holds up the client's next one;
+//! and a writer fed by a bounded queue ([`MAX_OUTGOING`]), so the file
+//! system never waits on a slow client: a client whose queue overflows is
+//! dropped. A malformed, oversized or out-of-order frame, a wrong version,
+//! a frame carrying descriptors, or one request too many in flight drops
+//! that client only, with a `warn` naming its pid and the reason.
+//!
+//! # Lease breaks and fencing
+//!
+//! A session's owner callback (`LeaseEngine::set_owner_callback`) turns
+//! every lease event of the client into an `Event` frame and a signal to its
+//! process (the one it chose in `Hello`, `SIGIO` by default). When a layout
+//! lease of the client is forcibly removed at lease-break-time (the `Lost`
+//! event, delivered before the breaker proceeds), the client is *fenced*:
+//! its address space cannot be changed from outside, so with
+//! [`Fence::Kill`] its process is killed through its pidfd; with
+//! [`Fence::Off`] it only loses the lease. [`Server::fence`] is the same
+//! entry for other callers (a client that does not acknowledge a mapping
+//! re-placement in time).
+//!
+//! # Cleanup
+//!
+//! A session that ends (disconnect, death, violation, shutdown) loses its
+//! leases at once, its open files once its in-flight requests are done, and
+//! its pins once its process is confirmed dead (its pidfd is readable) —
+//! until then the blocks they reach stay busy, since a device of a live
+//! process may still write to them. A fenced client loses nothing before
+//! its death is confirmed. Shutdown does not wait for deaths.
+
+#![deny(unsafe_code)]
+
+mod ops;
+mod session;
+mod status;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use pinfs::fs::Fs;
+use pinfs::{Errno, Error, Result};
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+
+pub use pinfs_proto::ClientId;
+use session::Session;
+
+/// Most clients connected at once (and gone ones whose death is awaited);
+/// one more is told `Bye` and closed.
+pub const MAX_CLIENTS: usize = 1024;
+
+/// Most frames waiting to be written to one client; a client that lets more
+/// pile up is dropped (the file system never waits on a slow reader).
+pub const MAX_OUTGOING: usize = 4096;
+
+/// Most open files per client (`EMFILE` beyond).
+pub const MAX_FILES_PER_CLIENT: usize = 65_536;
+
+/// Most long-term pins per client (`ENOSPC` beyond).
+pub const MAX_PINS_PER_CLIENT: usize = 65_536;
+
+/// How long a new connection has to say `Hello`.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What happens to a client that keeps a layout lease past lease-break-time
+/// (or does not acknowledge a re-placement in time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fence {
+    /// Kill its process (`SIGKILL` through its pidfd), which releases
+    /// everything it held once its death is confirmed.
+    #[default]
+    Kill,
+    /// Only remove the lease, as in process: nobody is killed.
+    Off,
+}
+
+impl std::str::FromStr for Fence {
+    type Err = Errno;
+    fn from_str(s: &str) -> std::result::Result<Self, Errno> {
+        match s {
+            "kill" => Ok(Fence::Kill),
+            "off" => Ok(Fence::Off),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+/// Options of a daemon.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Fencing (default: kill).
+    pub fence: Fence,
+    /// Most clients at once (at most [`MAX_CLIENTS`]).
+    pub max_clients: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            fence: Fence::Kill,
+            max_clients: MAX_CLIENTS,
+        }
+    }
+}
+
+/// Asks a serving daemon to stop; clones share the request. Safe to call
+/// from a signal-handling thread.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug)]
+struct StopInner {
+    stopped: AtomicBool,
+    /// Readable once stopped: wakes `serve` and waits for deaths.
+    eventfd: OwnedFd,
+}
+
+impl Stop {
+    /// A stop request not yet made.
+    pub fn new() -> Result<Stop> {
+        let eventfd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| Error::from(Errno(e.raw_os_error())))?;
+        Ok(Stop {
+            inner: Arc::new(StopInner {
+                stopped: AtomicBool::new(false),
+                eventfd,
+            }),
+        })
+    }
+
+    /// Requests the stop.
+    pub fn stop(&self) {
+        if !self.inner.stopped.swap(true, Ordering::AcqRel) {
+            let _ = rustix::io::write(&self.inner.eventfd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Whether it was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.inner.eventfd
+    }
+}
+
+/// What the daemon's threads share.
+pub(crate) struct Shared {
+    pub(crate) fs: Arc<Fs>,
+    pub(crate) options: ServeOptions,
+    pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
+    next_client: AtomicU64,
+    /// Set by `serve` for its duration: what deaths are awaited against.
+    pub(crate) stop: Mutex<Option<Stop>>,
+    /// Test switch: fencing kills nobody (the negative control).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) fencing_disabled: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn fencing_disabled(&self) -> bool {
+        #[cfg(feature = "negative-controls")]
+        {
+            self.fencing_disabled.load(Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "negative-controls"))]
+        {
+            false
+        }
+    }
+}
+
+/// A daemon serving one file system.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A daemon for the mounted `fs`.
+    pub fn new(fs: Arc<Fs>, options: ServeOptions) -> Server {
+        let options = ServeOptions {
+            max_clients: options.max_clients.min(MAX_CLIENTS),
+            ..options
+        };
+        Server {
+            shared: Arc::new(Shared {
+                fs,
+                options,
+                sessions: Mutex::new(HashMap::new()),
+                next_client: AtomicU64::new(1),
+                stop: Mutex::new(None),
+                #[cfg(feature = "negative-controls")]
+                fencing_disabled: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The file system served.
+    pub fn fs(&self) -> &Arc<Fs> {
+        &self.shared.fs
+    }
+
+    /// Serves clients on `listener` until `stop` is requested; then tells
+    /// every client `Bye`, ends every session (releasing what it held) and
+    /// returns. Errors: the listener's.
+    pub fn serve(&self, listener: UnixListener, stop: &Stop) -> Result<()> {
+        *self.shared.stop.lock() = Some(stop.clone());
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::media("listening socket", e))?;
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let result = loop {
+            if stop.is_stopped() {
+                break Ok(());
+            }
+            let mut fds = [
+                PollFd::new(&listener, PollFlags::IN),
+                PollFd::new(stop.fd(), PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => break Err(Error::from(Errno(e.raw_os_error()))),
+            }
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
+                    let shared = Arc::clone(&self.shared);
+                    match std::thread::Builder::new()
+                        .name(format!("pinfs-client-{id}"))
+                        .spawn(move || session::run(shared, id, stream))
+                    {
+                        Ok(h) => threads.push(h),
+                        Err(e) => tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread"),
+                    }
+                    threads.retain(|h| !h.is_finished());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log, keep serving those connected.
+                    tracing::warn!(target: "pinfs::server", error = %e, "accept failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
+        // Shutdown: every session is told and ends; its thread releases
+        // what it held (without waiting for deaths: `stop` is raised).
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.lock().values().cloned().collect();
+        for s in sessions {
+            s.end("the daemon is shutting down");
+        }
+        for h in threads {
+            let _ = h.join();
+        }
+        *self.shared.stop.lock() = None;
+        tracing::info!(target: "pinfs::server", "all sessions ended");
+        result
+    }
+
+    /// Fences client `client` now (as at a layout lease lost at
+    /// lease-break-time): with [`Fence::Kill`] its process is killed; with
+    /// [`Fence::Off`] nothing more happens. `ENOENT` for an unknown client.
+    pub fn fence(&self, client: ClientId, reason: &str) -> Result<()> {
+        let s = self
+            .shared
+            .sessions
+            .lock()
+            .get(&client)
+            .cloned()
+            .ok_or(Errno::ENOENT)?;
+        s.fence(&self.shared, reason);
+        Ok(())
+    }
+
+    /// The status `pinfs stat --socket` prints.
+    pub fn status(&self) -> pinfs_proto::Status {
+        status::status(&self.shared)
+    }
+
+    /// Test-only negative control: fencing kills nobody.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_fencing_for_tests(&self) {
+        self.shared.fencing_disabled.store(true, Ordering::Relaxed);
+    }
+}

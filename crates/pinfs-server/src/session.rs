@@ -1,0 +1,516 @@
+//! One client connection: its identity and credential, its threads (reader,
+//! workers, writer), what it holds, how lease events reach it, fencing, and
+//! the cleanup when it ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use pinfs::fs::{Cred, Handle, Pin};
+use pinfs::lease::{BreakEvent, EventKind, LeaseKind, OwnerId};
+use pinfs::pin::PinId;
+use pinfs_proto::{
+    decode, encode, ClientId, ClientMsg, DaemonMsg, FileId, FrameReader, Op, ProtoError, Welcome,
+    MAX_FRAME, MAX_INFLIGHT, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+};
+use rustix::event::{poll, PollFd, PollFlags};
+
+use crate::{Fence, Shared, HELLO_TIMEOUT, MAX_OUTGOING};
+
+const TARGET: &str = "pinfs::server";
+
+/// Owners of daemon clients start here, far from the small numbers an
+/// in-process user of the same `Fs` would pick.
+const OWNER_BASE: u64 = 1 << 48;
+
+/// An open file of a client.
+pub(crate) struct OpenFile {
+    pub(crate) handle: Handle,
+    pub(crate) path: String,
+}
+
+/// Requests waiting for a worker.
+struct Work {
+    jobs: VecDeque<(u64, Op)>,
+    idle: usize,
+    workers: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// One client.
+pub(crate) struct Session {
+    pub(crate) id: ClientId,
+    pub(crate) pid: i32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) cred: Cred,
+    pidfd: Option<OwnedFd>,
+    signal: i32,
+    sock: UnixStream,
+    out: Mutex<Option<SyncSender<Vec<u8>>>>,
+    pub(crate) files: Mutex<HashMap<FileId, Arc<OpenFile>>>,
+    pub(crate) next_file: AtomicU64,
+    pub(crate) pins: Mutex<HashMap<PinId, Pin>>,
+    inflight: AtomicUsize,
+    work: Mutex<Work>,
+    work_ready: Condvar,
+    pub(crate) fenced: AtomicBool,
+    pub(crate) disconnected: AtomicBool,
+    /// Why the session is ending, set by whoever ends it first.
+    ending: Mutex<Option<String>>,
+}
+
+impl Session {
+    pub(crate) fn owner(&self) -> OwnerId {
+        OwnerId(self.cred.owner)
+    }
+
+    /// Queues a frame for the writer. A full queue drops the client (the
+    /// file system never waits for a slow reader); `false` when it is gone.
+    fn send(&self, msg: &DaemonMsg) -> bool {
+        let frame = match encode(msg, MAX_FRAME) {
+            Ok(f) => f,
+            Err(ProtoError::TooLarge { .. }) => {
+                // Only replies grow: answer with the errno instead.
+                if let DaemonMsg::Reply { id, .. } = msg {
+                    return self.send(&DaemonMsg::Reply {
+                        id: *id,
+                        result: Err(libc::EOVERFLOW),
+                    });
+                }
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(target: TARGET, client = self.id, error = %e, "cannot encode a message");
+                return false;
+            }
+        };
+        let out = self.out.lock();
+        let Some(tx) = out.as_ref() else {
+            return false;
+        };
+        match tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                drop(out);
+                self.violation(&format!(
+                    "more than {MAX_OUTGOING} messages waiting to be read"
+                ));
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Drops the client for breaking the protocol: logged with its pid.
+    fn violation(&self, reason: &str) {
+        tracing::warn!(target: TARGET, client = self.id, pid = self.pid, uid = self.uid, reason, "dropping client");
+        self.end(reason);
+    }
+
+    /// Ends the session: a `Bye` is queued and the connection's read side
+    /// shut, so the reader leaves and cleans up.
+    pub(crate) fn end(&self, reason: &str) {
+        {
+            let mut ending = self.ending.lock();
+            if ending.is_some() {
+                return;
+            }
+            *ending = Some(reason.to_owned());
+        }
+        let _ = self.send(&DaemonMsg::bye(reason));
+        let _ = self.sock.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Fences the client (SPEC §8): with `Fence::Kill`, kills its process
+    /// through its pidfd; its holdings are released once its death is
+    /// confirmed. Idempotent.
+    pub(crate) fn fence(&self, shared: &Shared, reason: &str) {
+        if self.fenced.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match shared.options.fence {
+            Fence::Off => {
+                tracing::warn!(target: TARGET, client = self.id, pid = self.pid, reason, "client not fenced (--fence off)");
+                self.fenced.store(false, Ordering::Release);
+            }
+            Fence::Kill if shared.fencing_disabled() => {
+                tracing::warn!(target: TARGET, client = self.id, pid = self.pid, reason, "fencing disabled (test switch)");
+            }
+            Fence::Kill => {
+                tracing::warn!(target: TARGET, client = self.id, pid = self.pid, reason, "fencing client: killing its process");
+                match &self.pidfd {
+                    Some(fd) => {
+                        if let Err(e) =
+                            rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
+                        {
+                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(target: TARGET, client = self.id, pid = self.pid, "fenced client has no pidfd: only its connection is closed");
+                        self.end(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the client's process is confirmed dead (pidfd readable); a
+    /// client without a pidfd (another pid namespace) counts as dead once
+    /// its connection is gone.
+    fn wait_for_death(&self, shared: &Shared) {
+        let Some(pidfd) = &self.pidfd else {
+            return;
+        };
+        let stop = shared.stop.lock().clone();
+        loop {
+            let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
+            if let Some(s) = &stop {
+                fds.push(PollFd::new(s.fd(), PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) => {
+                    if !fds[0].revents().is_empty() {
+                        return;
+                    }
+                    if stop.as_ref().is_some_and(|s| s.is_stopped()) {
+                        return;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn alive(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        matches!(poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
+    }
+
+    /// Queues a request for a worker, starting one when none is idle.
+    fn submit(self: &Arc<Self>, shared: &Arc<Shared>, id: u64, op: Op) {
+        let mut w = self.work.lock();
+        w.jobs.push_back((id, op));
+        if w.idle == 0 && w.workers.len() < MAX_INFLIGHT {
+            let (me, sh) = (Arc::clone(self), Arc::clone(shared));
+            match std::thread::Builder::new()
+                .name(format!("pinfs-worker-{}", self.id))
+                .spawn(move || me.work_loop(&sh))
+            {
+                Ok(h) => w.workers.push(h),
+                Err(e) => {
+                    tracing::error!(target: TARGET, client = self.id, error = %e, "cannot start a worker");
+                    if w.workers.is_empty() {
+                        drop(w);
+                        self.violation("the daemon cannot start a worker");
+                        return;
+                    }
+                }
+            }
+        }
+        drop(w);
+        self.work_ready.notify_one();
+    }
+
+    fn work_loop(self: Arc<Self>, shared: &Arc<Shared>) {
+        loop {
+            let job = {
+                let mut w = self.work.lock();
+                loop {
+                    if let Some(j) = w.jobs.pop_front() {
+                        break Some(j);
+                    }
+                    if w.closed {
+                        break None;
+                    }
+                    w.idle += 1;
+                    self.work_ready.wait(&mut w);
+                    w.idle -= 1;
+                }
+            };
+            let Some((id, op)) = job else {
+                return;
+            };
+            let result = crate::ops::run(shared, &self, op);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.send(&DaemonMsg::Reply { id, result });
+        }
+    }
+
+    /// The owner callback: every lease event of the client becomes an event
+    /// frame and a signal; a layout lease lost at lease-break-time fences.
+    fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
+        if self.signal != 0 {
+            if let Err(e) = pinfs::lease::notify::queue_signal(self.pid, self.signal, ev.lease.id.0) {
+                tracing::debug!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot signal client");
+            }
+        }
+        self.send(&DaemonMsg::Event(*ev));
+        if ev.kind == EventKind::Lost && ev.lease.kind == LeaseKind::Layout {
+            self.fence(
+                shared,
+                &format!(
+                    "layout lease {} not given up within lease-break-time",
+                    ev.lease.id
+                ),
+            );
+        }
+    }
+}
+
+/// Why a connection's first frame is not a usable `Hello`.
+fn read_hello(reader: &mut FrameReader) -> Result<i32, String> {
+    let frame = reader.read_frame().map_err(|e| e.to_string())?;
+    match decode::<ClientMsg>(&frame.payload).map_err(|e| e.to_string())? {
+        ClientMsg::Hello { version, signal } => {
+            if version != PROTOCOL_VERSION {
+                return Err(ProtoError::Version {
+                    got: version,
+                    expected: PROTOCOL_VERSION,
+                }
+                .to_string());
+            }
+            if signal < 0 || signal > libc::SIGRTMAX() {
+                return Err(format!("bad signal {signal} in Hello"));
+            }
+            Ok(signal)
+        }
+        _ => Err("first message is not Hello".to_owned()),
+    }
+}
+
+/// A connection's thread: handshake, then the reader loop, then cleanup.
+pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
+    let _ = stream.set_nonblocking(false);
+    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
+            return;
+        }
+    };
+    let pid = cred.pid.as_raw_nonzero().get();
+    let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+    let bye = |stream: &UnixStream, reason: &str| {
+        tracing::warn!(target: TARGET, client = id, pid, uid, reason, "dropping client");
+        if let Ok(f) = encode(&DaemonMsg::bye(reason), MAX_FRAME) {
+            let _ = pinfs_proto::send_frame(stream, &f);
+        }
+    };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = FrameReader::new(read_half, MAX_REQUEST_FRAME, 0);
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let signal = match read_hello(&mut reader) {
+        Ok(s) => s,
+        Err(reason) => return bye(&stream, &reason),
+    };
+    let _ = stream.set_read_timeout(None);
+    let pidfd = rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok();
+    let media = shared.fs.media();
+    let Some(pool_fd) = media.mapping().map(|m| m.fd) else {
+        return bye(&stream, "the pool has no file descriptor to share");
+    };
+    let (tx, rx) = sync_channel::<Vec<u8>>(MAX_OUTGOING);
+    let Ok(sock) = stream.try_clone() else {
+        return;
+    };
+    let session = Arc::new(Session {
+        id,
+        pid,
+        uid,
+        gid,
+        cred: Cred {
+            uid,
+            gid,
+            owner: OWNER_BASE + id,
+        },
+        pidfd,
+        signal,
+        sock,
+        out: Mutex::new(Some(tx)),
+        files: Mutex::new(HashMap::new()),
+        next_file: AtomicU64::new(1),
+        pins: Mutex::new(HashMap::new()),
+        inflight: AtomicUsize::new(0),
+        work: Mutex::new(Work {
+            jobs: VecDeque::new(),
+            idle: 0,
+            workers: Vec::new(),
+            closed: false,
+        }),
+        work_ready: Condvar::new(),
+        fenced: AtomicBool::new(false),
+        disconnected: AtomicBool::new(false),
+        ending: Mutex::new(None),
+    });
+    {
+        let mut sessions = shared.sessions.lock();
+        if sessions.len() >= shared.options.max_clients {
+            drop(sessions);
+            return bye(&stream, "too many clients");
+        }
+        sessions.insert(id, Arc::clone(&session));
+    }
+    // Welcome goes out before the writer starts, so it is the first frame.
+    let welcome = DaemonMsg::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        client_id: id,
+        pool_len: media.len_bytes(),
+        huge_pages: media.caps().huge_pages,
+        break_time: shared.fs.leases().break_time(),
+        policy: shared.fs.policy(),
+    });
+    let sent = encode(&welcome, MAX_FRAME)
+        .and_then(|f| pinfs_proto::send_frame_with_fd(&stream, &f, pool_fd));
+    if let Err(e) = sent {
+        tracing::warn!(target: TARGET, client = id, pid, error = %e, "cannot welcome client");
+        shared.sessions.lock().remove(&id);
+        return;
+    }
+    let writer = {
+        let Ok(wsock) = stream.try_clone() else {
+            shared.sessions.lock().remove(&id);
+            return;
+        };
+        std::thread::Builder::new()
+            .name(format!("pinfs-writer-{id}"))
+            .spawn(move || write_loop(wsock, rx))
+            .ok()
+    };
+    // Lease events of this client's owner reach it from now on.
+    let weak: Weak<Session> = Arc::downgrade(&session);
+    let weak_shared: Weak<Shared> = Arc::downgrade(&shared);
+    let callback: pinfs::lease::BreakCallback = Arc::new(move |ev: &BreakEvent| {
+        if let (Some(s), Some(sh)) = (weak.upgrade(), weak_shared.upgrade()) {
+            s.on_event(&sh, ev);
+        }
+    });
+    if let Err(e) = shared
+        .fs
+        .leases()
+        .set_owner_callback(session.owner(), Some(callback))
+    {
+        session.violation(&format!("cannot register lease notifications: {e}"));
+    }
+    tracing::info!(target: TARGET, client = id, pid, uid, gid, "client connected");
+    let reason = read_loop(&shared, &session, &mut reader);
+    session.end(&reason);
+    cleanup(&shared, &session, writer);
+}
+
+fn write_loop(sock: UnixStream, rx: Receiver<Vec<u8>>) {
+    for frame in rx {
+        if pinfs_proto::send_frame(&sock, &frame).is_err() {
+            break;
+        }
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+}
+
+/// Reads requests until the connection ends; returns why it ended.
+fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameReader) -> String {
+    loop {
+        let frame = match reader.read_frame() {
+            Ok(f) => f,
+            Err(ProtoError::Closed) => {
+                return session
+                    .ending
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "client disconnected".to_owned())
+            }
+            Err(e) => {
+                if let Some(r) = session.ending.lock().clone() {
+                    return r;
+                }
+                session.violation(&e.to_string());
+                return e.to_string();
+            }
+        };
+        let msg = match decode::<ClientMsg>(&frame.payload).and_then(|m| m.validate().map(|()| m)) {
+            Ok(m) => m,
+            Err(e) => {
+                session.violation(&e.to_string());
+                return e.to_string();
+            }
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {
+                let r = "a second Hello".to_owned();
+                session.violation(&r);
+                return r;
+            }
+            ClientMsg::Request { id, op } => {
+                if session.inflight.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
+                    let r = format!("more than {MAX_INFLIGHT} requests in flight");
+                    session.violation(&r);
+                    return r;
+                }
+                session.submit(shared, id, op);
+            }
+            ClientMsg::Ack { token, errno } => {
+                // Nothing asks for acknowledgements yet (mapping re-placement
+                // will): an unexpected one is harmless and only logged.
+                tracing::debug!(target: TARGET, client = session.id, token, errno, "acknowledgement");
+            }
+        }
+    }
+}
+
+/// Releases what the session held (see the crate docs for the order), then
+/// forgets it.
+fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
+    session.disconnected.store(true, Ordering::Release);
+    let fenced = session.fenced.load(Ordering::Acquire);
+    if fenced {
+        // Its address space may still reach everything it held.
+        session.wait_for_death(shared);
+    }
+    let leases = shared.fs.leases();
+    // Leases first: a request of its own that waits in a lease break of
+    // another client must not keep its leases alive meanwhile.
+    leases.drop_owner(session.owner());
+    let workers = {
+        let mut w = session.work.lock();
+        w.closed = true;
+        w.jobs.clear();
+        std::mem::take(&mut w.workers)
+    };
+    session.work_ready.notify_all();
+    for h in workers {
+        let _ = h.join();
+    }
+    let files: Vec<Arc<OpenFile>> = session.files.lock().drain().map(|(_, f)| f).collect();
+    drop(files);
+    // A request finished meanwhile may have taken a lease again.
+    leases.drop_owner(session.owner());
+    let has_pins = !session.pins.lock().is_empty();
+    if has_pins && session.alive() {
+        tracing::info!(target: TARGET, client = session.id, pid = session.pid, "client gone with pins: they stay until its process dies");
+        session.wait_for_death(shared);
+    }
+    let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
+    let npins = pins.len();
+    drop(pins);
+    // The writer drains what is queued (the `Bye`) and closes.
+    *session.out.lock() = None;
+    if let Some(h) = writer {
+        let _ = h.join();
+    }
+    let _ = session.sock.shutdown(std::net::Shutdown::Both);
+    shared.sessions.lock().remove(&session.id);
+    let reason = session.ending.lock().clone().unwrap_or_default();
+    tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, fenced, %reason, "client gone, everything it held released");
+}
