@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 mod events;
+mod maps;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -48,6 +49,7 @@ use pinfs_proto::{
 };
 
 pub use events::{Events, MAX_QUEUED_EVENTS};
+pub use maps::{ClientMap, RemoteRegistration};
 pub use pinfs::lease::BreakEvent;
 pub use pinfs_proto::{ClientStatus, HandleStatus, LeaseSpec, RegistrationStatus, Status};
 
@@ -98,6 +100,11 @@ struct Conn {
     welcome: Welcome,
     pool_fd: OwnedFd,
     daemon_pid: i32,
+    /// This connection's mappings by their number, for the reader thread
+    /// to apply `Place`s to (`maps.rs`).
+    maps: Mutex<HashMap<u64, std::sync::Weak<pinfs::map::client::ClientMapping>>>,
+    /// The pool's descriptor shared by the mappings (`maps.rs`).
+    map_pool: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 struct Inner {
@@ -154,11 +161,8 @@ impl Client {
         )
         .map_err(|e| proto_error(&e))?;
         pinfs_proto::send_frame(&sock, &hello).map_err(|e| proto_error(&e))?;
-        let mut reader = FrameReader::new(
-            sock.try_clone().map_err(|e| io_error(&e))?,
-            MAX_FRAME,
-            1,
-        );
+        let mut reader =
+            FrameReader::new(sock.try_clone().map_err(|e| io_error(&e))?, MAX_FRAME, 1);
         let mut frame = reader.read_frame().map_err(|e| proto_error(&e))?;
         let welcome = match decode::<DaemonMsg>(&frame.payload).map_err(|e| proto_error(&e))? {
             DaemonMsg::Welcome(w) if w.version == PROTOCOL_VERSION => w,
@@ -190,6 +194,8 @@ impl Client {
             welcome,
             pool_fd,
             daemon_pid,
+            maps: Mutex::new(HashMap::new()),
+            map_pool: Mutex::new(None),
         });
         let reader_conn = Arc::clone(&conn);
         let handle = std::thread::Builder::new()
@@ -440,7 +446,9 @@ impl Conn {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id, Slot::Discard);
-        if self.send(&ClientMsg::Request { id, op }).is_err() && self.pending.lock().remove(&id).is_some() {
+        if self.send(&ClientMsg::Request { id, op }).is_err()
+            && self.pending.lock().remove(&id).is_some()
+        {
             self.give_inflight();
         }
     }
@@ -471,6 +479,12 @@ impl Conn {
                     }
                 }
                 DaemonMsg::Event(ev) => self.events.push(ev),
+                DaemonMsg::Place { map, token, pieces } => {
+                    // Applied and acknowledged here, never behind a reply.
+                    if let Err(reason) = self.place(map, token, &pieces) {
+                        break reason;
+                    }
+                }
                 DaemonMsg::Bye { reason } => break format!("the daemon said goodbye: {reason}"),
                 DaemonMsg::Welcome(_) => break "a second Welcome from the daemon".to_owned(),
             }
@@ -486,6 +500,8 @@ impl Conn {
             }
         }
         self.inflight_freed.notify_all();
+        // Nobody re-places this process's mappings any more.
+        self.orphan_mappings();
         self.events.close(reason);
     }
 }
@@ -556,9 +572,7 @@ impl RemoteFile {
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done).min(MAX_IO);
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or(Errno::EINVAL)?;
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
             let data = match self.client.call(Op::Pread {
                 file: self.id,
                 offset: at,
@@ -582,9 +596,7 @@ impl RemoteFile {
         let mut done = 0usize;
         loop {
             let chunk = &data[done..(done + MAX_IO).min(data.len())];
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or(Errno::EINVAL)?;
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
             let n = match self.client.call(Op::Pwrite {
                 file: self.id,
                 offset: at,

@@ -61,13 +61,17 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     .filter(|l| l.owner.0 == owner)
                     .map(|l| l.id)
                     .collect(),
-                pins: pins.iter().filter(|p| p.owner == owner).map(|p| p.id).collect(),
+                pins: pins
+                    .iter()
+                    .filter(|p| p.owner == owner)
+                    .map(|p| p.id)
+                    .collect(),
                 registrations: registrations
                     .iter()
                     .filter(|r| r.owner == owner)
                     .map(|r| r.id)
                     .collect(),
-                mappings: Vec::new(),
+                mappings: s.mapped.mapping_ids(),
                 fenced: s.fenced.load(Ordering::Acquire),
                 disconnected: s.disconnected.load(Ordering::Acquire),
             }

@@ -117,7 +117,9 @@ fn main() {
                 }
                 Err(e) => report(Err(e)),
             },
-            "truncate" => report(need_file().and_then(|f| f.truncate(num(a)).map(|()| String::new()))),
+            "truncate" => {
+                report(need_file().and_then(|f| f.truncate(num(a)).map(|()| String::new())))
+            }
             "truncate-path" => report(
                 client
                     .truncate_path(a.unwrap_or("/"), num(b))
