@@ -184,8 +184,9 @@ Devices (on the current mapping; devices are created once per run):
   dma-dereg ID      deregister (only the registering actor)
 
 Other: sleep MS, echo TEXT.
-With --socket, each actor is its own client of the daemon; mapping and device
-commands are not offered through it yet (`CMD: Operation not supported`).";
+With --socket, each actor is its own client of the daemon (mappings are made
+in this process; devices are the daemon's soft device); mstat and the uring
+device are in-process only (`CMD: Operation not supported`).";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]
@@ -197,8 +198,8 @@ struct IoArgs {
     pool: Option<PathBuf>,
     /// Be a client of the daemon serving this socket (`pinfs serve`): each
     /// actor is its own connection; --policy and --break-time are the
-    /// daemon's then. Mapping and device commands are not offered through
-    /// the daemon yet (`Operation not supported`).
+    /// daemon's then. `mstat` and `--device uring` are in-process only
+    /// (`Operation not supported`).
     #[arg(long, value_name = "PATH", conflicts_with = "pool")]
     socket: Option<PathBuf>,
     /// What a layout change does about long-term-pinned blocks (SPEC §4.3):

@@ -888,7 +888,7 @@ fn help_lists_io_commands_and_policies() {
             "wait: nothing",
             "dma-reg [--device soft|uring] [--revoke invalidate|redirect|odp] OFF LEN",
             "dma-stream [-S BYTE] ID OFF LEN",
-            "With --socket, each actor is its own client",
+            "With --socket, each actor is its own client of the daemon",
             "fail   — fails at once",
             "wait   — breaks layout leases",
             "defer  — completes at once",

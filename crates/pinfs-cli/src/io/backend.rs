@@ -6,18 +6,21 @@
 //! and [`File`] one of its open files. Both are enums with delegating
 //! methods rather than traits: there are exactly two sides, every command
 //! needs the same handful of calls, and an enum keeps the in-process side
-//! exactly what it was (the calls are the library's own). A command that the
-//! daemon's client library does not offer yet (mappings, devices) asks for
-//! the in-process side with [`File::local`] / `Shared::fs` and fails
-//! with `EOPNOTSUPP` (`mmap: Operation not supported`) through a daemon.
+//! exactly what it was (the calls are the library's own). [`HeldMap`],
+//! [`HeldPin`] and [`RegHandle`] are an actor's mapping, pins and device
+//! registrations, either side. What only one side offers (`mstat`'s view of
+//! a mapping, the `uring` device, in-process devices) asks for it with
+//! [`HeldMap::local`] or `Shared::fs`, and through a
+//! daemon fails with `EOPNOTSUPP` (`mstat: Operation not supported`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pinfs::fs::{Cred, DirEntry, FallocMode, FiemapExtent, Fs, Handle, OpenFlags, Stat, StatFs};
 use pinfs::lease::{BreakEvent, EventQueue, FileKey, LeaseRequest, LeaseType, OwnerId};
+use pinfs::map::MapFlags;
 use pinfs::{Errno, Result};
-use pinfs_client::{Client, LeaseSpec, RemoteFile, RemotePin};
+use pinfs_client::{Client, ClientMap, LeaseSpec, RemoteFile, RemotePin, RemoteRegistration};
 
 use crate::error::CmdError;
 
@@ -127,14 +130,6 @@ pub enum File {
 }
 
 impl File {
-    /// The in-process handle, or `EOPNOTSUPP` through a daemon.
-    pub fn local(&self) -> Result<&Handle, CmdError> {
-        match self {
-            File::Local(h) => Ok(h),
-            File::Remote(_) => Err(CmdError::Errno(Errno::EOPNOTSUPP)),
-        }
-    }
-
     /// The file as the lease engine names it (for the path listings).
     pub fn lease_file(&self) -> FileKey {
         match self {
@@ -282,6 +277,115 @@ impl File {
         match self {
             File::Local(h) => h.pin_long_term(offset, len, revoke).map(HeldPin::Local),
             File::Remote(f) => f.pin_long_term(offset, len).map(HeldPin::Remote),
+        }
+    }
+}
+
+/// An actor's current mapping (dropping it unmaps).
+#[derive(Debug)]
+pub enum HeldMap {
+    /// In process.
+    Local(pinfs::map::Mapping),
+    /// In this process, of a daemon's file (the client maps the pool's
+    /// blocks itself; the daemon re-places them at layout changes).
+    Remote(ClientMap),
+}
+
+impl HeldMap {
+    /// Load `buf.len()` bytes at `offset` of the mapping (`EFAULT` where a
+    /// real load would raise `SIGBUS`).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            HeldMap::Local(m) => m.read(offset, buf),
+            HeldMap::Remote(m) => m.read(offset, buf),
+        }
+    }
+
+    /// Store `data` at `offset` of the mapping (`EFAULT` as for `read`).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            HeldMap::Local(m) => m.write(offset, data),
+            HeldMap::Remote(m) => m.write(offset, data),
+        }
+    }
+
+    /// Make a range of the mapping durable (SPEC §5.3).
+    pub fn persist(&self, offset: u64, len: u64) -> Result<()> {
+        match self {
+            HeldMap::Local(m) => m.persist(offset, len),
+            HeldMap::Remote(m) => m.persist(offset, len),
+        }
+    }
+
+    /// A long-term pin of a range of the mapping (SPEC §4.2).
+    pub fn pin_long_term(
+        &self,
+        offset: u64,
+        len: u64,
+        revoke: Option<pinfs::pin::RevokeFn>,
+    ) -> Result<HeldPin> {
+        match self {
+            HeldMap::Local(m) => m.pin_long_term(offset, len, revoke).map(HeldPin::Local),
+            HeldMap::Remote(m) => m.pin_long_term(offset, len).map(HeldPin::Remote),
+        }
+    }
+
+    /// The in-process mapping, or `EOPNOTSUPP` (`mstat`, which reads what
+    /// only the in-process mapping knows).
+    pub fn local(&self) -> Result<&pinfs::map::Mapping, CmdError> {
+        match self {
+            HeldMap::Local(m) => Ok(m),
+            HeldMap::Remote(_) => Err(CmdError::Errno(Errno::EOPNOTSUPP)),
+        }
+    }
+}
+
+/// A device registration of the run.
+#[derive(Debug)]
+pub enum RegHandle {
+    /// With one of the run's devices, in process.
+    Local(pinfs::fs::Registration),
+    /// With the daemon's soft RDMA device.
+    Remote(RemoteRegistration),
+}
+
+impl RegHandle {
+    /// The device writes `data` at `offset` of the registration.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<pinfs::dma::Completion> {
+        match self {
+            RegHandle::Local(r) => r.write(offset, data),
+            RegHandle::Remote(r) => r.write(offset, data),
+        }
+    }
+
+    /// The device reads `buf.len()` bytes at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<pinfs::dma::Completion> {
+        match self {
+            RegHandle::Local(r) => r.read(offset, buf),
+            RegHandle::Remote(r) => r.read(offset, buf),
+        }
+    }
+
+    /// Deregister and report how it went.
+    pub fn deregister(self) -> Result<()> {
+        match self {
+            RegHandle::Local(r) => r.deregister(),
+            RegHandle::Remote(r) => r.deregister(),
+        }
+    }
+}
+
+impl File {
+    /// Map `[offset, offset + len)` of the file: in process with `flags`,
+    /// through the daemon with the same flags as raw `mmap` bits `raw`
+    /// (validated there as SPEC §5.1 says); read-only per `flags`.
+    pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags, raw: u32) -> Result<HeldMap> {
+        match self {
+            File::Local(h) => h.mmap(offset, len, flags).map(HeldMap::Local),
+            File::Remote(f) if flags.read_only => {
+                f.mmap_read_only(offset, len, raw).map(HeldMap::Remote)
+            }
+            File::Remote(f) => f.mmap(offset, len, raw).map(HeldMap::Remote),
         }
     }
 }

@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pinfs::dma::{Completion, Device, RevokeMode};
-use pinfs::fs::Registration;
 use pinfs::Errno;
 
+use super::backend::{HeldMap, RegHandle};
 use super::dump::dump;
 use super::parse::{Line, OptSpec, Parsed};
 use super::{CmdResult, Ctx, Shared};
@@ -89,7 +89,7 @@ pub struct RunReg {
     /// `None` once deregistered. Each device request holds the lock, so a
     /// deregistration waits for the one in progress and no request starts
     /// after it.
-    reg: Mutex<Option<Registration>>,
+    reg: Mutex<Option<RegHandle>>,
     /// Set by `dma-stop`.
     stop: AtomicBool,
 }
@@ -176,10 +176,6 @@ pub fn run(ctx: &mut Ctx<'_>, line: &Line) -> Option<CmdResult> {
             "dma-dereg" => (DMA_DEREG, dma_dereg),
             _ => return None,
         };
-    // Not offered through a daemon yet: each device command says so.
-    if let Err(e) = ctx.shared.fs() {
-        return Some(Err(e));
-    }
     Some(spec.parse(&line.args).and_then(|args| cmd(ctx, &args)))
 }
 
@@ -203,27 +199,47 @@ fn dma_reg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
             limit: MAX_RUN_REGISTRATIONS,
         });
     }
-    let device = shared.dma.device(shared, kind)?;
     let mapping = ctx
         .actor
         .mapping
         .as_ref()
         .ok_or(CmdError::Errno(Errno::EINVAL))?;
-    let reg = mapping
-        .register(device, off, len, mode)
-        // The file system's refusals read as their strerror text; the
-        // device's own (the kernel's, for uring) keep what they say why.
-        .map_err(|e| CmdError::Detail(describe(&e, None)))?;
+    let (reg, device) = match mapping {
+        HeldMap::Local(m) => {
+            let device = shared.dma.device(shared, kind)?;
+            let reg = m
+                .register(device, off, len, mode)
+                // The file system's refusals read as their strerror text;
+                // the device's own (the kernel's, for uring) keep what they
+                // say why.
+                .map_err(|e| CmdError::Detail(describe(&e, None)))?;
+            let device = reg.device().name();
+            (RegHandle::Local(reg), device)
+        }
+        // The daemon registers with its soft device.
+        HeldMap::Remote(m) => match kind {
+            "soft" => (RegHandle::Remote(m.register(off, len, mode)?), "soft"),
+            "uring" => return Err(CmdError::Errno(Errno::EOPNOTSUPP)),
+            _ => {
+                return Err(CmdError::usage(
+                    DMA_REG.usage,
+                    format!("\"{kind}\": no such device (soft, uring)"),
+                ))
+            }
+        },
+    };
     if let Some(file) = &ctx.actor.file {
         shared.remember_path(file.handle.lease_file(), &file.path);
     }
-    let id = reg.id().0;
-    let k = reg.keys();
+    let (id, k) = match &reg {
+        RegHandle::Local(r) => (r.id().0, r.keys()),
+        RegHandle::Remote(r) => (r.id(), r.keys()),
+    };
     shared.dma.regs.lock().insert(
         id,
         Arc::new(RunReg {
             owner: ctx.actor.owner.0,
-            device: reg.device().name(),
+            device,
             reg: Mutex::new(Some(reg)),
             stop: AtomicBool::new(false),
         }),

@@ -268,7 +268,7 @@ pub struct Actor {
     /// The current file (`open`, `close`).
     pub file: Option<OpenFile>,
     /// Its current mapping (`mmap`; dropped by `munmap` or the actor's end).
-    pub mapping: Option<pinfs::map::Mapping>,
+    pub mapping: Option<backend::HeldMap>,
     /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
     pub pins: std::collections::BTreeMap<u64, backend::HeldPin>,
 }
@@ -298,12 +298,6 @@ impl Actor {
     /// The current file's handle, or `EBADF` when there is none.
     pub fn handle(&self) -> Result<&File, CmdError> {
         Ok(&self.file()?.handle)
-    }
-
-    /// The current file's in-process handle: `EBADF` when there is none,
-    /// `EOPNOTSUPP` through a daemon.
-    pub fn local_handle(&self) -> Result<&pinfs::fs::Handle, CmdError> {
-        self.handle()?.local()
     }
 }
 

@@ -16,7 +16,6 @@
 
 use pinfs::Errno;
 
-use super::backend::HeldPin;
 use super::parse::{Line, OptSpec, Parsed};
 use super::{CmdResult, Ctx};
 use crate::error::CmdError;
@@ -48,7 +47,7 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     // Through the current mapping (MAP_DIRECT, or shared under the actor's
     // unbreakable lease; offsets relative to it) when there is one; else the current file's range (exclusive layout lease).
     let pin = match &ctx.actor.mapping {
-        Some(m) => HeldPin::Local(m.pin_long_term(off, len, Some(revoke))?),
+        Some(m) => m.pin_long_term(off, len, Some(revoke))?,
         None => file.handle.pin_long_term(off, len, Some(revoke))?,
     };
     ctx.shared
