@@ -2,24 +2,24 @@
  * rdma_like.c - what an RDMA application does with pinfs, through the C
  * interface (include/pinfs.h), against a `pinfs serve` daemon:
  *
- *   1. connect, open the file, and take a layout lease on it (the promise
- *      that nobody changes its layout without telling us first);
- *   2. "stream device writes" into the file while polling the connection's
- *      notification descriptor (the daemon also sends SIGIO);
- *   3. on a break event, stop the writes, release the lease and close the
- *      file, within lease-break-time, so the breaker (a truncate in another
+ *   1. connect, open the file, map it MAP_SHARED_VALIDATE|MAP_DIRECT (the
+ *      pool's own memory, in this process: zero-copy; the mapping carries a
+ *      layout lease), store a header through the mapping and persist it;
+ *   2. register the mapping with the device and stream device writes
+ *      through the registration (what a peer's RDMA writes do), while
+ *      polling the connection's notification descriptor (the daemon also
+ *      sends SIGIO);
+ *   3. on a break event, stop the device, deregister, unmap and close,
+ *      within lease-break-time, so the breaker (a truncate in another
  *      process) can go ahead; then exit 0.
- *
- * Until mappings in client processes land, step 1 is the layout lease alone
- * (no MAP_DIRECT mapping, no registration) and the device writes are pwrites.
  *
  * Usage: rdma_like SOCKET PATH [ignore]
  *   With "ignore", the program never looks at its notifications: the daemon
  *   fences it (kills it) at lease-break-time.
  *
- * Output (one line each, flushed): "leased PATH", "ready", then
- * "break fd N target none", "signal SIGIO" (when the signal arrived),
- * "released after N writes".
+ * Output (one line each, flushed): "mapped PATH", "registered iova 0x...",
+ * "ready", then "break target none", "signal SIGIO" (when the signal
+ * arrived), "released after N device writes".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,14 +85,33 @@ int main(int argc, char **argv)
 	int fd = pinfs_open(c, argv[2], O_RDWR, 0);
 	if (fd < 0)
 		return fail("open", fd);
-	rc = pinfs_setlease(c, fd, F_RDLCK | F_LAYOUT);
-	if (rc < 0)
-		return fail("setlease", rc);
-	if (pinfs_getlease(c, fd) != F_UNLCK) /* a layout lease is no open lease */
-		return fail("getlease", -EPROTO);
-	say("leased %s\n", argv[2], 0);
 
-	char block[4096];
+	/* 1. Map it: MAP_DIRECT needs MAP_SHARED_VALIDATE (SPEC 5.1). */
+	const size_t len = 64 << 10;
+	void *addr = NULL;
+	int64_t map = pinfs_mmap(c, fd, 0, len, PROT_READ | PROT_WRITE,
+				 PINFS_MAP_SHARED_VALIDATE | PINFS_MAP_DIRECT, &addr);
+	if (map < 0)
+		return fail("mmap", map);
+	/* A store straight to the media, made durable without fsync. */
+	volatile unsigned char *mem = addr;
+	for (int i = 0; i < 16; i++)
+		mem[i] = 0xa5;
+	rc = pinfs_persist(c, (uint64_t)map, 0, 16);
+	if (rc < 0)
+		return fail("persist", rc);
+	say("mapped %s\n", argv[2], 0);
+
+	/* 2. Register it with the device (revocable: invalidated at
+	 * lease-break-time if we do not deregister). */
+	pinfs_mr_keys keys;
+	int64_t reg = pinfs_register(c, (uint64_t)map, 0, len, PINFS_REVOKE_INVALIDATE, &keys);
+	if (reg < 0)
+		return fail("register", reg);
+	printf("registered iova 0x%llx\n", (unsigned long long)keys.iova);
+	fflush(stdout);
+
+	unsigned char block[4096];
 	memset(block, 0x5a, sizeof(block));
 	struct pollfd pfd = { .fd = pinfs_notify_fd(c), .events = POLLIN };
 	if (pfd.fd < 0)
@@ -101,15 +121,18 @@ int main(int argc, char **argv)
 	long writes = 0;
 	for (;;) {
 		if (ignore) {
-			/* Keeps "writing", never reads a notification: fenced. */
+			/* Keeps its device busy, never reads a notification:
+			 * fenced. */
 			sleep_ms(10);
 			continue;
 		}
-		/* The "device" writes one block per round while nothing is
-		 * asked of us. */
-		int64_t n = pinfs_pwrite(c, fd, block, sizeof(block), 0);
-		if (n < 0)
-			return fail("pwrite", n);
+		/* The device writes one block per round (at 4 KiB, past the
+		 * header) while nothing is asked of us. */
+		rc = pinfs_dma_write(c, (uint64_t)reg, 4096, block, sizeof(block));
+		if (rc < 0)
+			return fail("dma write", rc);
+		if (rc != PINFS_DMA_OK)
+			return fail("dma write completion", -EIO);
 		writes++;
 		int ready = poll(&pfd, 1, 10);
 		if (ready < 0 && errno == EINTR)
@@ -124,13 +147,16 @@ int main(int argc, char **argv)
 			return fail("next event", rc);
 		if (rc == 0 || ev.kind != PINFS_EVENT_BREAK)
 			continue;
-		printf("break fd %d target %s\n", ev.fd, ev.target == F_UNLCK ? "none" : "read");
-		/* Stop the device, give the lease back, close: the breaker
+		printf("break target %s\n", ev.target == F_UNLCK ? "none" : "read");
+		/* 3. Quiesce the device, give everything back: the breaker
 		 * proceeds. */
-		rc = pinfs_setlease(c, ev.fd, F_UNLCK | F_LAYOUT);
+		rc = pinfs_deregister(c, (uint64_t)reg);
 		if (rc < 0)
-			return fail("release", rc);
-		rc = pinfs_close(c, ev.fd);
+			return fail("deregister", rc);
+		rc = pinfs_munmap(c, (uint64_t)map);
+		if (rc < 0)
+			return fail("munmap", rc);
+		rc = pinfs_close(c, fd);
 		if (rc < 0)
 			return fail("close", rc);
 		break;
@@ -140,7 +166,7 @@ int main(int argc, char **argv)
 		sleep_ms(10);
 	if (got_sigio)
 		say("signal SIGIO\n", NULL, 0);
-	say("released after %ld writes\n", NULL, writes);
+	say("released after %ld device writes\n", NULL, writes);
 	pinfs_disconnect(c);
 	return 0;
 }

@@ -20,6 +20,9 @@
 #ifndef F_EXCLUSIVE
 #define F_EXCLUSIVE PINFS_F_EXCLUSIVE
 #endif
+#ifndef MAP_DIRECT
+#define MAP_DIRECT PINFS_MAP_DIRECT
+#endif
 
 /*
  `pinfs_event.kind`: the lease is being broken; release it (or, when
@@ -79,6 +82,81 @@
 #define PINFS_F_EXCLUSIVE 32
 
 /*
+ `mmap` flag `MAP_SHARED` (Linux's value).
+ */
+#define PINFS_MAP_SHARED 1
+
+/*
+ `mmap` flag `MAP_PRIVATE` (Linux's value).
+ */
+#define PINFS_MAP_PRIVATE 2
+
+/*
+ `mmap` flag `MAP_SHARED_VALIDATE` (Linux's value): unknown flags fail
+ with `-EOPNOTSUPP`, and the extension flags take effect (SPEC §5.1).
+ */
+#define PINFS_MAP_SHARED_VALIDATE 3
+
+/*
+ `mmap` flag `MAP_SYNC` (Linux's value): the block map under the mapping
+ is durable, so `pinfs_persist` is all a store needs (SPEC §5.3).
+ */
+#define PINFS_MAP_SYNC 524288
+
+/*
+ `mmap` flag `MAP_DIRECT` (the value of the kernel proposal): a layout
+ lease for the mapping's lifetime, broken by anyone else's layout change;
+ unmap within lease-break-time (SPEC §5.2). Needs the file's owner or
+ root (`-EACCES`).
+ */
+#define PINFS_MAP_DIRECT 2097152
+
+/*
+ `pinfs_register` revocation mode: the device's translations are removed
+ at lease-break-time; its later accesses complete with
+ `PINFS_DMA_PROTECTION_ERROR` (SPEC §6.3).
+ */
+#define PINFS_REVOKE_INVALIDATE 0
+
+/*
+ `pinfs_register` revocation mode: translations re-pointed at scratch
+ memory at lease-break-time; the device's writes are discarded.
+ */
+#define PINFS_REVOKE_REDIRECT 1
+
+/*
+ `pinfs_register` revocation mode: on-demand paging, nothing pinned
+ (SPEC §6.4).
+ */
+#define PINFS_REVOKE_ODP 2
+
+/*
+ A device request's completion status: done.
+ */
+#define PINFS_DMA_OK 0
+
+/*
+ Completion status: the region's translations are gone (revoked), the
+ key is wrong, or the access passes its end.
+ */
+#define PINFS_DMA_PROTECTION_ERROR 1
+
+/*
+ Completion status: on-demand paging could not get a translation.
+ */
+#define PINFS_DMA_PAGE_FAULT 2
+
+/*
+ Completion status: the region is deregistered or unknown.
+ */
+#define PINFS_DMA_INVALID_REGION 3
+
+/*
+ Completion status: the device itself failed.
+ */
+#define PINFS_DMA_DEVICE_ERROR 4
+
+/*
  Most files one connection may have open through the C interface.
  */
 #define PINFS_MAX_OPEN_FILES 4096
@@ -87,6 +165,17 @@
  Most long-term pins one connection may hold through the C interface.
  */
 #define PINFS_MAX_PINS 4096
+
+/*
+ Most mappings one connection may hold through the C interface.
+ */
+#define PINFS_MAX_MAPS 1024
+
+/*
+ Most device registrations one connection may hold through the C
+ interface.
+ */
+#define PINFS_MAX_REGISTRATIONS 1024
 
 /*
  Most leases whose file number a connection remembers (to name the file
@@ -136,6 +225,28 @@ typedef struct pinfs_event {
    */
   uint64_t end;
 } pinfs_event;
+
+/*
+ Device addresses and keys of a registration, filled by `pinfs_register`.
+ */
+typedef struct pinfs_mr_keys {
+  /*
+   The memory region's number on the device.
+   */
+  uint64_t mr;
+  /*
+   First device address (I/O virtual address) of the region.
+   */
+  uint64_t iova;
+  /*
+   Local key (the device's own work requests name it).
+   */
+  uint32_t lkey;
+  /*
+   Remote key (a peer's work requests name it).
+   */
+  uint32_t rkey;
+} pinfs_mr_keys;
 
 #ifdef __cplusplus
 extern "C" {
@@ -327,6 +438,125 @@ int64_t pinfs_pin(const struct pinfs_client *c, int fd, uint64_t offset, uint64_
  `c` is null or a live connection.
  */
 int pinfs_unpin(const struct pinfs_client *c, uint64_t pin);
+
+/*
+ Map `[offset, offset + len)` of file `fd` into this process — the pool's
+ own memory, zero-copy — with `prot` `PROT_READ` or `PROT_READ |
+ PROT_WRITE` and raw `mmap` flag bits (`PINFS_MAP_SHARED`, or
+ `PINFS_MAP_SHARED_VALIDATE` with `PINFS_MAP_SYNC` and/or
+ `PINFS_MAP_DIRECT`), validated as SPEC §5.1 says: with
+ `MAP_SHARED_VALIDATE` an unknown bit is `-EOPNOTSUPP`; `MAP_DIRECT` on a
+ file this process's user does not own is `-EACCES`. `*addr` is the
+ mapping's first byte; loads and stores there reach the file (`SIGBUS`
+ beyond end of file, or through an invalidated `MAP_DIRECT` mapping).
+ Returns the mapping's id (> 0) for `pinfs_munmap`, `pinfs_persist`,
+ `pinfs_map_pin` and `pinfs_register`. At most `PINFS_MAX_MAPS`.
+
+ # Safety
+ `c` is null or a live connection; `addr` is null or writable storage
+ for one pointer.
+ */
+int64_t pinfs_mmap(const struct pinfs_client *c,
+                   int fd,
+                   uint64_t offset,
+                   size_t len,
+                   int prot,
+                   uint32_t flags,
+                   void **addr);
+
+/*
+ Unmap mapping `map` (as `munmap(2)`: once it returns, its addresses no
+ longer reach the file). Pins and registrations made through it stay
+ until dropped.
+
+ # Safety
+ `c` is null or a live connection; no thread still uses the mapping's
+ memory.
+ */
+int pinfs_munmap(const struct pinfs_client *c, uint64_t map);
+
+/*
+ Make the stores to `[offset, offset + len)` of mapping `map` durable
+ (SPEC §5.3: cache flush and fence over a `MAP_SYNC`/`MAP_DIRECT`
+ mapping, no `fsync`).
+
+ # Safety
+ `c` is null or a live connection.
+ */
+int pinfs_persist(const struct pinfs_client *c, uint64_t map, uint64_t offset, uint64_t len);
+
+/*
+ A long-term pin of `[offset, offset + len)` of mapping `map` (offsets
+ relative to the mapping): needs a `MAP_DIRECT` mapping or this
+ connection's unbreakable layout lease over the range (else `-EPERM`,
+ SPEC §4.2). Returns the pin's id for `pinfs_unpin`.
+
+ # Safety
+ `c` is null or a live connection.
+ */
+int64_t pinfs_map_pin(const struct pinfs_client *c, uint64_t map, uint64_t offset, uint64_t len);
+
+/*
+ Register `[offset, offset + len)` of mapping `map` (page-aligned) with
+ the daemon's RDMA device (SPEC §6.1), revoked at lease-break-time as
+ `revoke` says (`PINFS_REVOKE_INVALIDATE`, `_REDIRECT` or `_ODP`).
+ Needs a `MAP_DIRECT` mapping, this connection's unbreakable layout lease
+ over the range, or `PINFS_REVOKE_ODP` (else `-EOPNOTSUPP`); `-ENXIO`
+ when the mapping's lease is broken or breaking. `*keys` (when not null)
+ receives the device addresses and keys. Returns the registration's id
+ (> 0).
+
+ # Safety
+ `c` is null or a live connection; `keys` is null or writable storage
+ for one `pinfs_mr_keys`.
+ */
+int64_t pinfs_register(const struct pinfs_client *c,
+                       uint64_t map,
+                       uint64_t offset,
+                       uint64_t len,
+                       int revoke,
+                       struct pinfs_mr_keys *keys);
+
+/*
+ The device writes `len` bytes of `buf` at `offset` of registration
+ `reg` (what a peer's RDMA write does). Returns the completion status, a
+ `PINFS_DMA_*` number (`PINFS_DMA_OK`, or `PINFS_DMA_PROTECTION_ERROR`
+ once revoked, ...); `-errno` only when the request could not be made
+ (at most `PINFS_MAX_IO_BYTES` bytes: `-EINVAL` beyond).
+
+ # Safety
+ `c` is null or a live connection; `buf` is null or readable for `len`
+ bytes.
+ */
+int pinfs_dma_write(const struct pinfs_client *c,
+                    uint64_t reg,
+                    uint64_t offset,
+                    const void *buf,
+                    size_t len);
+
+/*
+ The device reads `len` bytes at `offset` of registration `reg` into
+ `buf` (filled only when the status is `PINFS_DMA_OK`). Returns the
+ completion status as `pinfs_dma_write`.
+
+ # Safety
+ `c` is null or a live connection; `buf` is null or writable for `len`
+ bytes.
+ */
+int pinfs_dma_read(const struct pinfs_client *c,
+                   uint64_t reg,
+                   uint64_t offset,
+                   void *buf,
+                   size_t len);
+
+/*
+ Deregister `reg`: the device can no longer reach the memory, and the
+ pins of the registration drop.
+
+ # Safety
+ `c` is null or a live connection.
+ */
+int pinfs_deregister(const struct pinfs_client *c, uint64_t reg);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -512,6 +512,262 @@ pub unsafe extern "C" fn pinfs_unpin(c: *const PinfsClient, pin: u64) -> c_int {
     })
 }
 
+/// Device addresses and keys of a registration, filled by `pinfs_register`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PinfsMrKeys {
+    /// The memory region's number on the device.
+    pub mr: u64,
+    /// First device address (I/O virtual address) of the region.
+    pub iova: u64,
+    /// Local key (the device's own work requests name it).
+    pub lkey: u32,
+    /// Remote key (a peer's work requests name it).
+    pub rkey: u32,
+}
+
+/// Map `[offset, offset + len)` of file `fd` into this process — the pool's
+/// own memory, zero-copy — with `prot` `PROT_READ` or `PROT_READ |
+/// PROT_WRITE` and raw `mmap` flag bits (`PINFS_MAP_SHARED`, or
+/// `PINFS_MAP_SHARED_VALIDATE` with `PINFS_MAP_SYNC` and/or
+/// `PINFS_MAP_DIRECT`), validated as SPEC §5.1 says: with
+/// `MAP_SHARED_VALIDATE` an unknown bit is `-EOPNOTSUPP`; `MAP_DIRECT` on a
+/// file this process's user does not own is `-EACCES`. `*addr` is the
+/// mapping's first byte; loads and stores there reach the file (`SIGBUS`
+/// beyond end of file, or through an invalidated `MAP_DIRECT` mapping).
+/// Returns the mapping's id (> 0) for `pinfs_munmap`, `pinfs_persist`,
+/// `pinfs_map_pin` and `pinfs_register`. At most `PINFS_MAX_MAPS`.
+///
+/// # Safety
+/// `c` is null or a live connection; `addr` is null or writable storage
+/// for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_mmap(
+    c: *const PinfsClient,
+    fd: c_int,
+    offset: u64,
+    len: usize,
+    prot: c_int,
+    flags: u32,
+    addr: *mut *mut c_void,
+) -> i64 {
+    guard(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        if addr.is_null() {
+            return Err(Errno::EFAULT);
+        }
+        let read_only = flags::read_only(prot)?;
+        let file = conn.file(fd)?;
+        let len = len as u64;
+        let map = if read_only {
+            file.mmap_read_only(offset, len, flags)
+        } else {
+            file.mmap(offset, len, flags)
+        }
+        .map_err(errno)?;
+        let start = map.as_ptr();
+        let id = conn.insert_map(map)?;
+        // SAFETY: non-null and, per the contract, writable storage for one
+        // pointer.
+        unsafe { addr.write(start.cast()) };
+        i64::try_from(id).map_err(|_| Errno(libc::EOVERFLOW))
+    })
+}
+
+/// Unmap mapping `map` (as `munmap(2)`: once it returns, its addresses no
+/// longer reach the file). Pins and registrations made through it stay
+/// until dropped.
+///
+/// # Safety
+/// `c` is null or a live connection; no thread still uses the mapping's
+/// memory.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_munmap(c: *const PinfsClient, map: u64) -> c_int {
+    guard_int(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        let map = conn.remove_map(map)?;
+        // A call still using it (a persist) finishes first; the last
+        // holder's drop unmaps.
+        if let Ok(map) = std::sync::Arc::try_unwrap(map) {
+            map.unmap().map_err(errno)?;
+        }
+        Ok(0)
+    })
+}
+
+/// Make the stores to `[offset, offset + len)` of mapping `map` durable
+/// (SPEC §5.3: cache flush and fence over a `MAP_SYNC`/`MAP_DIRECT`
+/// mapping, no `fsync`).
+///
+/// # Safety
+/// `c` is null or a live connection.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_persist(
+    c: *const PinfsClient,
+    map: u64,
+    offset: u64,
+    len: u64,
+) -> c_int {
+    guard_int(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        conn.map(map)?.persist(offset, len).map_err(errno)?;
+        Ok(0)
+    })
+}
+
+/// A long-term pin of `[offset, offset + len)` of mapping `map` (offsets
+/// relative to the mapping): needs a `MAP_DIRECT` mapping or this
+/// connection's unbreakable layout lease over the range (else `-EPERM`,
+/// SPEC §4.2). Returns the pin's id for `pinfs_unpin`.
+///
+/// # Safety
+/// `c` is null or a live connection.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_map_pin(
+    c: *const PinfsClient,
+    map: u64,
+    offset: u64,
+    len: u64,
+) -> i64 {
+    guard(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        let pin = conn.map(map)?.pin_long_term(offset, len).map_err(errno)?;
+        let id = conn.insert_pin(pin)?;
+        i64::try_from(id).map_err(|_| Errno(libc::EOVERFLOW))
+    })
+}
+
+/// Register `[offset, offset + len)` of mapping `map` (page-aligned) with
+/// the daemon's RDMA device (SPEC §6.1), revoked at lease-break-time as
+/// `revoke` says (`PINFS_REVOKE_INVALIDATE`, `_REDIRECT` or `_ODP`).
+/// Needs a `MAP_DIRECT` mapping, this connection's unbreakable layout lease
+/// over the range, or `PINFS_REVOKE_ODP` (else `-EOPNOTSUPP`); `-ENXIO`
+/// when the mapping's lease is broken or breaking. `*keys` (when not null)
+/// receives the device addresses and keys. Returns the registration's id
+/// (> 0).
+///
+/// # Safety
+/// `c` is null or a live connection; `keys` is null or writable storage
+/// for one `pinfs_mr_keys`.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_register(
+    c: *const PinfsClient,
+    map: u64,
+    offset: u64,
+    len: u64,
+    revoke: c_int,
+    keys: *mut PinfsMrKeys,
+) -> i64 {
+    guard(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        let mode = flags::revoke_mode(revoke)?;
+        let reg = conn.map(map)?.register(offset, len, mode).map_err(errno)?;
+        let k = reg.keys();
+        let id = conn.insert_reg(reg)?;
+        if !keys.is_null() {
+            let out = PinfsMrKeys {
+                mr: k.mr.0,
+                iova: k.iova,
+                lkey: k.lkey,
+                rkey: k.rkey,
+            };
+            // SAFETY: non-null and, per the contract, writable storage for
+            // one `pinfs_mr_keys`.
+            unsafe { keys.write(out) };
+        }
+        i64::try_from(id).map_err(|_| Errno(libc::EOVERFLOW))
+    })
+}
+
+/// The device writes `len` bytes of `buf` at `offset` of registration
+/// `reg` (what a peer's RDMA write does). Returns the completion status, a
+/// `PINFS_DMA_*` number (`PINFS_DMA_OK`, or `PINFS_DMA_PROTECTION_ERROR`
+/// once revoked, ...); `-errno` only when the request could not be made
+/// (at most `PINFS_MAX_IO_BYTES` bytes: `-EINVAL` beyond).
+///
+/// # Safety
+/// `c` is null or a live connection; `buf` is null or readable for `len`
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_dma_write(
+    c: *const PinfsClient,
+    reg: u64,
+    offset: u64,
+    buf: *const c_void,
+    len: usize,
+) -> c_int {
+    guard_int(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        if buf.is_null() {
+            return Err(Errno::EFAULT);
+        }
+        if len > PINFS_MAX_IO_BYTES {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: non-null and, per the contract, readable for `len` bytes
+        // for the duration of the call; caller memory, not pool memory.
+        let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+        let done = conn.reg(reg)?.write(offset, data).map_err(errno)?;
+        Ok(i64::from(flags::completion_number(done)))
+    })
+}
+
+/// The device reads `len` bytes at `offset` of registration `reg` into
+/// `buf` (filled only when the status is `PINFS_DMA_OK`). Returns the
+/// completion status as `pinfs_dma_write`.
+///
+/// # Safety
+/// `c` is null or a live connection; `buf` is null or writable for `len`
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_dma_read(
+    c: *const PinfsClient,
+    reg: u64,
+    offset: u64,
+    buf: *mut c_void,
+    len: usize,
+) -> c_int {
+    guard_int(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        if buf.is_null() {
+            return Err(Errno::EFAULT);
+        }
+        if len > PINFS_MAX_IO_BYTES {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: non-null and, per the contract, writable for `len` bytes
+        // for the duration of the call; caller memory, not pool memory.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+        let done = conn.reg(reg)?.read(offset, out).map_err(errno)?;
+        Ok(i64::from(flags::completion_number(done)))
+    })
+}
+
+/// Deregister `reg`: the device can no longer reach the memory, and the
+/// pins of the registration drop.
+///
+/// # Safety
+/// `c` is null or a live connection.
+#[no_mangle]
+pub unsafe extern "C" fn pinfs_deregister(c: *const PinfsClient, reg: u64) -> c_int {
+    guard_int(|| {
+        // SAFETY: the caller passes null or a live connection.
+        let conn = unsafe { conn(c) }?;
+        let reg = conn.remove_reg(reg)?;
+        if let Ok(reg) = std::sync::Arc::try_unwrap(reg) {
+            reg.deregister().map_err(errno)?;
+        }
+        Ok(0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! `fallocate(2)` and `fcntl(F_SETLEASE)`; the two lease flag bits are
 //! pinfs's own (Linux has no layout leases), defined in the header.
 
+use pinfs::dma::{Completion, RevokeMode};
 use pinfs::fs::{FallocMode, OpenFlags};
 use pinfs::lease::{ByteRange, LeaseRequest, LeaseType};
 use pinfs::Errno;
@@ -29,6 +30,45 @@ pub const PINFS_F_LAYOUT: i32 = 16;
 /// layout change by anyone else fails with `ETXTBSY`; what long-term pins
 /// need). Not allowed without `PINFS_F_LAYOUT` (`-EINVAL`).
 pub const PINFS_F_EXCLUSIVE: i32 = 32;
+
+/// `mmap` flag `MAP_SHARED` (Linux's value).
+pub const PINFS_MAP_SHARED: u32 = 0x01;
+/// `mmap` flag `MAP_PRIVATE` (Linux's value).
+pub const PINFS_MAP_PRIVATE: u32 = 0x02;
+/// `mmap` flag `MAP_SHARED_VALIDATE` (Linux's value): unknown flags fail
+/// with `-EOPNOTSUPP`, and the extension flags take effect (SPEC §5.1).
+pub const PINFS_MAP_SHARED_VALIDATE: u32 = 0x03;
+/// `mmap` flag `MAP_SYNC` (Linux's value): the block map under the mapping
+/// is durable, so `pinfs_persist` is all a store needs (SPEC §5.3).
+pub const PINFS_MAP_SYNC: u32 = 0x8_0000;
+/// `mmap` flag `MAP_DIRECT` (the value of the kernel proposal): a layout
+/// lease for the mapping's lifetime, broken by anyone else's layout change;
+/// unmap within lease-break-time (SPEC §5.2). Needs the file's owner or
+/// root (`-EACCES`).
+pub const PINFS_MAP_DIRECT: u32 = 0x20_0000;
+
+/// `pinfs_register` revocation mode: the device's translations are removed
+/// at lease-break-time; its later accesses complete with
+/// `PINFS_DMA_PROTECTION_ERROR` (SPEC §6.3).
+pub const PINFS_REVOKE_INVALIDATE: i32 = 0;
+/// `pinfs_register` revocation mode: translations re-pointed at scratch
+/// memory at lease-break-time; the device's writes are discarded.
+pub const PINFS_REVOKE_REDIRECT: i32 = 1;
+/// `pinfs_register` revocation mode: on-demand paging, nothing pinned
+/// (SPEC §6.4).
+pub const PINFS_REVOKE_ODP: i32 = 2;
+
+/// A device request's completion status: done.
+pub const PINFS_DMA_OK: i32 = 0;
+/// Completion status: the region's translations are gone (revoked), the
+/// key is wrong, or the access passes its end.
+pub const PINFS_DMA_PROTECTION_ERROR: i32 = 1;
+/// Completion status: on-demand paging could not get a translation.
+pub const PINFS_DMA_PAGE_FAULT: i32 = 2;
+/// Completion status: the region is deregistered or unknown.
+pub const PINFS_DMA_INVALID_REGION: i32 = 3;
+/// Completion status: the device itself failed.
+pub const PINFS_DMA_DEVICE_ERROR: i32 = 4;
 
 /// The fallocate mode bits pinfs knows (Linux's `FALLOC_FL_*` values).
 const FALLOC_KNOWN: i32 = libc::FALLOC_FL_KEEP_SIZE
@@ -132,6 +172,38 @@ pub fn lease_request(arg: i32, offset: u64, len: u64) -> Result<LeaseRequest, Er
     Ok(req.range(range))
 }
 
+/// `mmap` protection bits to "read-only": `PROT_READ`, or `PROT_READ |
+/// PROT_WRITE` (`PROT_WRITE` alone is read-write, as on x86); anything else
+/// (`PROT_NONE`, `PROT_EXEC`, unknown bits) is `EINVAL`.
+pub fn read_only(prot: i32) -> Result<bool, Errno> {
+    match prot {
+        libc::PROT_READ => Ok(true),
+        p if p == libc::PROT_WRITE || p == libc::PROT_READ | libc::PROT_WRITE => Ok(false),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// A `PINFS_REVOKE_*` number to the library's mode (`EINVAL` otherwise).
+pub fn revoke_mode(n: i32) -> Result<RevokeMode, Errno> {
+    match n {
+        PINFS_REVOKE_INVALIDATE => Ok(RevokeMode::Invalidate),
+        PINFS_REVOKE_REDIRECT => Ok(RevokeMode::Redirect),
+        PINFS_REVOKE_ODP => Ok(RevokeMode::Odp),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// A completion as its `PINFS_DMA_*` number.
+pub fn completion_number(c: Completion) -> i32 {
+    match c {
+        Completion::Ok => PINFS_DMA_OK,
+        Completion::ProtectionError => PINFS_DMA_PROTECTION_ERROR,
+        Completion::PageFault => PINFS_DMA_PAGE_FAULT,
+        Completion::InvalidRegion => PINFS_DMA_INVALID_REGION,
+        Completion::DeviceError(_) => PINFS_DMA_DEVICE_ERROR,
+    }
+}
+
 /// A lease type as the number `getlease` returns.
 pub fn lease_type_number(ty: LeaseType) -> i32 {
     match ty {
@@ -151,6 +223,25 @@ mod tests {
         assert_eq!(PINFS_F_RDLCK, libc::F_RDLCK);
         assert_eq!(PINFS_F_WRLCK, libc::F_WRLCK);
         assert_eq!(PINFS_F_UNLCK, libc::F_UNLCK);
+    }
+
+    #[test]
+    fn map_flags_are_the_libraries() {
+        use pinfs::map;
+        assert_eq!(PINFS_MAP_SHARED, map::MAP_SHARED);
+        assert_eq!(PINFS_MAP_PRIVATE, map::MAP_PRIVATE);
+        assert_eq!(PINFS_MAP_SHARED_VALIDATE, map::MAP_SHARED_VALIDATE);
+        assert_eq!(PINFS_MAP_SYNC, map::MAP_SYNC);
+        assert_eq!(PINFS_MAP_DIRECT, map::MAP_DIRECT);
+        assert_eq!(read_only(libc::PROT_READ), Ok(true));
+        assert_eq!(read_only(libc::PROT_READ | libc::PROT_WRITE), Ok(false));
+        assert_eq!(read_only(libc::PROT_NONE), Err(Errno::EINVAL));
+        assert_eq!(
+            read_only(libc::PROT_READ | libc::PROT_EXEC),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(revoke_mode(PINFS_REVOKE_ODP), Ok(RevokeMode::Odp));
+        assert_eq!(revoke_mode(3), Err(Errno::EINVAL));
     }
 
     #[test]

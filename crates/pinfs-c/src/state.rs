@@ -8,13 +8,20 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pinfs::lease::LeaseId;
 use pinfs::Errno;
-use pinfs_client::{Client, RemoteFile, RemotePin};
+use pinfs_client::{Client, ClientMap, RemoteFile, RemotePin, RemoteRegistration};
 
 /// Most files one connection may have open through the C interface.
 pub const PINFS_MAX_OPEN_FILES: usize = 4096;
 
 /// Most long-term pins one connection may hold through the C interface.
 pub const PINFS_MAX_PINS: usize = 4096;
+
+/// Most mappings one connection may hold through the C interface.
+pub const PINFS_MAX_MAPS: usize = 1024;
+
+/// Most device registrations one connection may hold through the C
+/// interface.
+pub const PINFS_MAX_REGISTRATIONS: usize = 1024;
 
 /// Most leases whose file number a connection remembers (to name the file
 /// of a break event); the oldest is forgotten first.
@@ -28,12 +35,33 @@ pub struct Conn {
     pins: Mutex<BTreeMap<u64, RemotePin>>,
     /// Which file number each lease was set through (newest ids last).
     leases: Mutex<BTreeMap<u64, i32>>,
+    /// Mappings by id (the ids this connection hands out, from 1).
+    maps: Mutex<Numbered<ClientMap>>,
+    /// Registrations by id (the daemon's ids).
+    regs: Mutex<BTreeMap<u64, Arc<RemoteRegistration>>>,
+}
+
+/// A table handing out ids from 1.
+struct Numbered<T> {
+    items: BTreeMap<u64, Arc<T>>,
+    next: u64,
 }
 
 struct Files {
     open: BTreeMap<i32, Arc<RemoteFile>>,
     /// The next number to try (numbers are reused only after wrapping).
     next: i32,
+}
+
+impl Drop for Conn {
+    /// As a process exit would: the devices' access first, then pins,
+    /// mappings, files (each drop tells the daemon).
+    fn drop(&mut self) {
+        self.regs.get_mut().clear();
+        self.pins.get_mut().clear();
+        self.maps.get_mut().items.clear();
+        self.files.get_mut().open.clear();
+    }
 }
 
 impl Conn {
@@ -47,7 +75,63 @@ impl Conn {
             }),
             pins: Mutex::new(BTreeMap::new()),
             leases: Mutex::new(BTreeMap::new()),
+            maps: Mutex::new(Numbered {
+                items: BTreeMap::new(),
+                next: 1,
+            }),
+            regs: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Keep a mapping; its id (> 0). `ENOMEM` at [`PINFS_MAX_MAPS`] (the
+    /// mapping is dropped, unmapping it).
+    pub fn insert_map(&self, map: ClientMap) -> Result<u64, Errno> {
+        let mut maps = self.maps.lock();
+        if maps.items.len() >= PINFS_MAX_MAPS {
+            return Err(Errno::ENOMEM);
+        }
+        let id = maps.next;
+        maps.next += 1;
+        maps.items.insert(id, Arc::new(map));
+        Ok(id)
+    }
+
+    /// Mapping `id` (`EINVAL` when none).
+    pub fn map(&self, id: u64) -> Result<Arc<ClientMap>, Errno> {
+        self.maps
+            .lock()
+            .items
+            .get(&id)
+            .cloned()
+            .ok_or(Errno::EINVAL)
+    }
+
+    /// Forget mapping `id` (`EINVAL` when none); the caller unmaps it.
+    pub fn remove_map(&self, id: u64) -> Result<Arc<ClientMap>, Errno> {
+        self.maps.lock().items.remove(&id).ok_or(Errno::EINVAL)
+    }
+
+    /// Keep a registration; its id. `ENOMEM` at
+    /// [`PINFS_MAX_REGISTRATIONS`] (it is dropped, deregistering).
+    pub fn insert_reg(&self, reg: RemoteRegistration) -> Result<u64, Errno> {
+        let mut regs = self.regs.lock();
+        if regs.len() >= PINFS_MAX_REGISTRATIONS {
+            return Err(Errno::ENOMEM);
+        }
+        let id = reg.id();
+        regs.insert(id, Arc::new(reg));
+        Ok(id)
+    }
+
+    /// Registration `id` (`EINVAL` when none).
+    pub fn reg(&self, id: u64) -> Result<Arc<RemoteRegistration>, Errno> {
+        self.regs.lock().get(&id).cloned().ok_or(Errno::EINVAL)
+    }
+
+    /// Forget registration `id` (`EINVAL` when none); the caller
+    /// deregisters it.
+    pub fn remove_reg(&self, id: u64) -> Result<Arc<RemoteRegistration>, Errno> {
+        self.regs.lock().remove(&id).ok_or(Errno::EINVAL)
     }
 
     /// Give `file` the lowest free number from the rotating cursor;

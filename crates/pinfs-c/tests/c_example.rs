@@ -1,9 +1,11 @@
 //! `examples/rdma_like.c`, compiled with `cc` against `include/pinfs.h` and
 //! the static library this package builds, run against a daemon the test
-//! serves: it takes a layout lease and "streams device writes"; the test's
-//! other side (a client of the same daemon) truncates the file. The example
-//! gets the break (event and SIGIO), releases, exits 0, and the truncate
-//! completes. With the example ignoring its notifications (the negative
+//! serves: it maps the file `MAP_DIRECT`, stores through the mapping,
+//! registers it with the device and streams device writes; the test's other
+//! side (a client of the same daemon) truncates the file. The example gets
+//! the break (event and SIGIO), deregisters, unmaps, exits 0, and the
+//! truncate completes with what the example wrote through the mapping and
+//! the device in place. With the example ignoring its notifications (the negative
 //! control), it is fenced — killed at lease-break-time — and the truncate
 //! completes all the same.
 //!
@@ -156,8 +158,17 @@ fn scenario(break_time: Duration, extra: &[&str]) -> (std::process::ExitStatus, 
     let f = breaker
         .open("/data", OpenFlags::RDWR, 0)
         .expect("open /data");
-    f.truncate(4096).expect("the truncate completes");
-    assert_eq!(f.stat().expect("stat").size, 4096);
+    f.truncate(8192).expect("the truncate completes");
+    assert_eq!(f.stat().expect("stat").size, 8192);
+    let mut head = [0u8; 8192];
+    assert_eq!(f.pread(0, &mut head).expect("read back"), 8192);
+    let wrote = extra.is_empty();
+    // Its store through the mapping (persisted), then its device's writes
+    // at 4 KiB (only a released run is sure to have made one).
+    assert!(head[..16].iter().all(|&b| b == 0xa5), "{:x?}", &head[..16]);
+    if wrote {
+        assert!(head[4096..].iter().all(|&b| b == 0x5a));
+    }
     let status = child.wait().expect("wait for the example");
     out.read_to_string(&mut seen).expect("read example output");
     (status, seen, daemon)
@@ -170,8 +181,10 @@ fn the_example_releases_on_a_break_and_the_truncate_completes() {
     let (status, out, daemon) = scenario(Duration::from_secs(120), &[]);
     assert!(status.success(), "{status:?}: {out}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[..2], ["leased /data", "ready"], "{out}");
-    assert!(lines.contains(&"break fd 0 target none"), "{out}");
+    assert_eq!(lines[0], "mapped /data", "{out}");
+    assert!(lines[1].starts_with("registered iova 0x"), "{out}");
+    assert_eq!(lines[2], "ready", "{out}");
+    assert!(lines.contains(&"break target none"), "{out}");
     assert!(lines.contains(&"signal SIGIO"), "{out}");
     assert!(
         lines

@@ -1,7 +1,8 @@
 //! Every function of `pinfs.h`, called from Rust as a C program would,
 //! against a daemon served by the test: data round trips, the fallocate
 //! modes, leases with the layout bits and their errors, pins under an
-//! unbreakable lease (and `-EPERM` without), break events on the
+//! unbreakable lease (and `-EPERM` without), mappings with raw flags,
+//! stores through them, a registration and device traffic, break events on the
 //! notification descriptor, and refusals: bad file numbers, flags,
 //! arguments and pointers; a gone daemon is `-ENOTCONN`.
 #![allow(unsafe_code)]
@@ -157,6 +158,81 @@ fn every_function_from_c() {
         assert_eq!(breaker.join().expect("breaker"), 0);
         let mut none = PinfsEvent::default();
         assert_eq!(pinfs_next_event(a, &mut none), 0);
+
+        // Mappings with raw flag bits (SPEC §5.1), zero-copy stores,
+        // persist, a pin through the mapping, a registration and device
+        // traffic.
+        // (Block 0 is unwritten since the fallocate: a MAP_DIRECT fault
+        // there would raise SIGBUS, SPEC §5.2; write it first.)
+        assert_eq!(pinfs_pwrite(a, fd, data.as_ptr().cast(), 4096, 0), 4096);
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let validate = PINFS_MAP_SHARED_VALIDATE;
+        assert_eq!(
+            pinfs_mmap(a, fd, 0, 4096, rw, validate | 0x400000, &mut addr),
+            -i64::from(libc::EOPNOTSUPP)
+        );
+        assert_eq!(
+            pinfs_mmap(a, fd, 0, 4096, libc::PROT_EXEC, PINFS_MAP_SHARED, &mut addr),
+            -i64::from(libc::EINVAL)
+        );
+        assert_eq!(
+            pinfs_mmap(a, fd, 0, 4096, rw, PINFS_MAP_SHARED, std::ptr::null_mut()),
+            -i64::from(libc::EFAULT)
+        );
+        let map = pinfs_mmap(
+            a,
+            fd,
+            0,
+            4096,
+            rw,
+            validate | PINFS_MAP_DIRECT | PINFS_MAP_SYNC,
+            &mut addr,
+        );
+        assert!(map > 0, "{map}");
+        assert!(!addr.is_null());
+        // The mapping is the file: a store through it is what pread sees.
+        std::ptr::write_volatile(addr.cast::<u8>().add(100), 0xee);
+        assert_eq!(pinfs_persist(a, map as u64, 0, 4096), 0);
+        assert_eq!(pinfs_pread(a, fd, back.as_mut_ptr().cast(), 1, 100), 1);
+        assert_eq!(back[0], 0xee);
+        let mpin = pinfs_map_pin(a, map as u64, 0, 4096);
+        assert!(mpin > 0, "{mpin}");
+        assert_eq!(pinfs_unpin(a, mpin as u64), 0);
+        let mut keys = PinfsMrKeys::default();
+        assert_eq!(
+            pinfs_register(a, map as u64, 0, 4096, 7, &mut keys),
+            -i64::from(libc::EINVAL)
+        );
+        let reg = pinfs_register(a, map as u64, 0, 4096, PINFS_REVOKE_INVALIDATE, &mut keys);
+        assert!(reg > 0, "{reg}");
+        assert_ne!(keys.iova, 0);
+        let bytes = [0x42u8; 8];
+        assert_eq!(
+            pinfs_dma_write(a, reg as u64, 8, bytes.as_ptr().cast(), 8),
+            PINFS_DMA_OK
+        );
+        let mut seen = [0u8; 16];
+        assert_eq!(
+            pinfs_dma_read(a, reg as u64, 0, seen.as_mut_ptr().cast(), 16),
+            PINFS_DMA_OK
+        );
+        assert_eq!(seen[8..], bytes);
+        assert_eq!(std::ptr::read_volatile(addr.cast::<u8>().add(8)), 0x42);
+        // Past the region's end: the device's own error, not the call's.
+        assert_eq!(
+            pinfs_dma_write(a, reg as u64, 4096, bytes.as_ptr().cast(), 8),
+            PINFS_DMA_PROTECTION_ERROR
+        );
+        assert_eq!(pinfs_deregister(a, reg as u64), 0);
+        assert_eq!(pinfs_deregister(a, reg as u64), -libc::EINVAL);
+        assert_eq!(
+            pinfs_dma_write(a, reg as u64, 0, bytes.as_ptr().cast(), 8),
+            -libc::EINVAL
+        );
+        assert_eq!(pinfs_munmap(a, map as u64), 0);
+        assert_eq!(pinfs_munmap(a, map as u64), -libc::EINVAL);
+        assert_eq!(pinfs_persist(a, map as u64, 0, 1), -libc::EINVAL);
 
         // Refusals.
         assert_eq!(pinfs_close(a, 77), -libc::EBADF);
