@@ -59,7 +59,9 @@ pub struct ConnectOptions {
     /// The signal the daemon sends this process when one of its leases is
     /// being broken: `None` for `SIGIO` (the default, as without
     /// `F_SETSIG`), `Some(0)` for none (events only), `Some(sig)` for
-    /// another (a realtime signal carries the lease id as its value).
+    /// another (a realtime signal carries the lease id as its value). As
+    /// with Linux leases, the process must handle or ignore the signal: the
+    /// default action of `SIGIO` terminates it.
     pub signal: Option<i32>,
 }
 
@@ -486,6 +488,11 @@ impl Conn {
                     }
                 }
                 DaemonMsg::Bye { reason } => break format!("the daemon said goodbye: {reason}"),
+                DaemonMsg::Ping { token } => {
+                    if let Err(e) = self.send(&ClientMsg::Ack { token, errno: 0 }) {
+                        break format!("cannot acknowledge: {e}");
+                    }
+                }
                 DaemonMsg::Welcome(_) => break "a second Welcome from the daemon".to_owned(),
             }
         };

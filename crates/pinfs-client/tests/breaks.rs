@@ -120,3 +120,56 @@ fn fence_off_only_removes_the_lease() {
     drop(c);
     d.stop_and_fsck();
 }
+
+/// A client process that stops answering (SIGSTOP: its library's reader
+/// cannot acknowledge) is fenced when the daemon asks it something and
+/// lease-break-time passes; returns whether it was killed.
+fn unresponsive_client(fencing_disabled: bool) -> bool {
+    let d = Daemon::start_with(
+        TruncatePolicy::Defer,
+        Duration::from_millis(500),
+        Fence::Kill,
+        |s| {
+            if fencing_disabled {
+                s.disable_fencing_for_tests();
+            }
+        },
+    );
+    let mut p = d.spawn(&["ready", "hold"]);
+    let id: u64 = p
+        .expect("connected")
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.expect("ready");
+    d.server().ping(id).unwrap();
+    let pid = rustix::process::Pid::from_child(&p.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    assert_eq!(
+        d.server().ping(id).unwrap_err().errno(),
+        pinfs::Errno::ETIMEDOUT
+    );
+    let killed = matches!(
+        p.wait_exit(Duration::from_secs(5)),
+        Some(st) if st.signal() == Some(libc::SIGKILL)
+    );
+    if killed {
+        let c = d.client();
+        assert!(wait_until(|| c.status().unwrap().clients.len() == 1));
+        drop(c);
+        d.stop_and_fsck();
+    }
+    killed
+}
+
+#[test]
+fn a_client_that_does_not_acknowledge_in_time_is_fenced() {
+    assert!(unresponsive_client(false));
+}
+
+#[test]
+fn negative_control_an_unacknowledging_client_survives_without_fencing() {
+    assert!(!unresponsive_client(true));
+}

@@ -515,6 +515,15 @@ pub enum DaemonMsg {
         /// One line.
         reason: String,
     },
+    /// Asks the client's library to acknowledge (`ClientMsg::Ack` with this
+    /// token, errno 0) at once, from its reader thread: a liveness check,
+    /// and the shape of every daemon request that needs an acknowledgement
+    /// (mapping re-placement): a client that does not answer within
+    /// lease-break-time is fenced.
+    Ping {
+        /// Echoed in the acknowledgement.
+        token: u64,
+    },
     /// Make the client's mapping `map` show `pieces` (at most
     /// `pinfs::map::MAX_PLACE_PIECES`), then acknowledge with
     /// `ClientMsg::Ack { token }` — applied by the client's reader thread

@@ -313,6 +313,42 @@ impl Server {
         Ok(())
     }
 
+    /// Sends client `client` the message `make(token)` and waits for its
+    /// acknowledgement of `token` (`ClientMsg::Ack`), at most
+    /// lease-break-time (for ever when that is 0): the way the daemon asks
+    /// a client's library for something it must confirm, such as
+    /// re-placing pages of its mappings. No answer in time fences the
+    /// client (`ETIMEDOUT`). Returns the client's errno (0: done);
+    /// `ENOENT` for an unknown client, `ENOTCONN` when it goes away first.
+    pub fn ask(
+        &self,
+        client: ClientId,
+        make: impl FnOnce(u64) -> pinfs_proto::DaemonMsg,
+        what: &str,
+    ) -> Result<i32> {
+        let s = self
+            .shared
+            .sessions
+            .lock()
+            .get(&client)
+            .cloned()
+            .ok_or(Errno::ENOENT)?;
+        let break_time = self.shared.fs.leases().break_time();
+        let timeout = (!break_time.is_zero()).then_some(break_time);
+        Ok(s.ask(&self.shared, make, timeout, what)?)
+    }
+
+    /// Checks that client `client` answers (`Ping`), within lease-break-time;
+    /// one that does not is fenced (`ETIMEDOUT`).
+    pub fn ping(&self, client: ClientId) -> Result<()> {
+        self.ask(
+            client,
+            |token| pinfs_proto::DaemonMsg::Ping { token },
+            "ping",
+        )
+        .map(drop)
+    }
+
     /// The status `pinfs stat --socket` prints.
     pub fn status(&self) -> pinfs_proto::Status {
         status::status(&self.shared)

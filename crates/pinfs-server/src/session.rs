@@ -63,6 +63,9 @@ pub(crate) struct Session {
     pub(crate) disconnected: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
+    /// Acknowledgements awaited, by token (`Session::ask`).
+    acks: Mutex<HashMap<u64, SyncSender<i32>>>,
+    next_token: AtomicU64,
     /// Its mappings, registrations and placements waiting for `Ack`.
     pub(crate) mapped: crate::maps::SessionMaps,
 }
@@ -258,6 +261,45 @@ impl Session {
         }
     }
 
+    /// Sends the message `make(token)` and waits for the client's
+    /// acknowledgement of `token`, at most `timeout` (`None`: for ever). No
+    /// answer in time fences the client (`ETIMEDOUT`); a connection that
+    /// ends first is `ENOTCONN`. Returns the client's errno (0: done).
+    pub(crate) fn ask(
+        &self,
+        shared: &Shared,
+        make: impl FnOnce(u64) -> DaemonMsg,
+        timeout: Option<std::time::Duration>,
+        what: &str,
+    ) -> Result<i32, pinfs::Errno> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        self.acks.lock().insert(token, tx);
+        if !self.send(&make(token)) {
+            self.acks.lock().remove(&token);
+            return Err(pinfs::Errno::ENOTCONN);
+        }
+        let got = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => true,
+                std::sync::mpsc::RecvTimeoutError::Disconnected => false,
+            }),
+            None => rx.recv().map_err(|_| false),
+        };
+        match got {
+            Ok(errno) => Ok(errno),
+            Err(timed_out) => {
+                self.acks.lock().remove(&token);
+                if timed_out {
+                    self.fence(shared, &format!("{what} not acknowledged in time"));
+                    Err(pinfs::Errno::ETIMEDOUT)
+                } else {
+                    Err(pinfs::Errno::ENOTCONN)
+                }
+            }
+        }
+    }
+
     /// The owner callback: every lease event of the client becomes an event
     /// frame and a signal; a layout lease lost at lease-break-time fences.
     fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
@@ -366,6 +408,8 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
         ending: Mutex::new(None),
+        acks: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
         mapped: crate::maps::SessionMaps::default(),
     });
     {
@@ -474,10 +518,16 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
                 session.submit(shared, id, op);
             }
             ClientMsg::Ack { token, errno } => {
-                // A placement's acknowledgement (`maps.rs`), handled here so
-                // it never waits behind a request; an unknown token (one
-                // that timed out) is ignored.
-                session.mapped.ack(token, errno);
+                // Handled here, never queued behind file-system work. A
+                // late one (its asker gave up and fenced) is only logged.
+                match session.acks.lock().remove(&token) {
+                    Some(tx) => {
+                        let _ = tx.try_send(errno);
+                    }
+                    None => {
+                        tracing::debug!(target: TARGET, client = session.id, token, errno, "unexpected acknowledgement")
+                    }
+                }
             }
         }
     }
@@ -487,10 +537,10 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
-    // No acknowledgement can come any more: placements waiting for one
-    // fail now (their mappings break; their blocks stay busy until the
-    // mappings are dropped below, after the client's death).
-    session.mapped.close();
+    // No acknowledgement can come any more: askers still waiting (mapping
+    // placements among them) learn it now — not after the wait for the
+    // client's death below, which their failure may be what brings about.
+    session.acks.lock().clear();
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
@@ -529,6 +579,8 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
+    // Askers still waiting learn the connection is gone.
+    session.acks.lock().clear();
     // The writer drains what is queued (the `Bye`) and closes.
     *session.out.lock() = None;
     if let Some(h) = writer {

@@ -172,6 +172,25 @@ impl Proc {
         }
     }
 
+    /// Waits for a line starting with `prefix` (`true`) or for the process
+    /// to exit first (`false`).
+    pub fn expect_or_exit(&mut self, prefix: &str) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(10)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return true;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        panic!("neither `{prefix}` nor an exit; saw {:?}", self.seen)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
