@@ -351,9 +351,15 @@ fn a_registration_holder_in_another_process_deregisters_and_the_truncate_complet
     assert!(holder.wait().expect("holder").success());
     // Once the daemon has seen it go (asynchronously), nothing of it is left.
     wait_for(&daemon, |lines| {
-        ["clients 0", "leases 0", "pins 0", "registrations 0", "busy 0"]
-            .iter()
-            .all(|want| lines.contains(&want.to_string()))
+        [
+            "clients 0",
+            "leases 0",
+            "pins 0",
+            "registrations 0",
+            "busy 0",
+        ]
+        .iter()
+        .all(|want| lines.contains(&want.to_string()))
     });
     daemon.stop_and_fsck();
 }
