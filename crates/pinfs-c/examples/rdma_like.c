@@ -15,7 +15,8 @@
  *
  * Usage: rdma_like SOCKET PATH [ignore]
  *   With "ignore", the program never looks at its notifications: the daemon
- *   fences it (kills it) at lease-break-time.
+ *   fences it (kills it) at lease-break-time. Either way it gives up (exit
+ *   1) after about a minute without a break.
  *
  * Output (one line each, flushed): "mapped PATH", "registered iova 0x...",
  * "ready", then "break target none", "signal SIGIO" (when the signal
@@ -119,7 +120,11 @@ int main(int argc, char **argv)
 	say("ready\n", NULL, 0);
 
 	long writes = 0;
-	for (;;) {
+	/* A demo, not a service: it gives up after about a minute without a
+	 * break (so a test that expects one fails instead of hanging). */
+	for (long round = 0;; round++) {
+		if (round >= 6000)
+			return fail(ignore ? "still alive (not fenced)" : "waiting for a break", -ETIMEDOUT);
 		if (ignore) {
 			/* Keeps its device busy, never reads a notification:
 			 * fenced. */

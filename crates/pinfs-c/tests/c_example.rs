@@ -95,6 +95,11 @@ impl Daemon {
         .expect("mount");
         let socket = dir.join("sock");
         let listener = UnixListener::bind(&socket).expect("bind");
+        // Anyone may connect (as `pinfs serve` allows): the other-user test.
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode(0o777);
+        std::fs::set_permissions(dir, open.clone()).expect("chmod dir");
+        std::fs::set_permissions(&socket, open).expect("chmod socket");
         let server = Arc::new(Server::new(fs, ServeOptions::default()));
         let stop = Stop::new().expect("stop");
         let thread = {
@@ -211,4 +216,43 @@ fn an_example_that_ignores_the_break_is_fenced_and_the_truncate_completes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn another_user_may_open_but_not_map_direct() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: running the example as another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_example(dir.path());
+    let daemon = Daemon::start(dir.path(), Duration::from_secs(120));
+    let root = Client::connect(&daemon.socket).expect("connect");
+    let f = root
+        .open(
+            "/data",
+            OpenFlags {
+                create: true,
+                ..OpenFlags::RDWR
+            },
+            0o666,
+        )
+        .expect("create /data");
+    f.pwrite(0, &[7u8; 64 << 10]).expect("fill /data");
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(&exe)
+        .arg(&daemon.socket)
+        .arg("/data")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the example as nobody");
+    // The file is writable by everyone, so the open succeeds; MAP_DIRECT
+    // needs the file's owner (or CAP_LEASE): EACCES (SPEC §5.2).
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "rdma_like: mmap: Permission denied\n"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }
