@@ -13,6 +13,8 @@
 //! - `check MILLIS`: for `MILLIS` ms, create files of 16 pages of `0x5a`
 //!   and read each back three times; prints `corrupt N` (bytes that were
 //!   not `0x5a`).
+//! - `map PATH PAGES FLAGS`: map `PATH` with the raw `mmap` flag bits
+//!   `FLAGS` (decimal) and print `mmap ok` or `mmap err ERRNO-NAME`.
 //! - `hold PATH PAGES`: map `PATH` (`MAP_SHARED`), store into every page,
 //!   print `mapped`, then sleep until killed (a test stops it to model a
 //!   client that does not acknowledge).
@@ -123,6 +125,22 @@ fn main() {
                 }
             }
             say(&format!("corrupt {corrupt}"));
+        }
+        "map" => {
+            let (path, pages, flags) = (&args[2], num(args.get(3)), num(args.get(4)) as u32);
+            let f = client
+                .open(path, OpenFlags::RDWR, 0)
+                .unwrap_or_else(|e| fail("open", e));
+            match f.mmap(0, pages * PAGE, flags) {
+                Ok(_) => say("mmap ok"),
+                Err(e) => {
+                    let n = e.errno();
+                    say(&format!(
+                        "mmap err {}",
+                        n.name().map_or_else(|| format!("E{}", n.0), str::to_owned)
+                    ));
+                }
+            }
         }
         "hold" => {
             let (path, pages) = (&args[2], num(args.get(3)));
