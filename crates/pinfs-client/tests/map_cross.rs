@@ -286,3 +286,70 @@ fn map_direct_is_for_the_files_owner_a_client_of_another_user_gets_eacces() {
     drop(p);
     d.stop_and_fsck();
 }
+
+/// The first scenario, from separate processes: a holder maps a
+/// file `MAP_DIRECT`, registers it with the daemon's device and streams
+/// device writes; another client truncates the file. A reacting holder
+/// gets the signal and the event, deregisters and unmaps, and the truncate
+/// completes; an ignoring one is killed at lease-break-time, the truncate
+/// completes and everything it held is released; the daemon serves on.
+fn direct_holder(react: bool) {
+    let d = start(Duration::from_millis(500), |_| {});
+    file(&d, "/d", 4, 0);
+    let mode = if react { "react" } else { "ignore" };
+    let mut holder = d.spawn_map_client(None, &["direct", "/d", "4", mode]);
+    holder.expect("registered");
+    let c = d.client();
+    assert_eq!(c.status().unwrap().registrations.len(), 1);
+    c.truncate_path("/d", 0).unwrap();
+    if react {
+        let line = holder.expect("released");
+        assert!(line.starts_with("released signal yes"), "{line}");
+        let status = holder.wait_exit(PATIENCE).expect("it exits");
+        assert!(status.success());
+    } else {
+        holder.expect("break ignored");
+        let status = holder.wait_exit(PATIENCE).expect("the daemon kills it");
+        assert!(!status.success(), "killed: {status:?}");
+    }
+    assert!(wait_until(|| {
+        let s = c.status().unwrap();
+        s.registrations.is_empty()
+            && s.pins.is_empty()
+            && s.leases.is_empty()
+            && s.clients.len() == 1
+            && s.statfs.busy == 0
+    }));
+    assert_eq!(fs(&d).mapping_count(), 0);
+    assert_eq!(c.stat("/d").unwrap().size, 0);
+    drop((c, holder));
+    d.stop_and_fsck();
+}
+
+#[test]
+fn a_direct_holder_that_reacts_deregisters_and_unmaps_and_the_truncate_completes() {
+    direct_holder(true);
+}
+
+#[test]
+fn a_direct_holder_that_ignores_the_break_is_killed_and_everything_released() {
+    direct_holder(false);
+}
+
+#[test]
+fn under_fail_a_truncate_over_a_client_registration_is_text_file_busy() {
+    let d = Daemon::start(TruncatePolicy::Fail, Duration::from_secs(45), Fence::Kill);
+    file(&d, "/d", 4, 0);
+    let mut holder = d.spawn_map_client(None, &["direct", "/d", "4", "ignore"]);
+    holder.expect("registered");
+    let c = d.client();
+    assert_eq!(
+        c.truncate_path("/d", 0).unwrap_err().errno(),
+        Errno::ETXTBSY
+    );
+    assert_eq!(c.stat("/d").unwrap().size, 4 * PAGE);
+    drop(holder);
+    assert!(wait_until(|| c.status().unwrap().clients.len() == 1));
+    drop(c);
+    d.stop_and_fsck();
+}
