@@ -20,10 +20,10 @@ fn a_break_reaches_the_holder_process_as_signal_and_event() {
     let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Kill);
     let mut holder = d.spawn(&["open /f", "write 0 65536", "layout", "ready", "react"]);
     holder.expect("ready");
-    let c = d.client();
-    let f = c.open("/f", OpenFlags::RDWR, 0).unwrap();
-    // Blocks until the holder, in its own process, has released.
-    f.truncate(0).unwrap();
+    // Another process truncates: it waits until the holder, in its own
+    // process, has released.
+    let mut truncater = d.spawn(&["open-rw /f", "truncate 0"]);
+    assert_eq!(truncater.expect("truncate"), "truncate ok");
     assert_eq!(holder.expect("break "), "break Break");
     assert_eq!(
         holder.expect("signal "),
@@ -31,10 +31,12 @@ fn a_break_reaches_the_holder_process_as_signal_and_event() {
         "the signal did not arrive"
     );
     holder.expect("released");
-    let st = holder.wait_exit(support::PATIENCE).expect("holder exits");
-    assert!(st.success());
-    assert_eq!(f.stat().unwrap().size, 0);
-    drop(f);
+    for p in [&mut holder, &mut truncater] {
+        let st = p.wait_exit(support::PATIENCE).expect("client exits");
+        assert!(st.success());
+    }
+    let c = d.client();
+    assert_eq!(c.stat("/f").unwrap().size, 0);
     drop(c);
     d.stop_and_fsck();
 }
@@ -147,6 +149,14 @@ fn unresponsive_client(fencing_disabled: bool) -> bool {
     d.server().ping(id).unwrap();
     let pid = rustix::process::Pid::from_child(&p.child);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until the process is stopped.
+    let stat = format!("/proc/{}/stat", p.pid());
+    assert!(wait_until(|| std::fs::read_to_string(&stat).is_ok_and(
+        |s| s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('T'))
+    )));
     assert_eq!(
         d.server().ping(id).unwrap_err().errno(),
         pinfs::Errno::ETIMEDOUT

@@ -214,10 +214,16 @@ fn stopped_client(fence: bool) -> (Duration, u64, bool, u64) {
     file(&d, "/h", 8, 0x11);
     let mut holder = d.spawn_map_client(None, &["hold", "/h", "8"]);
     holder.expect("mapped");
-    let pid = holder.pid();
-    // SAFETY: `kill` only sends a signal, to our own child.
-    let r = unsafe { libc::kill(pid, libc::SIGSTOP) };
-    assert_eq!(r, 0);
+    let pid = rustix::process::Pid::from_child(&holder.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until the process is stopped.
+    let stat = format!("/proc/{}/stat", holder.pid());
+    assert!(wait_until(|| std::fs::read_to_string(&stat).is_ok_and(
+        |s| s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('T'))
+    )));
     let c = d.client();
     let f = c.open("/h", OpenFlags::RDWR, 0).unwrap();
     let started = Instant::now();

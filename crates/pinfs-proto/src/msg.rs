@@ -183,6 +183,7 @@ pub enum Op {
         /// File offset.
         offset: u64,
         /// At most [`MAX_IO`] bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `Handle::truncate`.
@@ -431,7 +432,7 @@ pub enum Reply {
         ino: u64,
     },
     /// `Pread`: the bytes read.
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// `Pwrite`: bytes written.
     Count(u64),
     /// `Stat`, `Fstat`.

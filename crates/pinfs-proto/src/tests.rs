@@ -294,6 +294,29 @@ fn encoding_is_pinned() {
         open,
         [14, 0, 0, 0, 1, 1, 0, 2, b'/', b'f', 1, 1, 1, 0, 0, 0, 0xa4, 0x03]
     );
+    // Data travels as a length and the bytes.
+    let pwrite = encode(
+        &ClientMsg::Request {
+            id: 1,
+            op: Op::Pwrite {
+                file: 1,
+                offset: 2,
+                data: vec![9, 8],
+            },
+        },
+        MAX_REQUEST_FRAME,
+    )
+    .unwrap();
+    assert_eq!(pwrite, [8, 0, 0, 0, 1, 1, 3, 1, 2, 2, 9, 8]);
+    let data = encode(
+        &DaemonMsg::Reply {
+            id: 1,
+            result: Ok(Reply::Data(vec![7])),
+        },
+        MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(data[4..], [1, 1, 0, 2, 1, 7]);
     let ev = encode(&DaemonMsg::Event(event()), MAX_FRAME).unwrap();
     assert_eq!(
         ev[4..],

@@ -83,6 +83,10 @@ pub const MAX_FILES_PER_CLIENT: usize = 65_536;
 /// Most long-term pins per client (`ENOSPC` beyond).
 pub const MAX_PINS_PER_CLIENT: usize = 65_536;
 
+/// Most connections that have not yet said `Hello` at once; more are closed
+/// at once (each waits up to [`HELLO_TIMEOUT`] on a thread of its own).
+pub const MAX_HANDSHAKES: usize = 64;
+
 /// How long a new connection has to say `Hello`.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -177,6 +181,8 @@ pub(crate) struct Shared {
     pub(crate) options: ServeOptions,
     pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     next_client: AtomicU64,
+    /// Connections not yet past `Hello` (at most [`MAX_HANDSHAKES`]).
+    pub(crate) handshakes: std::sync::atomic::AtomicUsize,
     /// Set by `serve` for its duration: what deaths are awaited against.
     pub(crate) stop: Mutex<Option<Stop>>,
     /// The soft RDMA device clients register mappings with, created on
@@ -185,6 +191,10 @@ pub(crate) struct Shared {
     /// Test switch: fencing kills nobody (the negative control).
     #[cfg(feature = "negative-controls")]
     pub(crate) fencing_disabled: AtomicBool,
+    /// Test switch: a session that ends releases nothing (the negative
+    /// control of the cleanup tests).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) cleanup_disabled: AtomicBool,
 }
 
 impl Shared {
@@ -192,6 +202,17 @@ impl Shared {
         #[cfg(feature = "negative-controls")]
         {
             self.fencing_disabled.load(Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "negative-controls"))]
+        {
+            false
+        }
+    }
+
+    pub(crate) fn cleanup_disabled(&self) -> bool {
+        #[cfg(feature = "negative-controls")]
+        {
+            self.cleanup_disabled.load(Ordering::Relaxed)
         }
         #[cfg(not(feature = "negative-controls"))]
         {
@@ -226,10 +247,13 @@ impl Server {
                 options,
                 sessions: Mutex::new(HashMap::new()),
                 next_client: AtomicU64::new(1),
+                handshakes: std::sync::atomic::AtomicUsize::new(0),
                 stop: Mutex::new(None),
                 soft_device: Mutex::new(None),
                 #[cfg(feature = "negative-controls")]
                 fencing_disabled: AtomicBool::new(false),
+                #[cfg(feature = "negative-controls")]
+                cleanup_disabled: AtomicBool::new(false),
             }),
         }
     }
@@ -262,6 +286,12 @@ impl Server {
             }
             match listener.accept() {
                 Ok((stream, _)) => {
+                    if self.shared.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                        self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(target: "pinfs::server", "too many connections saying nothing: one refused");
+                        drop(stream);
+                        continue;
+                    }
                     let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
                     let shared = Arc::clone(&self.shared);
                     match std::thread::Builder::new()
@@ -270,7 +300,8 @@ impl Server {
                     {
                         Ok(h) => threads.push(h),
                         Err(e) => {
-                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread")
+                            self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread");
                         }
                     }
                     threads.retain(|h| !h.is_finished());
@@ -359,5 +390,14 @@ impl Server {
     #[doc(hidden)]
     pub fn disable_fencing_for_tests(&self) {
         self.shared.fencing_disabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Test-only negative control: a client that disconnects or dies
+    /// releases nothing — its session, files, leases and pins stay listed
+    /// (and held) for good.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_cleanup_for_tests(&self) {
+        self.shared.cleanup_disabled.store(true, Ordering::Relaxed);
     }
 }

@@ -28,6 +28,11 @@ const TARGET: &str = "pinfs::server";
 /// in-process user of the same `Fs` would pick.
 const OWNER_BASE: u64 = 1 << 48;
 
+/// The tokens of `Session::ask` have this bit set; acknowledgements of
+/// tokens without it belong to the mapping code's placements, which number
+/// their own (so neither can take the other's acknowledgement).
+pub(crate) const ASK_TOKEN_BIT: u64 = 1 << 63;
+
 /// An open file of a client.
 pub(crate) struct OpenFile {
     pub(crate) handle: Handle,
@@ -154,7 +159,10 @@ impl Session {
                         if let Err(e) =
                             rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
                         {
-                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client");
+                            // It lives on (holding everything until it dies),
+                            // but it is served no more.
+                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
+                            self.end(reason);
                         }
                     }
                     None => {
@@ -272,7 +280,7 @@ impl Session {
         timeout: Option<std::time::Duration>,
         what: &str,
     ) -> Result<i32, pinfs::Errno> {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = ASK_TOKEN_BIT | self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.acks.lock().insert(token, tx);
         if !self.send(&make(token)) {
@@ -349,6 +357,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
     let cred = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => c,
         Err(e) => {
+            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
             return;
         }
@@ -362,11 +371,14 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         }
     };
     let Ok(read_half) = stream.try_clone() else {
+        shared.handshakes.fetch_sub(1, Ordering::AcqRel);
         return;
     };
     let mut reader = FrameReader::new(read_half, MAX_REQUEST_FRAME, 0);
     let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-    let signal = match read_hello(&mut reader) {
+    let hello = read_hello(&mut reader);
+    shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+    let signal = match hello {
         Ok(s) => s,
         Err(reason) => return bye(&stream, &reason),
     };
@@ -520,7 +532,11 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
             ClientMsg::Ack { token, errno } => {
                 // Handled here, never queued behind file-system work. A
                 // late one (its asker gave up and fenced) is only logged.
-                match session.acks.lock().remove(&token) {
+                let waiter = match token & ASK_TOKEN_BIT {
+                    0 => None,
+                    _ => session.acks.lock().remove(&token),
+                };
+                match waiter {
                     Some(tx) => {
                         let _ = tx.try_send(errno);
                     }
@@ -541,6 +557,17 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     // placements among them) learn it now — not after the wait for the
     // client's death below, which their failure may be what brings about.
     session.acks.lock().clear();
+    if shared.cleanup_disabled() {
+        // The negative control: the connection closes, nothing is
+        // released, and the session stays listed.
+        tracing::warn!(target: TARGET, client = session.id, "cleanup disabled (test switch)");
+        *session.out.lock() = None;
+        if let Some(h) = writer {
+            let _ = h.join();
+        }
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
