@@ -37,10 +37,17 @@ pub enum CliError {
         /// How many problems.
         problems: usize,
     },
-    /// An option whose implementation arrives with later work.
+    /// A combination of options that is not supported.
     NotSupported {
         /// The option or form (`--socket`).
         what: &'static str,
+    },
+    /// The daemon's socket could not be reached (or went away).
+    Socket {
+        /// The socket as the user named it.
+        path: PathBuf,
+        /// What the client library said.
+        source: Error,
     },
     /// A volatile pool (`io` without `--pool`, `demo`) could not be set up.
     Volatile(Error),
@@ -75,10 +82,10 @@ impl fmt::Display for CliError {
                 path.display(),
                 if *problems == 1 { "" } else { "s" }
             ),
-            CliError::NotSupported { what } => write!(
-                f,
-                "{what}: not supported yet (the pinfs daemon arrives with later work)"
-            ),
+            CliError::NotSupported { what } => write!(f, "{what}: not supported"),
+            CliError::Socket { path, source } => {
+                write!(f, "{}: {}", path.display(), describe(source, None))
+            }
             CliError::Volatile(e) => write!(f, "volatile pool: {}", describe(e, None)),
             CliError::Other(e) => write!(f, "{e:#}"),
         }

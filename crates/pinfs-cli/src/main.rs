@@ -18,6 +18,7 @@ mod demo;
 mod error;
 mod io;
 mod serve;
+mod stat;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,7 +95,9 @@ enum Command {
     Stat {
         /// The pool.
         pool: Option<PathBuf>,
-        /// Ask a running daemon instead (not supported yet).
+        /// Ask the daemon serving this socket instead: its clients (pid,
+        /// uid, what each holds), leases, pins, registrations, busy extents
+        /// and space.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
@@ -188,7 +191,9 @@ Devices (on the current mapping; devices are created once per run):
   dma-dereg ID      deregister (only the registering actor)
 
 Other: sleep MS, echo TEXT.
-Not yet available: --socket.";
+With --socket, each actor is its own client of the daemon (mappings are made
+in this process; devices are the daemon's soft device); mstat and the uring
+device are in-process only (`CMD: Operation not supported`).";
 
 /// Options of `pinfs io`.
 #[derive(Args, Debug)]
@@ -198,8 +203,11 @@ struct IoArgs {
     /// handy for scripts and tests.
     #[arg(long, value_name = "POOL")]
     pool: Option<PathBuf>,
-    /// Be a client of a daemon (not supported yet).
-    #[arg(long, value_name = "PATH")]
+    /// Be a client of the daemon serving this socket (`pinfs serve`): each
+    /// actor is its own connection; --policy and --break-time are the
+    /// daemon's then. `mstat` and `--device uring` are in-process only
+    /// (`Operation not supported`).
+    #[arg(long, value_name = "PATH", conflicts_with = "pool")]
     socket: Option<PathBuf>,
     /// What a layout change does about long-term-pinned blocks (SPEC §4.3):
     ///   fail   — fails at once with "Text file busy", changes nothing;
@@ -318,7 +326,11 @@ fn main() -> ExitCode {
         },
         Command::Stat { pool, socket } => match (pool, socket) {
             (Some(pool), None) => stat(&pool),
-            _ => Err(CliError::NotSupported { what: "--socket" }),
+            (None, Some(socket)) => stat::stat_socket(&socket),
+            // clap's group makes them exclusive.
+            _ => Err(CliError::NotSupported {
+                what: "POOL with --socket",
+            }),
         },
         Command::Serve(args) => serve::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
@@ -552,9 +564,6 @@ fn parse_policy(s: &str) -> Result<TruncatePolicy, String> {
 
 /// `pinfs io`: `Ok(false)` when some command failed.
 fn run_io(args: IoArgs) -> Result<bool, CliError> {
-    if args.socket.is_some() {
-        return Err(CliError::NotSupported { what: "--socket" });
-    }
     let settings = Settings {
         policy: args.policy,
         break_time: args.break_time,
@@ -563,34 +572,38 @@ fn run_io(args: IoArgs) -> Result<bool, CliError> {
         break_time: settings.break_time,
         policy: settings.policy,
     };
-    let fs = match &args.pool {
-        Some(path) => mount(path, options)?,
-        None => volatile_fs(DEFAULT_POOL_BYTES, options)?,
+    let target = match (&args.socket, &args.pool) {
+        // The first actor's connection, made now: a socket nobody serves is
+        // one error naming it, before the script starts.
+        (Some(socket), _) => {
+            // The daemon signals a holder's process on a lease break (SIGIO,
+            // whose default action ends it); io's actors take their
+            // notifications from their connections' event queues, so the
+            // signal is only counted.
+            signal_hook::flag::register(
+                signal_hook::consts::SIGIO,
+                std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            )
+            .map_err(|e| CliError::Socket {
+                path: socket.clone(),
+                source: pinfs::Errno(e.raw_os_error().unwrap_or(libc::EINVAL)).into(),
+            })?;
+            let client = pinfs_client::Client::connect(socket).map_err(|e| CliError::Socket {
+                path: socket.clone(),
+                source: e,
+            })?;
+            io::Target::Daemon(socket.clone(), client)
+        }
+        (None, Some(path)) => io::Target::Local(mount(path, options)?),
+        (None, None) => io::Target::Local(volatile_fs(DEFAULT_POOL_BYTES, options)?),
     };
-    Ok(io::run(fs, settings, &args.commands))
+    Ok(io::run(target, settings, &args.commands))
 }
 
+/// `pinfs stat POOL`.
 fn stat(path: &Path) -> Result<(), CliError> {
     let fs = mount(path, MountOptions::default())?;
-    let st = fs.statfs();
-    let journal = fs.journal_stats();
-    println!("media {}", fs.media().caps());
-    println!("bytes {}", fs.media().len_bytes());
-    println!("blocks {}", st.blocks);
-    println!("free {}", st.free);
-    println!("busy {}", st.busy);
-    println!("inodes {}", st.inodes);
-    println!("free_inodes {}", st.free_inodes);
-    println!("journal_commits_since_mount {}", journal.commits);
-    println!("journal_record_bytes_since_mount {}", journal.record_bytes);
-    // `leases N`, then the `io leases` listing. A pool mounted by this
-    // process alone has none; the daemon's (`--socket`) will.
-    let leases = fs.leases().list();
-    println!("leases {}", leases.len());
-    for info in &leases {
-        let owner = io::unnamed_actor(info.owner);
-        println!("{}", io::lease_cmds::listing_line(info, &owner, "?"));
-    }
+    stat::stat_pool(&fs);
     Ok(())
 }
 

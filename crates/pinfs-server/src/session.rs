@@ -75,6 +75,8 @@ pub(crate) struct Session {
     /// Acknowledgements awaited, by token (`Session::ask`).
     acks: Mutex<HashMap<u64, SyncSender<i32>>>,
     next_token: AtomicU64,
+    /// Its mappings, registrations and placements waiting for `Ack`.
+    pub(crate) mapped: crate::maps::SessionMaps,
 }
 
 impl Session {
@@ -84,7 +86,7 @@ impl Session {
 
     /// Queues a frame for the writer. A full queue drops the client (the
     /// file system never waits for a slow reader); `false` when it is gone.
-    fn send(&self, msg: &DaemonMsg) -> bool {
+    pub(crate) fn send(&self, msg: &DaemonMsg) -> bool {
         let frame = match encode(msg, MAX_FRAME) {
             Ok(f) => f,
             Err(ProtoError::TooLarge { .. }) => {
@@ -462,6 +464,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         ending: Mutex::new(None),
         acks: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(1),
+        mapped: crate::maps::SessionMaps::default(),
     });
     {
         let mut sessions = shared.sessions.lock();
@@ -604,6 +607,10 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
+    // No acknowledgement can come any more: askers still waiting (mapping
+    // placements among them) learn it now — not after the wait for the
+    // client's death below, which their failure may be what brings about.
+    session.acks.lock().clear();
     if shared.cleanup_disabled() {
         // The negative control: the connection closes, nothing is
         // released, and the session stays listed.
@@ -638,11 +645,18 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     drop(files);
     // A request finished meanwhile may have taken a lease again.
     leases.drop_owner(session.owner());
+    // The daemon's device is the daemon's: registrations go now.
+    session.mapped.drop_registrations();
     let has_pins = !session.pins.lock().is_empty();
-    if has_pins && session.alive() {
-        tracing::info!(target: TARGET, client = session.id, pid = session.pid, "client gone with pins: they stay until its process dies");
+    // Its mappings are in its address space, which the daemon can no
+    // longer change: they (and the blocks they may reach) stay until it
+    // is dead.
+    let has_maps = session.mapped.has_mappings();
+    if (has_pins || has_maps) && session.alive() {
+        tracing::info!(target: TARGET, client = session.id, pid = session.pid, has_maps, "client gone with pins or mappings: they stay until its process dies");
         session.wait_for_death(shared);
     }
+    let nmaps = session.mapped.drop_mappings();
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
@@ -656,5 +670,5 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let _ = session.sock.shutdown(std::net::Shutdown::Both);
     shared.sessions.lock().remove(&session.id);
     let reason = session.ending.lock().clone().unwrap_or_default();
-    tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, fenced, %reason, "client gone, everything it held released");
+    tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, mappings = nmaps, fenced, %reason, "client gone, everything it held released");
 }

@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pinfs::dma::{Completion, Device, RevokeMode};
-use pinfs::fs::Registration;
 use pinfs::Errno;
 
+use super::backend::{HeldMap, RegHandle};
 use super::dump::dump;
 use super::parse::{Line, OptSpec, Parsed};
 use super::{CmdResult, Ctx, Shared};
@@ -89,7 +89,7 @@ pub struct RunReg {
     /// `None` once deregistered. Each device request holds the lock, so a
     /// deregistration waits for the one in progress and no request starts
     /// after it.
-    reg: Mutex<Option<Registration>>,
+    reg: Mutex<Option<RegHandle>>,
     /// Set by `dma-stop`.
     stop: AtomicBool,
 }
@@ -105,7 +105,7 @@ impl DmaState {
     /// Device `kind` of the run, created over the pool on first use.
     fn device(&self, shared: &Shared, kind: &str) -> Result<Arc<dyn Device>, CmdError> {
         let mut devices = self.devices.lock();
-        let pool = shared.fs.media().clone();
+        let pool = shared.fs()?.media().clone();
         let name: &'static str = match kind {
             "soft" => "soft",
             "uring" => "uring",
@@ -199,27 +199,47 @@ fn dma_reg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
             limit: MAX_RUN_REGISTRATIONS,
         });
     }
-    let device = shared.dma.device(shared, kind)?;
     let mapping = ctx
         .actor
         .mapping
         .as_ref()
         .ok_or(CmdError::Errno(Errno::EINVAL))?;
-    let reg = mapping
-        .register(device, off, len, mode)
-        // The file system's refusals read as their strerror text; the
-        // device's own (the kernel's, for uring) keep what they say why.
-        .map_err(|e| CmdError::Detail(describe(&e, None)))?;
+    let (reg, device) = match mapping {
+        HeldMap::Local(m) => {
+            let device = shared.dma.device(shared, kind)?;
+            let reg = m
+                .register(device, off, len, mode)
+                // The file system's refusals read as their strerror text;
+                // the device's own (the kernel's, for uring) keep what they
+                // say why.
+                .map_err(|e| CmdError::Detail(describe(&e, None)))?;
+            let device = reg.device().name();
+            (RegHandle::Local(reg), device)
+        }
+        // The daemon registers with its soft device.
+        HeldMap::Remote(m) => match kind {
+            "soft" => (RegHandle::Remote(m.register(off, len, mode)?), "soft"),
+            "uring" => return Err(CmdError::Errno(Errno::EOPNOTSUPP)),
+            _ => {
+                return Err(CmdError::usage(
+                    DMA_REG.usage,
+                    format!("\"{kind}\": no such device (soft, uring)"),
+                ))
+            }
+        },
+    };
     if let Some(file) = &ctx.actor.file {
         shared.remember_path(file.handle.lease_file(), &file.path);
     }
-    let id = reg.id().0;
-    let k = reg.keys();
+    let (id, k) = match &reg {
+        RegHandle::Local(r) => (r.id().0, r.keys()),
+        RegHandle::Remote(r) => (r.id(), r.keys()),
+    };
     shared.dma.regs.lock().insert(
         id,
         Arc::new(RunReg {
-            owner: ctx.actor.cred.owner,
-            device: reg.device().name(),
+            owner: ctx.actor.owner.0,
+            device,
             reg: Mutex::new(Some(reg)),
             stop: AtomicBool::new(false),
         }),
@@ -344,7 +364,7 @@ fn dma_dereg(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [id] = args.exactly()?;
     let id = args.id(id, "registration id")?;
     let r = ctx.shared.dma.get(id)?;
-    if r.owner != ctx.actor.cred.owner {
+    if r.owner != ctx.actor.owner.0 {
         return Err(CmdError::Errno(Errno::EPERM));
     }
     ctx.shared.dma.regs.lock().remove(&id);

@@ -124,10 +124,7 @@ fn open(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         truncate: args.flag('t'),
         nonblocking: args.flag('n'),
     };
-    let handle = ctx
-        .shared
-        .fs
-        .open(ctx.actor.cred, path, flags, CREATE_MODE)?;
+    let handle = ctx.actor.conn.open(path, flags, CREATE_MODE)?;
     ctx.shared.remember_path(handle.lease_file(), path);
     // Replacing the current file closes the previous one; a failed open
     // leaves it alone.
@@ -209,7 +206,7 @@ fn truncate(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [len] = args.exactly()?;
     let len = args.size(len)?;
     match args.value('p') {
-        Some(path) => Ok(ctx.shared.fs.truncate_path(ctx.actor.cred, path, len)?),
+        Some(path) => Ok(ctx.actor.conn.truncate_path(path, len)?),
         None => Ok(ctx.actor.handle()?.truncate(len)?),
     }
 }
@@ -252,10 +249,7 @@ fn reflink(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     };
     let handle = ctx.actor.handle()?;
     // The source is open (read-only) only for the duration of the clone.
-    let source = ctx
-        .shared
-        .fs
-        .open(ctx.actor.cred, src, OpenFlags::RDONLY, 0)?;
+    let source = ctx.actor.conn.open(src, OpenFlags::RDONLY, 0)?;
     Ok(handle.reflink(&source, range)?)
 }
 
@@ -299,7 +293,7 @@ fn fiemap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 
 fn statfs(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
-    let st = ctx.shared.fs.statfs();
+    let st = ctx.actor.conn.statfs()?;
     ctx.out.line(format_args!("blocks {}", st.blocks));
     ctx.out.line(format_args!("free {}", st.free));
     ctx.out.line(format_args!("busy {}", st.busy));
@@ -308,22 +302,22 @@ fn statfs(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 
 fn unlink(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [path] = args.exactly()?;
-    Ok(ctx.shared.fs.unlink(ctx.actor.cred, path)?)
+    Ok(ctx.actor.conn.unlink(path)?)
 }
 
 fn mkdir(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [path] = args.exactly()?;
-    Ok(ctx.shared.fs.mkdir(ctx.actor.cred, path, MKDIR_MODE)?)
+    Ok(ctx.actor.conn.mkdir(path, MKDIR_MODE)?)
 }
 
 fn rmdir(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [path] = args.exactly()?;
-    Ok(ctx.shared.fs.rmdir(ctx.actor.cred, path)?)
+    Ok(ctx.actor.conn.rmdir(path)?)
 }
 
 fn rename(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [from, to] = args.exactly()?;
-    Ok(ctx.shared.fs.rename(ctx.actor.cred, from, to)?)
+    Ok(ctx.actor.conn.rename(from, to)?)
 }
 
 fn ls(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
@@ -332,7 +326,7 @@ fn ls(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
         [path] => path,
         _ => return Err(args.error("at most one operand expected")),
     };
-    for entry in ctx.shared.fs.readdir(ctx.actor.cred, path)? {
+    for entry in ctx.actor.conn.readdir(path)? {
         let slash = if entry.is_dir { "/" } else { "" };
         ctx.out.line(format_args!("{}{slash}", entry.name));
     }

@@ -115,10 +115,7 @@ fn lease(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let owner = ctx.actor.owner();
     let file = ctx.actor.file()?;
     let key = file.handle.lease_file();
-    ctx.shared
-        .fs
-        .leases()
-        .set_lease(key, file.handle.lease_handle(), owner, req)?;
+    file.handle.set_lease(owner, req)?;
     // The listing names the file as its holder opened it.
     ctx.shared.remember_path(key, &file.path);
     Ok(())
@@ -127,11 +124,7 @@ fn lease(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 fn getlease(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
     let handle = ctx.actor.handle()?;
-    let ty = ctx
-        .shared
-        .fs
-        .leases()
-        .get_lease(handle.lease_file(), handle.lease_handle());
+    let ty = handle.get_lease()?;
     ctx.out.line(type_word(ty));
     Ok(())
 }
@@ -155,9 +148,8 @@ fn wait_break(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     }
     let event = ctx
         .actor
-        .events
-        .recv_timeout(Duration::from_millis(ms))
-        .map_err(|e| CmdError::Errno(e.errno()))?
+        .conn
+        .recv_event(Duration::from_millis(ms))?
         .ok_or(CmdError::Errno(Errno(libc::ETIMEDOUT)))?;
     ctx.out.line(event_line(ctx.shared, &event));
     Ok(())
@@ -178,7 +170,18 @@ pub fn listing_line(info: &LeaseInfo, actor: &str, path: &str) -> String {
 
 fn leases(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
-    for info in ctx.shared.fs.leases().list() {
+    // Through a daemon: what it lists (every client's leases), with the
+    // paths it knows.
+    if let Some(client) = ctx.actor.conn.client() {
+        let status = client.status()?;
+        for info in &status.leases {
+            let label = ctx.shared.client_label(&status, info.owner.0);
+            ctx.out
+                .line(listing_line(info, &label, status.path_of(info.file)));
+        }
+        return Ok(());
+    }
+    for info in ctx.shared.fs()?.leases().list() {
         let line = listing_line(
             &info,
             &ctx.shared.actor_label(info.owner),

@@ -16,9 +16,10 @@
 //! with it. `mstat` prints the current mapping's `offset`, `length`, `flags`
 //! and `huge` (bytes the kernel maps with 2 MiB pages), one per line.
 
-use pinfs::map::MapFlags;
+use pinfs::map::{MapFlags, MAP_DIRECT, MAP_SHARED, MAP_SHARED_VALIDATE, MAP_SYNC, MAP_TYPE};
 use pinfs::Errno;
 
+use super::backend::HeldMap;
 use super::dump::dump;
 use super::parse::{Line, OptSpec, Parsed};
 use super::{CmdResult, Ctx};
@@ -79,30 +80,32 @@ fn sigbus(e: pinfs::Error) -> CmdError {
 
 fn mmap(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let (offset, len) = range(args)?;
-    let mut flags = match args.value('F') {
-        Some(hex) => {
-            let bits = args.hex_bits(hex)?;
-            MapFlags::from_raw(bits)?
-        }
-        None => MapFlags::SHARED,
+    // The flags, and the same as raw bits for the daemon (which validates
+    // them itself).
+    let mut raw = match args.value('F') {
+        Some(hex) => args.hex_bits(hex)?,
+        None => MAP_SHARED,
     };
+    let mut flags = MapFlags::from_raw(raw)?;
     if args.flag('s') {
         flags.validate = true;
         flags.sync = true;
+        raw = (raw & !MAP_TYPE) | MAP_SHARED_VALIDATE | MAP_SYNC;
     }
     if args.flag('d') {
         flags.validate = true;
         flags.direct = true;
+        raw = (raw & !MAP_TYPE) | MAP_SHARED_VALIDATE | MAP_DIRECT;
     }
     if args.flag('r') {
         flags = flags.read_only();
     }
-    let mapping = ctx.actor.handle()?.mmap(offset, len, flags)?;
+    let mapping = ctx.actor.handle()?.mmap(offset, len, flags, raw)?;
     ctx.actor.mapping = Some(mapping);
     Ok(())
 }
 
-fn mapping<'a>(ctx: &'a Ctx<'_>) -> Result<&'a pinfs::map::Mapping, CmdError> {
+fn mapping<'a>(ctx: &'a Ctx<'_>) -> Result<&'a HeldMap, CmdError> {
     ctx.actor
         .mapping
         .as_ref()
@@ -149,7 +152,7 @@ fn persist(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 
 fn mstat(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
-    let m = mapping(ctx)?;
+    let m = mapping(ctx)?.local()?;
     let f = m.flags();
     let mut names = vec![if f.shared { "shared" } else { "private" }];
     for (on, name) in [

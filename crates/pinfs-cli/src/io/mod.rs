@@ -30,6 +30,7 @@
 //! handles close and the engine forgets the owner
 //! ([`pinfs::lease::LeaseEngine::drop_owner`]), as at a process exit.
 
+pub mod backend;
 mod dma_cmds;
 mod dump;
 mod file_cmds;
@@ -42,16 +43,19 @@ mod pin_cmds;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pinfs::fs::{Cred, Fs, Handle};
-use pinfs::lease::{EventQueue, FileKey, OwnerId};
+use pinfs::fs::{Cred, Fs};
+use pinfs::lease::{FileKey, OwnerId};
 use pinfs::Errno;
+use pinfs_client::Client;
 
+use self::backend::{Conn, File};
 use self::parse::{Line, MAIN_ACTOR};
 use crate::error::CmdError;
 
@@ -110,8 +114,16 @@ pub fn unnamed_actor(owner: OwnerId) -> String {
 /// What every actor of a run shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The mounted file system.
-    pub fs: Arc<Fs>,
+    /// The mounted file system, when the run is in process (`None` through
+    /// a daemon).
+    fs: Option<Arc<Fs>>,
+    /// The daemon's socket, when the run is its client (`--socket`).
+    socket: Option<PathBuf>,
+    /// A connection made before the run (checking the socket), which the
+    /// first actor takes over.
+    first_client: Mutex<Option<Client>>,
+    /// Actor names by daemon client id (for the listings the daemon answers).
+    clients: Mutex<HashMap<u64, String>>,
     /// The run's settings.
     // `policy` is read by the pin commands that arrive with later work.
     #[allow(dead_code)]
@@ -127,14 +139,50 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(fs: Arc<Fs>, settings: Settings) -> Self {
+    fn new(
+        fs: Option<Arc<Fs>>,
+        socket: Option<Client>,
+        path: Option<PathBuf>,
+        settings: Settings,
+    ) -> Self {
         Shared {
             fs,
+            socket: path,
+            first_client: Mutex::new(socket),
+            clients: Mutex::new(HashMap::new()),
             settings,
             names: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             dma: Default::default(),
         }
+    }
+
+    /// The in-process file system, or `EOPNOTSUPP` through a daemon: what
+    /// the commands the daemon does not offer yet (mappings, devices) ask
+    /// for first, so that each says `CMD: Operation not supported`.
+    pub fn fs(&self) -> Result<&Arc<Fs>, CmdError> {
+        self.fs.as_ref().ok_or(CmdError::Errno(Errno::EOPNOTSUPP))
+    }
+
+    /// A new actor's connection, as lease owner `owner`. In process, its
+    /// event queue is created here, before the actor can hold a lease, so
+    /// that no notification addressed to it is lost.
+    fn connect(&self, owner: OwnerId, name: &str) -> Result<Conn, CmdError> {
+        if let Some(socket) = &self.socket {
+            let client = match self.first_client.lock().take() {
+                Some(c) => c,
+                None => Client::connect(socket)?,
+            };
+            self.clients.lock().insert(client.id(), name.to_string());
+            return Ok(Conn::Remote(client));
+        }
+        let fs = self.fs()?;
+        let events = fs.leases().owner_events(owner)?;
+        Ok(Conn::Local {
+            fs: fs.clone(),
+            cred: Cred::root_as(owner.0),
+            events,
+        })
     }
 
     /// Remember that `owner` is actor `name`.
@@ -149,6 +197,18 @@ impl Shared {
             Some(name) => format!("@{name}"),
             None => unnamed_actor(owner),
         }
+    }
+
+    /// How the listings the daemon answers name a lease or pin owner: an
+    /// actor of this run by its `@NAME`, any other client as
+    /// `@client-ID` (`pinfs stat --socket` maps ids to processes).
+    pub fn client_label(&self, status: &pinfs_client::Status, owner: u64) -> String {
+        crate::stat::owner_label(status, owner, &self.clients.lock())
+    }
+
+    /// The `pins` listing of a daemon's `Status`, actors by name.
+    pub fn status_pin_lines(&self, status: &pinfs_client::Status) -> Vec<String> {
+        crate::stat::status_pin_lines(status, &self.clients.lock())
     }
 
     /// Remember that `file` goes by `path` (up to [`MAX_KNOWN_PATHS`]
@@ -182,8 +242,8 @@ impl Shared {
 /// An open file, as an actor's current file.
 #[derive(Debug)]
 pub struct OpenFile {
-    /// The open file description.
-    pub handle: Handle,
+    /// The open file description (in process or through the daemon).
+    pub handle: File,
     /// The path it was opened by (what the `leases` listing shows for the
     /// leases set through it).
     pub path: String,
@@ -200,25 +260,26 @@ pub struct Actor {
     /// The name, without `@` (for the `pins` listing of later work).
     #[allow(dead_code)]
     pub name: String,
-    /// Identity for permission checks, and owner of leases and pins.
-    pub cred: Cred,
+    /// Owner of its leases, pins and registrations.
+    pub owner: OwnerId,
+    /// Its connection: identity for permission checks, the lease-break
+    /// notifications addressed to it (`wait-break`).
+    pub conn: Conn,
     /// The current file (`open`, `close`).
     pub file: Option<OpenFile>,
-    /// The lease-break notifications addressed to this actor (`wait-break`).
-    pub events: EventQueue,
     /// Its current mapping (`mmap`; dropped by `munmap` or the actor's end).
-    pub mapping: Option<pinfs::map::Mapping>,
+    pub mapping: Option<backend::HeldMap>,
     /// Its long-term pins, by id (dropped by `unpin` or the actor's end).
-    pub pins: std::collections::BTreeMap<u64, pinfs::fs::Pin>,
+    pub pins: std::collections::BTreeMap<u64, backend::HeldPin>,
 }
 
 impl Actor {
-    fn new(name: &str, owner: u64, events: EventQueue) -> Self {
+    fn new(name: &str, owner: OwnerId, conn: Conn) -> Self {
         Actor {
             name: name.to_string(),
-            cred: Cred::root_as(owner),
+            owner,
+            conn,
             file: None,
-            events,
             mapping: None,
             pins: std::collections::BTreeMap::new(),
         }
@@ -226,7 +287,7 @@ impl Actor {
 
     /// The actor as a lease owner.
     pub fn owner(&self) -> OwnerId {
-        OwnerId(self.cred.owner)
+        self.owner
     }
 
     /// The current file, or `EBADF` when there is none.
@@ -235,7 +296,7 @@ impl Actor {
     }
 
     /// The current file's handle, or `EBADF` when there is none.
-    pub fn handle(&self) -> Result<&Handle, CmdError> {
+    pub fn handle(&self) -> Result<&File, CmdError> {
         Ok(&self.file()?.handle)
     }
 }
@@ -353,7 +414,9 @@ fn actor_main(mut actor: Actor, shared: Arc<Shared>, jobs: Receiver<Job>) {
     // holds, then its leases: as at a process exit.
     shared.dma.drop_owner(owner.0);
     drop(actor);
-    shared.fs.leases().drop_owner(owner);
+    if let Ok(fs) = shared.fs() {
+        fs.leases().drop_owner(owner);
+    }
 }
 
 /// The runner's side of an actor.
@@ -438,16 +501,18 @@ impl Runner {
         let owner = self.actors.len() as u64 + 1;
         // The queue exists before the actor can hold a lease: no
         // notification addressed to it is lost.
-        let events = self.shared.fs.leases().owner_events(OwnerId(owner))?;
+        let conn = self.shared.connect(OwnerId(owner), name)?;
         self.shared.name_owner(OwnerId(owner), name);
-        let actor = Actor::new(name, owner, events);
+        let actor = Actor::new(name, OwnerId(owner), conn);
         let (jobs, incoming) = mpsc::channel();
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("@{name}"))
             .spawn(move || actor_main(actor, shared, incoming))
             .map_err(|e| {
-                self.shared.fs.leases().drop_owner(OwnerId(owner));
+                if let Ok(fs) = self.shared.fs() {
+                    fs.leases().drop_owner(OwnerId(owner));
+                }
                 Errno(e.raw_os_error().unwrap_or(libc::EAGAIN))
             })?;
         self.actors.push(ActorSlot {
@@ -561,10 +626,25 @@ impl Runner {
     }
 }
 
-/// Run a script on `fs`; `true` when every command succeeded.
-pub fn run(fs: Arc<Fs>, settings: Settings, script: &[String]) -> bool {
+/// Where a run's actors work.
+#[derive(Debug)]
+pub enum Target {
+    /// In process, on this file system.
+    Local(Arc<Fs>),
+    /// Through the daemon at this socket, each actor its own connection;
+    /// the client given is the first actor's (made beforehand, so that a
+    /// socket nobody serves is one error before the script starts).
+    Daemon(PathBuf, Client),
+}
+
+/// Run a script; `true` when every command succeeded.
+pub fn run(target: Target, settings: Settings, script: &[String]) -> bool {
+    let shared = match target {
+        Target::Local(fs) => Shared::new(Some(fs), None, None, settings),
+        Target::Daemon(path, client) => Shared::new(None, Some(client), Some(path), settings),
+    };
     let mut runner = Runner {
-        shared: Arc::new(Shared::new(fs, settings)),
+        shared: Arc::new(shared),
         actors: Vec::new(),
         failed: false,
     };

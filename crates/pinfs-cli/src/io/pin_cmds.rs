@@ -14,12 +14,12 @@
 //! still blocked by a pin at lease-break-time revokes it: it disappears from
 //! `pins` and its blocks are freed (nothing but the actor held them).
 
-use pinfs::pin::{PinInfo, PinVia};
 use pinfs::Errno;
 
 use super::parse::{Line, OptSpec, Parsed};
 use super::{CmdResult, Ctx};
 use crate::error::CmdError;
+use crate::stat::{pin_lines, RegLine};
 
 const PIN: OptSpec = OptSpec::plain("pin OFF LEN");
 const UNPIN: OptSpec = OptSpec::plain("unpin ID");
@@ -52,7 +52,7 @@ fn pin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     };
     ctx.shared
         .remember_path(file.handle.lease_file(), &file.path);
-    let id = pin.id().0;
+    let id = pin.id();
     ctx.actor.pins.insert(id, pin);
     ctx.out.line(format!("pin {id}"));
     Ok(())
@@ -76,54 +76,43 @@ fn unpin(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
 /// on-demand registrations, which pin nothing (`... soft mr 4 odp`).
 fn pins(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     let [] = args.exactly()?;
-    let mut all: Vec<PinInfo> = ctx.shared.fs.pins();
-    all.sort_by_key(|p| (p.owner, p.id));
-    let mut lines: Vec<(u64, u8, u64, String)> = Vec::new();
-    for p in all {
-        let end = p.offset + p.len - 1;
-        let via = match p.via {
-            PinVia::Registration(id) => format!(
-                " {} mr {}",
-                ctx.shared.dma.device_of(id.0).unwrap_or("?"),
-                id.0
-            ),
-            _ => String::new(),
-        };
-        let text = format!(
-            "\t{} {} {}{via}",
-            ctx.shared.path_of_ino(p.ino),
-            p.offset,
-            end
-        );
-        lines.push((p.owner, 0, p.id.0, text));
+    // Through a daemon: what it lists (every client's pins).
+    if let Some(client) = ctx.actor.conn.client() {
+        let status = client.status()?;
+        for line in ctx.shared.status_pin_lines(&status) {
+            ctx.out.line(line);
+        }
+        return Ok(());
     }
+    let fs = ctx.shared.fs()?;
     // Registrations that hold no pin are listed too: on-demand ones, and
     // revoked ones (their device addresses stay reserved until `dma-dereg`).
-    for r in ctx.shared.fs.registrations() {
-        let what = match (r.mode, r.revoked) {
-            (pinfs::dma::RevokeMode::Odp, _) => "odp",
-            (_, true) => "revoked",
-            _ => continue,
-        };
-        let text = format!(
-            "\t{} {} {} {} mr {} {what}",
-            ctx.shared.path_of_ino(r.ino),
-            r.offset,
-            r.offset + r.len - 1,
-            r.device,
-            r.id.0
-        );
-        lines.push((r.owner, 1, r.id.0, text));
-    }
-    lines.sort_by_key(|l| (l.0, l.1, l.2));
-    let mut last_owner = None;
-    for (owner, _, _, text) in lines {
-        if last_owner != Some(owner) {
-            ctx.out
-                .line(ctx.shared.actor_label(pinfs::lease::OwnerId(owner)));
-            last_owner = Some(owner);
-        }
-        ctx.out.line(text);
+    let regs: Vec<RegLine> = fs
+        .registrations()
+        .into_iter()
+        .map(|r| RegLine {
+            owner: r.owner,
+            id: r.id.0,
+            ino: r.ino,
+            offset: r.offset,
+            len: r.len,
+            device: r.device.to_string(),
+            what: match (r.mode, r.revoked) {
+                (pinfs::dma::RevokeMode::Odp, _) => Some("odp"),
+                (_, true) => Some("revoked"),
+                _ => None,
+            },
+        })
+        .collect();
+    let lines = pin_lines(
+        fs.pins(),
+        &regs,
+        |owner| ctx.shared.actor_label(pinfs::lease::OwnerId(owner)),
+        |ino| ctx.shared.path_of_ino(ino),
+        |id| ctx.shared.dma.device_of(id).unwrap_or("?").to_string(),
+    );
+    for line in lines {
+        ctx.out.line(line);
     }
     Ok(())
 }

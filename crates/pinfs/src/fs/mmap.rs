@@ -17,7 +17,9 @@
 //!   woken, which is also what `MAP_SYNC` asks for.
 //!
 //! Submodules: `faults` (the fault service's side: answering faults, losing
-//! the service), `held` (blocks broken mappings may still reach stay busy),
+//! the service), `guard` (what a `Mapping` does: `persist`, pins,
+//! `read`/`write`, unmap), `held` (blocks broken mappings may still reach
+//! stay busy), `remote` (`Handle::mmap_remote`, `RemoteMapping`),
 //! `budget` (the share of `vm.max_map_count` the live mappings may need,
 //! charged at `mmap` and refunded at munmap).
 
@@ -35,9 +37,13 @@ use crate::lease::{
     BreakCallback, BreakEvent, ByteRange, EventKind, HandleId, LeaseRequest, LeaseState, OwnerId,
 };
 use crate::map::fault::{sigbus_thread, Fault, FaultHandler, FaultKey, FaultService, OnLost, Uffd};
+use crate::map::local::sigbus_memfd;
 use crate::map::place::{Kind, Runs};
 use crate::map::region::{Region, HUGE_BYTES, PAGE_BYTES};
-use crate::map::{MapFlags, MapInner, Mapping, PlaceCtx, Placed, MAX_FAULTS_WITHOUT_PROGRESS};
+use crate::map::{
+    walk_pages, LocalPages, MapFlags, MapInner, Mapping, PlaceCtx, Placed, RemoteSpace, Space,
+    Step, MAX_FAULTS_WITHOUT_PROGRESS,
+};
 use crate::media::Media;
 use crate::pin::{PinVia, RevokeFn};
 use crate::{Errno, Error, Result};
@@ -48,19 +54,26 @@ pub const MAX_MAPPINGS: usize = 65_536;
 
 mod budget;
 mod faults;
+mod guard;
 mod held;
+mod remote;
 
 use self::budget::{charge_budget, check_budget, refund_budget};
 use self::held::release_held;
 pub(crate) use self::held::{release_blocks, release_unpinned, split_held};
 
-/// The live mappings, by file and by address (in the state, under its lock).
+/// The live mappings, by file, by id, and (those in this process) by
+/// address (in the state, under its lock).
 #[derive(Default)]
 pub(crate) struct MapTable {
     by_ino: HashMap<u64, Vec<Weak<MapInner>>>,
+    by_id: BTreeMap<u64, Weak<MapInner>>,
     by_addr: BTreeMap<usize, Weak<MapInner>>,
     /// Test-only negative control: layout changes leave live mappings alone.
     replace_disabled: bool,
+    /// Test-only negative control: layout changes leave mappings in client
+    /// processes alone (nothing is sent to them).
+    remote_replace_disabled: bool,
     /// Test-only negative control: blocks a broken mapping reaches are freed
     /// like any other (not held busy).
     hold_disabled: bool,
@@ -93,7 +106,7 @@ pub(crate) struct MapTable {
 impl std::fmt::Debug for MapTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MapTable")
-            .field("mappings", &self.by_addr.len())
+            .field("mappings", &self.by_id.len())
             .finish_non_exhaustive()
     }
 }
@@ -103,8 +116,9 @@ impl MapTable {
     fn find(&self, addr: usize) -> Option<Arc<MapInner>> {
         let (_, m) = self.by_addr.range(..=addr).next_back()?;
         let m = m.upgrade()?;
-        let base = m.region.base();
-        (addr < base + m.region.len() as usize).then_some(m)
+        let region = &m.local()?.region;
+        let base = region.base();
+        (addr < base + region.len() as usize).then_some(m)
     }
 
     fn of_ino(&self, ino: u64) -> Vec<Arc<MapInner>> {
@@ -123,24 +137,27 @@ impl MapTable {
                 m.flags.direct
                     && m.owner != owner
                     && m.file_offset < end
-                    && offset < m.file_offset + m.region.len()
+                    && offset < m.file_offset + m.pages() * PAGE_BYTES
             })
         })
     }
 
     fn all(&self) -> Vec<Arc<MapInner>> {
-        self.by_addr.values().filter_map(Weak::upgrade).collect()
+        self.by_id.values().filter_map(Weak::upgrade).collect()
     }
 
     fn insert(&mut self, m: &Arc<MapInner>) -> Result<()> {
-        if self.by_addr.len() >= MAX_MAPPINGS {
+        if self.by_id.len() >= MAX_MAPPINGS {
             return Err(Errno::ENOMEM.into());
         }
         self.by_ino
             .entry(m.ino)
             .or_default()
             .push(Arc::downgrade(m));
-        self.by_addr.insert(m.region.base(), Arc::downgrade(m));
+        self.by_id.insert(m.id, Arc::downgrade(m));
+        if let Some(l) = m.local() {
+            self.by_addr.insert(l.region.base(), Arc::downgrade(m));
+        }
         Ok(())
     }
 
@@ -168,7 +185,10 @@ impl MapTable {
     }
 
     fn remove(&mut self, m: &MapInner) {
-        self.by_addr.remove(&m.region.base());
+        self.by_id.remove(&m.id);
+        if let Some(l) = m.local() {
+            self.by_addr.remove(&l.region.base());
+        }
         if let Some(v) = self.by_ino.get_mut(&m.ino) {
             v.retain(|w| !std::ptr::eq(w.as_ptr(), m));
             if v.is_empty() {
@@ -222,7 +242,9 @@ fn desired(
     let served = m.served();
     // With the fault service lost nothing can answer a served page's fault:
     // it raises SIGBUS rather than hang (or take stores nobody persists).
-    let lost = st.maps.service_lost || st.maps.uffd.is_none();
+    // A client's mapping is served by the client's own service, which
+    // makes its pages SIGBUS itself if it has none.
+    let lost = !m.is_remote() && (st.maps.service_lost || st.maps.uffd.is_none());
     let empty = match (served, lost) {
         (false, _) => Kind::Zero,
         (true, false) => Kind::Served { copy_of: None },
@@ -286,17 +308,13 @@ fn has_shared(st: &FsState, inode: &Inode, b0: u64, b1: u64) -> bool {
 
 /// Bring pages `p0..p1` of `m` up to date with the layout in `st`.
 fn place_range(st: &FsState, media: &dyn Media, m: &MapInner, p0: u64, p1: u64) {
-    let Some(ctx) = place_ctx(st, media) else {
-        return;
-    };
+    let ctx = place_ctx(st, media);
     let mut placed = m.placed.lock();
     if placed.dead {
         return;
     }
-    let invalidated = placed.invalidated;
-    for (s, n, kind) in desired(st, m, p0, p1, invalidated) {
-        m.apply(&mut placed, s, n, kind, &ctx);
-    }
+    let want = desired(st, m, p0, p1, placed.invalidated);
+    m.show(&mut placed, &want, ctx.as_ref());
 }
 
 /// File blocks whose layout differs between `old` and `new` (one range,
@@ -347,7 +365,7 @@ pub(crate) fn affected(
     refs: &BTreeMap<u64, u32>,
 ) -> Vec<(Arc<MapInner>, u64, u64)> {
     let maps = &st.maps;
-    if maps.by_addr.is_empty() || maps.replace_disabled {
+    if maps.by_id.is_empty() || maps.replace_disabled {
         return Vec::new();
     }
     let mut out = Vec::new();
@@ -360,6 +378,9 @@ pub(crate) fn affected(
             continue;
         };
         for m in live {
+            if maps.remote_replace_disabled && m.is_remote() {
+                continue;
+            }
             let fb0 = m.file_offset / BLOCK_SIZE;
             if m.flags.direct {
                 // Whether the file has shared blocks is a whole-mapping matter.
@@ -383,6 +404,9 @@ pub(crate) fn affected(
         .collect();
     if !changed.is_empty() {
         for m in maps.all() {
+            if maps.remote_replace_disabled && m.is_remote() {
+                continue;
+            }
             if m.flags.direct {
                 // Its pages over shared blocks show SIGBUS, not the blocks:
                 // look at the file's blocks under the mapping instead.
@@ -444,9 +468,19 @@ pub(crate) fn affected(
 pub(crate) fn replace(
     st: &FsState,
     media: &dyn Media,
-    list: Vec<(Arc<MapInner>, u64, u64)>,
+    mut list: Vec<(Arc<MapInner>, u64, u64)>,
 ) -> Held {
+    // One re-placement per mapping (a client's: one `place` call), over the
+    // union of what changed in it (its file's layout, blocks it shows).
+    list.sort_by_key(|(m, p0, _)| (m.id, *p0));
+    let mut merged: Vec<(Arc<MapInner>, u64, u64)> = Vec::with_capacity(list.len());
     for (m, p0, p1) in list {
+        match merged.last_mut() {
+            Some((last, _, e)) if last.id == m.id => *e = (*e).max(p1),
+            _ => merged.push((m, p0, p1)),
+        }
+    }
+    for (m, p0, p1) in merged {
         place_range(st, media, &m, p0, p1);
     }
     if (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
@@ -475,6 +509,21 @@ impl Handle {
     /// live mappings' share of `vm.max_map_count` (one in
     /// `MAP_COUNT_SHARE`, a running total) gives `ENOMEM`.
     pub fn mmap(&self, offset: u64, len: u64, flags: MapFlags) -> Result<Mapping> {
+        self.map_range(offset, len, flags, None)
+    }
+
+    /// [`Handle::mmap`] into this process (`remote: None`) or into a
+    /// client's address space: the checks, the `MAP_DIRECT` lease, the
+    /// first placement. A client's mapping needs no fault service here (the
+    /// client serves its holes), no `SIGBUS` memfd and no share of this
+    /// process's `vm.max_map_count` (its areas are the client's).
+    pub(super) fn map_range(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: MapFlags,
+        remote: Option<Arc<dyn RemoteSpace>>,
+    ) -> Result<Mapping> {
         let fs = &self.fs;
         let flags = flags.effective();
         if !offset.is_multiple_of(PAGE_BYTES) || len == 0 {
@@ -502,34 +551,42 @@ impl Handle {
                 return Err(Errno::EACCES.into());
             }
         }
-        // Every writable shared mapping has its holes served, MAP_DIRECT ones
-        // included: their loads read zeros (SPEC §5.2); only the store that
-        // would allocate or convert raises SIGBUS (`write_fault`).
-        let service = flags.writes_file().then(|| fs.fault_service());
-        let uffd = match service {
-            None => None,
-            Some(Ok(u)) => Some(u),
-            // Without a fault service (no userfaultfd for this process) a
-            // MAP_DIRECT mapping still maps: its holes raise SIGBUS.
-            Some(Err(e)) if flags.direct => {
-                tracing::warn!(target: "pinfs::map", error = %e, "no fault service: holes of this MAP_DIRECT mapping raise SIGBUS");
-                None
-            }
-            Some(Err(e)) => return Err(e),
-        };
-        let sigbus = fs.sigbus_fd()?;
-        let broken_maps = fs.state.read().maps.broken.clone();
-        let region = Region::reserve(region_len, offset % HUGE_BYTES)?;
         let pages = region_len / PAGE_BYTES;
+        let (space, uffd) = match remote {
+            Some(space) => (Space::Remote(space), None),
+            None => {
+                // Every writable shared mapping has its holes served,
+                // MAP_DIRECT ones included: their loads read zeros (SPEC
+                // §5.2); only the store that would allocate or convert
+                // raises SIGBUS (`write_fault`).
+                let service = flags.writes_file().then(|| fs.fault_service());
+                let uffd = match service {
+                    None => None,
+                    Some(Ok(u)) => Some(u),
+                    // Without a fault service (no userfaultfd for this
+                    // process) a MAP_DIRECT mapping still maps: its holes
+                    // raise SIGBUS.
+                    Some(Err(e)) if flags.direct => {
+                        tracing::warn!(target: "pinfs::map", error = %e, "no fault service: holes of this MAP_DIRECT mapping raise SIGBUS");
+                        None
+                    }
+                    Some(Err(e)) => return Err(e),
+                };
+                let sigbus = fs.sigbus_fd()?;
+                let region = Region::reserve(region_len, offset % HUGE_BYTES)?;
+                (Space::Local(LocalPages::new(region, sigbus)), uffd)
+            }
+        };
+        let broken_maps = fs.state.read().maps.broken.clone();
         let inner = Arc::new(MapInner {
             id: fs.next_handle.fetch_add(1, Ordering::Relaxed),
             ino: self.ino,
             owner: self.cred.owner,
             file_offset: offset,
             len,
+            pages,
             flags,
-            region,
-            sigbus,
+            space,
             placed: parking_lot::Mutex::new(Placed {
                 runs: Runs::new(pages, Kind::Nothing),
                 invalidated: false,
@@ -539,15 +596,17 @@ impl Handle {
             }),
             lease: parking_lot::Mutex::new(None),
             broken_maps,
-            progress: std::sync::atomic::AtomicU64::new(0),
-            refaults: parking_lot::Mutex::new(HashMap::new()),
         });
         if let Some(u) = &uffd {
             // Before counting its areas: what the mapping's holes show
             // depends on whether a fault service serves them.
             fs.state.write().maps.uffd.get_or_insert_with(|| u.clone());
         }
-        let areas = check_budget(&fs.state.read(), &inner)?;
+        let areas = if inner.is_remote() {
+            0
+        } else {
+            check_budget(&fs.state.read(), &inner)?
+        };
         if flags.direct {
             // Before the state lock: the request waits for a layout change
             // in progress (SPEC §3.2).
@@ -584,7 +643,9 @@ impl Handle {
         st.runtime(self.ino).opens.fetch_add(1, Ordering::Relaxed);
         // Charged under the lock that inserts it: concurrent mmaps cannot
         // both pass the total. The guard's drop refunds it.
-        charge_budget(&mut st.maps, &mapping.inner, areas)?;
+        if !mapping.inner.is_remote() {
+            charge_budget(&mut st.maps, &mapping.inner, areas)?;
+        }
         st.maps.insert(&mapping.inner)?;
         place_range(&st, &*fs.media, &mapping.inner, 0, pages);
         drop(st);
@@ -622,250 +683,6 @@ impl Fs {
     /// Live mappings.
     pub fn mapping_count(&self) -> usize {
         self.state.read().maps.all().len()
-    }
-}
-
-impl Mapping {
-    /// Make the stores to `[offset, offset+len)` (into the mapping) durable
-    /// (SPEC §5.3): write back the CPU cache lines of the pool blocks behind
-    /// the range and fence (`msync` on a regular-file pool). With
-    /// `MAP_DIRECT` or `MAP_SYNC` the block map under the range is already
-    /// durable, so no `fsync` is needed.
-    pub fn persist(&self, offset: u64, len: u64) -> Result<()> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.inner.len)
-            .ok_or(Errno::EINVAL)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let media = &*self.fs.media;
-        {
-            let _st = self.fs.state.read();
-            let placed = self.inner.placed.lock();
-            for (s, n, kind) in placed
-                .runs
-                .pieces(offset / PAGE_BYTES, end.div_ceil(PAGE_BYTES))
-            {
-                if let Kind::Pool { block } = kind {
-                    let from = offset.max(s * PAGE_BYTES);
-                    let to = end.min((s + n) * PAGE_BYTES);
-                    media.flush(block_offset(block) + (from - s * PAGE_BYTES), to - from)?;
-                }
-            }
-        }
-        media.fence();
-        Ok(())
-    }
-
-    /// Take a long-term pin of `[offset, offset+len)` (into the mapping,
-    /// block-aligned outward) through this mapping (SPEC §4.2). Entitled by
-    /// either this mapping being `MAP_DIRECT` with its lease held and not
-    /// being broken (Dan Williams' model), or the mapping's owner holding an
-    /// unbreakable layout lease (`F_LAYOUT|F_EXCLUSIVE`) over the range —
-    /// Ira Weiny's flow: plain `mmap(MAP_SHARED)`, take the lease, register.
-    /// Either way the mapping must be shared and writable: a long-term pin is
-    /// writable (the device stores into the blocks), and as the kernel's
-    /// `FOLL_LONGTERM | FOLL_WRITE` needs a shared writable VMA to reach the
-    /// file's pages, a `MAP_PRIVATE` mapping (whose stores never reach the
-    /// file) or a read-only one does not entitle it. `EPERM` otherwise, and
-    /// when the mapping is invalidated or the range passes its end. Like any
-    /// pin, it first makes the range written and private, and it outlives
-    /// the mapping.
-    pub fn pin_long_term(
-        &self,
-        offset: u64,
-        len: u64,
-        revoke: Option<RevokeFn>,
-    ) -> Result<crate::fs::Pin> {
-        let m = &self.inner;
-        let end = offset
-            .checked_add(len)
-            .filter(|_| len > 0)
-            .ok_or(Errno::EINVAL)?;
-        if !m.flags.writes_file() || self.is_invalidated() || end > m.len {
-            return Err(Errno::EPERM.into());
-        }
-        let start = (m.file_offset + offset) / BLOCK_SIZE * BLOCK_SIZE;
-        let end = (m.file_offset + end).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let direct_lease_held = m.flags.direct
-            && (*m.lease.lock())
-                .and_then(|id| self.fs.leases.lease(id))
-                .is_some_and(|l| l.state == LeaseState::Active);
-        let via = if direct_lease_held {
-            PinVia::DirectMapping(m.id)
-        } else if self
-            .fs
-            .holds_unbreakable_lease(m.ino, m.owner, start, end)?
-        {
-            PinVia::ExclusiveLease
-        } else {
-            return Err(Errno::EPERM.into());
-        };
-        self.fs
-            .pin_range(m.ino, m.owner, start, end, via, revoke, false)
-    }
-}
-
-impl Drop for Mapping {
-    /// Unmap: nothing stays reachable, the file system forgets the mapping
-    /// (an unlinked file nothing else keeps is freed), and the `MAP_DIRECT`
-    /// lease is released — in that order, so that the layout change the
-    /// lease held off cannot free a block this range still reaches.
-    fn drop(&mut self) {
-        let m = &self.inner;
-        let torn_down = m.tear_down();
-        {
-            let mut st = self.fs.state.write();
-            // Before the mapping leaves the table (and with it
-            // `held_blocks`), a failed tear-down moves what its pages may
-            // still reach to the zombies: nothing may free those blocks
-            // between the two steps.
-            let broken = {
-                let placed = m.placed.lock();
-                if placed.broken && !torn_down {
-                    // The pages still reach the held blocks (tear-down
-                    // recorded every pool run it still showed): they stay
-                    // busy for the life of the file system, never reused.
-                    tracing::error!(target: "pinfs::map", map = m.id, "a broken mapping could not be torn down: its blocks stay busy for good");
-                    st.maps
-                        .zombies
-                        .extend(placed.held.iter().map(|&(start, len)| Run { start, len }));
-                }
-                placed.broken
-            };
-            st.maps.remove(m);
-            refund_budget(&mut st.maps, m.id);
-            if broken {
-                st.maps.broken.fetch_sub(1, Ordering::AcqRel);
-                if torn_down {
-                    release_held(&mut st);
-                }
-            }
-            if let Some(rt) = st.runtime.get(&m.ino).cloned() {
-                rt.opens.fetch_sub(1, Ordering::Relaxed);
-            }
-            if !st.in_use(m.ino) && st.inodes.get(&m.ino).is_some_and(|i| i.nlink == 0) {
-                let mut op = Op::new(&mut st, &*self.fs.media);
-                let freed = match op.free_inode(m.ino) {
-                    Ok(()) => op.commit(),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = freed {
-                    tracing::error!(ino = m.ino, error = %e, "freeing an unlinked file at last unmap failed");
-                }
-            }
-        }
-        if let Some(id) = m.lease.lock().take() {
-            let _ = self.fs.leases.release(id);
-        }
-    }
-}
-
-/// What `Mapping::read`/`write` do with one run of pages.
-enum Step {
-    /// Copy through the address range (pool blocks, private memory).
-    Copy,
-    /// Answer from the source, without touching the page (served reads).
-    Source(Option<u64>),
-    /// Ask the file system for a block first (served writes).
-    Fault,
-}
-
-impl Mapping {
-    /// Walk `[offset, offset+len)` run by run, under the state lock (shared)
-    /// and the mapping's placement lock: the copy of each run is a
-    /// short-term pin (SPEC §4.1) — no layout change can free a block while
-    /// it is being copied. No copy made under the locks can fault into the
-    /// fault service (served pages are answered from their source or
-    /// faulted first, with the locks dropped), which would deadlock.
-    fn walk(
-        &self,
-        offset: u64,
-        len: u64,
-        write: bool,
-        mut each: impl FnMut(&MapInner, u64, u64, Step) -> Result<()>,
-    ) -> Result<()> {
-        self.check(offset, len)?;
-        let m = &*self.inner;
-        let end = offset + len;
-        let mut at = offset;
-        let mut faults = 0;
-        while at < end {
-            let page = at / PAGE_BYTES;
-            let fault_page = {
-                let _st = self.fs.state.read();
-                let placed = m.placed.lock();
-                let pieces = placed.runs.pieces(page, end.div_ceil(PAGE_BYTES));
-                let Some(&(s, n, kind)) = pieces.first() else {
-                    return Err(Errno::EFAULT.into());
-                };
-                let to = end.min((s + n) * PAGE_BYTES);
-                let step = match kind {
-                    Kind::Pool { .. } | Kind::Zero => Step::Copy,
-                    Kind::Served { .. } if write => Step::Fault,
-                    Kind::Served { copy_of } => Step::Source(copy_of),
-                    Kind::Sigbus | Kind::Nothing => return Err(Errno::EFAULT.into()),
-                };
-                if let Step::Fault = step {
-                    Some(page)
-                } else {
-                    each(m, at, to - at, step)?;
-                    at = to;
-                    None
-                }
-            };
-            if let Some(page) = fault_page {
-                faults += 1;
-                if faults > 8 {
-                    return Err(Errno::EAGAIN.into());
-                }
-                self.fs.write_fault(m, page)?;
-            } else {
-                faults = 0;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy `buf.len()` bytes at `offset` (into the mapping) out, as loads
-    /// would; `EFAULT` where a load would raise `SIGBUS`.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let media = &*self.fs.media;
-        self.walk(offset, buf.len() as u64, false, |m, at, n, step| {
-            let dst = &mut buf[(at - offset) as usize..(at - offset + n) as usize];
-            match step {
-                Step::Copy => m.region.read(at, dst),
-                Step::Source(None) => {
-                    dst.fill(0);
-                    Ok(())
-                }
-                Step::Source(Some(block)) => {
-                    // The run starts at `at`'s page, whose block is `block`.
-                    media.read(block_offset(block) + at % PAGE_BYTES, dst)
-                }
-                Step::Fault => unreachable!("reads never fault"),
-            }
-        })
-    }
-
-    /// Store `data` at `offset` (into the mapping), as stores would
-    /// (allocating holes, copying shared blocks); `EFAULT` where a store
-    /// would raise `SIGBUS` (the bytes before that page are stored), or the
-    /// error that would make a write fault raise `SIGBUS` (`ENOSPC`, ...).
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.walk(
-            offset,
-            data.len() as u64,
-            true,
-            |m, at, n, step| match step {
-                Step::Copy => m.region.write(
-                    at,
-                    &data[(at - offset) as usize..(at - offset + n) as usize],
-                ),
-                _ => unreachable!("writes copy or fault"),
-            },
-        )
     }
 }
 

@@ -50,18 +50,32 @@
 //! Mappings are not inherited across `fork` (`MADV_DONTFORK`): the file
 //! system can only re-place pages in its own address space, and a child
 //! holding stale pool pages could reach blocks after they were freed.
+//!
+//! A mapping may also live in a *client* process of the daemon (SPEC §8):
+//! the file system keeps a [`RemoteMapping`] — the same `MapInner`, whose
+//! pages are placed through a [`RemoteSpace`] instead of a local region —
+//! and the client a [`client::ClientMapping`] that applies what it is sent
+//! (see `remote.rs` for the contract: acknowledged placements under the
+//! state lock, unacknowledged ⇒ broken and fenced, and `client.rs`). The
+//! placing code both halves share is `local.rs`.
 
+pub mod client;
 pub(crate) mod fault;
+pub(crate) mod local;
 pub(crate) mod place;
 pub(crate) mod region;
+mod remote;
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub(crate) use self::local::{LocalPages, PlaceCtx};
 use self::place::{Kind, Runs};
-use self::region::{Backing, Region, PAGE_BYTES};
+use self::region::{Backing, PAGE_BYTES};
+pub use self::remote::{
+    RemoteKind, RemoteMapping, RemotePiece, RemoteSpace, Unacknowledged, MAX_PLACE_PIECES,
+};
 use crate::fs::Fs;
 use crate::lease::LeaseId;
 use crate::{Errno, Result};
@@ -210,15 +224,21 @@ pub(crate) struct Placed {
     pub held: Vec<(u64, u64)>,
 }
 
-/// Where placed pages come from: the descriptors and the fault service.
-pub(crate) struct PlaceCtx<'a> {
-    /// The pool's descriptor.
-    pub pool: std::os::fd::BorrowedFd<'a>,
-    /// The fault service's userfaultfd (writable shared mappings only).
-    pub uffd: Option<&'a fault::Uffd>,
-    /// The pool has transparent 2 MiB pages (`MediaCaps::huge_pages`):
-    /// advise pool placements `MADV_HUGEPAGE`.
-    pub huge: bool,
+/// Whose address space a mapping's pages are in.
+pub(crate) enum Space {
+    /// This process's: the file system places the pages itself.
+    Local(LocalPages),
+    /// A client process's: the file system asks it ([`RemoteSpace::place`]).
+    Remote(Arc<dyn RemoteSpace>),
+}
+
+impl std::fmt::Debug for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Space::Local(l) => f.debug_tuple("Local").field(&l.region).finish(),
+            Space::Remote(_) => f.write_str("Remote"),
+        }
+    }
 }
 
 /// The shared part of a mapping: what the file system and the fault service
@@ -236,12 +256,12 @@ pub(crate) struct MapInner {
     pub file_offset: u64,
     /// Length asked for, in bytes.
     pub len: u64,
+    /// Pages of the address range (`len` rounded up).
+    pub pages: u64,
     /// Effective flags.
     pub flags: MapFlags,
-    /// The address range.
-    pub region: Region,
-    /// The empty memfd placed where accesses raise `SIGBUS`.
-    pub sigbus: Arc<OwnedFd>,
+    /// Where the pages are.
+    pub space: Space,
     /// What is placed.
     pub placed: Mutex<Placed>,
     /// The `MAP_DIRECT` layout lease.
@@ -249,12 +269,6 @@ pub(crate) struct MapInner {
     /// The file system's count of broken mappings (`MapTable`), which every
     /// release of blocks consults: this one adds itself when it breaks.
     pub broken_maps: Arc<std::sync::atomic::AtomicUsize>,
-    /// Counts every change of what a page shows (a placement, a served
-    /// copy): a fault of a page that sees no change since the same thread's
-    /// last fault of that page made no progress ([`MapInner::refault`]).
-    pub progress: std::sync::atomic::AtomicU64,
-    /// Faults without progress, per (thread, page): (progress seen, count).
-    pub refaults: Mutex<std::collections::HashMap<(u32, u64), (u64, u32)>>,
 }
 
 /// Most faults of one page by one thread with nothing changed in the
@@ -264,15 +278,23 @@ pub(crate) struct MapInner {
 /// when a fault races a re-placement, once or twice.
 pub const MAX_FAULTS_WITHOUT_PROGRESS: u32 = 1000;
 
-/// Most (thread, page) pairs whose faults without progress one mapping
-/// tracks; the table is cleared beyond it (counting restarts: a spinning
-/// thread is then caught a little later).
-const MAX_TRACKED_REFAULTS: usize = 256;
-
 impl MapInner {
     /// Pages in the mapping.
     pub(crate) fn pages(&self) -> u64 {
-        self.region.len() / PAGE_BYTES
+        self.pages
+    }
+
+    /// The pages in this process, unless the mapping is a client's.
+    pub(crate) fn local(&self) -> Option<&LocalPages> {
+        match &self.space {
+            Space::Local(l) => Some(l),
+            Space::Remote(_) => None,
+        }
+    }
+
+    /// Whether the pages are in a client process.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.space, Space::Remote(_))
     }
 
     /// Whether its holes are served by the fault service: shared writable
@@ -281,108 +303,93 @@ impl MapInner {
         self.flags.writes_file()
     }
 
-    /// Make `start..start+pages` show `kind`, touching only the pages whose
-    /// kind differs from what they show. A placement that fails falls back
-    /// to `SIGBUS`, and then to nothing; when even that fails the pages keep
-    /// showing what they showed, so the mapping is marked broken and the
-    /// pool blocks they may still reach are recorded in [`Placed::held`].
-    /// The file system's next release of blocks then keeps those busy
-    /// (never free, never reused) until tear-down (`fs/mmap.rs`).
-    pub(crate) fn apply(
+    /// Make the pages show `want` (runs of (first page, pages, kind)),
+    /// touching only the pages whose kind differs from what they show —
+    /// placed here for a local mapping (`ctx` needed: without it nothing is
+    /// placed), in one acknowledged [`RemoteSpace::place`] call (or several
+    /// of [`MAX_PLACE_PIECES`]) for a client's. Pages that cannot be changed
+    /// mark the mapping broken and record the pool blocks they may still
+    /// reach in [`Placed::held`]: the file system's next release of blocks
+    /// then keeps those busy (never free, never reused) until tear-down
+    /// (`fs/mmap.rs`).
+    pub(crate) fn show(
         &self,
         placed: &mut Placed,
-        start: u64,
-        pages: u64,
-        kind: Kind,
-        ctx: &PlaceCtx<'_>,
+        want: &[(u64, u64, Kind)],
+        ctx: Option<&PlaceCtx<'_>>,
     ) {
         if placed.dead {
             return;
         }
-        let mut dirty: Option<(u64, u64)> = None;
-        let pieces = placed.runs.pieces(start, start + pages);
-        for (s, n, have) in pieces {
-            let want = kind.advance(s - start);
-            if have == want {
-                if let Some((ds, dn)) = dirty.take() {
-                    self.place(placed, ds, dn, kind.advance(ds - start), ctx);
+        match &self.space {
+            Space::Local(local) => {
+                let Some(ctx) = ctx else { return };
+                for &(start, pages, kind) in want {
+                    for (ds, dn) in placed.runs.dirty(start, pages, kind) {
+                        let k = kind.advance(ds - start);
+                        match local.place(self.id, ds, dn, k, self.flags, ctx) {
+                            Some(shown) => placed.runs.set(ds, dn, shown),
+                            None => self.stuck(placed, ds, dn),
+                        }
+                    }
                 }
-            } else {
-                dirty = match dirty {
-                    Some((ds, dn)) => Some((ds, dn + n)),
-                    None => Some((s, n)),
-                };
             }
-        }
-        if let Some((ds, dn)) = dirty {
-            self.place(placed, ds, dn, kind.advance(ds - start), ctx);
+            Space::Remote(space) => self.show_remote(space, placed, want),
         }
     }
 
-    fn place(&self, placed: &mut Placed, start: u64, pages: u64, kind: Kind, ctx: &PlaceCtx<'_>) {
-        let (offset, len) = (start * PAGE_BYTES, pages * PAGE_BYTES);
-        let writable = !self.flags.read_only;
-        let r = match kind {
-            Kind::Pool { block } => self.region.place(
-                offset,
-                len,
-                Backing::Pool {
-                    fd: ctx.pool,
-                    offset: block * PAGE_BYTES,
-                    shared: self.flags.shared,
-                    huge: ctx.huge,
-                },
-                writable,
-            ),
-            Kind::Served { .. } => match ctx.uffd {
-                Some(uffd) => self
-                    .region
-                    .place(offset, len, Backing::Anon, true)
-                    .and_then(|()| self.region.register(uffd, offset, len)),
-                None => Err(Errno::EOPNOTSUPP.into()),
-            },
-            Kind::Zero => self.region.place(offset, len, Backing::Anon, writable),
-            Kind::Sigbus => self.sigbus_place(offset, len),
-            Kind::Nothing => self.region.place(offset, len, Backing::Nothing, false),
-        };
-        match r {
-            Ok(()) => {
-                self.changed();
-                placed.runs.set(start, pages, kind);
+    /// [`MapInner::show`] for a client's mapping: the dirty pieces, batched.
+    fn show_remote(
+        &self,
+        space: &Arc<dyn RemoteSpace>,
+        placed: &mut Placed,
+        want: &[(u64, u64, Kind)],
+    ) {
+        if placed.broken {
+            // Fenced: it is sent nothing more; what it may reach is held.
+            return;
+        }
+        let mut pieces: Vec<RemotePiece> = Vec::new();
+        for &(start, pages, kind) in want {
+            for (ds, dn) in placed.runs.dirty(start, pages, kind) {
+                pieces.push(RemotePiece {
+                    page: ds,
+                    pages: dn,
+                    kind: kind.advance(ds - start).into(),
+                });
             }
-            Err(e) => {
-                tracing::error!(target: "pinfs::map", map = self.id, start, pages, ?kind, error = %e, "placing pages failed; they raise SIGBUS instead");
-                let fallback = self
-                    .sigbus_place(offset, len)
-                    .map(|()| Kind::Sigbus)
-                    .or_else(|_| {
-                        self.region
-                            .place(offset, len, Backing::Nothing, false)
-                            .map(|()| Kind::Nothing)
-                    });
-                match fallback {
-                    Ok(k) => {
-                        self.changed();
-                        placed.runs.set(start, pages, k);
+        }
+        for batch in pieces.chunks(MAX_PLACE_PIECES) {
+            match space.place(self.id, batch) {
+                Ok(()) => {
+                    for p in batch {
+                        // Checked when sent: pool offsets are block offsets.
+                        if let Ok(k) = p.kind.to_kind() {
+                            placed.runs.set(p.page, p.pages, k);
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(target: "pinfs::map", map = self.id, start, pages, error = %e, "cannot even make pages inaccessible: mapping broken, the blocks they reach stay busy until munmap");
-                        self.stuck(placed, start, pages);
-                    }
+                }
+                Err(e) => {
+                    tracing::error!(target: "pinfs::map", map = self.id, ino = self.ino, error = %e, "a client did not acknowledge a placement: mapping broken, every block it may reach stays busy until it is dropped");
+                    // The client may show anything it was ever told: the
+                    // runs it acknowledged, and any of the pieces not
+                    // acknowledged (applied or not).
+                    let pending: Vec<(u64, u64, Kind)> = pieces
+                        .iter()
+                        .filter_map(|p| Some((p.page, p.pages, p.kind.to_kind().ok()?)))
+                        .collect();
+                    self.stuck_remote(placed, &pending);
+                    return;
                 }
             }
         }
     }
 
-    /// Pages `start..start+pages` could not be changed: they still show what
-    /// `placed.runs` says. Record the pool blocks they reach and mark the
-    /// mapping broken.
+    /// Pages `start..start+pages` of a local mapping could not be changed:
+    /// they still show what `placed.runs` says. Record the pool blocks they
+    /// reach and mark the mapping broken.
     fn stuck(&self, placed: &mut Placed, start: u64, pages: u64) {
-        if !placed.broken {
-            placed.broken = true;
-            self.broken_maps
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.mark_broken(placed);
         for (_, n, kind) in placed.runs.pieces(start, start + pages) {
             if let Kind::Pool { block } = kind {
                 placed.held.push((block, n));
@@ -390,50 +397,46 @@ impl MapInner {
         }
     }
 
-    fn sigbus_place(&self, offset: u64, len: u64) -> Result<()> {
-        self.region.place(
-            offset,
-            len,
-            Backing::Sigbus {
-                fd: self.sigbus.as_fd(),
-            },
-            true,
-        )
+    /// A client's mapping could not be placed: it may reach every pool
+    /// block its runs say and every one of `pending` — shown, or copied by
+    /// the client's own fault service (`Served` copies are read from the
+    /// pool by the client, unlike a local mapping's, which the file system
+    /// reads under its lock).
+    fn stuck_remote(&self, placed: &mut Placed, pending: &[(u64, u64, Kind)]) {
+        self.mark_broken(placed);
+        let shown = placed.runs.pieces(0, self.pages);
+        for &(_, n, kind) in shown.iter().chain(pending) {
+            if let Kind::Pool { block }
+            | Kind::Served {
+                copy_of: Some(block),
+            } = kind
+            {
+                placed.held.push((block, n));
+            }
+        }
     }
 
-    /// Count a fault of `page` by thread `ptid`: whether that thread has
-    /// now faulted on the page more than [`MAX_FAULTS_WITHOUT_PROGRESS`]
-    /// times with nothing in the mapping changing in between — a fault that
-    /// can never be served, whose thread must get `SIGBUS` rather than spin.
-    pub(crate) fn refault(&self, ptid: u32, page: u64) -> bool {
-        let now = self.progress.load(std::sync::atomic::Ordering::Acquire);
-        let mut r = self.refaults.lock();
-        if r.len() >= MAX_TRACKED_REFAULTS && !r.contains_key(&(ptid, page)) {
-            r.clear();
+    fn mark_broken(&self, placed: &mut Placed) {
+        if !placed.broken {
+            placed.broken = true;
+            self.broken_maps
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        let e = r.entry((ptid, page)).or_insert((now, 0));
-        if e.0 != now {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > MAX_FAULTS_WITHOUT_PROGRESS {
-            r.remove(&(ptid, page));
-            return true;
-        }
-        false
     }
 
-    /// A page changed (placed, or filled by a served copy): progress (see
-    /// [`MapInner::refault`]).
+    /// A page changed: progress for the fault service (see
+    /// [`LocalPages::refault`]).
     pub(crate) fn changed(&self) {
-        self.progress
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(l) = self.local() {
+            l.changed();
+        }
     }
 
     /// The `MAP_DIRECT` lease was lost at lease-break-time: every page now
     /// raises `SIGBUS`, for good (SPEC §5.2). A range that can be neither
     /// made `SIGBUS` nor inaccessible breaks the mapping (its blocks are
-    /// held by the next release, `fs/mmap.rs`).
+    /// held by the next release, `fs/mmap.rs`); so does a client that does
+    /// not acknowledge.
     pub(crate) fn invalidate(&self) {
         let mut placed = self.placed.lock();
         if placed.dead || placed.invalidated {
@@ -442,11 +445,17 @@ impl MapInner {
         placed.invalidated = true;
         tracing::warn!(target: "pinfs::map", map = self.id, ino = self.ino, "MAP_DIRECT lease lost at lease-break-time: mapping invalidated");
         let pages = self.pages();
-        match self.sigbus_place(0, pages * PAGE_BYTES) {
+        let local = match &self.space {
+            Space::Local(l) => l,
+            Space::Remote(space) => {
+                return self.show_remote(space, &mut placed, &[(0, pages, Kind::Sigbus)]);
+            }
+        };
+        match local.sigbus_place(0, pages * PAGE_BYTES) {
             Ok(()) => placed.runs.set(0, pages, Kind::Sigbus),
             Err(e) => {
                 tracing::error!(target: "pinfs::map", map = self.id, error = %e, "invalidation: SIGBUS placement failed; making the range inaccessible");
-                if self
+                if local
                     .region
                     .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
                     .is_ok()
@@ -462,21 +471,28 @@ impl MapInner {
     /// The guard dropped: nothing stays reachable through the range, even
     /// while a fault being answered still holds a reference. Returns whether
     /// it worked; if not, the pages keep reaching what they reached (the
-    /// held blocks of a broken mapping must then stay busy for good).
+    /// held blocks of a broken mapping must then stay busy for good). A
+    /// client's mapping is dropped only once the client can no longer reach
+    /// it (`RemoteMapping`): nothing to do but forget it.
     pub(crate) fn tear_down(&self) -> bool {
         let mut placed = self.placed.lock();
         let pages = self.pages();
-        // A whole-region placement splits no VMA outside the region, so it
-        // is the placement most likely to succeed.
-        let ok = match self
-            .region
-            .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a mapping failed");
-                self.stuck(&mut placed, 0, pages);
-                false
+        let ok = match &self.space {
+            Space::Remote(_) => true,
+            // A whole-region placement splits no VMA outside the region, so
+            // it is the placement most likely to succeed.
+            Space::Local(local) => {
+                match local
+                    .region
+                    .place(0, pages * PAGE_BYTES, Backing::Nothing, false)
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a mapping failed");
+                        self.stuck(&mut placed, 0, pages);
+                        false
+                    }
+                }
             }
         };
         placed.runs.set(0, pages, Kind::Nothing);
@@ -484,7 +500,6 @@ impl MapInner {
         ok
     }
 }
-
 /// A live mapping of a file range (SPEC §5); dropping it unmaps it and
 /// releases its `MAP_DIRECT` lease.
 ///
@@ -523,7 +538,9 @@ impl std::fmt::Debug for Mapping {
 impl Mapping {
     /// First byte of the mapping (file offset [`Mapping::file_offset`]).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.inner.region.base() as *mut u8
+        self.inner
+            .local()
+            .map_or(std::ptr::null_mut(), |l| l.region.base() as *mut u8)
     }
 
     /// Length in bytes, as asked for (the address range is rounded up to
@@ -568,7 +585,10 @@ impl Mapping {
     /// unshared, the pool has transparent 2 MiB pages
     /// ([`crate::media::MediaCaps::huge_pages`]), and the window has been touched.
     pub fn huge_mapped_bytes(&self) -> Result<u64> {
-        self.inner.region.huge_mapped_bytes()
+        match self.inner.local() {
+            Some(l) => l.region.huge_mapped_bytes(),
+            None => Ok(0),
+        }
     }
 
     /// Test-only fault injection: the next `skip` placements of pages in
@@ -577,7 +597,9 @@ impl Mapping {
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn inject_placement_failures_for_tests(&self, skip: u64, fail: u64) {
-        self.inner.region.inject_placement_failures(skip, fail);
+        if let Some(l) = self.inner.local() {
+            l.region.inject_placement_failures(skip, fail);
+        }
     }
 
     /// Test-only fault injection: the mapping's address range is poisoned,
@@ -586,7 +608,9 @@ impl Mapping {
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn poison_region_for_tests(&self) {
-        self.inner.region.poison();
+        if let Some(l) = self.inner.local() {
+            l.region.poison();
+        }
     }
 
     /// Test-only fault injection: the next `n` placements of pages in this
@@ -595,7 +619,9 @@ impl Mapping {
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn inject_silent_placements_for_tests(&self, n: u64) {
-        self.inner.region.inject_silent_placements(n);
+        if let Some(l) = self.inner.local() {
+            l.region.inject_silent_placements(n);
+        }
     }
 
     /// Whether some page of the mapping could not be re-placed (nor made to
@@ -611,6 +637,72 @@ impl Mapping {
             _ => Err(Errno::EINVAL.into()),
         }
     }
+}
+
+/// What a copy through a mapping (`read`/`write`, local or in a client)
+/// does with one run of pages.
+pub(crate) enum Step {
+    /// Copy through the address range (pool blocks, private memory).
+    Copy,
+    /// Answer from the source, without touching the page (served reads):
+    /// zeros, or the pool block given.
+    Source(Option<u64>),
+    /// Ask the file system for a block first (served writes).
+    Fault,
+}
+
+/// Walk `[offset, offset+len)` of a mapping run by run, as its `read` or
+/// `write` does. `locked` runs its argument on the runs with the locks
+/// that make the copy of each run a short-term pin (SPEC §4.1: no layout
+/// change can free a block — no re-placement can be acknowledged — while
+/// it is copied); `each` copies one run (at, len, step) under them. No copy
+/// made under the locks may fault into a fault service, which would need
+/// them: served pages are answered from their source, or (writes) faulted
+/// first through `fault` with the locks dropped. `EFAULT` where an access
+/// would raise `SIGBUS`; `EAGAIN` if a page keeps needing a fault.
+pub(crate) fn walk_pages(
+    offset: u64,
+    len: u64,
+    write: bool,
+    mut locked: impl FnMut(&mut dyn FnMut(&Runs) -> Result<Option<u64>>) -> Result<Option<u64>>,
+    mut each: impl FnMut(u64, u64, Step) -> Result<()>,
+    mut fault: impl FnMut(u64) -> Result<()>,
+) -> Result<()> {
+    let end = offset.checked_add(len).ok_or(Errno::EINVAL)?;
+    let mut at = offset;
+    let mut faults = 0;
+    while at < end {
+        let page = at / PAGE_BYTES;
+        let fault_page = locked(&mut |runs: &Runs| {
+            let pieces = runs.pieces(page, end.div_ceil(PAGE_BYTES));
+            let Some(&(s, n, kind)) = pieces.first() else {
+                return Err(Errno::EFAULT.into());
+            };
+            let to = end.min((s + n) * PAGE_BYTES);
+            let step = match kind {
+                Kind::Pool { .. } | Kind::Zero => Step::Copy,
+                Kind::Served { .. } if write => Step::Fault,
+                Kind::Served { copy_of } => Step::Source(copy_of),
+                Kind::Sigbus | Kind::Nothing => return Err(Errno::EFAULT.into()),
+            };
+            if let Step::Fault = step {
+                return Ok(Some(page));
+            }
+            each(at, to - at, step)?;
+            at = to;
+            Ok(None)
+        })?;
+        if let Some(page) = fault_page {
+            faults += 1;
+            if faults > 8 {
+                return Err(Errno::EAGAIN.into());
+            }
+            fault(page)?;
+        } else {
+            faults = 0;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -96,6 +96,24 @@ impl Runs {
         out
     }
 
+    /// The sub-runs of `start..start+pages` (clipped to the mapping) whose
+    /// pages do not show what a run of `kind` starting at `start` would
+    /// show: (first page, pages), merged, in order. Placing just these keeps
+    /// re-placement proportional to what changed.
+    pub(crate) fn dirty(&self, start: u64, pages: u64, kind: Kind) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (s, n, have) in self.pieces(start, start + pages) {
+            if have == kind.advance(s - start) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((ds, dn)) if *ds + *dn == s => *dn += n,
+                _ => out.push((s, n)),
+            }
+        }
+        out
+    }
+
     fn split_at(&mut self, at: u64) {
         if let Some((&s, &(n, k))) = self.map.range(..at).next_back() {
             if at < s + n {
@@ -170,5 +188,15 @@ mod tests {
         );
         r.set(8, 5, Kind::Zero);
         assert_eq!(r.pieces(7, 100).len(), 2);
+        // Only the pages that differ are dirty, merged into runs.
+        let mut r = Runs::new(10, Kind::Nothing);
+        r.set(2, 2, Kind::Pool { block: 7 });
+        r.set(5, 1, Kind::Pool { block: 10 });
+        assert_eq!(
+            r.dirty(0, 10, Kind::Pool { block: 5 }),
+            vec![(0, 2), (4, 1), (6, 4)]
+        );
+        assert_eq!(r.dirty(2, 2, Kind::Pool { block: 7 }), vec![]);
+        assert_eq!(r.dirty(8, 5, Kind::Nothing), vec![]);
     }
 }

@@ -49,11 +49,12 @@ impl Fs {
         let mut st = self.state.write();
         st.maps.service_lost = true;
         for m in st.maps.all() {
-            if !m.served() {
+            // A client's mapping is served by the client's own service.
+            let Some(local) = m.local().filter(|_| m.served()) else {
                 continue;
-            }
+            };
             place_range(&st, &*self.media, &m, 0, m.pages());
-            uffd.wake(m.region.base(), m.region.len());
+            uffd.wake(local.region.base(), local.region.len());
         }
     }
 
@@ -129,14 +130,7 @@ impl Fs {
         if let Some(fd) = self.state.read().maps.sigbus.clone() {
             return Ok(fd);
         }
-        use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create(
-            "pinfs-sigbus",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| Error::media("memfd_create", e.into()))?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
-            .map_err(|e| Error::media("seal the SIGBUS memfd", e.into()))?;
+        let fd = sigbus_memfd()?;
         let mut st = self.state.write();
         Ok(st.maps.sigbus.get_or_insert_with(|| Arc::new(fd)).clone())
     }
@@ -146,12 +140,16 @@ impl Fs {
     fn serve_fault(&self, uffd: &Uffd, fault: Fault) {
         let addr = page_of(fault.address);
         let found = self.state.read().maps.find(addr);
-        let Some(m) = found else {
+        let Some((m, local)) = found.and_then(|m| {
+            let local = m.local()?;
+            let base = local.region.base();
+            Some((m.clone(), base))
+        }) else {
             uffd.wake(addr, PAGE_BYTES);
             return;
         };
-        let page = (addr - m.region.base()) as u64 / PAGE_BYTES;
-        if m.refault(fault.ptid, page) {
+        let page = (addr - local) as u64 / PAGE_BYTES;
+        if m.local().is_some_and(|l| l.refault(fault.ptid, page)) {
             // The page keeps faulting while nothing changes: what the kernel
             // sees and what the placement says disagree, and no answer here
             // would end it. The kernel's own answer to such a fault.
@@ -283,10 +281,9 @@ impl Fs {
     /// answered); the next re-placement of the page recomputes it.
     pub(super) fn sigbus_page(&self, m: &MapInner, page: u64) {
         let st = self.state.read();
-        if let Some(ctx) = place_ctx(&st, &*self.media) {
-            let mut placed = m.placed.lock();
-            m.apply(&mut placed, page, 1, Kind::Sigbus, &ctx);
-        }
+        let ctx = place_ctx(&st, &*self.media);
+        let mut placed = m.placed.lock();
+        m.show(&mut placed, &[(page, 1, Kind::Sigbus)], ctx.as_ref());
     }
 }
 
@@ -306,7 +303,7 @@ enum Need {
 /// below end of file, and none of its blocks is allocated.
 fn huge_window(st: &FsState, m: &MapInner, fb: u64) -> Option<(u64, u64)> {
     let first = m.file_offset / BLOCK_SIZE;
-    let pages = m.region.len() / PAGE_BYTES;
+    let pages = m.pages();
     let w0 = fb - fb % HUGE_BLOCKS;
     let w1 = w0 + HUGE_BLOCKS;
     let inode = st.inode(m.ino).ok()?;
