@@ -139,12 +139,7 @@ impl Events {
             if let Some(ev) = self.take(&mut st)? {
                 return Ok(Some(ev));
             }
-            if self
-                .shared
-                .ready
-                .wait_until(&mut st, deadline)
-                .timed_out()
-            {
+            if self.shared.ready.wait_until(&mut st, deadline).timed_out() {
                 return self.take(&mut st);
             }
         }

@@ -57,7 +57,9 @@ pub struct ConnectOptions {
     /// The signal the daemon sends this process when one of its leases is
     /// being broken: `None` for `SIGIO` (the default, as without
     /// `F_SETSIG`), `Some(0)` for none (events only), `Some(sig)` for
-    /// another (a realtime signal carries the lease id as its value).
+    /// another (a realtime signal carries the lease id as its value). As
+    /// with Linux leases, the process must handle or ignore the signal: the
+    /// default action of `SIGIO` terminates it.
     pub signal: Option<i32>,
 }
 
@@ -154,11 +156,8 @@ impl Client {
         )
         .map_err(|e| proto_error(&e))?;
         pinfs_proto::send_frame(&sock, &hello).map_err(|e| proto_error(&e))?;
-        let mut reader = FrameReader::new(
-            sock.try_clone().map_err(|e| io_error(&e))?,
-            MAX_FRAME,
-            1,
-        );
+        let mut reader =
+            FrameReader::new(sock.try_clone().map_err(|e| io_error(&e))?, MAX_FRAME, 1);
         let mut frame = reader.read_frame().map_err(|e| proto_error(&e))?;
         let welcome = match decode::<DaemonMsg>(&frame.payload).map_err(|e| proto_error(&e))? {
             DaemonMsg::Welcome(w) if w.version == PROTOCOL_VERSION => w,
@@ -440,7 +439,9 @@ impl Conn {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().insert(id, Slot::Discard);
-        if self.send(&ClientMsg::Request { id, op }).is_err() && self.pending.lock().remove(&id).is_some() {
+        if self.send(&ClientMsg::Request { id, op }).is_err()
+            && self.pending.lock().remove(&id).is_some()
+        {
             self.give_inflight();
         }
     }
@@ -556,9 +557,7 @@ impl RemoteFile {
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done).min(MAX_IO);
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or(Errno::EINVAL)?;
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
             let data = match self.client.call(Op::Pread {
                 file: self.id,
                 offset: at,
@@ -582,9 +581,7 @@ impl RemoteFile {
         let mut done = 0usize;
         loop {
             let chunk = &data[done..(done + MAX_IO).min(data.len())];
-            let at = offset
-                .checked_add(done as u64)
-                .ok_or(Errno::EINVAL)?;
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
             let n = match self.client.call(Op::Pwrite {
                 file: self.id,
                 offset: at,

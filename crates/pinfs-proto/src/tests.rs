@@ -392,7 +392,10 @@ fn oversized_truncated_and_closed_are_told_apart() {
     ));
     let (mut w, mut r) = reader_pair(1024, 0);
     w.write_all(&1025u32.to_le_bytes()).unwrap();
-    assert!(matches!(r.read_frame(), Err(ProtoError::TooLarge { len: 1025, .. })));
+    assert!(matches!(
+        r.read_frame(),
+        Err(ProtoError::TooLarge { len: 1025, .. })
+    ));
     let (mut w, mut r) = reader_pair(1024, 0);
     w.write_all(&100u32.to_le_bytes()).unwrap();
     w.write_all(&[0; 10]).unwrap();

@@ -9,7 +9,7 @@
 //!
 //! # Sessions
 //!
-//! Each connection is a session ([`session`]): the peer's `SO_PEERCRED`
+//! Each connection is a session (`session.rs`): the peer's `SO_PEERCRED`
 //! (pid, uid, gid), a pidfd of its process, and a credential
 //! `Cred{uid, gid, owner}` with an owner number of its own, under which
 //! every operation runs — so the core's permission checks apply to the
@@ -263,7 +263,9 @@ impl Server {
                         .spawn(move || session::run(shared, id, stream))
                     {
                         Ok(h) => threads.push(h),
-                        Err(e) => tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread"),
+                        Err(e) => {
+                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread")
+                        }
                     }
                     threads.retain(|h| !h.is_finished());
                 }

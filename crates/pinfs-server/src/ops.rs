@@ -13,7 +13,11 @@ use crate::session::{OpenFile, Session};
 use crate::{Shared, MAX_FILES_PER_CLIENT, MAX_PINS_PER_CLIENT};
 
 /// Runs `op` for `session`: the reply, or the errno of the failure.
-pub(crate) fn run(shared: &Arc<Shared>, session: &Session, op: Op) -> std::result::Result<Reply, i32> {
+pub(crate) fn run(
+    shared: &Arc<Shared>,
+    session: &Session,
+    op: Op,
+) -> std::result::Result<Reply, i32> {
     let name = op.name();
     handle(shared, session, op).map_err(|e| {
         tracing::debug!(target: "pinfs::server", client = session.id, op = name, error = %e, "request failed");
@@ -76,8 +80,14 @@ fn handle(shared: &Arc<Shared>, session: &Session, op: Op) -> Result<Reply> {
             mode,
             offset,
             len,
-        } => with(file, &|h| h.fallocate(mode, offset, len).map(|()| Reply::Done)),
-        Op::Reflink { file: dst, src, range } => {
+        } => with(file, &|h| {
+            h.fallocate(mode, offset, len).map(|()| Reply::Done)
+        }),
+        Op::Reflink {
+            file: dst,
+            src,
+            range,
+        } => {
             let s = file(session, src)?;
             with(dst, &|h| h.reflink(&s.handle, range).map(|()| Reply::Done))
         }

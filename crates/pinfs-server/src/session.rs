@@ -194,7 +194,16 @@ impl Session {
             return false;
         };
         let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        matches!(poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
+        matches!(
+            poll(
+                &mut fds,
+                Some(&rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0
+                })
+            ),
+            Ok(0)
+        )
     }
 
     /// Queues a request for a worker, starting one when none is idle.
@@ -251,7 +260,8 @@ impl Session {
     /// frame and a signal; a layout lease lost at lease-break-time fences.
     fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
         if self.signal != 0 {
-            if let Err(e) = pinfs::lease::notify::queue_signal(self.pid, self.signal, ev.lease.id.0) {
+            if let Err(e) = pinfs::lease::notify::queue_signal(self.pid, self.signal, ev.lease.id.0)
+            {
                 tracing::debug!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot signal client");
             }
         }

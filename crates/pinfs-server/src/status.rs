@@ -61,7 +61,11 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     .filter(|l| l.owner.0 == owner)
                     .map(|l| l.id)
                     .collect(),
-                pins: pins.iter().filter(|p| p.owner == owner).map(|p| p.id).collect(),
+                pins: pins
+                    .iter()
+                    .filter(|p| p.owner == owner)
+                    .map(|p| p.id)
+                    .collect(),
                 registrations: registrations
                     .iter()
                     .filter(|r| r.owner == owner)

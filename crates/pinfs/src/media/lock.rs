@@ -38,7 +38,7 @@ use crate::{Error, Result};
 
 /// The hint every refusal ends with: how to share a pool between processes.
 pub const SHARE_HINT: &str =
-    "a pool is used by one process at a time: stop the holder first (sharing a pool among processes needs the daemon, `pinfs serve`, not yet available)";
+    "a pool is used by one process at a time: stop the holder first (to share a pool among processes, serve it: `pinfs serve POOL --socket PATH`)";
 
 /// Lock the pool behind `fd` (opened from `path`) for this descriptor alone.
 ///
