@@ -36,7 +36,11 @@ fn sixty_four_clients_killed_at_random_leave_nothing_behind() {
         rng ^= rng << 17;
         rng
     };
-    let d = Daemon::start(TruncatePolicy::Defer, Duration::from_millis(500), Fence::Kill);
+    let d = Daemon::start(
+        TruncatePolicy::Defer,
+        Duration::from_millis(500),
+        Fence::Kill,
+    );
     let mut procs = Vec::new();
     let mut ignoring = Vec::new();
     for i in 0..CLIENTS {

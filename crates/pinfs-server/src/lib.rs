@@ -180,6 +180,10 @@ pub(crate) struct Shared {
     /// Test switch: fencing kills nobody (the negative control).
     #[cfg(feature = "negative-controls")]
     pub(crate) fencing_disabled: AtomicBool,
+    /// Test switch: a session that ends releases nothing (the negative
+    /// control of the many-clients test).
+    #[cfg(feature = "negative-controls")]
+    pub(crate) cleanup_disabled: AtomicBool,
 }
 
 impl Shared {
@@ -187,6 +191,17 @@ impl Shared {
         #[cfg(feature = "negative-controls")]
         {
             self.fencing_disabled.load(Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "negative-controls"))]
+        {
+            false
+        }
+    }
+
+    pub(crate) fn cleanup_disabled(&self) -> bool {
+        #[cfg(feature = "negative-controls")]
+        {
+            self.cleanup_disabled.load(Ordering::Relaxed)
         }
         #[cfg(not(feature = "negative-controls"))]
         {
@@ -224,6 +239,8 @@ impl Server {
                 stop: Mutex::new(None),
                 #[cfg(feature = "negative-controls")]
                 fencing_disabled: AtomicBool::new(false),
+                #[cfg(feature = "negative-controls")]
+                cleanup_disabled: AtomicBool::new(false),
             }),
         }
     }
@@ -317,5 +334,13 @@ impl Server {
     #[doc(hidden)]
     pub fn disable_fencing_for_tests(&self) {
         self.shared.fencing_disabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Test-only negative control: a client that disconnects or dies keeps
+    /// everything it held (handles, leases, pins) and stays listed.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_cleanup_for_tests(&self) {
+        self.shared.cleanup_disabled.store(true, Ordering::Relaxed);
     }
 }

@@ -483,6 +483,10 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
+    if shared.cleanup_disabled() {
+        tracing::warn!(target: TARGET, client = session.id, pid = session.pid, "cleanup disabled (test switch): everything the client held stays");
+        return;
+    }
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.

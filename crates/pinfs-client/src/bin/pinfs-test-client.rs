@@ -223,9 +223,9 @@ fn chaos(client: &Client, seed: u64, ops: u64, ignore: bool) {
                 }
                 files.push(f);
             }),
-            2 | 3 => files
-                .get(pick)
-                .map_or(Ok(()), |f| f.pwrite(off, &vec![seed as u8; len as usize]).map(drop)),
+            2 | 3 => files.get(pick).map_or(Ok(()), |f| {
+                f.pwrite(off, &vec![seed as u8; len as usize]).map(drop)
+            }),
             4 => files.get(pick).map_or(Ok(()), |f| {
                 let mut b = vec![0u8; len as usize];
                 f.pread(off, &mut b).map(drop)
@@ -234,9 +234,7 @@ fn chaos(client: &Client, seed: u64, ops: u64, ignore: bool) {
                 f.set_lease(LeaseSpec::layout_shared().nonblocking())
                     .map(|id| leases.push(id))
             }),
-            6 => leases
-                .pop()
-                .map_or(Ok(()), |id| client.release_lease(id)),
+            6 => leases.pop().map_or(Ok(()), |id| client.release_lease(id)),
             7 => files.get(pick).map_or(Ok(()), |f| {
                 let spec = LeaseSpec::layout_shared()
                     .unbreakable()

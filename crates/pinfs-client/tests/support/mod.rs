@@ -89,9 +89,15 @@ impl Daemon {
     }
 
     pub fn spawn_as(&self, ids: Option<(u32, u32)>, cmds: &[&str]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pinfs-test-client"));
+        self.spawn_program(env!("CARGO_BIN_EXE_pinfs-test-client"), ids, cmds)
+    }
+
+    /// A process of `program` (a client binary of this package) given the
+    /// socket and then `args`.
+    pub fn spawn_program(&self, program: &str, ids: Option<(u32, u32)>, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(program);
         cmd.arg(&self.socket)
-            .args(cmds)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((uid, gid)) = ids {
@@ -189,6 +195,15 @@ impl Proc {
             }
         }
         panic!("neither `{prefix}` nor an exit; saw {:?}", self.seen)
+    }
+
+    /// Every line the process printed, once it has exited (its output
+    /// ends): what was already seen and the rest.
+    pub fn all_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     pub fn pid(&self) -> i32 {
