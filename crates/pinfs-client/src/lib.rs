@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 mod events;
+mod maps;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -48,6 +49,7 @@ use pinfs_proto::{
 };
 
 pub use events::{Events, MAX_QUEUED_EVENTS};
+pub use maps::{ClientMap, RemoteRegistration};
 pub use pinfs::lease::BreakEvent;
 pub use pinfs_proto::{ClientStatus, HandleStatus, LeaseSpec, RegistrationStatus, Status};
 
@@ -100,6 +102,11 @@ struct Conn {
     welcome: Welcome,
     pool_fd: OwnedFd,
     daemon_pid: i32,
+    /// This connection's mappings by their number, for the reader thread
+    /// to apply `Place`s to (`maps.rs`).
+    maps: Mutex<HashMap<u64, std::sync::Weak<pinfs::map::client::ClientMapping>>>,
+    /// The pool's descriptor shared by the mappings (`maps.rs`).
+    map_pool: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 struct Inner {
@@ -189,6 +196,8 @@ impl Client {
             welcome,
             pool_fd,
             daemon_pid,
+            maps: Mutex::new(HashMap::new()),
+            map_pool: Mutex::new(None),
         });
         let reader_conn = Arc::clone(&conn);
         let handle = std::thread::Builder::new()
@@ -472,6 +481,12 @@ impl Conn {
                     }
                 }
                 DaemonMsg::Event(ev) => self.events.push(ev),
+                DaemonMsg::Place { map, token, pieces } => {
+                    // Applied and acknowledged here, never behind a reply.
+                    if let Err(reason) = self.place(map, token, &pieces) {
+                        break reason;
+                    }
+                }
                 DaemonMsg::Bye { reason } => break format!("the daemon said goodbye: {reason}"),
                 DaemonMsg::Welcome(_) => break "a second Welcome from the daemon".to_owned(),
             }
@@ -487,6 +502,8 @@ impl Conn {
             }
         }
         self.inflight_freed.notify_all();
+        // Nobody re-places this process's mappings any more.
+        self.orphan_mappings();
         self.events.close(reason);
     }
 }

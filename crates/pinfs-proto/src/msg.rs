@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use pinfs::alloc::Run;
+use pinfs::dma::{Completion, MrKeys, RevokeMode};
 use pinfs::fs::{DirEntry, FallocMode, FiemapExtent, OpenFlags, Stat, StatFs, TruncatePolicy};
 use pinfs::lease::{BreakEvent, ByteRange, FileKey, LeaseId, LeaseInfo, LeaseRequest, LeaseType};
+use pinfs::map::RemotePiece;
 use pinfs::pin::{PinId, PinInfo};
 use serde::{Deserialize, Serialize};
 
@@ -324,6 +326,94 @@ pub enum Op {
     },
     /// Everything `pinfs stat --socket` prints → `Reply::Status`.
     Status,
+    /// `Handle::mmap_remote` of `[offset, offset+len)` of `file` into the
+    /// client's mapping `map` (the client's number for it, unique on the
+    /// connection; the client has reserved it and applies `Place`s for it
+    /// from before sending this) with raw `MAP_*` bits (SPEC §5.1:
+    /// `MapFlags::from_raw`) → `Reply::Mapped`. The first `Place` for it
+    /// arrives before the reply.
+    Mmap {
+        /// Which file.
+        file: FileId,
+        /// The client's mapping.
+        map: u64,
+        /// File offset (page-aligned).
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// Raw `mmap` flag bits.
+        flags: u32,
+        /// `PROT_READ` only.
+        read_only: bool,
+    },
+    /// The client tore mapping `map` down: the daemon forgets it.
+    Munmap {
+        /// The client's mapping.
+        map: u64,
+    },
+    /// A store faulted on page `page` of mapping `map` (`RemoteMapping::
+    /// write_fault`); answered once the page's `Place` was acknowledged.
+    Fault {
+        /// The client's mapping.
+        map: u64,
+        /// Page of the mapping.
+        page: u64,
+    },
+    /// `persist` of `[offset, offset+len)` of mapping `map`.
+    Persist {
+        /// The client's mapping.
+        map: u64,
+        /// Offset into the mapping.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// A long-term pin through mapping `map` → `Reply::Pinned`.
+    MapPin {
+        /// The client's mapping.
+        map: u64,
+        /// Offset into the mapping.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Register `[offset, offset+len)` of mapping `map` with the daemon's
+    /// soft RDMA device → `Reply::Registered`.
+    Register {
+        /// The client's mapping.
+        map: u64,
+        /// Offset into the mapping (page-aligned).
+        offset: u64,
+        /// Bytes (page-aligned).
+        len: u64,
+        /// How the device is revoked.
+        mode: RevokeMode,
+    },
+    /// Deregister one of the client's registrations.
+    Deregister {
+        /// Which.
+        reg: u64,
+    },
+    /// The device writes `data` at `offset` of registration `reg` (a peer's
+    /// RDMA write) → `Reply::Dma`.
+    DmaWrite {
+        /// Which registration.
+        reg: u64,
+        /// Offset into it.
+        offset: u64,
+        /// At most [`MAX_IO`] bytes.
+        data: Vec<u8>,
+    },
+    /// The device reads `len` bytes at `offset` of registration `reg` →
+    /// `Reply::Dma`.
+    DmaRead {
+        /// Which registration.
+        reg: u64,
+        /// Offset into it.
+        offset: u64,
+        /// At most [`MAX_IO`] bytes.
+        len: u64,
+    },
 }
 
 /// What a successful operation returns.
@@ -365,6 +455,26 @@ pub enum Reply {
     },
     /// `Status`.
     Status(Box<Status>),
+    /// `Mmap`: the daemon's id of the mapping (as pin listings show it).
+    Mapped {
+        /// `RemoteMapping::id`.
+        id: u64,
+    },
+    /// `Register`: the registration and its device addresses and keys.
+    Registered {
+        /// Its id.
+        reg: u64,
+        /// Device addresses and keys.
+        keys: MrKeys,
+    },
+    /// `DmaWrite`, `DmaRead`: how the device access completed, and the
+    /// bytes read (empty for a write, or when it did not complete `Ok`).
+    Dma {
+        /// The completion's status.
+        completion: Completion,
+        /// Bytes read.
+        data: Vec<u8>,
+    },
 }
 
 /// What the daemon tells a client at connection.
@@ -404,6 +514,20 @@ pub enum DaemonMsg {
     Bye {
         /// One line.
         reason: String,
+    },
+    /// Make the client's mapping `map` show `pieces` (at most
+    /// `pinfs::map::MAX_PLACE_PIECES`), then acknowledge with
+    /// `ClientMsg::Ack { token }` — applied by the client's reader thread
+    /// directly, never queued behind a request: the daemon waits for it
+    /// under its state lock, up to lease-break-time, and fences a client
+    /// that does not acknowledge.
+    Place {
+        /// The client's mapping.
+        map: u64,
+        /// What the acknowledgement names.
+        token: u64,
+        /// Runs of pages and what they show.
+        pieces: Vec<RemotePiece>,
     },
 }
 
@@ -544,7 +668,20 @@ impl Op {
                 check_path(from)?;
                 check_path(to)
             }
+            Op::DmaWrite { data, .. } => bound("dma-write data", data.len(), MAX_IO),
+            Op::DmaRead { len, .. } => bound(
+                "dma-read length",
+                usize::try_from(*len).unwrap_or(usize::MAX),
+                MAX_IO,
+            ),
             Op::Close { .. }
+            | Op::Mmap { .. }
+            | Op::Munmap { .. }
+            | Op::Fault { .. }
+            | Op::Persist { .. }
+            | Op::MapPin { .. }
+            | Op::Register { .. }
+            | Op::Deregister { .. }
             | Op::Truncate { .. }
             | Op::Fallocate { .. }
             | Op::Reflink { .. }
@@ -592,6 +729,15 @@ impl Op {
             Op::PinLongTerm { .. } => "pin_long_term",
             Op::Unpin { .. } => "unpin",
             Op::Status => "status",
+            Op::Mmap { .. } => "mmap",
+            Op::Munmap { .. } => "munmap",
+            Op::Fault { .. } => "fault",
+            Op::Persist { .. } => "persist",
+            Op::MapPin { .. } => "map_pin",
+            Op::Register { .. } => "register",
+            Op::Deregister { .. } => "deregister",
+            Op::DmaWrite { .. } => "dma_write",
+            Op::DmaRead { .. } => "dma_read",
         }
     }
 }

@@ -48,6 +48,7 @@
 
 #![deny(unsafe_code)]
 
+mod maps;
 mod ops;
 mod session;
 mod status;
@@ -64,6 +65,7 @@ use pinfs::fs::Fs;
 use pinfs::{Errno, Error, Result};
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
+pub use maps::{MAX_MAPPINGS_PER_CLIENT, MAX_REGISTRATIONS_PER_CLIENT};
 pub use pinfs_proto::ClientId;
 use session::Session;
 
@@ -177,6 +179,9 @@ pub(crate) struct Shared {
     next_client: AtomicU64,
     /// Set by `serve` for its duration: what deaths are awaited against.
     pub(crate) stop: Mutex<Option<Stop>>,
+    /// The soft RDMA device clients register mappings with, created on
+    /// first use (`maps.rs`).
+    pub(crate) soft_device: Mutex<Option<Arc<dyn pinfs::dma::Device>>>,
     /// Test switch: fencing kills nobody (the negative control).
     #[cfg(feature = "negative-controls")]
     pub(crate) fencing_disabled: AtomicBool,
@@ -237,6 +242,7 @@ impl Server {
                 sessions: Mutex::new(HashMap::new()),
                 next_client: AtomicU64::new(1),
                 stop: Mutex::new(None),
+                soft_device: Mutex::new(None),
                 #[cfg(feature = "negative-controls")]
                 fencing_disabled: AtomicBool::new(false),
                 #[cfg(feature = "negative-controls")]

@@ -15,7 +15,7 @@ use crate::{Shared, MAX_FILES_PER_CLIENT, MAX_PINS_PER_CLIENT};
 /// Runs `op` for `session`: the reply, or the errno of the failure.
 pub(crate) fn run(
     shared: &Arc<Shared>,
-    session: &Session,
+    session: &Arc<Session>,
     op: Op,
 ) -> std::result::Result<Reply, i32> {
     let name = op.name();
@@ -34,7 +34,7 @@ fn file(session: &Session, file: FileId) -> Result<Arc<OpenFile>> {
         .ok_or(Errno::EBADF)?)
 }
 
-fn handle(shared: &Arc<Shared>, session: &Session, op: Op) -> Result<Reply> {
+fn handle(shared: &Arc<Shared>, session: &Arc<Session>, op: Op) -> Result<Reply> {
     let fs = &shared.fs;
     let cred = session.cred;
     let with = |id: FileId, f: &dyn Fn(&Handle) -> Result<Reply>| -> Result<Reply> {
@@ -135,5 +135,14 @@ fn handle(shared: &Arc<Shared>, session: &Session, op: Op) -> Result<Reply> {
             Ok(Reply::Done)
         }
         Op::Status => Ok(Reply::Status(Box::new(crate::status::status(shared)))),
+        op @ (Op::Mmap { .. }
+        | Op::Munmap { .. }
+        | Op::Fault { .. }
+        | Op::Persist { .. }
+        | Op::MapPin { .. }
+        | Op::Register { .. }
+        | Op::Deregister { .. }
+        | Op::DmaWrite { .. }
+        | Op::DmaRead { .. }) => crate::maps::handle(shared, session, op),
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Session {
     pub(crate) disconnected: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
+    /// Its mappings, registrations and placements waiting for `Ack`.
+    pub(crate) mapped: crate::maps::SessionMaps,
 }
 
 impl Session {
@@ -72,7 +74,7 @@ impl Session {
 
     /// Queues a frame for the writer. A full queue drops the client (the
     /// file system never waits for a slow reader); `false` when it is gone.
-    fn send(&self, msg: &DaemonMsg) -> bool {
+    pub(crate) fn send(&self, msg: &DaemonMsg) -> bool {
         let frame = match encode(msg, MAX_FRAME) {
             Ok(f) => f,
             Err(ProtoError::TooLarge { .. }) => {
@@ -364,6 +366,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
         ending: Mutex::new(None),
+        mapped: crate::maps::SessionMaps::default(),
     });
     {
         let mut sessions = shared.sessions.lock();
@@ -471,9 +474,10 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
                 session.submit(shared, id, op);
             }
             ClientMsg::Ack { token, errno } => {
-                // Nothing asks for acknowledgements yet (mapping re-placement
-                // will): an unexpected one is harmless and only logged.
-                tracing::debug!(target: TARGET, client = session.id, token, errno, "acknowledgement");
+                // A placement's acknowledgement (`maps.rs`), handled here so
+                // it never waits behind a request; an unknown token (one
+                // that timed out) is ignored.
+                session.mapped.ack(token, errno);
             }
         }
     }
@@ -483,6 +487,10 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
+    // No acknowledgement can come any more: placements waiting for one
+    // fail now (their mappings break; their blocks stay busy until the
+    // mappings are dropped below, after the client's death).
+    session.mapped.close();
     if shared.cleanup_disabled() {
         tracing::warn!(target: TARGET, client = session.id, pid = session.pid, "cleanup disabled (test switch): everything the client held stays");
         return;
@@ -510,11 +518,18 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     drop(files);
     // A request finished meanwhile may have taken a lease again.
     leases.drop_owner(session.owner());
+    // The daemon's device is the daemon's: registrations go now.
+    session.mapped.drop_registrations();
     let has_pins = !session.pins.lock().is_empty();
-    if has_pins && session.alive() {
-        tracing::info!(target: TARGET, client = session.id, pid = session.pid, "client gone with pins: they stay until its process dies");
+    // Its mappings are in its address space, which the daemon can no
+    // longer change: they (and the blocks they may reach) stay until it
+    // is dead.
+    let has_maps = session.mapped.has_mappings();
+    if (has_pins || has_maps) && session.alive() {
+        tracing::info!(target: TARGET, client = session.id, pid = session.pid, has_maps, "client gone with pins or mappings: they stay until its process dies");
         session.wait_for_death(shared);
     }
+    let nmaps = session.mapped.drop_mappings();
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
@@ -526,5 +541,5 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let _ = session.sock.shutdown(std::net::Shutdown::Both);
     shared.sessions.lock().remove(&session.id);
     let reason = session.ending.lock().clone().unwrap_or_default();
-    tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, fenced, %reason, "client gone, everything it held released");
+    tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, mappings = nmaps, fenced, %reason, "client gone, everything it held released");
 }

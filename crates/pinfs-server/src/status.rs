@@ -71,7 +71,7 @@ pub(crate) fn status(shared: &Shared) -> Status {
                     .filter(|r| r.owner == owner)
                     .map(|r| r.id)
                     .collect(),
-                mappings: Vec::new(),
+                mappings: s.mapped.mapping_ids(),
                 fenced: s.fenced.load(Ordering::Acquire),
                 disconnected: s.disconnected.load(Ordering::Acquire),
             }

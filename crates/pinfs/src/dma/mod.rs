@@ -49,6 +49,7 @@ pub const MAX_REGISTRATION_PAGES: u64 = 1 << 20; // 4 GiB
 
 /// How a device's access is withdrawn (SPEC §6.3, §6.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum RevokeMode {
     /// Translations removed synchronously; the IOVA range stays reserved
     /// until deregistration; later accesses complete with an error.
@@ -121,10 +122,12 @@ impl DeviceCaps {
 
 /// A memory region of a device: what one registration is to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MrId(pub u64);
 
 /// What registration hands back: the device addresses and keys a peer uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MrKeys {
     /// The region.
     pub mr: MrId,
@@ -177,6 +180,7 @@ impl fmt::Debug for Backing {
 
 /// How one device access ended, as a completion queue reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Completion {
     /// Done.
     Ok,

@@ -41,6 +41,7 @@ pub const MAX_PLACE_PIECES: usize = 4096;
 /// What a run of pages of a client's mapping shows: the public mirror of
 /// the file system's own page kinds (pool offsets in bytes, page-aligned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum RemoteKind {
     /// The pool from byte `pool_offset` on (page `i` of the run shows
     /// `pool_offset + i * 4096`): `mmap` of the pool's descriptor, shared
@@ -68,6 +69,7 @@ pub enum RemoteKind {
 
 /// One run of pages of a client's mapping and what it shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RemotePiece {
     /// First page (4 KiB) of the run, from the start of the mapping.
     pub page: u64,

@@ -1,0 +1,341 @@
+//! Mappings in client processes, on the daemon's side (SPEC §8): the
+//! session's [`RemoteMapping`]s under the client's numbers, the
+//! [`RemoteSpace`] that carries placements to the client (`Place` frames,
+//! acknowledged by `Ack` on the connection's reader thread), fencing of a
+//! client that does not acknowledge within lease-break-time, and the
+//! handlers of `Mmap`, `Munmap`, `Fault`, `Persist`, `MapPin`, `Register`,
+//! `Deregister`, `DmaWrite` and `DmaRead` (the device is the daemon's soft
+//! RDMA device: the client reaches it only through requests).
+//!
+//! A placement is sent under the file system's state lock and waited for:
+//! the client library applies it on its reader thread, which never waits
+//! for the daemon, so the acknowledgement comes unless the client is stuck,
+//! gone or dead. Then — at lease-break-time, or at once when the connection
+//! is gone — `place` fails, the client is fenced, and the core treats the
+//! mapping as broken: the blocks it may reach stay busy until the session's
+//! cleanup drops the `RemoteMapping`, which it does only after the client's
+//! death is confirmed (`session.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use pinfs::dma::Device;
+use pinfs::fs::Registration;
+use pinfs::map::{MapFlags, RemoteMapping, RemotePiece, RemoteSpace, Unacknowledged};
+use pinfs::{Errno, Result};
+use pinfs_proto::{DaemonMsg, Op, Reply, MAX_IO};
+
+use crate::session::Session;
+use crate::{Shared, MAX_PINS_PER_CLIENT};
+
+/// Most mappings per client (`ENOMEM` beyond, as `mmap` runs out of
+/// mappings).
+pub const MAX_MAPPINGS_PER_CLIENT: usize = 4096;
+
+/// Most device registrations per client (`ENOSPC` beyond).
+pub const MAX_REGISTRATIONS_PER_CLIENT: usize = 1024;
+
+/// How often a placement waiting for its acknowledgement looks whether the
+/// connection is gone (it is also woken at once when it goes).
+const ACK_POLL: Duration = Duration::from_millis(100);
+
+/// What the session holds of mappings and registrations.
+#[derive(Default)]
+pub(crate) struct SessionMaps {
+    /// The client's mappings, by the client's number (`None` while its
+    /// `Mmap` is in progress: the number is taken).
+    maps: Mutex<HashMap<u64, Option<Arc<RemoteMapping>>>>,
+    /// The client's registrations, by id.
+    regs: Mutex<HashMap<u64, Arc<Registration>>>,
+    /// Placements waiting for their `Ack`: token → errno once acknowledged.
+    acks: Mutex<HashMap<u64, Option<i32>>>,
+    acked: Condvar,
+    next_token: AtomicU64,
+    /// The connection is gone: no acknowledgement can come any more.
+    closed: AtomicBool,
+}
+
+impl SessionMaps {
+    /// The `Ack` of placement `token` arrived (the reader thread). An
+    /// unknown token (a placement that timed out) is ignored.
+    pub(crate) fn ack(&self, token: u64, errno: i32) {
+        let mut acks = self.acks.lock();
+        if let Some(slot) = acks.get_mut(&token) {
+            *slot = Some(errno);
+            self.acked.notify_all();
+        }
+    }
+
+    /// The connection is gone: every waiting placement fails now.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _acks = self.acks.lock();
+        self.acked.notify_all();
+    }
+
+    /// The daemon's ids of the client's mappings (for `Status`).
+    pub(crate) fn mapping_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .maps
+            .lock()
+            .values()
+            .flatten()
+            .map(|m| m.id())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Whether the client has mappings (cleanup waits for its death then).
+    pub(crate) fn has_mappings(&self) -> bool {
+        !self.maps.lock().is_empty()
+    }
+
+    /// Deregisters every registration (the device is the daemon's: nothing
+    /// of the client's process can reach it once they are gone).
+    pub(crate) fn drop_registrations(&self) {
+        let regs: Vec<Arc<Registration>> = self.regs.lock().drain().map(|(_, r)| r).collect();
+        drop(regs);
+    }
+
+    /// Forgets every mapping: only once the client can no longer reach
+    /// them (its death confirmed).
+    pub(crate) fn drop_mappings(&self) -> usize {
+        let maps: Vec<Arc<RemoteMapping>> =
+            self.maps.lock().drain().filter_map(|(_, m)| m).collect();
+        maps.len()
+    }
+
+    /// Waits for the acknowledgement of `token` until `deadline` (none:
+    /// until the connection goes): the errno, or why none came.
+    fn wait(&self, token: u64, deadline: Option<Instant>) -> std::result::Result<i32, String> {
+        let mut acks = self.acks.lock();
+        loop {
+            if let Some(Some(errno)) = acks.get(&token) {
+                let errno = *errno;
+                acks.remove(&token);
+                return Ok(errno);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                acks.remove(&token);
+                return Err("the connection is gone".to_owned());
+            }
+            let now = Instant::now();
+            let until = match deadline {
+                Some(d) if now >= d => {
+                    acks.remove(&token);
+                    return Err("not acknowledged within lease-break-time".to_owned());
+                }
+                Some(d) => d.min(now + ACK_POLL),
+                None => now + ACK_POLL,
+            };
+            self.acked.wait_until(&mut acks, until);
+        }
+    }
+}
+
+/// The address space of one client mapping: placements travel as `Place`
+/// frames on its connection.
+struct SessionSpace {
+    session: Weak<Session>,
+    shared: Weak<Shared>,
+    /// The client's number for the mapping.
+    map: u64,
+}
+
+impl RemoteSpace for SessionSpace {
+    fn place(&self, map: u64, pieces: &[RemotePiece]) -> std::result::Result<(), Unacknowledged> {
+        let fail = |reason: String| Unacknowledged { map, reason };
+        let (Some(session), Some(shared)) = (self.session.upgrade(), self.shared.upgrade()) else {
+            return Err(fail("the client's session is gone".to_owned()));
+        };
+        let maps = &session.mapped;
+        let token = maps.next_token.fetch_add(1, Ordering::Relaxed);
+        maps.acks.lock().insert(token, None);
+        let sent = session.send(&DaemonMsg::Place {
+            map: self.map,
+            token,
+            pieces: pieces.to_vec(),
+        });
+        let waited = if sent {
+            let break_time = shared.fs.leases().break_time();
+            let deadline = (!break_time.is_zero()).then(|| Instant::now() + break_time);
+            maps.wait(token, deadline)
+        } else {
+            maps.acks.lock().remove(&token);
+            Err("the placement could not be sent".to_owned())
+        };
+        let reason = match waited {
+            Ok(0) => return Ok(()),
+            Ok(errno) => format!("the client could not apply a placement: {}", Errno(errno)),
+            Err(r) => r,
+        };
+        // Its pages may still reach blocks the layout change frees: it must
+        // die before they are reused (the core holds them until then).
+        session.fence(&shared, &format!("mapping {}: {reason}", self.map));
+        Err(fail(reason))
+    }
+}
+
+fn mapping(session: &Session, map: u64) -> Result<Arc<RemoteMapping>> {
+    Ok(session
+        .mapped
+        .maps
+        .lock()
+        .get(&map)
+        .cloned()
+        .flatten()
+        .ok_or(Errno::EINVAL)?)
+}
+
+fn registration(session: &Session, reg: u64) -> Result<Arc<Registration>> {
+    Ok(session
+        .mapped
+        .regs
+        .lock()
+        .get(&reg)
+        .cloned()
+        .ok_or(Errno::ENOENT)?)
+}
+
+/// The daemon's soft RDMA device, created on first use.
+fn soft_device(shared: &Shared) -> Result<Arc<dyn Device>> {
+    let mut dev = shared.soft_device.lock();
+    if let Some(d) = &*dev {
+        return Ok(d.clone());
+    }
+    let d: Arc<dyn Device> = Arc::new(pinfs::dma::soft::SoftDevice::new(
+        shared.fs.media().clone(),
+    )?);
+    *dev = Some(d.clone());
+    Ok(d)
+}
+
+/// The mapping requests (see the module doc).
+pub(crate) fn handle(shared: &Arc<Shared>, session: &Arc<Session>, op: Op) -> Result<Reply> {
+    let maps = &session.mapped;
+    match op {
+        Op::Mmap {
+            file,
+            map,
+            offset,
+            len,
+            flags,
+            read_only,
+        } => {
+            let flags = MapFlags::from_raw(flags)?;
+            let flags = if read_only { flags.read_only() } else { flags };
+            let of = session
+                .files
+                .lock()
+                .get(&file)
+                .cloned()
+                .ok_or(Errno::EBADF)?;
+            {
+                // The number is taken before anything is placed under it.
+                let mut m = maps.maps.lock();
+                if m.contains_key(&map) {
+                    return Err(Errno::EEXIST.into());
+                }
+                if m.len() >= MAX_MAPPINGS_PER_CLIENT {
+                    return Err(Errno::ENOMEM.into());
+                }
+                m.insert(map, None);
+            }
+            let space = Arc::new(SessionSpace {
+                session: Arc::downgrade(session),
+                shared: Arc::downgrade(shared),
+                map,
+            });
+            match of.handle.mmap_remote(offset, len, flags, space) {
+                Ok(remote) => {
+                    let id = remote.id();
+                    maps.maps.lock().insert(map, Some(Arc::new(remote)));
+                    Ok(Reply::Mapped { id })
+                }
+                Err(e) => {
+                    maps.maps.lock().remove(&map);
+                    Err(e)
+                }
+            }
+        }
+        Op::Munmap { map } => {
+            let mut m = maps.maps.lock();
+            if !matches!(m.get(&map), Some(Some(_))) {
+                return Err(Errno::EINVAL.into());
+            }
+            let gone = m.remove(&map);
+            drop(m);
+            drop(gone);
+            Ok(Reply::Done)
+        }
+        Op::Fault { map, page } => {
+            mapping(session, map)?.write_fault(page)?;
+            Ok(Reply::Done)
+        }
+        Op::Persist { map, offset, len } => {
+            mapping(session, map)?.persist(offset, len)?;
+            Ok(Reply::Done)
+        }
+        Op::MapPin { map, offset, len } => {
+            if session.pins.lock().len() >= MAX_PINS_PER_CLIENT {
+                return Err(Errno::ENOSPC.into());
+            }
+            let pin = mapping(session, map)?.pin_long_term(offset, len, None)?;
+            let (id, pool_ranges) = (pin.id(), pin.pool_ranges());
+            session.pins.lock().insert(id, pin);
+            Ok(Reply::Pinned {
+                pin: id,
+                pool_ranges,
+            })
+        }
+        Op::Register {
+            map,
+            offset,
+            len,
+            mode,
+        } => {
+            if maps.regs.lock().len() >= MAX_REGISTRATIONS_PER_CLIENT {
+                return Err(Errno::ENOSPC.into());
+            }
+            let device = soft_device(shared)?;
+            let reg = mapping(session, map)?.register(device, offset, len, mode)?;
+            let (id, keys) = (reg.id().0, reg.keys());
+            maps.regs.lock().insert(id, Arc::new(reg));
+            Ok(Reply::Registered { reg: id, keys })
+        }
+        Op::Deregister { reg } => {
+            let r = maps.regs.lock().remove(&reg).ok_or(Errno::ENOENT)?;
+            match Arc::try_unwrap(r) {
+                Ok(r) => r.deregister()?,
+                // A device access in flight holds it: it deregisters when
+                // that ends.
+                Err(r) => drop(r),
+            }
+            Ok(Reply::Done)
+        }
+        Op::DmaWrite { reg, offset, data } => {
+            let completion = registration(session, reg)?.write(offset, &data)?;
+            Ok(Reply::Dma {
+                completion,
+                data: Vec::new(),
+            })
+        }
+        Op::DmaRead { reg, offset, len } => {
+            let len = usize::try_from(len).map_err(|_| Errno::EINVAL)?.min(MAX_IO);
+            let mut buf = vec![0u8; len];
+            let completion = registration(session, reg)?.read(offset, &mut buf)?;
+            if completion != pinfs::dma::Completion::Ok {
+                buf.clear();
+            }
+            Ok(Reply::Dma {
+                completion,
+                data: buf,
+            })
+        }
+        _ => Err(Errno::ENOSYS.into()),
+    }
+}
