@@ -107,6 +107,8 @@ struct Outcome {
     failed: Vec<String>,
     ops: usize,
     op_errors: usize,
+    /// Operations that succeeded, by name: what the storm did.
+    done: BTreeMap<String, usize>,
     /// Refusals by operation and errno (`pin EPERM`): what the storm hit.
     refusals: BTreeMap<String, usize>,
     breaks: usize,
@@ -136,6 +138,7 @@ impl Outcome {
             scale.kills,
             took.as_secs_f64(),
         );
+        println!("{label}: done: {:?}", self.done);
         println!("{label}: refusals: {:?}", self.refusals);
         println!("{label}: left behind: {:?}", self.leftovers);
     }
@@ -201,6 +204,48 @@ fn spawn_worker(d: &Daemon, rng: &mut Rng, scale: Scale, ignoring: bool) -> Work
     }
 }
 
+/// Waits for worker `w` to end and counts what it did and how it ended.
+fn tally(out: &mut Outcome, w: &mut Worker, killed: &HashSet<i32>) {
+    // Bounded against a hang, not a timing assertion.
+    let status = w.proc.wait_exit(Duration::from_secs(300));
+    let lines = w.proc.all_lines().to_vec();
+    out.ops += lines.iter().filter(|l| l.starts_with("op ")).count();
+    for l in lines
+        .iter()
+        .filter(|l| l.starts_with("op ") && l.ends_with(" ok"))
+    {
+        *out.done.entry(l[3..l.len() - 3].to_owned()).or_default() += 1;
+    }
+    for l in lines
+        .iter()
+        .filter(|l| l.starts_with("op ") && !l.ends_with(" ok"))
+    {
+        out.op_errors += 1;
+        *out.refusals.entry(l[3..].to_owned()).or_default() += 1;
+    }
+    out.breaks += lines
+        .iter()
+        .filter(|l| l.starts_with("break ") && l.ends_with(" Break"))
+        .count();
+    out.released += lines.iter().filter(|l| l.starts_with("released ")).count();
+    let pid = w.proc.pid();
+    match status {
+        Some(st) if st.success() && !w.ignoring => out.finished += 1,
+        Some(st) if st.signal() == Some(libc::SIGKILL) && killed.contains(&pid) => {
+            out.killed_by_test += 1
+        }
+        Some(st) if st.signal() == Some(libc::SIGKILL) => {
+            out.fenced_by_daemon += 1;
+            out.ignoring_fenced += usize::from(w.ignoring);
+        }
+        other => out.failed.push(format!(
+            "pid {pid} (ignoring {}): {other:?}, last lines {:?}",
+            w.ignoring,
+            &lines[lines.len().saturating_sub(5)..]
+        )),
+    }
+}
+
 /// The storm: `scale.clients` workers at once, `scale.kills` of them killed
 /// at random moments (each replaced), the breaks-ignoring ones fenced at the
 /// end; then what a fresh client finds. With `cleanup` false the daemon's
@@ -251,50 +296,29 @@ fn storm(seed: u64, scale: Scale, cleanup: bool) -> (Outcome, Daemon) {
     // The fresh client (events only: the test process takes no SIGIO).
     let c = Client::connect_with(&d.socket, ConnectOptions { signal: Some(0) })
         .expect("the daemon accepts a fresh client");
-    // Workers that answer breaks run to their end; those that ignore them
-    // hold a layout lease on /w0 (unless fenced already): a layout change
-    // there breaks it, and at lease-break-time the daemon kills them.
+    // Workers that answer breaks run to their end.
+    for w in workers.iter_mut().filter(|w| !w.ignoring) {
+        tally(&mut out, w, &killed);
+    }
+    // Those that ignore breaks end holding a shared layout lease on /w0
+    // (unless fenced already): a layout change there breaks it, and at
+    // lease-break-time the daemon kills them. Unbreakable leases over /w0
+    // of workers whose sessions are still ending refuse it (`ETXTBSY`) for
+    // a moment: try again. With cleanup off they never go: one try.
     for w in workers.iter_mut().filter(|w| w.ignoring) {
         w.proc.expect_or_exit("holding");
     }
-    let grow = c.stat("/w0").map_or(4096, |s| s.size + 4096);
-    let fencing_truncate = c.truncate_path("/w0", grow);
-    for w in &mut workers {
-        // Bounded against a hang, not a timing assertion.
-        let status = w.proc.wait_exit(Duration::from_secs(300));
-        let lines = w.proc.all_lines().to_vec();
-        out.ops += lines.iter().filter(|l| l.starts_with("op ")).count();
-        for l in lines
-            .iter()
-            .filter(|l| l.starts_with("op ") && !l.ends_with(" ok"))
-        {
-            out.op_errors += 1;
-            *out.refusals.entry(l[3..].to_owned()).or_default() += 1;
-        }
-        out.breaks += lines
-            .iter()
-            .filter(|l| l.starts_with("break ") && l.ends_with(" Break"))
-            .count();
-        out.released += lines.iter().filter(|l| l.starts_with("released ")).count();
-        let pid = w.proc.pid();
-        match status {
-            Some(st) if st.success() && !w.ignoring => out.finished += 1,
-            Some(st) if st.signal() == Some(libc::SIGKILL) && killed.contains(&pid) => {
-                out.killed_by_test += 1
-            }
-            Some(st) if st.signal() == Some(libc::SIGKILL) => {
-                out.fenced_by_daemon += 1;
-                out.ignoring_fenced += usize::from(w.ignoring);
-            }
-            other => out.failed.push(format!(
-                "pid {pid} (ignoring {}): {other:?}, last lines {:?}",
-                w.ignoring,
-                &lines[lines.len().saturating_sub(5)..]
-            )),
-        }
-    }
+    let mut fencing_truncate = Err(pinfs::Errno::ETXTBSY.into());
+    wait_until(|| {
+        let grow = c.stat("/w0").map_or(4096, |s| s.size + 4096);
+        fencing_truncate = c.truncate_path("/w0", grow);
+        !cleanup || !matches!(&fencing_truncate, Err(e) if e.errno() == pinfs::Errno::ETXTBSY)
+    });
     if cleanup {
         fencing_truncate.expect("the truncate that fences the breaks-ignoring workers");
+    }
+    for w in workers.iter_mut().filter(|w| w.ignoring) {
+        tally(&mut out, w, &killed);
     }
 
     // What the storm left: once every worker's session is gone (with

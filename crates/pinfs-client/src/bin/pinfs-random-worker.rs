@@ -4,18 +4,24 @@
 //! worker — opens and closes, reads and writes, open leases (read, write),
 //! layout leases (shared, exclusive, unbreakable with long-term pins),
 //! unpins and releases, truncates by handle and by path, punches and zeroes
-//! ranges — while a second thread answers every lease break the daemon sends
-//! (event and signal) by releasing the lease, as a well-behaved holder does.
+//! ranges, mappings (shared ones it loads from and stores to, holes
+//! included; `MAP_DIRECT` ones with pins and soft-device registrations
+//! through them, the device writing) and unmaps — while a second thread
+//! answers every lease break the daemon sends (event and signal) as a
+//! well-behaved holder does: it drops the `MAP_DIRECT` mappings of the file
+//! (with their pins and registrations), then releases the lease.
 //!
 //! `pinfs-random-worker SOCKET SEED OPS [ignore]`. With `ignore` the worker
-//! never gives up a broken lease, and after its operations takes a shared
-//! layout lease on the first shared file and waits: the daemon must fence it
-//! (kill it at lease-break-time) once someone changes that file's layout.
+//! never gives up a broken lease (nor unmaps), and after its operations
+//! gives up what it took, takes a shared layout lease on the first shared
+//! file and waits: the daemon must fence it (kill it at lease-break-time)
+//! once someone changes that file's layout.
 //!
 //! One line per thing that happened, on stdout (flushed per line, so a
 //! killed worker has told what it did): `connected ID`, `op NAME ok` or `op
 //! NAME ERRNO-NAME` per operation, `break LEASE KIND` per event received,
-//! `released LEASE` per broken lease given up, `done OPS ERRORS` at the end,
+//! `released LEASE` per broken lease given up (after `unmapped N` when it
+//! dropped direct mappings for it), `done OPS ERRORS` at the end,
 //! `holding LEASE` (with `ignore`). A lost connection (which the test counts
 //! as a failure: only a kill may end a worker early) prints `lost
 //! connection` and exits 3.
@@ -24,10 +30,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pinfs::dma::RevokeMode;
 use pinfs::fs::{FallocMode, OpenFlags};
-use pinfs::lease::{ByteRange, EventKind, LeaseId};
+use pinfs::lease::{ByteRange, EventKind, FileKey, LeaseId, LeaseKind};
+use pinfs::map::{MAP_DIRECT, MAP_SHARED, MAP_SHARED_VALIDATE};
 use pinfs::{Errno, Error};
-use pinfs_client::{Client, ConnectOptions, LeaseSpec, RemoteFile, RemotePin};
+use pinfs_client::{
+    Client, ClientMap, ConnectOptions, LeaseSpec, RemoteFile, RemotePin, RemoteRegistration,
+};
 
 /// How many files the workers share (`/w0` ...): few, so they collide.
 const SHARED_FILES: u64 = 4;
@@ -41,6 +51,9 @@ const MAX_OPEN_FILES: usize = 4;
 const MAX_PINS: usize = 8;
 /// Most leases a worker remembers (older ones are released first).
 const MAX_LEASES: usize = 8;
+/// Most mappings of each kind (shared, direct) a worker keeps (the oldest is
+/// unmapped to map another).
+const MAX_MAPPINGS: usize = 4;
 /// Exit status for a connection lost without being killed.
 const EXIT_LOST_CONNECTION: i32 = 3;
 
@@ -82,15 +95,47 @@ fn lost_connection() -> ! {
     std::process::exit(EXIT_LOST_CONNECTION)
 }
 
+/// A `MAP_DIRECT` mapping with what was taken through it. Fields drop in
+/// order: the registrations and pins go before the mapping.
+struct Direct {
+    file: FileKey,
+    regs: Vec<RemoteRegistration>,
+    pins: Vec<RemotePin>,
+    map: ClientMap,
+}
+
 /// Answers lease events: every `Break` of a lease is given up at once
-/// (unless the worker ignores breaks). Runs until the connection ends.
-fn answer_breaks(client: Client, leases: Arc<Mutex<Vec<LeaseId>>>, ignore: bool) {
+/// (unless the worker ignores breaks) — for a layout lease, after dropping
+/// the file's direct mappings, their pins and registrations (SPEC §3.2: the
+/// holder releases what it holds over the range). Runs until the
+/// connection ends.
+fn answer_breaks(
+    client: Client,
+    leases: Arc<Mutex<Vec<LeaseId>>>,
+    directs: Arc<Mutex<Vec<Direct>>>,
+    ignore: bool,
+) {
     loop {
         match client.events().recv_timeout(Duration::from_millis(100)) {
             Ok(Some(ev)) => {
                 println!("break {} {:?}", ev.lease.id.0, ev.kind);
                 if ev.kind != EventKind::Break || ignore {
                     continue;
+                }
+                if ev.lease.kind == LeaseKind::Layout {
+                    let dropped: Vec<Direct> = match directs.lock() {
+                        Ok(mut d) => {
+                            let (gone, kept) = d.drain(..).partition(|m| m.file == ev.lease.file);
+                            *d = kept;
+                            gone
+                        }
+                        Err(_) => Vec::new(),
+                    };
+                    if !dropped.is_empty() {
+                        let n = dropped.len();
+                        drop(dropped);
+                        println!("unmapped {n}");
+                    }
                 }
                 if let Ok(mut held) = leases.lock() {
                     held.retain(|l| *l != ev.lease.id);
@@ -120,6 +165,10 @@ struct Worker {
     files: Vec<RemoteFile>,
     pins: Vec<RemotePin>,
     leases: Arc<Mutex<Vec<LeaseId>>>,
+    /// Shared mappings: only this thread touches them.
+    maps: Vec<ClientMap>,
+    /// Direct mappings: the break thread drops them.
+    directs: Arc<Mutex<Vec<Direct>>>,
     seed: u64,
 }
 
@@ -149,6 +198,101 @@ impl Worker {
         }
     }
 
+    /// A shared (`MAP_SHARED`) mapping of a random range of an open file.
+    fn map_shared(&mut self, off: u64, len: u64) -> pinfs::Result<()> {
+        let Some(f) = self.file() else {
+            return Ok(());
+        };
+        let m = f.mmap(off, len, MAP_SHARED)?;
+        if self.maps.len() >= MAX_MAPPINGS {
+            self.maps.remove(0);
+        }
+        self.maps.push(m);
+        Ok(())
+    }
+
+    /// A `MAP_DIRECT` mapping, and through it maybe a pin and a
+    /// registration the device then writes through.
+    fn map_direct(&mut self, off: u64, len: u64) -> pinfs::Result<()> {
+        let (pin, register) = (self.rng.below(2) == 0, self.rng.below(2) == 0);
+        let Some(f) = self.file() else {
+            return Ok(());
+        };
+        let file = f.lease_file();
+        let map = f.mmap(off, len, MAP_SHARED_VALIDATE | MAP_DIRECT)?;
+        let mut d = Direct {
+            file,
+            regs: Vec::new(),
+            pins: Vec::new(),
+            map,
+        };
+        // A refusal (EPERM, ENXIO, EOPNOTSUPP...) shows in the result; the
+        // mapping is kept either way.
+        let result = (|| {
+            if pin {
+                d.pins.push(d.map.pin_long_term(0, len)?);
+            }
+            if register {
+                let reg = d.map.register(0, len, RevokeMode::Invalidate)?;
+                reg.write(0, &[self.seed as u8; 512])?;
+                d.regs.push(reg);
+            }
+            Ok(())
+        })();
+        let oldest = {
+            let Ok(mut directs) = self.directs.lock() else {
+                return result;
+            };
+            directs.push(d);
+            (directs.len() > MAX_MAPPINGS).then(|| directs.remove(0))
+        };
+        drop(oldest);
+        result
+    }
+
+    /// Stores to (or loads from) a random page of a random mapping.
+    fn touch(&mut self, direct: bool, store: bool) -> pinfs::Result<()> {
+        let byte = self.seed as u8;
+        let pick = self.rng.next();
+        let access = |m: &ClientMap| {
+            let page = pick % m.len().div_ceil(4096);
+            let at = page * 4096;
+            let n = (m.len() - at).min(4096) as usize;
+            if store {
+                m.write(at, &vec![byte; n])
+            } else {
+                m.read(at, &mut vec![0u8; n])
+            }
+        };
+        if direct {
+            let directs = self.directs.lock().map_err(|_| Errno::EIO)?;
+            if directs.is_empty() {
+                return Ok(());
+            }
+            access(&directs[(pick % directs.len() as u64) as usize].map)
+        } else {
+            if self.maps.is_empty() {
+                return Ok(());
+            }
+            access(&self.maps[(pick % self.maps.len() as u64) as usize])
+        }
+    }
+
+    /// Unmaps a random mapping (shared or direct).
+    fn unmap(&mut self) {
+        if self.rng.below(2) == 0 && !self.maps.is_empty() {
+            let i = self.rng.below(self.maps.len() as u64) as usize;
+            self.maps.swap_remove(i);
+            return;
+        }
+        let i = self.rng.next();
+        let gone = self.directs.lock().ok().and_then(|mut d| {
+            let n = d.len() as u64;
+            (n > 0).then(|| d.swap_remove((i % n) as usize))
+        });
+        drop(gone);
+    }
+
     fn set_lease(&mut self, spec: LeaseSpec) -> pinfs::Result<()> {
         let Some(f) = self.file() else {
             return Ok(());
@@ -161,7 +305,7 @@ impl Worker {
     /// One random operation: its name and result.
     fn step(&mut self) -> (&'static str, pinfs::Result<()>) {
         let (off, len) = self.rng.range();
-        match self.rng.below(20) {
+        match self.rng.below(28) {
             0 | 1 => {
                 let path = self.path();
                 let flags = if self.rng.below(3) == 0 {
@@ -273,6 +417,15 @@ impl Worker {
                     f.fallocate(FallocMode::ZeroRange { keep_size: true }, off, len)
                 }),
             ),
+            19 | 20 => ("mmap", self.map_shared(off, len)),
+            21 => ("mmap-direct", self.map_direct(off, len)),
+            22 | 23 => ("mwrite", self.touch(false, true)),
+            24 => ("mread", self.touch(false, false)),
+            25 => ("dwrite", self.touch(true, true)),
+            26 => {
+                self.unmap();
+                ("munmap", Ok(()))
+            }
             _ => ("statfs", self.client.statfs().map(drop)),
         }
     }
@@ -304,9 +457,10 @@ fn main() {
     };
     println!("connected {}", client.id());
     let leases = Arc::new(Mutex::new(Vec::new()));
+    let directs = Arc::new(Mutex::new(Vec::new()));
     {
-        let (c, l) = (client.clone(), Arc::clone(&leases));
-        std::thread::spawn(move || answer_breaks(c, l, ignore));
+        let (c, l, d) = (client.clone(), Arc::clone(&leases), Arc::clone(&directs));
+        std::thread::spawn(move || answer_breaks(c, l, d, ignore));
     }
     let mut w = Worker {
         client: client.clone(),
@@ -314,6 +468,8 @@ fn main() {
         files: Vec::new(),
         pins: Vec::new(),
         leases,
+        maps: Vec::new(),
+        directs,
         seed,
     };
     let mut errors = 0u64;
@@ -330,6 +486,22 @@ fn main() {
     }
     println!("done {ops} {errors}");
     if ignore {
+        // Give up what the run took (unbreakable leases would refuse the
+        // layout change that is to break the held lease), then hold.
+        let taken: Vec<LeaseId> = w
+            .leases
+            .lock()
+            .map(|mut l| l.drain(..).collect())
+            .unwrap_or_default();
+        for id in taken {
+            let _ = client.release_lease(id);
+        }
+        w.pins.clear();
+        w.maps.clear();
+        if let Ok(mut d) = w.directs.lock() {
+            d.clear();
+        }
+        w.files.clear();
         let held = client
             .open("/w0", OpenFlags::CREATE, 0o666)
             .and_then(|f| f.set_lease(LeaseSpec::layout_shared()).map(|id| (f, id)));
