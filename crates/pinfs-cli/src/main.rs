@@ -9,6 +9,7 @@
 
 mod bench_dma;
 mod bench_fs;
+mod bench_ipc;
 mod bench_lease;
 mod bench_map;
 mod bench_target;
@@ -108,6 +109,13 @@ enum Command {
         /// Shorter runs (for smoke tests).
         #[arg(long)]
         quick: bool,
+    },
+    /// A helper process of `pinfs bench ipc` (started by it).
+    #[command(hide = true)]
+    BenchIpcHelper {
+        /// The helper's role and arguments.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
     },
 }
 
@@ -240,6 +248,9 @@ enum BenchName {
     Map,
     /// Device registrations, device writes and revocation (soft and uring).
     Dma,
+    /// The daemon: lease breaks across processes, small operations and
+    /// mapped bandwidth in a client, against the kernel.
+    Ipc,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -315,6 +326,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
         Command::Bench { name, quick } => bench(name, quick),
+        Command::BenchIpcHelper { args } => bench_ipc::helper(&args).map_err(CliError::Other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -591,6 +603,7 @@ fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
         BenchName::Lease => bench_lease::run(quick),
         BenchName::Map => bench_map::run(quick),
         BenchName::Dma => bench_dma::run(quick),
+        BenchName::Ipc => bench_ipc::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
@@ -599,6 +612,7 @@ fn bench(name: Option<BenchName>, quick: bool) -> Result<(), CliError> {
             BenchName::Lease,
             BenchName::Map,
             BenchName::Dma,
+            BenchName::Ipc,
         ],
     };
     for b in chosen {
