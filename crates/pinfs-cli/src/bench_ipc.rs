@@ -272,15 +272,30 @@ impl Helper {
         }
     }
 
-    fn quit(mut self) -> Result<()> {
+    /// Tells the holder to quit; returns what it reports then: for every
+    /// round, when it was notified and when its release returned.
+    fn quit(mut self) -> Result<Vec<(u64, u64)>> {
         self.input
             .write_all(b"q")
             .context("tell the holder to quit")?;
+        let mut report = String::new();
+        self.output
+            .read_to_string(&mut report)
+            .context("the holder's report")?;
         let st = self.child.wait().context("wait for the holder")?;
         if !st.success() {
             bail!("holder exited with {st}");
         }
-        Ok(())
+        report
+            .lines()
+            .map(|l| {
+                let mut w = l.split_whitespace().map(str::parse::<u64>);
+                match (w.next(), w.next()) {
+                    (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
+                    _ => Err(anyhow!("holder report line {l:?}")),
+                }
+            })
+            .collect()
     }
 }
 
@@ -335,28 +350,65 @@ impl HolderLease {
     }
 }
 
-/// Round trips against a holder: before each, the holder takes its lease;
-/// `breaker(round)` breaks it (and returns once it is given up).
+/// Now on the monotonic clock every process shares, in nanoseconds (so the
+/// holder's times and the breaker's compare).
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+/// One side's round trips, and where the time went.
+#[derive(Default)]
+struct Trips {
+    total: Vec<Duration>,
+    /// Breaker starts → holder notified.
+    notify: Vec<Duration>,
+    /// Holder notified → its release returned.
+    release: Vec<Duration>,
+    /// Holder's release returned → breaker proceeds.
+    proceed: Vec<Duration>,
+}
+
+/// Round trips against `holder` (which then quits): before each, the
+/// holder takes its lease; `breaker(round)` breaks it (and returns once it
+/// is given up). The first `WARMUP` are not counted.
 fn round_trips(
-    holder: &mut Helper,
+    mut holder: Helper,
     trips: usize,
     cold: bool,
     mut breaker: impl FnMut(usize) -> Result<()>,
-) -> Result<Vec<Duration>> {
-    let mut samples = Vec::with_capacity(trips);
+    into: &mut Trips,
+) -> Result<()> {
+    let mut breaker_times = Vec::with_capacity(WARMUP + trips);
     for round in 0..WARMUP + trips {
         holder.take_lease()?;
         if cold {
             std::thread::sleep(COLD_GAP);
         }
-        let start = Instant::now();
+        let start = mono_ns();
         breaker(round)?;
-        let took = start.elapsed();
-        if round >= WARMUP {
-            samples.push(took);
-        }
+        breaker_times.push((start, mono_ns()));
     }
-    Ok(samples)
+    let holder_times = holder.quit()?;
+    if holder_times.len() != breaker_times.len() {
+        bail!(
+            "the holder reported {} rounds of {}",
+            holder_times.len(),
+            breaker_times.len()
+        );
+    }
+    let span = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
+    for (&(start, end), &(notified, released)) in
+        breaker_times.iter().zip(&holder_times).skip(WARMUP)
+    {
+        into.total.push(span(start, end));
+        into.notify.push(span(start, notified));
+        into.release.push(span(notified, released));
+        into.proceed.push(span(released, end));
+    }
+    Ok(())
 }
 
 /// The truncate size of round `round`: it alternates, so that every
@@ -398,36 +450,56 @@ fn lease_breaks(bench: &Bench, client: &Client, trips: usize, card: &mut Scoreca
                 .map_err(|e| anyhow!("create {path}: {e}"))?,
         );
         for cold in [false, true] {
-            let (mut pinfs, mut kernel) = (Vec::new(), Vec::new());
+            let (mut pinfs, mut kernel) = (Trips::default(), Trips::default());
             for _ in 0..CHUNKS {
-                let mut holder = bench.helper(&["pinfs-holder", &socket, &path, lease.arg()])?;
-                pinfs.append(&mut round_trips(&mut holder, chunk, cold, |round| {
-                    client
-                        .truncate_path(&path, truncate_size(round))
-                        .map_err(|e| anyhow!("truncate {path}: {e}"))
-                })?);
-                holder.quit()?;
-                let mut holder =
-                    bench.helper(&["kernel-holder", &kernel_file.to_string_lossy()])?;
-                kernel.append(&mut round_trips(&mut holder, chunk, cold, |round| {
-                    kernel_truncate(&kernel_path, truncate_size(round))
-                        .map_err(|e| anyhow!("truncate {}: {e}", kernel_file.display()))
-                })?);
-                holder.quit()?;
+                let holder = bench.helper(&["pinfs-holder", &socket, &path, lease.arg()])?;
+                round_trips(
+                    holder,
+                    chunk,
+                    cold,
+                    |round| {
+                        client
+                            .truncate_path(&path, truncate_size(round))
+                            .map_err(|e| anyhow!("truncate {path}: {e}"))
+                    },
+                    &mut pinfs,
+                )?;
+                let holder = bench.helper(&["kernel-holder", &kernel_file.to_string_lossy()])?;
+                round_trips(
+                    holder,
+                    chunk,
+                    cold,
+                    |round| {
+                        kernel_truncate(&kernel_path, truncate_size(round))
+                            .map_err(|e| anyhow!("truncate {}: {e}", kernel_file.display()))
+                    },
+                    &mut kernel,
+                )?;
             }
-            rows.push((lease, cold, Latency::of(pinfs), Latency::of(kernel)));
+            rows.push((lease, cold, pinfs, kernel));
         }
     }
     println!(
         "{:<40} {:>12} {:>12} {:>8}",
         "lease-break round trip (processes)", "pinfs", "kernel", "ratio"
     );
+    let mut breakdowns = Vec::new();
     for (lease, cold, pinfs, kernel) in rows {
         let what = match lease {
             HolderLease::Write => "write lease",
             HolderLease::Layout => "layout lease",
         };
         let mode = if cold { "cold" } else { "hot" };
+        let median = |v: &[Duration]| Latency::of(v.to_vec()).p50;
+        for (side, t) in [("pinfs", &pinfs), ("kernel", &kernel)] {
+            breakdowns.push(format!(
+                "{side} {what}, {mode}, medians: breaker starts -> holder notified {:.1}us; holder's release {:.1}us; released -> breaker proceeds {:.1}us",
+                us(median(&t.notify)),
+                us(median(&t.release)),
+                us(median(&t.proceed)),
+            ));
+        }
+        let (pinfs, kernel) = (Latency::of(pinfs.total), Latency::of(kernel.total));
         for (label, p, k) in [
             ("p50", pinfs.p50, kernel.p50),
             ("p99", pinfs.p99, kernel.p99),
@@ -443,6 +515,9 @@ fn lease_breaks(bench: &Bench, client: &Client, trips: usize, card: &mut Scoreca
         }
     }
     println!("(pinfs: truncate by path through the daemon, holder releases on its event; kernel: truncate(2) vs F_SETLEASE F_WRLCK, holder in sigtimedwait; both breakers wait until the holder gave up its lease)");
+    for b in breakdowns {
+        println!("{b}");
+    }
     Ok(())
 }
 
@@ -719,6 +794,7 @@ fn pinfs_holder(socket: &str, path: &str, lease: HolderLease) -> Result<()> {
         HolderLease::Layout => LeaseSpec::layout_shared(),
     };
     let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut times = Vec::new();
     while next_round(&mut input)? {
         // The breaker's own handle may still be closing (a write lease
         // needs the file to itself): try again until granted.
@@ -738,6 +814,7 @@ fn pinfs_holder(socket: &str, path: &str, lease: HolderLease) -> Result<()> {
             .recv_timeout(SIDE_TIMEOUT)
             .map_err(|e| anyhow!("events: {e}"))?
             .context("no break event")?;
+        let notified = mono_ns();
         if ev.kind != EventKind::Break || ev.lease.id != id {
             bail!("unexpected event {:?} for lease {}", ev.kind, ev.lease.id);
         }
@@ -746,7 +823,18 @@ fn pinfs_holder(socket: &str, path: &str, lease: HolderLease) -> Result<()> {
             HolderLease::Layout => client.release_lease(id),
         }
         .map_err(|e| anyhow!("release: {e}"))?;
+        times.push((notified, mono_ns()));
     }
+    report(&mut out, &times)
+}
+
+/// A holder's last words: one line per round, when it was notified and
+/// when its release returned.
+fn report(out: &mut impl Write, times: &[(u64, u64)]) -> Result<()> {
+    for (notified, released) in times {
+        writeln!(out, "{notified} {released}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -779,6 +867,7 @@ fn kernel_holder(path: &Path) -> Result<()> {
         tv_nsec: 0,
     };
     let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut times = Vec::new();
     while next_round(&mut input)? {
         // F_UNLCK resets the descriptor's F_SETSIG signal: set it each round.
         // SAFETY: fcntl(F_SETSIG) takes a descriptor and an integer.
@@ -799,10 +888,12 @@ fn kernel_holder(path: &Path) -> Result<()> {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             libc::sigtimedwait(&set, &mut info, &timeout)
         };
+        let notified = mono_ns();
         if got != sig {
             bail!("no lease-break signal within {SIDE_TIMEOUT:?}");
         }
         setlease(fd, libc::F_UNLCK).context("F_SETLEASE F_UNLCK")?;
+        times.push((notified, mono_ns()));
     }
-    Ok(())
+    report(&mut out, &times)
 }
