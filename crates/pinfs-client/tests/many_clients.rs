@@ -50,8 +50,8 @@ impl Scale {
         if std::env::var_os("PINFS_MANY_CLIENTS_LONG").is_some() {
             Scale {
                 clients: 96,
-                ops: 600,
-                kills: 160,
+                ops: 2000,
+                kills: 400,
                 kill_gap_ms: 60,
             }
         } else {
