@@ -415,7 +415,7 @@ fn round_trips(
 /// truncate changes the file (a truncate to the same size is no layout
 /// change and breaks no layout lease).
 fn truncate_size(round: usize) -> u64 {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         4096
     } else {
         0
@@ -800,7 +800,7 @@ fn pinfs_holder(socket: &str, path: &str, lease: HolderLease) -> Result<()> {
         // needs the file to itself): try again until granted.
         let deadline = Instant::now() + SIDE_TIMEOUT;
         let id = loop {
-            match file.set_lease(spec.clone()) {
+            match file.set_lease(spec) {
                 Ok(id) => break id,
                 Err(e) if e.errno() == pinfs::Errno::EAGAIN && Instant::now() < deadline => {
                     std::thread::yield_now()
