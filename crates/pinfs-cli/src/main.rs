@@ -309,7 +309,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    init_tracing(cli.verbose);
+    // A daemon tells its operator why it drops or fences a client.
+    init_tracing(cli.verbose, matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Mkfs { force, size, pool } => mkfs(&pool, size, force),
         Command::Fsck { pool } => fsck(&pool),
@@ -343,12 +344,13 @@ fn main() -> ExitCode {
 /// stdout, and a forcibly broken lease is theirs to report, not a log line
 /// in the middle of it. Colours only on a terminal, so that scripts capture
 /// plain text.
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINFS_LOG")
         .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| {
             EnvFilter::new(match verbose {
+                0 if daemon => "error,pinfs::server=warn",
                 0 => "error",
                 1 => "info",
                 2 => "debug",

@@ -71,6 +71,16 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Callers rely on it: any thread may use (a clone of) a client.
+const _: fn() = || {
+    fn shareable<T: Clone + Send + Sync>() {}
+    shareable::<Client>();
+    fn sendable<T: Send + Sync>() {}
+    sendable::<RemoteFile>();
+    sendable::<RemotePin>();
+    sendable::<Events>();
+};
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -488,6 +498,11 @@ impl Conn {
                     }
                 }
                 DaemonMsg::Bye { reason } => break format!("the daemon said goodbye: {reason}"),
+                DaemonMsg::Ping { token } => {
+                    if let Err(e) = self.send(&ClientMsg::Ack { token, errno: 0 }) {
+                        break format!("cannot acknowledge: {e}");
+                    }
+                }
                 DaemonMsg::Welcome(_) => break "a second Welcome from the daemon".to_owned(),
             }
         };

@@ -20,10 +20,10 @@ fn a_break_reaches_the_holder_process_as_signal_and_event() {
     let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Kill);
     let mut holder = d.spawn(&["open /f", "write 0 65536", "layout", "ready", "react"]);
     holder.expect("ready");
-    let c = d.client();
-    let f = c.open("/f", OpenFlags::RDWR, 0).unwrap();
-    // Blocks until the holder, in its own process, has released.
-    f.truncate(0).unwrap();
+    // Another process truncates: it waits until the holder, in its own
+    // process, has released.
+    let mut truncater = d.spawn(&["open-rw /f", "truncate 0"]);
+    assert_eq!(truncater.expect("truncate"), "truncate ok");
     assert_eq!(holder.expect("break "), "break Break");
     assert_eq!(
         holder.expect("signal "),
@@ -31,10 +31,12 @@ fn a_break_reaches_the_holder_process_as_signal_and_event() {
         "the signal did not arrive"
     );
     holder.expect("released");
-    let st = holder.wait_exit(support::PATIENCE).expect("holder exits");
-    assert!(st.success());
-    assert_eq!(f.stat().unwrap().size, 0);
-    drop(f);
+    for p in [&mut holder, &mut truncater] {
+        let st = p.wait_exit(support::PATIENCE).expect("client exits");
+        assert!(st.success());
+    }
+    let c = d.client();
+    assert_eq!(c.stat("/f").unwrap().size, 0);
     drop(c);
     d.stop_and_fsck();
 }
@@ -119,4 +121,65 @@ fn fence_off_only_removes_the_lease() {
     drop(holder);
     drop(c);
     d.stop_and_fsck();
+}
+
+/// A client process that stops answering (SIGSTOP: its library's reader
+/// cannot acknowledge) is fenced when the daemon asks it something and
+/// lease-break-time passes; returns whether it was killed.
+fn unresponsive_client(fencing_disabled: bool) -> bool {
+    let d = Daemon::start_with(
+        TruncatePolicy::Defer,
+        Duration::from_millis(500),
+        Fence::Kill,
+        |s| {
+            if fencing_disabled {
+                s.disable_fencing_for_tests();
+            }
+        },
+    );
+    let mut p = d.spawn(&["ready", "hold"]);
+    let id: u64 = p
+        .expect("connected")
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    p.expect("ready");
+    d.server().ping(id).unwrap();
+    let pid = rustix::process::Pid::from_child(&p.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until the process is stopped.
+    let stat = format!("/proc/{}/stat", p.pid());
+    assert!(wait_until(|| std::fs::read_to_string(&stat).is_ok_and(
+        |s| s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('T'))
+    )));
+    assert_eq!(
+        d.server().ping(id).unwrap_err().errno(),
+        pinfs::Errno::ETIMEDOUT
+    );
+    let killed = matches!(
+        p.wait_exit(Duration::from_secs(5)),
+        Some(st) if st.signal() == Some(libc::SIGKILL)
+    );
+    if killed {
+        let c = d.client();
+        assert!(wait_until(|| c.status().unwrap().clients.len() == 1));
+        drop(c);
+        d.stop_and_fsck();
+    }
+    killed
+}
+
+#[test]
+fn a_client_that_does_not_acknowledge_in_time_is_fenced() {
+    assert!(unresponsive_client(false));
+}
+
+#[test]
+fn negative_control_an_unacknowledging_client_survives_without_fencing() {
+    assert!(!unresponsive_client(true));
 }

@@ -4,7 +4,9 @@
 //! (and are fenced: killed at lease-break-time), others are killed with
 //! SIGKILL at random moments. Afterwards no lease, pin, handle or busy
 //! block remains, the daemon still serves, and fsck of the stopped pool is
-//! clean. Prints its seed (`PINFS_SEED` replays one) and the counts.
+//! clean. Prints its seed (`PINFS_SEED` replays one) and the counts. The
+//! negative control runs clients the same way with the daemon's cleanup of
+//! dead clients switched off, and the same check finds what they left.
 
 mod support;
 
@@ -112,4 +114,55 @@ fn sixty_four_clients_killed_at_random_leave_nothing_behind() {
     }
     drop(c);
     d.stop_and_fsck();
+}
+
+#[test]
+fn negative_control_without_cleanup_the_dead_leave_state_behind() {
+    let d = Daemon::start_with(
+        TruncatePolicy::Defer,
+        Duration::from_millis(500),
+        Fence::Kill,
+        |s| s.disable_cleanup_for_tests(),
+    );
+    let mut procs: Vec<_> = (0..8u64)
+        .map(|i| {
+            let path = format!("/n{i}");
+            d.spawn(&[
+                &format!("chaos {} 50", 0x9e37_79b9 * (i + 1)),
+                &format!("open {path}"),
+                "write 0 65536",
+                "exclusive 0 65536",
+                "pin 0 65536",
+                "ready",
+                "hold",
+            ])
+        })
+        .collect();
+    for p in &mut procs {
+        p.expect_or_exit("ready");
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    let c = d.client();
+    // Every dead client's connection is seen gone.
+    assert!(wait_until(|| c
+        .status()
+        .unwrap()
+        .clients
+        .iter()
+        .filter(|cl| cl.disconnected)
+        .count()
+        == procs.len()));
+    let s = c.status().unwrap();
+    let left = s.clients.iter().filter(|cl| cl.disconnected).count();
+    println!(
+        "without cleanup: {left} dead clients listed, {} leases, {} pins, {} busy blocks",
+        s.leases.len(),
+        s.pins.len(),
+        s.statfs.busy
+    );
+    // The check of the real test ("only the fresh client is left, no lease,
+    // no pin") fails here.
+    assert!(!(s.clients.len() == 1 && s.leases.is_empty() && s.pins.is_empty()));
+    assert!(left > 0 && !s.leases.is_empty() && !s.pins.is_empty());
 }

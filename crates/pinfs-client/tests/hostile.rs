@@ -239,3 +239,37 @@ fn each_hostile_client_loses_only_its_own_connection() {
     drop(good);
     d.stop_and_fsck();
 }
+
+#[test]
+fn silent_connections_are_bounded() {
+    let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Kill);
+    let good = d.client();
+    let file = good.open("/good", OpenFlags::CREATE, 0o644).unwrap();
+    // Connections that never say Hello hold a handshake slot each...
+    let silent: Vec<UnixStream> = (0..pinfs_server::MAX_HANDSHAKES)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    // ... so once they are all taken, one more is closed at once (the
+    // accept loop may not have seen every silent one yet: retry, bounded).
+    assert!(support::wait_until(|| {
+        let mut extra = UnixStream::connect(&d.socket).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        matches!(extra.read(&mut b), Ok(0))
+    }));
+    still_serving(&good, &file);
+    drop(silent);
+    // Their slots come back: a new client is welcomed.
+    assert!(support::wait_until(|| {
+        pinfs_client::Client::connect_with(
+            &d.socket,
+            pinfs_client::ConnectOptions { signal: Some(0) },
+        )
+        .is_ok()
+    }));
+    drop(file);
+    drop(good);
+    d.stop_and_fsck();
+}

@@ -13,109 +13,52 @@
 //! the writers' tags; a client that stops acknowledging (SIGSTOP) is killed
 //! at lease-break-time, the layout change completes, and its blocks stay
 //! busy until its death is confirmed — without fencing (the negative
-//! control) the stopped client keeps them busy.
+//! control) the stopped client keeps them busy; a client of another user
+//! gets `EACCES` for `MAP_DIRECT` on a file it does not own.
 
 #![allow(unsafe_code)]
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pinfs::dma::{Completion, RevokeMode};
-use pinfs::fs::{Cred, FallocMode, Fs, MountOptions, OpenFlags};
+use pinfs::fs::{Cred, FallocMode, Fs, OpenFlags, TruncatePolicy};
 use pinfs::map::{RemoteKind, MAP_DIRECT, MAP_SHARED, MAP_SHARED_VALIDATE};
-use pinfs::media::{MappedPool, Media};
 use pinfs::Errno;
-use pinfs_client::Client;
-use pinfs_server::{ServeOptions, Server, Stop};
+use pinfs_server::Fence;
+use support::{wait_until, Daemon, Proc, PATIENCE};
 
 const PAGE: u64 = 4096;
 
-/// A daemon serving a fresh file system on a memfd pool, in this process.
-struct Daemon {
-    fs: Arc<Fs>,
-    stop: Stop,
-    thread: Option<JoinHandle<()>>,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
+fn start(break_time: Duration, setup: impl FnOnce(&pinfs_server::Server)) -> Daemon {
+    Daemon::start_with(TruncatePolicy::Defer, break_time, Fence::Kill, setup)
 }
 
-impl Daemon {
-    fn start(break_time: Duration, prepare: impl FnOnce(&Arc<Fs>, &Server)) -> Daemon {
-        let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(32 << 20).unwrap());
-        Fs::mkfs(&*media).unwrap();
-        let fs = Fs::mount_with(
-            media,
-            MountOptions {
-                break_time,
-                ..MountOptions::default()
-            },
-        )
+fn fs(d: &Daemon) -> &Arc<Fs> {
+    d.server().fs()
+}
+
+/// A file of `pages` pages of `byte`, owned by root, mode 0666.
+fn file(d: &Daemon, path: &str, pages: u64, byte: u8) {
+    let h = fs(d)
+        .open(Cred::ROOT, path, OpenFlags::CREATE, 0o666)
         .unwrap();
-        let server = Arc::new(Server::new(fs.clone(), ServeOptions::default()));
-        prepare(&fs, &server);
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("pinfs.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let stop = Stop::new().unwrap();
-        let (s, st) = (server.clone(), stop.clone());
-        let thread = std::thread::spawn(move || s.serve(listener, &st).unwrap());
-        Daemon {
-            fs,
-            stop,
-            thread: Some(thread),
-            socket,
-            _dir: dir,
-        }
-    }
-
-    /// A file of `pages` pages of `byte`, owned by root, mode 0666.
-    fn file(&self, path: &str, pages: u64, byte: u8) {
-        let h = self
-            .fs
-            .open(Cred::ROOT, path, OpenFlags::CREATE, 0o666)
-            .unwrap();
-        h.pwrite(0, &vec![byte; (pages * PAGE) as usize]).unwrap();
-    }
-
-    /// A client process running `args`; its stdout is piped.
-    fn spawn(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_pinfs-map-client"))
-            .arg(&self.socket)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
+    h.pwrite(0, &vec![byte; (pages * PAGE) as usize]).unwrap();
+    h.chmod(0o666).unwrap();
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The last word of the child's single output line, as a number, after it
+/// The count a `pinfs-map-client` prints last (`WORD N ...`), once it
 /// exited successfully.
-fn count(child: Child) -> u64 {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "client failed: {:?} {text}",
-        out.status
-    );
-    text.split_whitespace()
+fn count(mut p: Proc, word: &str) -> u64 {
+    let line = p.expect(word);
+    let status = p.wait_exit(PATIENCE).expect("the client exits");
+    assert!(status.success(), "client failed: {status:?} {line}");
+    line.split_whitespace()
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {text:?}"))
+        .unwrap_or_else(|| panic!("no count in {line:?}"))
 }
 
 fn cload(m: &pinfs_client::ClientMap, offset: u64) -> u8 {
@@ -134,9 +77,9 @@ fn cstore(m: &pinfs_client::ClientMap, offset: u64, byte: u8) {
 
 #[test]
 fn a_client_maps_zero_copy_and_follows_layout_changes() {
-    let d = Daemon::start(Duration::from_secs(45), |_, _| {});
-    d.file("/f", 4, 0x11);
-    let c = Client::connect(&d.socket).unwrap();
+    let d = start(Duration::from_secs(45), |_| {});
+    file(&d, "/f", 4, 0x11);
+    let c = d.client();
     let f = c.open("/f", OpenFlags::RDWR, 0).unwrap();
     f.truncate(8 * PAGE).unwrap();
     // SPEC §5.1 on raw bits.
@@ -171,15 +114,16 @@ fn a_client_maps_zero_copy_and_follows_layout_changes() {
     m.persist(0, 3 * PAGE).unwrap();
     assert_eq!(c.status().unwrap().clients[0].mappings, vec![m.daemon_id()]);
     m.unmap().unwrap();
-    assert_eq!(d.fs.mapping_count(), 0);
-    assert!(d.fs.check().is_empty(), "{:?}", d.fs.check());
+    assert_eq!(fs(&d).mapping_count(), 0);
+    drop((f, c));
+    d.stop_and_fsck();
 }
 
 #[test]
 fn pins_and_a_soft_device_registration_through_a_client_mapping() {
-    let d = Daemon::start(Duration::from_secs(45), |_, _| {});
-    d.file("/r", 8, 0);
-    let c = Client::connect(&d.socket).unwrap();
+    let d = start(Duration::from_secs(45), |_| {});
+    file(&d, "/r", 8, 0);
+    let c = d.client();
     let f = c.open("/r", OpenFlags::RDWR, 0).unwrap();
     let m = f
         .mmap(0, 8 * PAGE, MAP_SHARED_VALIDATE | MAP_DIRECT)
@@ -199,7 +143,9 @@ fn pins_and_a_soft_device_registration_through_a_client_mapping() {
     assert_eq!(c.status().unwrap().registrations.len(), 1);
     reg.deregister().unwrap();
     drop(m);
-    assert!(d.fs.registrations().is_empty());
+    assert!(fs(&d).registrations().is_empty());
+    drop((f, c));
+    d.stop_and_fsck();
 }
 
 /// Two writer processes store through their mappings of `/w0`, `/w1` while
@@ -208,26 +154,32 @@ fn pins_and_a_soft_device_registration_through_a_client_mapping() {
 /// of the checker's files that changed.
 fn cross_process_invariant(replace: bool) -> u64 {
     const PAGES: u64 = 32;
-    let d = Daemon::start(Duration::from_secs(45), |fs, _| {
+    let d = start(Duration::from_secs(45), |server| {
         if !replace {
-            fs.disable_remote_replacement_for_tests();
+            server.fs().disable_remote_replacement_for_tests();
         }
     });
     let mut children = Vec::new();
     for w in 0..2 {
         let path = format!("/w{w}");
-        d.file(&path, PAGES, 0);
+        file(&d, &path, PAGES, 0);
         let (pages, tag) = (PAGES.to_string(), (0xd0 + w).to_string());
-        children.push(d.spawn(&["store", &path, &pages, "1500", &tag]));
-        children.push(d.spawn(&["churn", &path, &pages, "1500"]));
+        children.push((
+            "stores",
+            d.spawn_map_client(None, &["store", &path, &pages, "1500", &tag]),
+        ));
+        children.push((
+            "changes",
+            d.spawn_map_client(None, &["churn", &path, &pages, "1500"]),
+        ));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let corrupt = count(d.spawn(&["check", "1300"]));
-    let counts: Vec<u64> = children.into_iter().map(count).collect();
+    let corrupt = count(d.spawn_map_client(None, &["check", "1300"]), "corrupt");
+    let counts: Vec<u64> = children.into_iter().map(|(w, p)| count(p, w)).collect();
     eprintln!("replace={replace}: stores/changes {counts:?}, {corrupt} corrupt bytes");
     assert!(counts.iter().all(|&n| n > 0), "every process did work");
     if replace {
-        assert!(d.fs.check().is_empty(), "{:?}", d.fs.check());
+        d.stop_and_fsck();
     }
     corrupt
 }
@@ -254,52 +206,44 @@ fn negative_control_without_client_replacement_other_files_change() {
 /// it held).
 fn stopped_client(fence: bool) -> (Duration, u64, bool, u64) {
     let break_time = Duration::from_millis(600);
-    let d = Daemon::start(break_time, |_, server| {
+    let d = start(break_time, |server| {
         if !fence {
             server.disable_fencing_for_tests();
         }
     });
-    d.file("/h", 8, 0x11);
-    let mut holder = d.spawn(&["hold", "/h", "8"]);
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "mapped");
-    let pid = holder.id() as i32;
-    // SAFETY: `kill` only sends a signal, to our own child.
-    let r = unsafe { libc::kill(pid, libc::SIGSTOP) };
-    assert_eq!(r, 0);
-    let c = Client::connect(&d.socket).unwrap();
+    file(&d, "/h", 8, 0x11);
+    let mut holder = d.spawn_map_client(None, &["hold", "/h", "8"]);
+    holder.expect("mapped");
+    let pid = rustix::process::Pid::from_child(&holder.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until the process is stopped.
+    let stat = format!("/proc/{}/stat", holder.pid());
+    assert!(wait_until(|| std::fs::read_to_string(&stat).is_ok_and(
+        |s| s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('T'))
+    )));
+    let c = d.client();
     let f = c.open("/h", OpenFlags::RDWR, 0).unwrap();
     let started = Instant::now();
     f.truncate(0).unwrap();
     let took = started.elapsed();
     let busy = c.statfs().unwrap().busy;
-    // Its death confirmed (or, without fencing, the test ends it).
-    let waited = Instant::now();
-    let killed = loop {
-        if let Some(status) = holder.try_wait().unwrap() {
-            break !status.success();
+    // Killed by the daemon (its death confirmed), or — without fencing —
+    // still alive a while later, when the test ends it.
+    let killed = match holder.wait_exit(Duration::from_secs(3)) {
+        Some(status) => !status.success(),
+        None => {
+            holder.child.kill().unwrap();
+            holder.child.wait().unwrap();
+            false
         }
-        if waited.elapsed() > Duration::from_secs(3) {
-            holder.kill().unwrap();
-            holder.wait().unwrap();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    let released = Instant::now();
-    let after = loop {
-        let busy = c.statfs().unwrap().busy;
-        if busy == 0 || released.elapsed() > Duration::from_secs(10) {
-            break busy;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if fence {
-        assert!(d.fs.check().is_empty(), "{:?}", d.fs.check());
-    }
+    wait_until(|| c.statfs().unwrap().busy == 0);
+    let after = c.statfs().unwrap().busy;
+    drop((f, c, holder));
+    d.stop_and_fsck();
     (took, busy, killed, after)
 }
 
@@ -322,4 +266,96 @@ fn negative_control_without_fencing_a_stopped_client_lives_and_keeps_its_blocks_
         "every block the living, stopped client maps stays busy"
     );
     assert_eq!(after, 0, "released once the test killed it");
+}
+
+#[test]
+fn map_direct_is_for_the_files_owner_a_client_of_another_user_gets_eacces() {
+    if !support::is_root() {
+        println!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let d = start(Duration::from_secs(45), |_| {});
+    file(&d, "/root-owned", 2, 0x11);
+    let other = Some((4242, 4242));
+    let direct = (MAP_SHARED_VALIDATE | MAP_DIRECT).to_string();
+    let mut p = d.spawn_map_client(other, &["map", "/root-owned", "2", &direct]);
+    assert_eq!(p.expect("mmap"), "mmap err EACCES");
+    let mut p = d.spawn_map_client(other, &["map", "/root-owned", "2", &MAP_SHARED.to_string()]);
+    assert_eq!(
+        p.expect("mmap"),
+        "mmap ok",
+        "a plain shared mapping is allowed"
+    );
+    // Root (CAP_LEASE) may map anybody's file MAP_DIRECT.
+    let mut p = d.spawn_map_client(None, &["map", "/root-owned", "2", &direct]);
+    assert_eq!(p.expect("mmap"), "mmap ok");
+    drop(p);
+    d.stop_and_fsck();
+}
+
+/// The issue's first scenario, from separate processes: a holder maps a
+/// file `MAP_DIRECT`, registers it with the daemon's device and streams
+/// device writes; another client truncates the file. A reacting holder
+/// gets the signal and the event, deregisters and unmaps, and the truncate
+/// completes; an ignoring one is killed at lease-break-time, the truncate
+/// completes and everything it held is released; the daemon serves on.
+fn direct_holder(react: bool) {
+    let d = start(Duration::from_millis(500), |_| {});
+    file(&d, "/d", 4, 0);
+    let mode = if react { "react" } else { "ignore" };
+    let mut holder = d.spawn_map_client(None, &["direct", "/d", "4", mode]);
+    holder.expect("registered");
+    let c = d.client();
+    assert_eq!(c.status().unwrap().registrations.len(), 1);
+    c.truncate_path("/d", 0).unwrap();
+    if react {
+        let line = holder.expect("released");
+        assert!(line.starts_with("released signal yes"), "{line}");
+        let status = holder.wait_exit(PATIENCE).expect("it exits");
+        assert!(status.success());
+    } else {
+        holder.expect("break ignored");
+        let status = holder.wait_exit(PATIENCE).expect("the daemon kills it");
+        assert!(!status.success(), "killed: {status:?}");
+    }
+    assert!(wait_until(|| {
+        let s = c.status().unwrap();
+        s.registrations.is_empty()
+            && s.pins.is_empty()
+            && s.leases.is_empty()
+            && s.clients.len() == 1
+            && s.statfs.busy == 0
+    }));
+    assert_eq!(fs(&d).mapping_count(), 0);
+    assert_eq!(c.stat("/d").unwrap().size, 0);
+    drop((c, holder));
+    d.stop_and_fsck();
+}
+
+#[test]
+fn a_direct_holder_that_reacts_deregisters_and_unmaps_and_the_truncate_completes() {
+    direct_holder(true);
+}
+
+#[test]
+fn a_direct_holder_that_ignores_the_break_is_killed_and_everything_released() {
+    direct_holder(false);
+}
+
+#[test]
+fn under_fail_a_truncate_over_a_client_registration_is_text_file_busy() {
+    let d = Daemon::start(TruncatePolicy::Fail, Duration::from_secs(45), Fence::Kill);
+    file(&d, "/d", 4, 0);
+    let mut holder = d.spawn_map_client(None, &["direct", "/d", "4", "ignore"]);
+    holder.expect("registered");
+    let c = d.client();
+    assert_eq!(
+        c.truncate_path("/d", 0).unwrap_err().errno(),
+        Errno::ETXTBSY
+    );
+    assert_eq!(c.stat("/d").unwrap().size, 4 * PAGE);
+    drop(holder);
+    assert!(wait_until(|| c.status().unwrap().clients.len() == 1));
+    drop(c);
+    d.stop_and_fsck();
 }

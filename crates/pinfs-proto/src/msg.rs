@@ -183,6 +183,7 @@ pub enum Op {
         /// File offset.
         offset: u64,
         /// At most [`MAX_IO`] bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `Handle::truncate`.
@@ -431,7 +432,7 @@ pub enum Reply {
         ino: u64,
     },
     /// `Pread`: the bytes read.
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// `Pwrite`: bytes written.
     Count(u64),
     /// `Stat`, `Fstat`.
@@ -514,6 +515,15 @@ pub enum DaemonMsg {
     Bye {
         /// One line.
         reason: String,
+    },
+    /// Asks the client's library to acknowledge (`ClientMsg::Ack` with this
+    /// token, errno 0) at once, from its reader thread: a liveness check,
+    /// and the shape of every daemon request that needs an acknowledgement
+    /// (mapping re-placement): a client that does not answer within
+    /// lease-break-time is fenced.
+    Ping {
+        /// Echoed in the acknowledgement.
+        token: u64,
     },
     /// Make the client's mapping `map` show `pieces` (at most
     /// `pinfs::map::MAX_PLACE_PIECES`), then acknowledge with

@@ -93,6 +93,43 @@ fn sample_requests() -> Vec<Op> {
         },
         Op::Unpin { pin: PinId(4) },
         Op::Status,
+        Op::Mmap {
+            file: 1,
+            map: 7,
+            offset: 4096,
+            len: 8192,
+            flags: pinfs::map::MAP_SHARED_VALIDATE | pinfs::map::MAP_DIRECT,
+            read_only: false,
+        },
+        Op::Munmap { map: 7 },
+        Op::Fault { map: 7, page: 1 },
+        Op::Persist {
+            map: 7,
+            offset: 0,
+            len: 64,
+        },
+        Op::MapPin {
+            map: 7,
+            offset: 0,
+            len: 4096,
+        },
+        Op::Register {
+            map: 7,
+            offset: 0,
+            len: 8192,
+            mode: pinfs::dma::RevokeMode::Redirect,
+        },
+        Op::Deregister { reg: 2 },
+        Op::DmaWrite {
+            reg: 2,
+            offset: 3,
+            data: vec![1; 10],
+        },
+        Op::DmaRead {
+            reg: 2,
+            offset: 3,
+            len: 10,
+        },
     ]
 }
 
@@ -157,6 +194,20 @@ fn every_message_round_trips() {
             pin: PinId(1),
             pool_ranges: vec![(4096, 8192)],
         }),
+        Ok(Reply::Mapped { id: 12 }),
+        Ok(Reply::Registered {
+            reg: 2,
+            keys: pinfs::dma::MrKeys {
+                mr: pinfs::dma::MrId(1),
+                iova: 0x1000,
+                lkey: 5,
+                rkey: 6,
+            },
+        }),
+        Ok(Reply::Dma {
+            completion: pinfs::dma::Completion::DeviceError(5),
+            data: vec![1, 2],
+        }),
         Err(libc::ETXTBSY),
     ];
     for (id, result) in replies.into_iter().enumerate() {
@@ -170,6 +221,36 @@ fn every_message_round_trips() {
     }
     round_trip(&DaemonMsg::Event(event()), MAX_FRAME);
     round_trip(&DaemonMsg::bye("shutting down"), MAX_FRAME);
+    round_trip(&DaemonMsg::Ping { token: 77 }, MAX_FRAME);
+    // The largest placement the core sends fits a frame.
+    use pinfs::map::{RemoteKind, RemotePiece, MAX_PLACE_PIECES};
+    let kinds = [
+        RemoteKind::Pool {
+            pool_offset: u64::MAX - 4095,
+        },
+        RemoteKind::Served {
+            copy_of: Some(u64::MAX - 4095),
+        },
+        RemoteKind::Served { copy_of: None },
+        RemoteKind::Zero,
+        RemoteKind::Sigbus,
+        RemoteKind::Nothing,
+    ];
+    let pieces: Vec<RemotePiece> = (0..MAX_PLACE_PIECES as u64)
+        .map(|i| RemotePiece {
+            page: u64::MAX - i,
+            pages: u64::MAX,
+            kind: kinds[i as usize % kinds.len()],
+        })
+        .collect();
+    round_trip(
+        &DaemonMsg::Place {
+            map: u64::MAX,
+            token: u64::MAX,
+            pieces,
+        },
+        MAX_FRAME,
+    );
     round_trip(
         &DaemonMsg::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -213,6 +294,29 @@ fn encoding_is_pinned() {
         open,
         [14, 0, 0, 0, 1, 1, 0, 2, b'/', b'f', 1, 1, 1, 0, 0, 0, 0xa4, 0x03]
     );
+    // Data travels as a length and the bytes.
+    let pwrite = encode(
+        &ClientMsg::Request {
+            id: 1,
+            op: Op::Pwrite {
+                file: 1,
+                offset: 2,
+                data: vec![9, 8],
+            },
+        },
+        MAX_REQUEST_FRAME,
+    )
+    .unwrap();
+    assert_eq!(pwrite, [8, 0, 0, 0, 1, 1, 3, 1, 2, 2, 9, 8]);
+    let data = encode(
+        &DaemonMsg::Reply {
+            id: 1,
+            result: Ok(Reply::Data(vec![7])),
+        },
+        MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(data[4..], [1, 1, 0, 2, 1, 7]);
     let ev = encode(&DaemonMsg::Event(event()), MAX_FRAME).unwrap();
     assert_eq!(
         ev[4..],
@@ -225,6 +329,20 @@ fn encoding_is_pinned() {
 
 #[test]
 fn every_bound_is_enforced() {
+    let dma_write = |n: usize| Op::DmaWrite {
+        reg: 1,
+        offset: 0,
+        data: vec![0; n],
+    };
+    dma_write(MAX_IO).validate().unwrap();
+    assert!(dma_write(MAX_IO + 1).validate().is_err());
+    let dma_read = |n: u64| Op::DmaRead {
+        reg: 1,
+        offset: 0,
+        len: n,
+    };
+    dma_read(MAX_IO as u64).validate().unwrap();
+    assert!(dma_read(MAX_IO as u64 + 1).validate().is_err());
     let pwrite = |n: usize| Op::Pwrite {
         file: 1,
         offset: 0,

@@ -83,6 +83,10 @@ pub const MAX_FILES_PER_CLIENT: usize = 65_536;
 /// Most long-term pins per client (`ENOSPC` beyond).
 pub const MAX_PINS_PER_CLIENT: usize = 65_536;
 
+/// Most connections that have not yet said `Hello` at once; more are closed
+/// at once (each waits up to [`HELLO_TIMEOUT`] on a thread of its own).
+pub const MAX_HANDSHAKES: usize = 64;
+
 /// How long a new connection has to say `Hello`.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -177,6 +181,8 @@ pub(crate) struct Shared {
     pub(crate) options: ServeOptions,
     pub(crate) sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     next_client: AtomicU64,
+    /// Connections not yet past `Hello` (at most [`MAX_HANDSHAKES`]).
+    pub(crate) handshakes: std::sync::atomic::AtomicUsize,
     /// Set by `serve` for its duration: what deaths are awaited against.
     pub(crate) stop: Mutex<Option<Stop>>,
     /// The soft RDMA device clients register mappings with, created on
@@ -186,7 +192,7 @@ pub(crate) struct Shared {
     #[cfg(feature = "negative-controls")]
     pub(crate) fencing_disabled: AtomicBool,
     /// Test switch: a session that ends releases nothing (the negative
-    /// control of the many-clients test).
+    /// control of the cleanup tests).
     #[cfg(feature = "negative-controls")]
     pub(crate) cleanup_disabled: AtomicBool,
 }
@@ -241,6 +247,7 @@ impl Server {
                 options,
                 sessions: Mutex::new(HashMap::new()),
                 next_client: AtomicU64::new(1),
+                handshakes: std::sync::atomic::AtomicUsize::new(0),
                 stop: Mutex::new(None),
                 soft_device: Mutex::new(None),
                 #[cfg(feature = "negative-controls")]
@@ -279,6 +286,12 @@ impl Server {
             }
             match listener.accept() {
                 Ok((stream, _)) => {
+                    if self.shared.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                        self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(target: "pinfs::server", "too many connections saying nothing: one refused");
+                        drop(stream);
+                        continue;
+                    }
                     let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
                     let shared = Arc::clone(&self.shared);
                     match std::thread::Builder::new()
@@ -287,7 +300,8 @@ impl Server {
                     {
                         Ok(h) => threads.push(h),
                         Err(e) => {
-                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread")
+                            self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(target: "pinfs::server", error = %e, "cannot start a session thread");
                         }
                     }
                     threads.retain(|h| !h.is_finished());
@@ -330,6 +344,42 @@ impl Server {
         Ok(())
     }
 
+    /// Sends client `client` the message `make(token)` and waits for its
+    /// acknowledgement of `token` (`ClientMsg::Ack`), at most
+    /// lease-break-time (for ever when that is 0): the way the daemon asks
+    /// a client's library for something it must confirm, such as
+    /// re-placing pages of its mappings. No answer in time fences the
+    /// client (`ETIMEDOUT`). Returns the client's errno (0: done);
+    /// `ENOENT` for an unknown client, `ENOTCONN` when it goes away first.
+    pub fn ask(
+        &self,
+        client: ClientId,
+        make: impl FnOnce(u64) -> pinfs_proto::DaemonMsg,
+        what: &str,
+    ) -> Result<i32> {
+        let s = self
+            .shared
+            .sessions
+            .lock()
+            .get(&client)
+            .cloned()
+            .ok_or(Errno::ENOENT)?;
+        let break_time = self.shared.fs.leases().break_time();
+        let timeout = (!break_time.is_zero()).then_some(break_time);
+        Ok(s.ask(&self.shared, make, timeout, what)?)
+    }
+
+    /// Checks that client `client` answers (`Ping`), within lease-break-time;
+    /// one that does not is fenced (`ETIMEDOUT`).
+    pub fn ping(&self, client: ClientId) -> Result<()> {
+        self.ask(
+            client,
+            |token| pinfs_proto::DaemonMsg::Ping { token },
+            "ping",
+        )
+        .map(drop)
+    }
+
     /// The status `pinfs stat --socket` prints.
     pub fn status(&self) -> pinfs_proto::Status {
         status::status(&self.shared)
@@ -342,8 +392,9 @@ impl Server {
         self.shared.fencing_disabled.store(true, Ordering::Relaxed);
     }
 
-    /// Test-only negative control: a client that disconnects or dies keeps
-    /// everything it held (handles, leases, pins) and stays listed.
+    /// Test-only negative control: a client that disconnects or dies
+    /// releases nothing — its session, files, leases and pins stay listed
+    /// (and held) for good.
     #[cfg(feature = "negative-controls")]
     #[doc(hidden)]
     pub fn disable_cleanup_for_tests(&self) {

@@ -7,7 +7,8 @@
 //! `Deregister`, `DmaWrite` and `DmaRead` (the device is the daemon's soft
 //! RDMA device: the client reaches it only through requests).
 //!
-//! A placement is sent under the file system's state lock and waited for:
+//! A placement is sent under the file system's state lock and waited for
+//! (`Session::ask`):
 //! the client library applies it on its reader thread, which never waits
 //! for the daemon, so the acknowledgement comes unless the client is stuck,
 //! gone or dead. Then — at lease-break-time, or at once when the connection
@@ -17,11 +18,9 @@
 //! death is confirmed (`session.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use pinfs::dma::Device;
 use pinfs::fs::Registration;
 use pinfs::map::{MapFlags, RemoteMapping, RemotePiece, RemoteSpace, Unacknowledged};
@@ -38,10 +37,6 @@ pub const MAX_MAPPINGS_PER_CLIENT: usize = 4096;
 /// Most device registrations per client (`ENOSPC` beyond).
 pub const MAX_REGISTRATIONS_PER_CLIENT: usize = 1024;
 
-/// How often a placement waiting for its acknowledgement looks whether the
-/// connection is gone (it is also woken at once when it goes).
-const ACK_POLL: Duration = Duration::from_millis(100);
-
 /// What the session holds of mappings and registrations.
 #[derive(Default)]
 pub(crate) struct SessionMaps {
@@ -50,32 +45,9 @@ pub(crate) struct SessionMaps {
     maps: Mutex<HashMap<u64, Option<Arc<RemoteMapping>>>>,
     /// The client's registrations, by id.
     regs: Mutex<HashMap<u64, Arc<Registration>>>,
-    /// Placements waiting for their `Ack`: token → errno once acknowledged.
-    acks: Mutex<HashMap<u64, Option<i32>>>,
-    acked: Condvar,
-    next_token: AtomicU64,
-    /// The connection is gone: no acknowledgement can come any more.
-    closed: AtomicBool,
 }
 
 impl SessionMaps {
-    /// The `Ack` of placement `token` arrived (the reader thread). An
-    /// unknown token (a placement that timed out) is ignored.
-    pub(crate) fn ack(&self, token: u64, errno: i32) {
-        let mut acks = self.acks.lock();
-        if let Some(slot) = acks.get_mut(&token) {
-            *slot = Some(errno);
-            self.acked.notify_all();
-        }
-    }
-
-    /// The connection is gone: every waiting placement fails now.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        let _acks = self.acks.lock();
-        self.acked.notify_all();
-    }
-
     /// The daemon's ids of the client's mappings (for `Status`).
     pub(crate) fn mapping_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
@@ -108,33 +80,6 @@ impl SessionMaps {
             self.maps.lock().drain().filter_map(|(_, m)| m).collect();
         maps.len()
     }
-
-    /// Waits for the acknowledgement of `token` until `deadline` (none:
-    /// until the connection goes): the errno, or why none came.
-    fn wait(&self, token: u64, deadline: Option<Instant>) -> std::result::Result<i32, String> {
-        let mut acks = self.acks.lock();
-        loop {
-            if let Some(Some(errno)) = acks.get(&token) {
-                let errno = *errno;
-                acks.remove(&token);
-                return Ok(errno);
-            }
-            if self.closed.load(Ordering::Acquire) {
-                acks.remove(&token);
-                return Err("the connection is gone".to_owned());
-            }
-            let now = Instant::now();
-            let until = match deadline {
-                Some(d) if now >= d => {
-                    acks.remove(&token);
-                    return Err("not acknowledged within lease-break-time".to_owned());
-                }
-                Some(d) => d.min(now + ACK_POLL),
-                None => now + ACK_POLL,
-            };
-            self.acked.wait_until(&mut acks, until);
-        }
-    }
 }
 
 /// The address space of one client mapping: placements travel as `Place`
@@ -152,26 +97,26 @@ impl RemoteSpace for SessionSpace {
         let (Some(session), Some(shared)) = (self.session.upgrade(), self.shared.upgrade()) else {
             return Err(fail("the client's session is gone".to_owned()));
         };
-        let maps = &session.mapped;
-        let token = maps.next_token.fetch_add(1, Ordering::Relaxed);
-        maps.acks.lock().insert(token, None);
-        let sent = session.send(&DaemonMsg::Place {
-            map: self.map,
-            token,
-            pieces: pieces.to_vec(),
-        });
-        let waited = if sent {
-            let break_time = shared.fs.leases().break_time();
-            let deadline = (!break_time.is_zero()).then(|| Instant::now() + break_time);
-            maps.wait(token, deadline)
-        } else {
-            maps.acks.lock().remove(&token);
-            Err("the placement could not be sent".to_owned())
-        };
-        let reason = match waited {
+        let break_time = shared.fs.leases().break_time();
+        let timeout = (!break_time.is_zero()).then_some(break_time);
+        let asked = session.ask(
+            &shared,
+            |token| DaemonMsg::Place {
+                map: self.map,
+                token,
+                pieces: pieces.to_vec(),
+            },
+            timeout,
+            &format!("placement of mapping {}", self.map),
+        );
+        let reason = match asked {
             Ok(0) => return Ok(()),
             Ok(errno) => format!("the client could not apply a placement: {}", Errno(errno)),
-            Err(r) => r,
+            // `ask` fenced it already.
+            Err(Errno::ETIMEDOUT) => {
+                return Err(fail("not acknowledged within lease-break-time".to_owned()))
+            }
+            Err(e) => format!("no acknowledgement: {e}"),
         };
         // Its pages may still reach blocks the layout change frees: it must
         // die before they are reused (the core holds them until then).

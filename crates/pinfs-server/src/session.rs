@@ -28,6 +28,11 @@ const TARGET: &str = "pinfs::server";
 /// in-process user of the same `Fs` would pick.
 const OWNER_BASE: u64 = 1 << 48;
 
+/// The tokens of `Session::ask` have this bit set; acknowledgements of
+/// tokens without it belong to the mapping code's placements, which number
+/// their own (so neither can take the other's acknowledgement).
+pub(crate) const ASK_TOKEN_BIT: u64 = 1 << 63;
+
 /// An open file of a client.
 pub(crate) struct OpenFile {
     pub(crate) handle: Handle,
@@ -63,6 +68,9 @@ pub(crate) struct Session {
     pub(crate) disconnected: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
+    /// Acknowledgements awaited, by token (`Session::ask`).
+    acks: Mutex<HashMap<u64, SyncSender<i32>>>,
+    next_token: AtomicU64,
     /// Its mappings, registrations and placements waiting for `Ack`.
     pub(crate) mapped: crate::maps::SessionMaps,
 }
@@ -151,7 +159,10 @@ impl Session {
                         if let Err(e) =
                             rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
                         {
-                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client");
+                            // It lives on (holding everything until it dies),
+                            // but it is served no more.
+                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
+                            self.end(reason);
                         }
                     }
                     None => {
@@ -258,6 +269,45 @@ impl Session {
         }
     }
 
+    /// Sends the message `make(token)` and waits for the client's
+    /// acknowledgement of `token`, at most `timeout` (`None`: for ever). No
+    /// answer in time fences the client (`ETIMEDOUT`); a connection that
+    /// ends first is `ENOTCONN`. Returns the client's errno (0: done).
+    pub(crate) fn ask(
+        &self,
+        shared: &Shared,
+        make: impl FnOnce(u64) -> DaemonMsg,
+        timeout: Option<std::time::Duration>,
+        what: &str,
+    ) -> Result<i32, pinfs::Errno> {
+        let token = ASK_TOKEN_BIT | self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        self.acks.lock().insert(token, tx);
+        if !self.send(&make(token)) {
+            self.acks.lock().remove(&token);
+            return Err(pinfs::Errno::ENOTCONN);
+        }
+        let got = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => true,
+                std::sync::mpsc::RecvTimeoutError::Disconnected => false,
+            }),
+            None => rx.recv().map_err(|_| false),
+        };
+        match got {
+            Ok(errno) => Ok(errno),
+            Err(timed_out) => {
+                self.acks.lock().remove(&token);
+                if timed_out {
+                    self.fence(shared, &format!("{what} not acknowledged in time"));
+                    Err(pinfs::Errno::ETIMEDOUT)
+                } else {
+                    Err(pinfs::Errno::ENOTCONN)
+                }
+            }
+        }
+    }
+
     /// The owner callback: every lease event of the client becomes an event
     /// frame and a signal; a layout lease lost at lease-break-time fences.
     fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
@@ -307,6 +357,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
     let cred = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => c,
         Err(e) => {
+            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
             return;
         }
@@ -320,11 +371,14 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         }
     };
     let Ok(read_half) = stream.try_clone() else {
+        shared.handshakes.fetch_sub(1, Ordering::AcqRel);
         return;
     };
     let mut reader = FrameReader::new(read_half, MAX_REQUEST_FRAME, 0);
     let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-    let signal = match read_hello(&mut reader) {
+    let hello = read_hello(&mut reader);
+    shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+    let signal = match hello {
         Ok(s) => s,
         Err(reason) => return bye(&stream, &reason),
     };
@@ -366,6 +420,8 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
         ending: Mutex::new(None),
+        acks: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
         mapped: crate::maps::SessionMaps::default(),
     });
     {
@@ -474,10 +530,20 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
                 session.submit(shared, id, op);
             }
             ClientMsg::Ack { token, errno } => {
-                // A placement's acknowledgement (`maps.rs`), handled here so
-                // it never waits behind a request; an unknown token (one
-                // that timed out) is ignored.
-                session.mapped.ack(token, errno);
+                // Handled here, never queued behind file-system work. A
+                // late one (its asker gave up and fenced) is only logged.
+                let waiter = match token & ASK_TOKEN_BIT {
+                    0 => None,
+                    _ => session.acks.lock().remove(&token),
+                };
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.try_send(errno);
+                    }
+                    None => {
+                        tracing::debug!(target: TARGET, client = session.id, token, errno, "unexpected acknowledgement")
+                    }
+                }
             }
         }
     }
@@ -487,12 +553,19 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
     session.disconnected.store(true, Ordering::Release);
-    // No acknowledgement can come any more: placements waiting for one
-    // fail now (their mappings break; their blocks stay busy until the
-    // mappings are dropped below, after the client's death).
-    session.mapped.close();
+    // No acknowledgement can come any more: askers still waiting (mapping
+    // placements among them) learn it now — not after the wait for the
+    // client's death below, which their failure may be what brings about.
+    session.acks.lock().clear();
     if shared.cleanup_disabled() {
-        tracing::warn!(target: TARGET, client = session.id, pid = session.pid, "cleanup disabled (test switch): everything the client held stays");
+        // The negative control: the connection closes, nothing is
+        // released, and the session stays listed.
+        tracing::warn!(target: TARGET, client = session.id, "cleanup disabled (test switch)");
+        *session.out.lock() = None;
+        if let Some(h) = writer {
+            let _ = h.join();
+        }
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
         return;
     }
     let fenced = session.fenced.load(Ordering::Acquire);
@@ -533,6 +606,8 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
+    // Askers still waiting learn the connection is gone.
+    session.acks.lock().clear();
     // The writer drains what is queued (the `Bye`) and closes.
     *session.out.lock() = None;
     if let Some(h) = writer {

@@ -300,3 +300,37 @@ fn open_breaks_a_write_lease() {
         .unwrap();
     writer.join().unwrap().unwrap();
 }
+
+/// `Handle::set_lease` checks what the engine cannot: only the file's owner,
+/// or uid 0 (`CAP_LEASE`), may set or release a lease on it (SPEC §10,
+/// `EACCES`) — what makes a daemon client of another user fail.
+#[test]
+fn a_lease_on_a_file_the_caller_does_not_own_is_eacces() {
+    let fs = mount(Duration::from_secs(45));
+    let user = Cred {
+        uid: 1000,
+        gid: 1000,
+        owner: 7,
+    };
+    let roots = fs.open(HOLDER, "/r", OpenFlags::CREATE, 0o666).unwrap();
+    let theirs = fs.open(user, "/r", OpenFlags::RDONLY, 0).unwrap();
+    for req in [
+        LeaseRequest::read(),
+        LeaseRequest::layout_shared(),
+        LeaseRequest::layout_shared().unbreakable(),
+        LeaseRequest::unlock(),
+    ] {
+        assert_eq!(theirs.set_lease(req).unwrap_err().errno(), Errno::EACCES);
+    }
+    // Root may; and the owner may, on its own file.
+    roots.set_lease(LeaseRequest::layout_shared()).unwrap();
+    fs.chmod(Cred::ROOT, "/", 0o777).unwrap();
+    let own = fs.open(user, "/mine", OpenFlags::CREATE, 0o644).unwrap();
+    own.set_lease(LeaseRequest::layout_shared()).unwrap();
+    let ro = fs.open(user, "/mine", OpenFlags::RDONLY, 0).unwrap();
+    drop(own);
+    ro.set_lease(LeaseRequest::read()).unwrap();
+    assert_eq!(ro.get_lease(), LeaseType::Read);
+    let by_root = fs.open(OTHER, "/mine", OpenFlags::RDONLY, 0).unwrap();
+    by_root.set_lease(LeaseRequest::read()).unwrap();
+}

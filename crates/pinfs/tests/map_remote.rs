@@ -511,3 +511,56 @@ fn pins_persist_and_a_soft_device_registration_through_a_client_mapping() {
     drop(p);
     assert!(fs.check().is_empty(), "{:?}", fs.check());
 }
+
+#[test]
+fn a_client_mapping_refuses_what_a_peer_may_not_send() {
+    let fs = mount(LONG);
+    let h = file(&fs, "/v", 2 * PAGE, 1);
+    let p = map_remote(&h, &fs, 0, 2 * PAGE, MapFlags::SHARED).unwrap();
+    let c = &p.client;
+    let shown = c.kind_at(0);
+    let zero = RemotePiece {
+        page: 0,
+        pages: 1,
+        kind: RemoteKind::Zero,
+    };
+    for bad in [
+        RemotePiece {
+            page: 1,
+            pages: 2,
+            kind: RemoteKind::Zero,
+        },
+        RemotePiece {
+            page: u64::MAX,
+            pages: 2,
+            kind: RemoteKind::Zero,
+        },
+        RemotePiece {
+            page: 0,
+            pages: 1,
+            kind: RemoteKind::Pool { pool_offset: 100 },
+        },
+        RemotePiece {
+            page: 0,
+            pages: 1,
+            kind: RemoteKind::Served {
+                copy_of: Some(4097),
+            },
+        },
+    ] {
+        // Checked before anything is applied: the valid piece before the
+        // bad one is not applied either.
+        assert_eq!(c.apply(&[zero, bad]).unwrap_err().errno(), Errno::EINVAL);
+        assert_eq!(c.kind_at(0), shown);
+    }
+    // Torn down: placements change nothing and are acknowledged.
+    c.tear_down().unwrap();
+    c.apply(&[RemotePiece {
+        page: 0,
+        pages: 2,
+        kind: RemoteKind::Sigbus,
+    }])
+    .unwrap();
+    assert_eq!(c.kind_at(0), Some(RemoteKind::Nothing));
+    assert_eq!(c.read(0, &mut [0]).unwrap_err().errno(), Errno::EFAULT);
+}

@@ -13,15 +13,27 @@
 //! - `check MILLIS`: for `MILLIS` ms, create files of 16 pages of `0x5a`
 //!   and read each back three times; prints `corrupt N` (bytes that were
 //!   not `0x5a`).
+//! - `map PATH PAGES FLAGS`: map `PATH` with the raw `mmap` flag bits
+//!   `FLAGS` (decimal) and print `mmap ok` or `mmap err ERRNO-NAME`.
+//! - `direct PATH PAGES react|ignore`: what an RDMA application does — map
+//!   `PATH` `MAP_SHARED_VALIDATE|MAP_DIRECT`, register the mapping with the
+//!   daemon's soft device (print `registered`), and stream device writes
+//!   into it; on a lease break (`SIGIO` and an event) either deregister and
+//!   unmap (print `released signal yes|no writes N`, exit) or ignore it
+//!   (print `break ignored`, go on until killed).
 //! - `hold PATH PAGES`: map `PATH` (`MAP_SHARED`), store into every page,
 //!   print `mapped`, then sleep until killed (a test stops it to model a
 //!   client that does not acknowledge).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pinfs::dma::RevokeMode;
+
 use pinfs::fs::{FallocMode, OpenFlags};
-use pinfs::map::MAP_SHARED;
+use pinfs::map::{MAP_DIRECT, MAP_SHARED, MAP_SHARED_VALIDATE};
 use pinfs_client::{Client, ConnectOptions};
 
 const PAGE: u64 = 4096;
@@ -45,8 +57,18 @@ fn main() {
         eprintln!("usage: pinfs-map-client SOCKET store|churn|check|hold ARGS...");
         std::process::exit(2);
     }
-    // No lease-break signal: these clients hold no leases.
-    let client = match Client::connect_with(&args[0], ConnectOptions { signal: Some(0) }) {
+    // Only `direct` holds a lease and wants the lease-break signal.
+    let got_signal = Arc::new(AtomicBool::new(false));
+    let signal = if args[1] == "direct" {
+        if let Err(e) = signal_hook::flag::register(libc::SIGIO, Arc::clone(&got_signal)) {
+            eprintln!("pinfs-map-client: cannot handle SIGIO: {e}");
+            std::process::exit(2);
+        }
+        None
+    } else {
+        Some(0)
+    };
+    let client = match Client::connect_with(&args[0], ConnectOptions { signal }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pinfs-map-client: connect: {e}");
@@ -123,6 +145,60 @@ fn main() {
                 }
             }
             say(&format!("corrupt {corrupt}"));
+        }
+        "map" => {
+            let (path, pages, flags) = (&args[2], num(args.get(3)), num(args.get(4)) as u32);
+            let f = client
+                .open(path, OpenFlags::RDWR, 0)
+                .unwrap_or_else(|e| fail("open", e));
+            match f.mmap(0, pages * PAGE, flags) {
+                Ok(_) => say("mmap ok"),
+                Err(e) => {
+                    let n = e.errno();
+                    say(&format!(
+                        "mmap err {}",
+                        n.name().map_or_else(|| format!("E{}", n.0), str::to_owned)
+                    ));
+                }
+            }
+        }
+        "direct" => {
+            let (path, pages) = (&args[2], num(args.get(3)));
+            let react = args.get(4).map(String::as_str) == Some("react");
+            let f = client
+                .open(path, OpenFlags::RDWR, 0)
+                .unwrap_or_else(|e| fail("open", e));
+            let m = f
+                .mmap(0, pages * PAGE, MAP_SHARED_VALIDATE | MAP_DIRECT)
+                .unwrap_or_else(|e| fail("mmap", e));
+            let reg = m
+                .register(0, pages * PAGE, RevokeMode::Invalidate)
+                .unwrap_or_else(|e| fail("register", e));
+            say("registered");
+            let (mut writes, mut ignored) = (0u64, false);
+            loop {
+                // The device streams into the file (a peer's RDMA writes).
+                if reg.write((writes % pages) * PAGE, b"stream").is_ok() {
+                    writes += 1;
+                }
+                match client.events().recv_timeout(Duration::from_millis(5)) {
+                    Ok(Some(_)) if react => break,
+                    Ok(Some(_)) if !ignored => {
+                        ignored = true;
+                        say("break ignored");
+                    }
+                    Ok(_) => {}
+                    Err(e) => fail("events", e),
+                }
+            }
+            reg.deregister().unwrap_or_else(|e| fail("deregister", e));
+            m.unmap().unwrap_or_else(|e| fail("unmap", e));
+            let seen = if got_signal.load(Ordering::SeqCst) {
+                "yes"
+            } else {
+                "no"
+            };
+            say(&format!("released signal {seen} writes {writes}"));
         }
         "hold" => {
             let (path, pages) = (&args[2], num(args.get(3)));

@@ -1,7 +1,8 @@
 //! The one helper of the daemon tests: a daemon served from a thread of the
 //! test process on a fresh memfd pool (so a test can flip its test-only
-//! switches), client processes spawned from `pinfs-test-client` whose
-//! output lines a test waits for, and the final check — stop, unmount, fsck.
+//! switches), client processes spawned from `pinfs-test-client` (or, for
+//! the mapping tests, `pinfs-map-client`) whose output lines a test waits
+//! for, and the final check — stop, unmount, fsck.
 
 #![allow(dead_code)]
 
@@ -90,6 +91,11 @@ impl Daemon {
 
     pub fn spawn_as(&self, ids: Option<(u32, u32)>, cmds: &[&str]) -> Proc {
         self.spawn_program(env!("CARGO_BIN_EXE_pinfs-test-client"), ids, cmds)
+    }
+
+    /// A process of the mapping tests (see `pinfs-map-client`).
+    pub fn spawn_map_client(&self, ids: Option<(u32, u32)>, args: &[&str]) -> Proc {
+        self.spawn_program(env!("CARGO_BIN_EXE_pinfs-map-client"), ids, args)
     }
 
     /// A process of `program` (a client binary of this package) given the
