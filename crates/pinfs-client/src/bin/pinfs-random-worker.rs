@@ -54,6 +54,9 @@ const MAX_LEASES: usize = 8;
 /// Most mappings of each kind (shared, direct) a worker keeps (the oldest is
 /// unmapped to map another).
 const MAX_MAPPINGS: usize = 4;
+/// How long a worker that ignores breaks keeps asking for the lease it is
+/// to hold at the end (others' exclusive layout leases refuse it).
+const HOLD_PATIENCE: Duration = Duration::from_secs(20);
 /// Exit status for a connection lost without being killed.
 const EXIT_LOST_CONNECTION: i32 = 3;
 
@@ -502,9 +505,22 @@ fn main() {
             d.clear();
         }
         w.files.clear();
+        // Another worker's exclusive layout lease refuses ours (`EAGAIN`)
+        // for as long as it holds it: try again, for a bounded while.
+        let deadline = std::time::Instant::now() + HOLD_PATIENCE;
         let held = client
             .open("/w0", OpenFlags::CREATE, 0o666)
-            .and_then(|f| f.set_lease(LeaseSpec::layout_shared()).map(|id| (f, id)));
+            .and_then(|f| loop {
+                match f.set_lease(LeaseSpec::layout_shared().nonblocking()) {
+                    Ok(id) => break Ok((f, id)),
+                    Err(e)
+                        if e.errno() == Errno::EAGAIN && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => break Err(e),
+                }
+            });
         match held {
             Ok((_file, id)) => {
                 println!("holding {}", id.0);
