@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// every operation is checked against the client's own user).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
+    /// Also mount the served file system with FUSE at DIR (not available
+    /// yet: refused before anything is opened).
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
     /// What happens to a client that keeps a layout lease past
     /// lease-break-time: kill (its process is killed, which releases
     /// everything it held) or off (it only loses the lease).
@@ -89,6 +93,11 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// `pinfs serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    if args.mount.is_some() {
+        return Err(CliError::Other(anyhow!(
+            "--mount: a FUSE mount of the served file system is not available yet"
+        )));
+    }
     let options = MountOptions {
         break_time: args.break_time,
         policy: args.policy,

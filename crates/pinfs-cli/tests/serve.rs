@@ -121,3 +121,35 @@ fn serve_start_use_sigterm_fsck() {
     drop((f, c));
     assert!(pinfs(&["fsck", pool.to_str().unwrap()]).status.success());
 }
+
+#[test]
+fn serve_refuses_mount_and_bad_options_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let socket = dir.path().join("sock");
+    mkfs(&pool);
+    let (p, s) = (pool.to_str().unwrap(), socket.to_str().unwrap());
+    for (args, says) in [
+        (
+            vec!["serve", p, "--socket", s, "--mount", "/mnt"],
+            "--mount",
+        ),
+        (vec!["serve", p, "--socket", s, "--fence", "maybe"], "fence"),
+        (
+            vec!["serve", p, "--socket", s, "--break-time", "-1"],
+            "break-time",
+        ),
+        (vec!["serve", p], "--socket"),
+    ] {
+        let out = pinfs(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(!socket.exists());
+    // A missing pool: one line naming it.
+    let out = pinfs(&["serve", "/nonexistent/pool", "--socket", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pool"));
+}

@@ -273,3 +273,79 @@ fn silent_connections_are_bounded() {
     drop(good);
     d.stop_and_fsck();
 }
+
+#[test]
+fn a_client_that_does_not_read_its_replies_is_dropped() {
+    let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Kill);
+    let good = d.client();
+    let file = good.open("/good", OpenFlags::CREATE, 0o644).unwrap();
+    file.pwrite(0, &vec![5u8; MAX_IO]).unwrap();
+    let (mut s, mut r) = welcomed(&d);
+    send_frame(
+        &s,
+        &frame(&ClientMsg::Request {
+            id: 1,
+            op: Op::Open {
+                path: "/good".to_owned(),
+                flags: OpenFlags::RDONLY,
+                mode: 0,
+            },
+        }),
+    )
+    .unwrap();
+    let Ok(DaemonMsg::Reply {
+        result: Ok(Reply::Opened { file: fid, .. }),
+        ..
+    }) = decode::<DaemonMsg>(&r.read_frame().unwrap().payload)
+    else {
+        panic!("open")
+    };
+    // 1 MiB reads, a few at a time (never near the in-flight bound), and
+    // no reply read: the daemon's outgoing bytes pass their bound.
+    let per_batch = 8;
+    let batches = pinfs_server::MAX_OUTGOING_BYTES / MAX_IO / per_batch + 4;
+    let mut id = 10;
+    for _ in 0..batches {
+        let mut burst = Vec::new();
+        for _ in 0..per_batch {
+            id += 1;
+            burst.extend(frame(&ClientMsg::Request {
+                id,
+                op: Op::Pread {
+                    file: fid,
+                    offset: 0,
+                    len: MAX_IO as u64,
+                },
+            }));
+        }
+        if s.write_all(&burst).is_err() {
+            break; // already dropped
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What was queued still arrives, then the end: dropped for the bytes
+    // it let pile up (not for requests in flight, which would have ended
+    // it before its replies reached the bound).
+    s.set_read_timeout(Some(support::PATIENCE)).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert!(
+        all.len() >= pinfs_server::MAX_OUTGOING_BYTES,
+        "only {} bytes came before the end",
+        all.len()
+    );
+    // ... and no more than the bound (plus the socket's own buffer and
+    // one reply): the daemon did not keep queueing.
+    assert!(
+        all.len() <= pinfs_server::MAX_OUTGOING_BYTES + (8 << 20),
+        "{} bytes queued for a client that does not read",
+        all.len()
+    );
+    still_serving(&good, &file);
+    assert!(support::wait_until(
+        || good.status().unwrap().clients.len() == 1
+    ));
+    drop(file);
+    drop(good);
+    d.stop_and_fsck();
+}

@@ -18,7 +18,9 @@
 //! the file system, and handles acknowledgements itself); workers, started
 //! as requests need them, at most [`pinfs_proto::MAX_INFLIGHT`] — so a
 //! request waiting in a lease break never holds up the client's next one;
-//! and a writer fed by a bounded queue ([`MAX_OUTGOING`]), so the file
+//! and a writer fed by a bounded queue ([`MAX_OUTGOING`] frames,
+//! [`MAX_OUTGOING_BYTES`] bytes; a reply goes out directly when nothing is
+//! queued and the socket takes it without blocking), so the file
 //! system never waits on a slow client: a client whose queue overflows is
 //! dropped. A malformed, oversized or out-of-order frame, a wrong version,
 //! a frame carrying descriptors, or one request too many in flight drops
@@ -79,6 +81,10 @@ pub const MAX_OUTGOING: usize = 4096;
 
 /// Most open files per client (`EMFILE` beyond).
 pub const MAX_FILES_PER_CLIENT: usize = 65_536;
+
+/// Most bytes waiting to be written to one client (replies carry up to
+/// `MAX_IO` bytes each): a client that lets more pile up is dropped.
+pub const MAX_OUTGOING_BYTES: usize = 64 << 20;
 
 /// Most long-term pins per client (`ENOSPC` beyond).
 pub const MAX_PINS_PER_CLIENT: usize = 65_536;

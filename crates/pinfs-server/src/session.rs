@@ -20,7 +20,7 @@ use pinfs_proto::{
 };
 use rustix::event::{poll, PollFd, PollFlags};
 
-use crate::{Fence, Shared, HELLO_TIMEOUT, MAX_OUTGOING};
+use crate::{Fence, Shared, HELLO_TIMEOUT, MAX_OUTGOING, MAX_OUTGOING_BYTES};
 
 const TARGET: &str = "pinfs::server";
 
@@ -58,6 +58,10 @@ pub(crate) struct Session {
     signal: i32,
     sock: UnixStream,
     out: Mutex<Option<SyncSender<Vec<u8>>>>,
+    /// Frames handed to the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Their bytes (at most `MAX_OUTGOING_BYTES`).
+    queued_bytes: Arc<AtomicUsize>,
     pub(crate) files: Mutex<HashMap<FileId, Arc<OpenFile>>>,
     pub(crate) next_file: AtomicU64,
     pub(crate) pins: Mutex<HashMap<PinId, Pin>>,
@@ -104,16 +108,52 @@ impl Session {
         let Some(tx) = out.as_ref() else {
             return false;
         };
+        let mut frame = frame;
+        if self.queued.load(Ordering::Acquire) == 0 {
+            // Nothing waits for the writer (and only senders, under `out`,
+            // add to it): the frame may go out now, from this thread, as far
+            // as the socket takes it without blocking — one thread hand-off
+            // less per reply. What does not fit goes to the writer, in order.
+            match rustix::net::send(
+                &self.sock,
+                &frame,
+                rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT,
+            ) {
+                Ok(n) if n == frame.len() => return true,
+                Ok(n) => {
+                    frame.drain(..n);
+                }
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+                // The connection is gone; the reader sees it too.
+                Err(_) => return false,
+            }
+        }
+        let bytes = frame.len();
+        if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_OUTGOING_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            drop(out);
+            self.violation(&format!(
+                "more than {MAX_OUTGOING_BYTES} bytes waiting to be read"
+            ));
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
         match tx.try_send(frame) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 drop(out);
                 self.violation(&format!(
                     "more than {MAX_OUTGOING} messages waiting to be read"
                 ));
                 false
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                false
+            }
         }
     }
 
@@ -406,6 +446,8 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         signal,
         sock,
         out: Mutex::new(Some(tx)),
+        queued: Arc::new(AtomicUsize::new(0)),
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
         files: Mutex::new(HashMap::new()),
         next_file: AtomicU64::new(1),
         pins: Mutex::new(HashMap::new()),
@@ -455,7 +497,11 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         };
         std::thread::Builder::new()
             .name(format!("pinfs-writer-{id}"))
-            .spawn(move || write_loop(wsock, rx))
+            .spawn({
+                let queued = Arc::clone(&session.queued);
+                let queued_bytes = Arc::clone(&session.queued_bytes);
+                move || write_loop(wsock, rx, queued, queued_bytes)
+            })
             .ok()
     };
     // Lease events of this client's owner reach it from now on.
@@ -479,9 +525,17 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
     cleanup(&shared, &session, writer);
 }
 
-fn write_loop(sock: UnixStream, rx: Receiver<Vec<u8>>) {
+fn write_loop(
+    sock: UnixStream,
+    rx: Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     for frame in rx {
-        if pinfs_proto::send_frame(&sock, &frame).is_err() {
+        let sent = pinfs_proto::send_frame(&sock, &frame);
+        queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        queued.fetch_sub(1, Ordering::AcqRel);
+        if sent.is_err() {
             break;
         }
     }
