@@ -79,9 +79,12 @@ const WARMUP: usize = 10;
 const CHUNKS: usize = 5;
 /// How long the breaker waits before a cold round trip.
 const COLD_GAP: Duration = Duration::from_millis(1);
-/// Operations per chunk of the per-operation measurement.
-const OPS: usize = 4000;
-const QUICK_OPS: usize = 400;
+/// Operations per chunk of the per-operation measurement, and its chunks
+/// (more and shorter than the round trips': a burst of load on a shared
+/// machine then spoils fewer of them, and the median is of chunk means).
+const OPS: usize = 1000;
+const QUICK_OPS: usize = 200;
+const OP_CHUNKS: usize = 11;
 /// Bytes of one small read or write.
 const SMALL_IO: usize = 4096;
 /// The small-I/O file's size (reads and writes walk through it).
@@ -112,7 +115,7 @@ pub fn run(quick: bool) -> Result<()> {
     let client = Client::connect_with(&bench.socket, ConnectOptions { signal: Some(0) })
         .map_err(|e| anyhow!("connect to the bench's daemon: {e}"))?;
     println!(
-        "pinfs bench ipc{}: through `pinfs serve` (pool {}, {} MiB, 2 MiB pages: {}) vs the kernel between processes on tmpfs; {trips} round trips per mode and side in {CHUNKS} alternating chunks; {ops} operations per chunk",
+        "pinfs bench ipc{}: through `pinfs serve` (pool {}, {} MiB, 2 MiB pages: {}) vs the kernel between processes on tmpfs; {trips} round trips per mode and side in {CHUNKS} alternating chunks; {OP_CHUNKS} alternating chunks of {ops} small operations",
         if quick { " --quick" } else { "" },
         bench.pool.display(),
         POOL_BYTES >> 20,
@@ -579,7 +582,7 @@ fn small_ops(bench: &Bench, client: &Client, ops: usize) -> Result<()> {
         SmallOp::Stat,
     ] {
         let (mut pinfs, mut kernel) = (Vec::new(), Vec::new());
-        for _ in 0..CHUNKS {
+        for _ in 0..OP_CHUNKS {
             let start = Instant::now();
             for i in 0..ops {
                 let at = (i as u64 % blocks) * SMALL_IO as u64;
@@ -618,7 +621,7 @@ fn small_ops(bench: &Bench, client: &Client, ops: usize) -> Result<()> {
             us(p) - us(k)
         );
     }
-    println!("(pinfs: one request and reply over the daemon's socket per operation, median of {CHUNKS} chunks; close is not waited for, as a client's drop sends it)");
+    println!("(pinfs: one request and reply over the daemon's socket per operation, median of {OP_CHUNKS} chunks; close is not waited for, as a client's drop sends it)");
     drop(file);
     client
         .unlink(path)
