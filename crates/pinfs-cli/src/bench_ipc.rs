@@ -34,32 +34,30 @@
 //!
 //! # Safety
 //!
-//! The kernel holder needs `fcntl(F_SETLEASE)`, `fcntl(F_SETSIG)`, a signal
-//! mask and `sigtimedwait`, none of which `rustix` offers, so it calls
-//! `libc`; it runs in its own single-threaded helper process. The bandwidth
-//! measurement copies to and from the mapping through raw pointers, as an
-//! application does; each block says why the ranges are valid and not
-//! aliased by a reference.
+//! The kernel's side calls `libc` where `rustix` has nothing: `truncate(2)`
+//! here, the lease holder's calls in [`holders`]. The bandwidth measurement
+//! copies to and from the mapping through raw pointers, as an application
+//! does; each block says why the ranges are valid and not aliased by a
+//! reference.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use pinfs::fs::{Fs, OpenFlags};
-use pinfs::lease::EventKind;
 use pinfs::map::MAP_SHARED;
 use pinfs::media::MappedPool;
-use pinfs_client::{Client, ConnectOptions, LeaseSpec};
+use pinfs_client::{Client, ConnectOptions};
 
 use crate::bench_target::{Goal, Scorecard};
+
+mod holders;
+pub use holders::helper;
 
 /// Target of the lease-break round trip: pinfs's time relative to the
 /// kernel's.
@@ -95,8 +93,6 @@ const QUICK_BANDWIDTH_BYTES: usize = 32 << 20;
 const BANDWIDTH_ROUNDS: usize = 5;
 /// Longest wait for a helper or the daemon before the bench gives up.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
-/// `fcntl(F_SETSIG)` (not exported by the `libc` crate for this target).
-const F_SETSIG: libc::c_int = 10;
 
 /// Run the benchmark and print the results; `quick` shrinks it.
 pub fn run(quick: bool) -> Result<()> {
@@ -749,154 +745,4 @@ fn bandwidth(bench: &Bench, client: &Client, bytes: usize, card: &mut Scorecard)
         .unlink(path)
         .map_err(|e| anyhow!("unlink {path}: {e}"))?;
     Ok(())
-}
-
-// ---------------------------------------------------------------- helpers
-
-/// `pinfs bench-ipc-helper ROLE ARGS...`: a holder process of `bench ipc`.
-/// `pinfs-holder SOCKET PATH write|layout` or `kernel-holder PATH`. Reads
-/// `g`/`q` on standard input; after each `g` takes its lease, answers `r`,
-/// waits for the break and gives the lease up.
-pub fn helper(args: &[String]) -> Result<()> {
-    match args {
-        [role, socket, path, lease] if role == "pinfs-holder" => {
-            let lease = match lease.as_str() {
-                "write" => HolderLease::Write,
-                "layout" => HolderLease::Layout,
-                other => bail!("unknown lease {other:?}"),
-            };
-            pinfs_holder(socket, path, lease)
-        }
-        [role, path] if role == "kernel-holder" => kernel_holder(Path::new(path)),
-        _ => bail!("usage: pinfs bench-ipc-helper (pinfs-holder SOCKET PATH write|layout | kernel-holder PATH)"),
-    }
-}
-
-/// Waits for `g` (true) or `q`/end of input (false).
-fn next_round(input: &mut impl Read) -> Result<bool> {
-    let mut b = [0u8; 1];
-    Ok(input.read(&mut b)? == 1 && b[0] == b'g')
-}
-
-fn ready(out: &mut impl Write) -> Result<()> {
-    out.write_all(b"r")?;
-    out.flush()?;
-    Ok(())
-}
-
-fn pinfs_holder(socket: &str, path: &str, lease: HolderLease) -> Result<()> {
-    // The daemon signals a break with SIGIO (whose default action would end
-    // the process) as well as the event this holder waits for.
-    signal_hook::flag::register(libc::SIGIO, Arc::new(AtomicBool::new(false)))?;
-    let client = Client::connect(socket).map_err(|e| anyhow!("connect: {e}"))?;
-    let file = client
-        .open(path, OpenFlags::RDONLY, 0)
-        .map_err(|e| anyhow!("open {path}: {e}"))?;
-    let spec = match lease {
-        HolderLease::Write => LeaseSpec::write(),
-        HolderLease::Layout => LeaseSpec::layout_shared(),
-    };
-    let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout().lock());
-    let mut times = Vec::new();
-    while next_round(&mut input)? {
-        // The breaker's own handle may still be closing (a write lease
-        // needs the file to itself): try again until granted.
-        let deadline = Instant::now() + SIDE_TIMEOUT;
-        let id = loop {
-            match file.set_lease(spec) {
-                Ok(id) => break id,
-                Err(e) if e.errno() == pinfs::Errno::EAGAIN && Instant::now() < deadline => {
-                    std::thread::yield_now()
-                }
-                Err(e) => bail!("set lease: {e}"),
-            }
-        };
-        ready(&mut out)?;
-        let ev = client
-            .events()
-            .recv_timeout(SIDE_TIMEOUT)
-            .map_err(|e| anyhow!("events: {e}"))?
-            .context("no break event")?;
-        let notified = mono_ns();
-        if ev.kind != EventKind::Break || ev.lease.id != id {
-            bail!("unexpected event {:?} for lease {}", ev.kind, ev.lease.id);
-        }
-        match lease {
-            HolderLease::Write => file.set_lease(LeaseSpec::unlock()).map(drop),
-            HolderLease::Layout => client.release_lease(id),
-        }
-        .map_err(|e| anyhow!("release: {e}"))?;
-        times.push((notified, mono_ns()));
-    }
-    report(&mut out, &times)
-}
-
-/// A holder's last words: one line per round, when it was notified and
-/// when its release returned.
-fn report(out: &mut impl Write, times: &[(u64, u64)]) -> Result<()> {
-    for (notified, released) in times {
-        writeln!(out, "{notified} {released}")?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
-fn setlease(fd: RawFd, ty: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: fcntl(F_SETLEASE) takes a descriptor and an integer and
-    // touches no memory of ours; `fd` is open for the duration of the call.
-    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, ty) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn kernel_holder(path: &Path) -> Result<()> {
-    let sig = libc::SIGRTMIN() + 1;
-    // SAFETY: an all-zero sigset_t is a valid value; sigemptyset then
-    // initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, local signal set; this process has one
-    // thread, whose mask this sets.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let fd = file.as_raw_fd();
-    let timeout = libc::timespec {
-        tv_sec: SIDE_TIMEOUT.as_secs() as libc::time_t,
-        tv_nsec: 0,
-    };
-    let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout().lock());
-    let mut times = Vec::new();
-    while next_round(&mut input)? {
-        // F_UNLCK resets the descriptor's F_SETSIG signal: set it each round.
-        // SAFETY: fcntl(F_SETSIG) takes a descriptor and an integer.
-        if unsafe { libc::fcntl(fd, F_SETSIG, sig) } != 0 {
-            bail!("F_SETSIG: {}", std::io::Error::last_os_error());
-        }
-        let deadline = Instant::now() + SIDE_TIMEOUT;
-        while let Err(e) = setlease(fd, libc::F_WRLCK) {
-            if Instant::now() > deadline {
-                bail!("F_SETLEASE F_WRLCK: {e} (leases disabled? /proc/sys/fs/leases-enable)");
-            }
-            std::thread::yield_now();
-        }
-        ready(&mut out)?;
-        // SAFETY: an all-zero siginfo_t is a valid out-parameter; `set` and
-        // `timeout` are initialised locals.
-        let got = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::sigtimedwait(&set, &mut info, &timeout)
-        };
-        let notified = mono_ns();
-        if got != sig {
-            bail!("no lease-break signal within {SIDE_TIMEOUT:?}");
-        }
-        setlease(fd, libc::F_UNLCK).context("F_SETLEASE F_UNLCK")?;
-        times.push((notified, mono_ns()));
-    }
-    report(&mut out, &times)
 }
