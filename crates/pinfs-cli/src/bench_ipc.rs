@@ -90,7 +90,7 @@ const SMALL_FILE_BYTES: u64 = 1 << 20;
 /// The mapped file's size, and the number of timed rounds of each copy.
 const BANDWIDTH_BYTES: usize = 256 << 20;
 const QUICK_BANDWIDTH_BYTES: usize = 32 << 20;
-const BANDWIDTH_ROUNDS: usize = 5;
+const BANDWIDTH_ROUNDS: usize = 9;
 /// Longest wait for a helper or the daemon before the bench gives up.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 
