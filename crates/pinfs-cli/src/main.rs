@@ -10,6 +10,7 @@
 mod bench_dma;
 mod bench_fs;
 mod bench_huge;
+mod bench_ipc;
 mod bench_lease;
 mod bench_limit;
 mod bench_map;
@@ -118,6 +119,13 @@ enum Command {
         /// does under shmem_enabled=never), `none` (4 KiB pages only).
         #[arg(long, value_enum, default_value = "auto")]
         huge: bench_map::HugeChoice,
+    },
+    /// A helper process of `pinfs bench ipc` (started by it).
+    #[command(hide = true)]
+    BenchIpcHelper {
+        /// The helper's role and arguments.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
     },
 }
 
@@ -255,6 +263,9 @@ enum BenchName {
     Map,
     /// Device registrations, device writes and revocation (soft and uring).
     Dma,
+    /// The daemon: lease breaks across processes, small operations and
+    /// mapped bandwidth in a client, against the kernel.
+    Ipc,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -335,6 +346,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
         Command::Bench { name, quick, huge } => bench(name, quick, huge),
+        Command::BenchIpcHelper { args } => bench_ipc::helper(&args).map_err(CliError::Other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -617,6 +629,7 @@ fn bench(
         BenchName::Lease => bench_lease::run(quick),
         BenchName::Map => bench_map::run(quick, huge),
         BenchName::Dma => bench_dma::run(quick),
+        BenchName::Ipc => bench_ipc::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
@@ -625,6 +638,7 @@ fn bench(
             BenchName::Lease,
             BenchName::Map,
             BenchName::Dma,
+            BenchName::Ipc,
         ],
     };
     for b in chosen {

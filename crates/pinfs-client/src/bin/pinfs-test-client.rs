@@ -14,13 +14,7 @@
 //! Each prints `NAME ok [ID]` or `NAME err ERRNO-NAME`; `react` prints
 //! `break KIND`, `signal yes|no` (whether the lease-break signal arrived)
 //! and `released`.
-//!
-//! `chaos SEED OPS [ignore]` runs OPS random operations on shared files
-//! `/c0`..`/c3` — opens, writes, reads, layout leases, unbreakable leases
-//! with pins, unpins, truncates, punches — while a second thread releases
-//! every lease whose break it is told of (unless `ignore`: then the daemon
-//! fences it). Errors the file system may give are counted; a lost
-//! connection ends the run. Prints `chaos done OPS ERRORS`.
+
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -161,7 +155,6 @@ fn main() {
                 }
                 println!("released");
             }
-            "chaos" => chaos(&client, num(a), num(b), w.next() == Some("ignore")),
             "sleep" => std::thread::sleep(Duration::from_millis(num(a))),
             "ready" => println!("ready"),
             "hold" => loop {
@@ -176,99 +169,3 @@ fn main() {
     drop(file);
 }
 
-/// xorshift64*: a seeded generator that needs no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn chaos(client: &Client, seed: u64, ops: u64, ignore: bool) {
-    const FILE_BYTES: u64 = 1 << 20;
-    let mut rng = Rng(seed | 1);
-    if !ignore {
-        let c = client.clone();
-        std::thread::spawn(move || loop {
-            match c.events().recv_timeout(Duration::from_millis(100)) {
-                Ok(Some(ev)) if ev.kind == pinfs::lease::EventKind::Break => {
-                    let _ = c.release_lease(ev.lease.id);
-                }
-                Ok(_) => {}
-                Err(e) if e.errno() == pinfs::Errno::EOVERFLOW => {}
-                Err(_) => return,
-            }
-        });
-    }
-    let mut files: Vec<RemoteFile> = Vec::new();
-    let mut leases: Vec<LeaseId> = Vec::new();
-    let mut pins: Vec<RemotePin> = Vec::new();
-    let mut errors = 0u64;
-    for _ in 0..ops {
-        let path = format!("/c{}", rng.below(4));
-        let off = rng.below(FILE_BYTES / 4096) * 4096;
-        let len = (1 + rng.below(16)) * 4096;
-        let pick = rng.below(files.len() as u64) as usize;
-        let r: pinfs::Result<()> = match rng.below(12) {
-            0 | 1 => client.open(&path, OpenFlags::CREATE, 0o644).map(|f| {
-                if files.len() >= 3 {
-                    files.remove(0);
-                }
-                files.push(f);
-            }),
-            2 | 3 => files.get(pick).map_or(Ok(()), |f| {
-                f.pwrite(off, &vec![seed as u8; len as usize]).map(drop)
-            }),
-            4 => files.get(pick).map_or(Ok(()), |f| {
-                let mut b = vec![0u8; len as usize];
-                f.pread(off, &mut b).map(drop)
-            }),
-            5 => files.get(pick).map_or(Ok(()), |f| {
-                f.set_lease(LeaseSpec::layout_shared().nonblocking())
-                    .map(|id| leases.push(id))
-            }),
-            6 => leases.pop().map_or(Ok(()), |id| client.release_lease(id)),
-            7 => files.get(pick).map_or(Ok(()), |f| {
-                let spec = LeaseSpec::layout_shared()
-                    .unbreakable()
-                    .range(ByteRange::from_len(off, len))
-                    .nonblocking();
-                let id = f.set_lease(spec)?;
-                leases.push(id);
-                let p = f.pin_long_term(off, len)?;
-                pins.push(p);
-                Ok(())
-            }),
-            8 => {
-                if !pins.is_empty() {
-                    let i = rng.below(pins.len() as u64) as usize;
-                    pins.swap_remove(i);
-                }
-                Ok(())
-            }
-            9 => files
-                .get(pick)
-                .map_or(Ok(()), |f| f.truncate(rng.below(FILE_BYTES))),
-            10 => files.get(pick).map_or(Ok(()), |f| {
-                f.fallocate(pinfs::fs::FallocMode::PunchHole, off, len)
-            }),
-            _ => client.truncate_path(&path, rng.below(FILE_BYTES)),
-        };
-        if let Err(e) = r {
-            let n = e.errno();
-            if n == pinfs::Errno::ENOTCONN || n == pinfs::Errno::EPIPE {
-                println!("chaos lost-connection");
-                std::process::exit(3);
-            }
-            errors += 1;
-        }
-    }
-    println!("chaos done {ops} {errors}");
-}

@@ -98,10 +98,12 @@ impl Daemon {
         self.spawn_program(env!("CARGO_BIN_EXE_pinfs-map-client"), ids, args)
     }
 
-    fn spawn_program(&self, program: &str, ids: Option<(u32, u32)>, cmds: &[&str]) -> Proc {
+    /// A process of `program` (a client binary of this package) given the
+    /// socket and then `args`.
+    pub fn spawn_program(&self, program: &str, ids: Option<(u32, u32)>, args: &[&str]) -> Proc {
         let mut cmd = Command::new(program);
         cmd.arg(&self.socket)
-            .args(cmds)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((uid, gid)) = ids {
@@ -199,6 +201,15 @@ impl Proc {
             }
         }
         panic!("neither `{prefix}` nor an exit; saw {:?}", self.seen)
+    }
+
+    /// Every line the process printed, once it has exited (its output
+    /// ends): what was already seen and the rest.
+    pub fn all_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     pub fn pid(&self) -> i32 {
