@@ -13,6 +13,7 @@ mod bench_huge;
 mod bench_lease;
 mod bench_limit;
 mod bench_map;
+mod bench_scale;
 mod bench_target;
 mod demo;
 mod error;
@@ -243,6 +244,8 @@ enum BenchName {
     Map,
     /// Device registrations, device writes and revocation (soft and uring).
     Dma,
+    /// mkfs, mount, fsck and resident memory of pools up to 1 TiB, vs XFS.
+    Scale,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -597,6 +600,7 @@ fn bench(
         BenchName::Lease => bench_lease::run(quick),
         BenchName::Map => bench_map::run(quick, huge),
         BenchName::Dma => bench_dma::run(quick),
+        BenchName::Scale => bench_scale::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
@@ -605,6 +609,7 @@ fn bench(
             BenchName::Lease,
             BenchName::Map,
             BenchName::Dma,
+            BenchName::Scale,
         ],
     };
     for b in chosen {
