@@ -581,3 +581,82 @@ fn bytes_past_eof_do_not_come_back() {
         "copy-on-write protected the source"
     );
 }
+
+/// Reference counts by extent (format version 2): a truncate of an
+/// unshared file journals its inode's extent change alone — a few hundred
+/// bytes whatever the file's size, not a count per block (16 KiB for the
+/// 4,096 blocks here under a per-block table) — and a truncate of a
+/// reflinked copy journals the shared-run table's few changed runs.
+#[test]
+fn a_truncate_journals_extents_not_blocks() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(64 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let h = fs.open(root, "/big", OpenFlags::CREATE, 0o644).unwrap();
+    // Four extents of 1,024 blocks (written in four pieces, gaps between).
+    for i in 0..4u64 {
+        h.pwrite(i * 1100 * BS, &vec![i as u8 + 1; (1024 * BS) as usize])
+            .unwrap();
+    }
+    let copy = fs.open(root, "/copy", OpenFlags::CREATE, 0o644).unwrap();
+    copy.reflink(&h, None).unwrap();
+    let free_before = fs.statfs().free;
+
+    let before = fs.journal_stats();
+    copy.truncate(0).unwrap();
+    let shared_drop = fs.journal_stats().record_bytes - before.record_bytes;
+    assert_eq!(
+        fs.statfs().free,
+        free_before,
+        "blocks still used by /big stay used"
+    );
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+
+    let before = fs.journal_stats();
+    h.truncate(0).unwrap();
+    let unshared = fs.journal_stats().record_bytes - before.record_bytes;
+    assert_eq!(fs.statfs().free, free_before + 4096);
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+    println!("journaled: truncate of the reflinked copy {shared_drop} bytes, of the unshared file {unshared} bytes");
+    assert!(unshared < 1024, "unshared truncate journaled {unshared} bytes");
+    assert!(shared_drop < 2048, "shared truncate journaled {shared_drop} bytes");
+    drop((h, copy, fs));
+    let report = Fs::fsck(&*pool).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// Inode slots are handed out lowest-free-first below the high-water mark:
+/// creating after unlinking reuses slots instead of growing what mount
+/// reads, and a remount sees every file.
+#[test]
+fn inode_slots_are_reused_below_the_high_water_mark() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let free0 = fs.statfs().free_inodes;
+    let mut first = Vec::new();
+    for i in 0..40 {
+        drop(fs.open(root, &format!("/f{i}"), OpenFlags::CREATE, 0o644).unwrap());
+        first.push(fs.stat(root, &format!("/f{i}")).unwrap().ino);
+    }
+    let highest = *first.iter().max().unwrap();
+    assert_eq!(highest, 41, "slots 2.. in order after the root's");
+    for i in 0..40 {
+        fs.unlink(root, &format!("/f{i}")).unwrap();
+    }
+    assert_eq!(fs.statfs().free_inodes, free0);
+    for i in 0..40 {
+        drop(fs.open(root, &format!("/g{i}"), OpenFlags::CREATE, 0o644).unwrap());
+        let ino = fs.stat(root, &format!("/g{i}")).unwrap().ino;
+        assert!(ino <= highest, "/g{i} got slot {ino} above {highest}");
+    }
+    drop(fs);
+    let fs = Fs::mount(pool.clone()).unwrap();
+    assert_eq!(fs.statfs().free_inodes, free0 - 40);
+    for i in 0..40 {
+        fs.stat(root, &format!("/g{i}")).unwrap();
+    }
+    assert!(fs.check().is_empty());
+}
