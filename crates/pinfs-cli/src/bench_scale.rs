@@ -4,7 +4,8 @@
 //!
 //! For pools of 1 GiB, 100 GiB and 1 TiB — sparse files in `/dev/shm`, so a
 //! terabyte costs only the pages written — each holding 1,000 small files:
-//! the time of `mkfs`, of mount (open + journal recovery + load + check),
+//! the time of `mkfs`, of mount (open + journal recovery + load + check;
+//! the median of five, as for fsck),
 //! of `fsck`, and the resident memory mount adds (the process's `VmRSS`
 //! after mount less before; the peak, `VmHWM` reset through
 //! `/proc/self/clear_refs` just before, less the same baseline). Next to
@@ -35,6 +36,8 @@ const FILES: usize = 1000;
 const FILES_PER_DIR: usize = 100;
 /// Bytes written to each file.
 const FILE_BYTES: usize = 16 << 10;
+/// Mounts and fscks per pool (the median is shown).
+const ROUNDS: usize = 5;
 /// Resident memory allowed beyond what the files use (issue 12).
 const RSS_ALLOWANCE: u64 = 64 << 20;
 /// Targets at the largest pool.
@@ -100,18 +103,33 @@ fn measure(dir: &Path, bytes: u64) -> Result<Figures> {
             }
         }
     }
-    let (before, _) = rss()?;
-    reset_peak();
-    let t = Instant::now();
-    let pool = MappedPool::open(&path).context("open the pool")?;
-    let fs = Fs::mount(Arc::new(pool)).context("mount")?;
-    let mount = t.elapsed();
-    let (after, peak) = rss()?;
-    drop(fs);
+    // Times of a millisecond are at the mercy of a busy machine: the
+    // median of ROUNDS; memory from the first mount.
+    let mut mounts = Vec::new();
+    let (mut rss_delta, mut peak_delta) = (0, 0);
+    for round in 0..ROUNDS {
+        let (before, _) = rss()?;
+        reset_peak();
+        let t = Instant::now();
+        let pool = MappedPool::open(&path).context("open the pool")?;
+        let fs = Fs::mount(Arc::new(pool)).context("mount")?;
+        mounts.push(t.elapsed());
+        if round == 0 {
+            let (after, peak) = rss()?;
+            (rss_delta, peak_delta) = (after - before, peak - before);
+        }
+        drop(fs);
+    }
     let pool = MappedPool::open(&path).context("open the pool for fsck")?;
-    let t = Instant::now();
-    let report = Fs::fsck(&pool).context("fsck")?;
-    let fsck = t.elapsed();
+    let mut fscks = Vec::new();
+    let mut report = None;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        report = Some(Fs::fsck(&pool).context("fsck")?);
+        fscks.push(t.elapsed());
+    }
+    let report = report.context("no fsck ran")?;
+    let (mount, fsck) = (median(mounts), median(fscks));
     anyhow::ensure!(
         report.problems.is_empty() && report.inodes as usize == FILES + FILES / FILES_PER_DIR + 1,
         "fsck of the {} GiB pool: {} inodes, problems {:?}",
@@ -125,9 +143,14 @@ fn measure(dir: &Path, bytes: u64) -> Result<Figures> {
         mkfs,
         mount,
         fsck,
-        rss: after - before,
-        peak: peak - before,
+        rss: rss_delta,
+        peak: peak_delta,
     })
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// XFS on a sparse image of `bytes`: mkfs, mount, and `xfs_repair -n`
@@ -181,7 +204,7 @@ pub fn run(quick: bool) -> Result<()> {
         vec![GIB, 100 * GIB, 1024 * GIB]
     };
     println!(
-        "pinfs bench scale{}: sparse pools in {} with {FILES} files of {} KiB each; mkfs, mount (open + recovery + load + check) and fsck times, resident memory mount adds (VmRSS after - before; peak from VmHWM reset before mount); next to mkfs.xfs, mount -o loop and xfs_repair -n of a sparse image of the same size",
+        "pinfs bench scale{}: sparse pools in {} with {FILES} files of {} KiB each; mkfs, mount (open + recovery + load + check; median of {ROUNDS}) and fsck (median of {ROUNDS}) times, resident memory mount adds (VmRSS after - before; peak from VmHWM reset before mount); next to mkfs.xfs, mount -o loop and xfs_repair -n of a sparse image of the same size",
         if quick { " --quick" } else { "" },
         shm.path.display(),
         FILE_BYTES >> 10,
