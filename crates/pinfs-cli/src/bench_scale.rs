@@ -93,12 +93,7 @@ fn measure(dir: &Path, bytes: u64) -> Result<Figures> {
         for d in 0..FILES / FILES_PER_DIR {
             fs.mkdir(Cred::ROOT, &format!("/d{d}"), 0o755)?;
             for f in 0..FILES_PER_DIR {
-                let h = fs.open(
-                    Cred::ROOT,
-                    &format!("/d{d}/f{f}"),
-                    OpenFlags::CREATE,
-                    0o644,
-                )?;
+                let h = fs.open(Cred::ROOT, &format!("/d{d}/f{f}"), OpenFlags::CREATE, 0o644)?;
                 h.pwrite(0, &data)?;
             }
         }
@@ -177,7 +172,10 @@ fn xfs(dir: &Path, bytes: u64) -> std::result::Result<(Duration, Duration, Durat
         drop(f);
         std::fs::create_dir(&mnt).map_err(|e| format!("create mount point: {e}"))?;
         let mkfs = run(Command::new("mkfs.xfs").args(["-f", "-q"]).arg(&image))?;
-        let mount = run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mnt))?;
+        let mount = run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt))?;
         run(Command::new("umount").arg(&mnt))?;
         let fsck = run(Command::new("xfs_repair").arg("-n").arg(&image))?;
         Ok((mkfs, mount, fsck))
@@ -261,7 +259,11 @@ pub fn run(quick: bool) -> Result<()> {
     println!(
         "  {label} mount {}: {}",
         ms(big.mount),
-        card.check(&format!("{label} mount"), big.mount.as_secs_f64(), MOUNT_GOAL)
+        card.check(
+            &format!("{label} mount"),
+            big.mount.as_secs_f64(),
+            MOUNT_GOAL
+        )
     );
     let rss_ratio = big.rss.max(big.peak) as f64 / (RSS_ALLOWANCE as i64 + used) as f64;
     println!(
@@ -278,4 +280,3 @@ pub fn run(quick: bool) -> Result<()> {
     println!("  {}", card.summary());
     Ok(())
 }
-

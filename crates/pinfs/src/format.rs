@@ -529,8 +529,8 @@ pub fn plan_layout(pool_bytes: u64) -> Result<Superblock> {
     // table rewritten, plus two extent maps of the largest file, plus room
     // for the inodes, directory slots and state block around them.
     let max_map_bytes = (MAX_EXTENTS_PER_FILE.div_ceil(LEAF_EXTENTS) as u64 + 1) * BLOCK_SIZE;
-    let journal_bytes = (shared_blocks * BLOCK_SIZE * 2 + 2 * max_map_bytes + (1 << 20))
-        .clamp(2 << 20, 256 << 20);
+    let journal_bytes =
+        (shared_blocks * BLOCK_SIZE * 2 + 2 * max_map_bytes + (1 << 20)).clamp(2 << 20, 256 << 20);
     let journal_blocks = (journal_bytes / BLOCK_SIZE).min(total / 4);
     let state_block = 1;
     let journal_start = 2;

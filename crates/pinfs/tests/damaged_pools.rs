@@ -884,9 +884,17 @@ fn shared_runs() {
         vec![("count".into(), offset_of!(SharedHeader, count), 4)];
     for i in 0..p.shared_runs {
         let e = (i + 1) * SHARED_RUN_SIZE as usize;
-        fields.push((format!("run {i} start"), e + offset_of!(SharedRun, start), 8));
+        fields.push((
+            format!("run {i} start"),
+            e + offset_of!(SharedRun, start),
+            8,
+        ));
         fields.push((format!("run {i} len"), e + offset_of!(SharedRun, len), 4));
-        fields.push((format!("run {i} count"), e + offset_of!(SharedRun, count), 4));
+        fields.push((
+            format!("run {i} count"),
+            e + offset_of!(SharedRun, count),
+            4,
+        ));
     }
     for (name, off, width) in fields {
         let values: Vec<u64> = if width == 8 {

@@ -619,8 +619,14 @@ fn a_truncate_journals_extents_not_blocks() {
     assert_eq!(fs.statfs().free, free_before + 4096);
     assert!(fs.check().is_empty(), "{:?}", fs.check());
     println!("journaled: truncate of the reflinked copy {shared_drop} bytes, of the unshared file {unshared} bytes");
-    assert!(unshared < 1024, "unshared truncate journaled {unshared} bytes");
-    assert!(shared_drop < 2048, "shared truncate journaled {shared_drop} bytes");
+    assert!(
+        unshared < 1024,
+        "unshared truncate journaled {unshared} bytes"
+    );
+    assert!(
+        shared_drop < 2048,
+        "shared truncate journaled {shared_drop} bytes"
+    );
     drop((h, copy, fs));
     let report = Fs::fsck(&*pool).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -638,7 +644,10 @@ fn inode_slots_are_reused_below_the_high_water_mark() {
     let free0 = fs.statfs().free_inodes;
     let mut first = Vec::new();
     for i in 0..40 {
-        drop(fs.open(root, &format!("/f{i}"), OpenFlags::CREATE, 0o644).unwrap());
+        drop(
+            fs.open(root, &format!("/f{i}"), OpenFlags::CREATE, 0o644)
+                .unwrap(),
+        );
         first.push(fs.stat(root, &format!("/f{i}")).unwrap().ino);
     }
     let highest = *first.iter().max().unwrap();
@@ -648,7 +657,10 @@ fn inode_slots_are_reused_below_the_high_water_mark() {
     }
     assert_eq!(fs.statfs().free_inodes, free0);
     for i in 0..40 {
-        drop(fs.open(root, &format!("/g{i}"), OpenFlags::CREATE, 0o644).unwrap());
+        drop(
+            fs.open(root, &format!("/g{i}"), OpenFlags::CREATE, 0o644)
+                .unwrap(),
+        );
         let ino = fs.stat(root, &format!("/g{i}")).unwrap().ino;
         assert!(ino <= highest, "/g{i} got slot {ino} above {highest}");
     }
