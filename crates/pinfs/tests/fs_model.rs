@@ -672,3 +672,37 @@ fn inode_slots_are_reused_below_the_high_water_mark() {
     }
     assert!(fs.check().is_empty());
 }
+
+/// The shared-run table is a named limit (`MAX_SHARED_TABLE_BLOCKS`; one
+/// block, 255 runs, in a 4 MiB pool): an operation that would need more runs
+/// fails with `ENOSPC` and changes nothing, and the pool stays consistent.
+#[test]
+fn a_full_shared_run_table_is_enospc_and_changes_nothing() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(4 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let a = fs.open(root, "/a", OpenFlags::CREATE, 0o644).unwrap();
+    a.pwrite(0, &vec![7u8; 600 * BS as usize]).unwrap();
+    let b = fs.open(root, "/b", OpenFlags::CREATE, 0o644).unwrap();
+    b.reflink(&a, None).unwrap();
+    // Unsharing every other block splits the one shared run into many.
+    let mut refused = None;
+    for i in (0..600u64).step_by(2) {
+        let before = (b.fiemap().unwrap(), fs.statfs().free);
+        match b.pwrite(i * BS, &[1]) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.errno(), pinfs::Errno::ENOSPC, "{e}");
+                assert_eq!((b.fiemap().unwrap(), fs.statfs().free), before);
+                refused = Some(i);
+                break;
+            }
+        }
+    }
+    assert!(refused.is_some(), "300 runs fit a 255-run table?");
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+    drop((a, b, fs));
+    let report = Fs::fsck(&*pool).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
