@@ -61,8 +61,9 @@ pub const SHARED_RUN_SIZE: u64 = 16;
 /// Most blocks of the shared-run table (a named limit: bounds the table's
 /// share of a transaction and of memory; 256 blocks hold 65,535 runs).
 pub const MAX_SHARED_TABLE_BLOCKS: u64 = 256;
-/// Pool blocks per shared-run table block chosen by mkfs (1 TiB of pool per
-/// table block beyond the first, up to [`MAX_SHARED_TABLE_BLOCKS`]).
+/// Pool blocks per shared-run table block chosen by mkfs: one table block
+/// (255 runs) per 4 MiB of pool, up to [`MAX_SHARED_TABLE_BLOCKS`] — the
+/// most a pool of 1 GiB or more gets.
 pub const BLOCKS_PER_SHARED_TABLE_BLOCK: u64 = 1024;
 
 /// Smallest pool mkfs accepts.
