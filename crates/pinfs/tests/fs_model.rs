@@ -632,9 +632,18 @@ fn a_truncate_journals_extents_not_blocks() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
+/// The inode high-water mark as committed to the pool's state block.
+fn inode_high(pool: &dyn Media) -> u64 {
+    let mut raw = vec![0u8; size_of::<pinfs::format::StateBlock>()];
+    pool.read(BS, &mut raw).unwrap();
+    let st: pinfs::format::StateBlock = pinfs::format::decode(&raw, "state").unwrap();
+    st.inode_high.get()
+}
+
 /// Inode slots are handed out lowest-free-first below the high-water mark:
 /// creating after unlinking reuses slots instead of growing what mount
-/// reads, and a remount sees every file.
+/// reads; freeing the highest slots lowers the mark again; a remount sees
+/// every file.
 #[test]
 fn inode_slots_are_reused_below_the_high_water_mark() {
     let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
@@ -652,10 +661,19 @@ fn inode_slots_are_reused_below_the_high_water_mark() {
     }
     let highest = *first.iter().max().unwrap();
     assert_eq!(highest, 41, "slots 2.. in order after the root's");
-    for i in 0..40 {
+    assert_eq!(inode_high(&*pool), 42);
+    // Freeing a slot below the top keeps the mark; freeing the top lowers
+    // it past every free slot below.
+    fs.unlink(root, "/f10").unwrap();
+    assert_eq!(inode_high(&*pool), 42);
+    fs.unlink(root, "/f39").unwrap();
+    assert_eq!(inode_high(&*pool), 41);
+    for i in (0..39).filter(|&i| i != 10) {
         fs.unlink(root, &format!("/f{i}")).unwrap();
     }
+    assert_eq!(inode_high(&*pool), 2, "only the root is left");
     assert_eq!(fs.statfs().free_inodes, free0);
+    assert!(fs.check().is_empty());
     for i in 0..40 {
         drop(
             fs.open(root, &format!("/g{i}"), OpenFlags::CREATE, 0o644)
@@ -705,4 +723,58 @@ fn a_full_shared_run_table_is_enospc_and_changes_nothing() {
     drop((a, b, fs));
     let report = Fs::fsck(&*pool).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The pool keeps what version 2 adds — the shared-run table and the inode
+/// high-water mark — with every commit; the negative control shows that a
+/// pool whose commits leave them behind is refused (fsck names the damage,
+/// mount fails), so the checks above would see a commit path that forgot
+/// them.
+#[cfg(feature = "negative-controls")]
+#[test]
+fn without_the_shared_runs_and_the_inode_mark_the_pool_is_refused() {
+    let root = Cred::ROOT;
+    for skip in [false, true] {
+        // A reflink: its shared runs.
+        let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+        Fs::mkfs(&*pool).unwrap();
+        let fs = Fs::mount(pool.clone()).unwrap();
+        let a = fs.open(root, "/a", OpenFlags::CREATE, 0o644).unwrap();
+        a.pwrite(0, &[3u8; 8 * BS as usize]).unwrap();
+        let b = fs.open(root, "/b", OpenFlags::CREATE, 0o644).unwrap();
+        if skip {
+            fs.skip_format_books_for_tests();
+        }
+        b.reflink(&a, None).unwrap();
+        drop((a, b, fs));
+        let report = Fs::fsck(&*pool).unwrap();
+        assert_eq!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("shared-run table")),
+            skip,
+            "skip {skip}: {:?}",
+            report.problems
+        );
+        assert_eq!(Fs::mount(pool.clone()).is_err(), skip);
+
+        // A create: the mark over its slot.
+        let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+        Fs::mkfs(&*pool).unwrap();
+        let fs = Fs::mount(pool.clone()).unwrap();
+        if skip {
+            fs.skip_format_books_for_tests();
+        }
+        drop(fs.open(root, "/c", OpenFlags::CREATE, 0o644).unwrap());
+        drop(fs);
+        let report = Fs::fsck(&*pool).unwrap();
+        assert_eq!(
+            report.problems.iter().any(|p| p.contains("free inode")),
+            skip,
+            "skip {skip}: {:?}",
+            report.problems
+        );
+        assert_eq!(Fs::mount(pool.clone()).is_err(), skip);
+    }
 }

@@ -108,6 +108,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         shut_down: false,
         shut_down_on_journal_error: true,
         validate_commits: true,
+        persist_books: true,
         maps: Default::default(),
         dma: Default::default(),
     };

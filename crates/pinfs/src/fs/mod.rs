@@ -1047,6 +1047,15 @@ impl Fs {
         self.state.write().validate_commits = false;
     }
 
+    /// Test-only negative control: commits no longer write the shared-run
+    /// table or the inode high-water mark to the pool (memory still follows
+    /// them), so a test can show that a pool without them is refused.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn skip_format_books_for_tests(&self) {
+        self.state.write().persist_books = false;
+    }
+
     /// Test-only negative control: a commit that fails after its commit
     /// point no longer shuts the file system down, so a test can show the
     /// damage the shutdown prevents.

@@ -312,6 +312,10 @@ pub(crate) struct FsState {
     /// Test-only: when false, operations commit inodes without
     /// [`Inode::validate`] (the negative control of the limit tests).
     pub validate_commits: bool,
+    /// Test-only: when false, commits leave the shared-run table and the
+    /// inode high-water mark on the pool as they were (memory still follows):
+    /// the negative control of the tests that the pool keeps them.
+    pub persist_books: bool,
 }
 
 impl FsState {
@@ -563,15 +567,15 @@ impl<'a> Op<'a> {
     pub fn new_inode(&mut self, mode: u32, uid: u32, gid: u32, now_ns: u64) -> Result<u64> {
         // Lowest free slot below the high-water mark, else the mark itself
         // (which then rises): mount reads only the slots below it.
+        let high = self.inode_high.unwrap_or(self.st.inode_high);
         let ino = match self
             .st
             .free_inodes
-            .iter()
+            .range(..high)
             .find(|i| !self.taken_inodes.contains(i))
         {
             Some(&ino) => ino,
             None => {
-                let high = self.inode_high.unwrap_or(self.st.inode_high);
                 if high >= self.st.sb.inode_count.get() {
                     return Err(Errno::ENOSPC.into());
                 }
@@ -623,7 +627,24 @@ impl<'a> Op<'a> {
         self.released_inodes.push(ino);
         self.tx
             .write_struct(self.st.sb.inode_offset(ino), &InodeRecord::free());
+        // Freeing the highest used slot lowers the high-water mark past every
+        // free slot below it, in this same transaction: mount then reads up
+        // to the highest live inode, not the most ever used.
+        let high = self.inode_high.unwrap_or(self.st.inode_high);
+        if ino + 1 == high {
+            let mut h = ino;
+            while h > ROOT_INO + 1 && self.slot_free(h - 1) {
+                h -= 1;
+            }
+            self.inode_high = Some(h);
+        }
         Ok(())
+    }
+
+    /// Whether inode slot `ino` is free as this operation sees it.
+    fn slot_free(&self, ino: u64) -> bool {
+        (self.st.free_inodes.contains(&ino) && !self.taken_inodes.contains(&ino))
+            || self.released_inodes.contains(&ino)
     }
 
     fn orphan_list(&mut self) -> Option<&mut Vec<u64>> {
@@ -829,7 +850,7 @@ impl<'a> Op<'a> {
                 }
                 shared.set(b, len, c);
             }
-            if shared != self.st.shared {
+            if shared != self.st.shared && self.st.persist_books {
                 if shared.len() as u64 > self.st.sb.shared_capacity() {
                     return Err(Errno::ENOSPC.into());
                 }
@@ -848,7 +869,12 @@ impl<'a> Op<'a> {
                     .unwrap_or(0)
                     .into(),
                 next_generation: self.generation.unwrap_or(self.st.next_generation).into(),
-                inode_high: self.inode_high.unwrap_or(self.st.inode_high).into(),
+                inode_high: if self.st.persist_books {
+                    self.inode_high.unwrap_or(self.st.inode_high)
+                } else {
+                    self.st.inode_high
+                }
+                .into(),
                 ..Default::default()
             };
             s.seal();
@@ -991,6 +1017,9 @@ impl<'a> Op<'a> {
             st.runtime.remove(&ino);
             st.free_inodes.insert(ino);
         }
+        // Free slots at or above the (possibly lowered) mark are not free
+        // slots to hand out but unused ones: `new_inode` takes the mark.
+        drop(st.free_inodes.split_off(&st.inode_high));
         if let Some(o) = orphans {
             st.orphans = o;
         }
