@@ -42,7 +42,7 @@ use std::sync::{Arc, OnceLock};
 
 use pinfs::format::{
     self, IndexBlock, InodeRecord, JournalHeader, LeafBlock, StateBlock, Superblock, BLOCK_SIZE,
-    INODE_SIZE, JOURNAL_APPLIED_OFFSET,
+    INODE_SIZE, JOURNAL_APPLIED_OFFSET, SharedHeader, SHARED_RUN_SIZE,
 };
 use pinfs::fs::{Cred, FallocMode, Fs, Handle, OpenFlags};
 use pinfs::media::RecordingMedia;
@@ -63,7 +63,7 @@ const MAX_READ_BYTES: usize = 64 << 10;
 /// How a region's checksum is recomputed by a reseal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seal {
-    /// No checksum (reference counts, directory slots, data).
+    /// No checksum (directory slots, data).
     None,
     /// The superblock's CRC.
     Superblock,
@@ -77,6 +77,8 @@ pub enum Seal {
     Index,
     /// An extent leaf block's magic and CRC.
     Leaf,
+    /// The shared-run table's CRC (header and the entries it counts).
+    Shared,
 }
 
 /// A metadata structure of the template that patches aim at.
@@ -178,10 +180,10 @@ impl Template {
                 Seal::None,
             ),
             region(
-                "refcount table",
-                sb.refcount_start.get() * BLOCK_SIZE,
-                sb.data_blocks() * 4,
-                Seal::None,
+                "shared-run table",
+                sb.shared_start.get() * BLOCK_SIZE,
+                sb.shared_blocks.get() * BLOCK_SIZE,
+                Seal::Shared,
             ),
             region(
                 "inode table",
@@ -312,6 +314,17 @@ impl Template {
                 Seal::Inode => reseal_one::<InodeRecord>(img, at, InodeRecord::seal),
                 Seal::Index => reseal_one::<IndexBlock>(img, at, IndexBlock::seal),
                 Seal::Leaf => reseal_one::<LeafBlock>(img, at, LeafBlock::seal),
+                Seal::Shared => {
+                    let n = size_of::<SharedHeader>();
+                    let Some(Ok(h)) = img.get(at..at + n).map(SharedHeader::read_from_bytes)
+                    else {
+                        continue;
+                    };
+                    let count = u64::from(h.count.get()).min(r.len / SHARED_RUN_SIZE - 1);
+                    let entries = img_range(img, r.start + SHARED_RUN_SIZE, count * SHARED_RUN_SIZE);
+                    let crc = format::shared_table_crc(&h, entries);
+                    reseal_one::<SharedHeader>(img, at, |h| h.crc = crc.into());
+                }
                 Seal::JournalHeader => {
                     let n = size_of::<JournalHeader>();
                     let Some(Ok(h)) = img.get(at..at + n).map(JournalHeader::read_from_bytes)

@@ -67,6 +67,7 @@ fn template_is_sound() {
         Seal::Inode,
         Seal::Index,
         Seal::Leaf,
+        Seal::Shared,
     ] {
         assert!(
             t.regions.iter().any(|r| r.seal == seal),

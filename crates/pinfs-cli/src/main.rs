@@ -14,6 +14,7 @@ mod bench_ipc;
 mod bench_lease;
 mod bench_limit;
 mod bench_map;
+mod bench_scale;
 mod bench_target;
 mod demo;
 mod error;
@@ -266,6 +267,8 @@ enum BenchName {
     /// The daemon: lease breaks across processes, small operations and
     /// mapped bandwidth in a client, against the kernel.
     Ipc,
+    /// mkfs, mount, fsck and resident memory of pools up to 1 TiB, vs XFS.
+    Scale,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -630,6 +633,7 @@ fn bench(
         BenchName::Map => bench_map::run(quick, huge),
         BenchName::Dma => bench_dma::run(quick),
         BenchName::Ipc => bench_ipc::run(quick),
+        BenchName::Scale => bench_scale::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
@@ -639,6 +643,7 @@ fn bench(
             BenchName::Map,
             BenchName::Dma,
             BenchName::Ipc,
+            BenchName::Scale,
         ],
     };
     for b in chosen {

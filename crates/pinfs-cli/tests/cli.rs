@@ -576,6 +576,39 @@ fn bench_dma_quick_prints_a_verdict_per_target() {
     assert_eq!(with_target.len(), 15, "14 lines and the summary: {run:#?}");
 }
 
+/// `bench scale --quick` runs (1 GiB and 1 TiB sparse pools, a few
+/// seconds) and prints a row per pool and a verdict per target; figures are
+/// not asserted (no wall-clock assertions), their presence and wording are.
+#[test]
+fn bench_scale_quick_prints_a_row_per_pool_and_verdicts() {
+    let run = pinfs(&["bench", "scale", "--quick"]);
+    run.ok();
+    let lines = run.lines();
+    for pool in ["1G", "1024G"] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(pool)),
+            "{pool}: {run:#?}"
+        );
+    }
+    for label in [
+        "1024 GiB mkfs",
+        "1024 GiB mount",
+        "1024 GiB resident after mount",
+        "fsck 1024 GiB / fsck 1 GiB",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(label)
+                && (l.contains("target met") || l.contains("target NOT met: "))),
+            "{label}: {run:#?}"
+        );
+    }
+    let summary = lines.last().copied().unwrap_or_default();
+    assert!(
+        summary.trim_start().starts_with("all 4 targets: target "),
+        "{run:#?}"
+    );
+}
+
 /// Start `pinfs io --pool POOL -c "echo mounted" -c "sleep 3000"` and return
 /// once it has mounted (it printed its first line): the holder of the pool.
 fn hold(pool: &Path) -> std::process::Child {
@@ -646,7 +679,7 @@ fn mkfs_refuses_an_existing_file_system_without_force() {
         assert_eq!(
             line,
             format!(
-                "pinfs: {}: holds a pinfs file system (format version 1, 268435456 bytes); use -f to overwrite it (its files are lost)",
+                "pinfs: {}: holds a pinfs file system (format version 2, 268435456 bytes); use -f to overwrite it (its files are lost)",
                 pool.path.display()
             )
         );

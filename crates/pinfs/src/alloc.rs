@@ -1,9 +1,10 @@
 //! The free-space allocator and the busy-extent list.
 //!
 //! Free space is kept in memory as runs of free data blocks, indexed by start
-//! and by length; it is rebuilt at mount from the on-media reference-count
-//! table (a block is free when its count is 0), so the allocator itself has no
-//! on-media state and cannot disagree with the table after a crash.
+//! and by length; it is rebuilt at mount from the extent maps (a block is
+//! free when no extent or extent-tree block uses it), in time proportional to
+//! the extents, so the allocator itself has no on-media state and cannot
+//! disagree with the files after a crash.
 //!
 //! Policy: a request first tries to continue at a goal block (the block after
 //! the file's previous extent) so files stay contiguous; requests of 2 MiB or
@@ -144,6 +145,16 @@ impl Allocator {
             .range(..=run.start)
             .next_back()
             .is_some_and(|(&s, &l)| s + l >= run.end())
+    }
+
+    /// Whether any block of `run` is free or busy (a block no file uses).
+    pub fn overlaps_unused(&self, run: Run) -> bool {
+        let hit = |m: &BTreeMap<u64, u64>| {
+            m.range(..run.end())
+                .next_back()
+                .is_some_and(|(&s, &l)| s + l > run.start)
+        };
+        run.len > 0 && (hit(&self.by_start) || hit(&self.busy))
     }
 
     /// Allocate `want` blocks, as few runs as possible, near `goal`.

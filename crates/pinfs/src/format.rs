@@ -12,10 +12,21 @@
 //! 0                superblock (written once, by mkfs)
 //! 1                state block (orphan list head, inode generation)
 //! journal_start    journal header block, then the record area
-//! refcount_start   one u32 per data block: 0 free, 1 owned, n shared
-//! inode_start      inode table, INODE_SIZE bytes per inode
+//! shared_start     shared-run table: (start, len, count) of every block
+//!                  shared by reflink; header written by mkfs, nothing else
+//! inode_start      inode table, INODE_SIZE bytes per inode; never zeroed:
+//!                  only slots below the state block's high-water mark are
+//!                  ever read
 //! data_start       data blocks (file data, directory data, extent blocks)
 //! ```
+//!
+//! Why this shape (format version 2): the cost of mkfs, mount and fsck and
+//! the memory of a mounted file system grow with what is used, not with the
+//! pool. A block one extent maps has reference count 1 *because* that extent
+//! maps it, so only shared blocks have a stored count; free space is what no
+//! extent maps, rebuilt at mount from the extent maps. Inode slots are handed
+//! out lowest-free-first below a high-water mark that grows as files are
+//! created, so mount reads only the slots ever used.
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
@@ -32,7 +43,7 @@ pub const HUGE_BLOCKS: u64 = 512;
 /// Superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"PINFS\0\r\n";
 /// Format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// State block magic.
 pub const STATE_MAGIC: u64 = u64::from_le_bytes(*b"PINFSSTA");
 /// Journal header magic.
@@ -41,6 +52,19 @@ pub const JOURNAL_MAGIC: u64 = u64::from_le_bytes(*b"PINFSJNL");
 pub const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"EIDX");
 /// Extent leaf block magic.
 pub const LEAF_MAGIC: u32 = u32::from_le_bytes(*b"ELEF");
+/// Shared-run table magic.
+pub const SHARED_MAGIC: u32 = u32::from_le_bytes(*b"PSHR");
+
+/// Size of a shared-run table entry ([`SharedRun`]); the table header
+/// ([`SharedHeader`]) is the same size.
+pub const SHARED_RUN_SIZE: u64 = 16;
+/// Most blocks of the shared-run table (a named limit: bounds the table's
+/// share of a transaction and of memory; 256 blocks hold 65,535 runs).
+pub const MAX_SHARED_TABLE_BLOCKS: u64 = 256;
+/// Pool blocks per shared-run table block chosen by mkfs: one table block
+/// (255 runs) per 4 MiB of pool, up to [`MAX_SHARED_TABLE_BLOCKS`] — the
+/// most a pool of 1 GiB or more gets.
+pub const BLOCKS_PER_SHARED_TABLE_BLOCK: u64 = 1024;
 
 /// Smallest pool mkfs accepts.
 pub const MIN_POOL_BYTES: u64 = 4 << 20;
@@ -115,17 +139,17 @@ pub struct Superblock {
     pub journal_start: U64,
     /// Blocks of the journal, header included.
     pub journal_blocks: U64,
-    /// First block of the reference-count table.
-    pub refcount_start: U64,
-    /// Blocks of the reference-count table.
-    pub refcount_blocks: U64,
+    /// First block of the shared-run table.
+    pub shared_start: U64,
+    /// Blocks of the shared-run table (1 ..= [`MAX_SHARED_TABLE_BLOCKS`]).
+    pub shared_blocks: U64,
     /// First block of the inode table.
     pub inode_start: U64,
     /// Blocks of the inode table.
     pub inode_blocks: U64,
     /// Inode slots (inode numbers are `1..inode_count`).
     pub inode_count: U64,
-    /// First data block; the reference-count table covers `data_start..total_blocks`.
+    /// First data block: the data region is `data_start..total_blocks`.
     pub data_start: U64,
     /// Inode number of the root directory.
     pub root_ino: U64,
@@ -147,6 +171,9 @@ pub struct StateBlock {
     pub orphan_head: U64,
     /// Generation given to the next inode allocated.
     pub next_generation: U64,
+    /// Inode high-water mark: no slot at or above it has ever been used
+    /// (2 ..= inode slots; mount reads slots `1..inode_high` only).
+    pub inode_high: U64,
     /// CRC-32C of the bytes above.
     pub crc: U32,
     /// Zero.
@@ -280,6 +307,35 @@ pub struct LeafBlock {
     pub records: [ExtentRecord; LEAF_EXTENTS],
 }
 
+/// The shared-run table's header, first bytes of its first block; `count`
+/// [`SharedRun`] entries follow it directly.
+#[derive(Clone, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SharedHeader {
+    /// [`SHARED_MAGIC`].
+    pub magic: U32,
+    /// Entries in use.
+    pub count: U32,
+    /// CRC-32C of the header (this field as zero) and the `count` entries.
+    pub crc: U32,
+    /// Zero.
+    pub pad: U32,
+}
+
+/// A run of shared blocks: `len` blocks from `start`, each with `count`
+/// references (≥ 2). Entries are sorted, disjoint and maximal (two runs
+/// that touch have different counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SharedRun {
+    /// First block.
+    pub start: U64,
+    /// Length in blocks (> 0).
+    pub len: U32,
+    /// References to each block of the run (2 ..= [`MAX_BLOCK_REFS`]).
+    pub count: U32,
+}
+
 /// A directory entry slot. `ino == 0` marks a free slot.
 #[derive(Clone, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -304,7 +360,17 @@ const _: () = {
     assert!(size_of::<LeafBlock>() == BLOCK_SIZE as usize);
     assert!(size_of::<DirentRecord>() == DIRENT_SIZE as usize);
     assert!(size_of::<ExtentRecord>() == 24);
+    assert!(size_of::<SharedHeader>() == SHARED_RUN_SIZE as usize);
+    assert!(size_of::<SharedRun>() == SHARED_RUN_SIZE as usize);
 };
+
+/// CRC of a shared-run table: its header with the CRC field as zero, then
+/// the entries' bytes.
+pub fn shared_table_crc(header: &SharedHeader, entries: &[u8]) -> u32 {
+    let mut h = header.clone();
+    h.crc = 0.into();
+    crc32c::crc32c_append(crc32c::crc32c(h.as_bytes()), entries)
+}
 
 /// CRC-32C of `bytes`.
 pub fn crc(bytes: &[u8]) -> u32 {
@@ -379,9 +445,9 @@ impl Superblock {
                 self.journal_blocks.get(),
             ),
             (
-                "refcount table",
-                self.refcount_start.get(),
-                self.refcount_blocks.get(),
+                "shared-run table",
+                self.shared_start.get(),
+                self.shared_blocks.get(),
             ),
             (
                 "inode table",
@@ -405,9 +471,8 @@ impl Superblock {
         if self.journal_blocks.get() < 2 {
             return Err(Error::corrupt("superblock: journal too small"));
         }
-        let data_blocks = total - next;
-        if self.refcount_blocks.get() != (data_blocks * 4).div_ceil(BLOCK_SIZE) {
-            return Err(Error::corrupt("superblock: refcount table size"));
+        if self.shared_blocks.get() > MAX_SHARED_TABLE_BLOCKS {
+            return Err(Error::corrupt("superblock: shared-run table size"));
         }
         let ic = self.inode_count.get();
         if !(2..=MAX_INODES + 1).contains(&ic)
@@ -431,9 +496,14 @@ impl Superblock {
         self.inode_start.get() * BLOCK_SIZE + ino * INODE_SIZE
     }
 
-    /// Pool byte offset of the reference count of data block `block`.
-    pub fn refcount_offset(&self, block: u64) -> u64 {
-        self.refcount_start.get() * BLOCK_SIZE + (block - self.data_start.get()) * 4
+    /// Pool byte offset of the shared-run table (its header).
+    pub fn shared_offset(&self) -> u64 {
+        self.shared_start.get() * BLOCK_SIZE
+    }
+
+    /// Most entries the shared-run table holds.
+    pub fn shared_capacity(&self) -> u64 {
+        (self.shared_blocks.get() * BLOCK_SIZE) / SHARED_RUN_SIZE - 1
     }
 
     /// Is `block..block+len` inside the data region?
@@ -453,29 +523,22 @@ pub fn plan_layout(pool_bytes: u64) -> Result<Superblock> {
     let total = pool_bytes / BLOCK_SIZE;
     let inode_count = (pool_bytes / BYTES_PER_INODE).clamp(MIN_INODES, MAX_INODES) + 1;
     let inode_blocks = (inode_count * INODE_SIZE).div_ceil(BLOCK_SIZE);
-    // The journal must hold the largest transaction: the worst is a change of
-    // every reference count at once (a truncate of a pool-sized file), plus
-    // two extent maps of the largest file. Sized from the pool, 2..256 MiB.
+    let shared_blocks = total
+        .div_ceil(BLOCKS_PER_SHARED_TABLE_BLOCK)
+        .clamp(1, MAX_SHARED_TABLE_BLOCKS);
+    // The journal must hold the largest transaction: the whole shared-run
+    // table rewritten, plus two extent maps of the largest file, plus room
+    // for the inodes, directory slots and state block around them.
     let max_map_bytes = (MAX_EXTENTS_PER_FILE.div_ceil(LEAF_EXTENTS) as u64 + 1) * BLOCK_SIZE;
-    let journal_bytes = (total * 4 * 2 + 2 * max_map_bytes + (1 << 20)).clamp(2 << 20, 256 << 20);
+    let journal_bytes =
+        (shared_blocks * BLOCK_SIZE * 2 + 2 * max_map_bytes + (1 << 20)).clamp(2 << 20, 256 << 20);
     let journal_blocks = (journal_bytes / BLOCK_SIZE).min(total / 4);
     let state_block = 1;
     let journal_start = 2;
-    let refcount_start = journal_start + journal_blocks;
-    // The refcount table covers the data region, which depends on its own
-    // size: solve by iterating once from an upper bound.
-    let mut refcount_blocks = (total * 4).div_ceil(BLOCK_SIZE);
-    let mut data_start;
-    loop {
-        data_start = refcount_start + refcount_blocks + inode_blocks;
-        if data_start + 64 > total {
-            return Err(Error::Errno(crate::Errno::EINVAL));
-        }
-        let need = ((total - data_start) * 4).div_ceil(BLOCK_SIZE);
-        if need == refcount_blocks {
-            break;
-        }
-        refcount_blocks = need;
+    let shared_start = journal_start + journal_blocks;
+    let data_start = shared_start + shared_blocks + inode_blocks;
+    if data_start + 64 > total {
+        return Err(Error::Errno(crate::Errno::EINVAL));
     }
     let mut sb = Superblock {
         magic: SUPER_MAGIC,
@@ -487,9 +550,9 @@ pub fn plan_layout(pool_bytes: u64) -> Result<Superblock> {
         state_block: state_block.into(),
         journal_start: journal_start.into(),
         journal_blocks: journal_blocks.into(),
-        refcount_start: refcount_start.into(),
-        refcount_blocks: refcount_blocks.into(),
-        inode_start: (refcount_start + refcount_blocks).into(),
+        shared_start: shared_start.into(),
+        shared_blocks: shared_blocks.into(),
+        inode_start: (shared_start + shared_blocks).into(),
         inode_blocks: inode_blocks.into(),
         inode_count: inode_count.into(),
         data_start: data_start.into(),
@@ -511,13 +574,20 @@ impl StateBlock {
         self.crc = crc_before(self.as_bytes(), Self::CRC_OFFSET).into();
     }
 
-    /// Check magic and CRC.
-    pub fn validate(&self) -> Result<()> {
+    /// Check magic, CRC and that the inode high-water mark lies in the
+    /// inode table of `sb`.
+    pub fn validate(&self, sb: &Superblock) -> Result<()> {
         if self.magic.get() != STATE_MAGIC {
             return Err(Error::corrupt("state block: bad magic"));
         }
         if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) {
             return Err(Error::corrupt("state block: checksum mismatch"));
+        }
+        if !(ROOT_INO + 1..=sb.inode_count.get()).contains(&self.inode_high.get()) {
+            return Err(Error::corrupt(format!(
+                "state block: inode high-water mark {} outside the inode table",
+                self.inode_high.get()
+            )));
         }
         Ok(())
     }

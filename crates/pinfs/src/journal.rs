@@ -3,7 +3,7 @@
 //!
 //! A metadata operation builds a [`Transaction`]: the new bytes of every
 //! metadata structure it changes (inode slots, extent blocks, directory slots,
-//! reference counts, the state block), plus the data ranges that must be
+//! the shared-run table, the state block), plus the data ranges that must be
 //! durable before the metadata may point at them (freshly written blocks).
 //! [`Journal::commit`] then runs a byte-granular redo protocol:
 //!

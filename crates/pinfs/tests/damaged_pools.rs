@@ -13,7 +13,8 @@
 //!   pool's own geometry) and the structure's checksum recomputed, so the
 //!   damage gets past the checksum to the checks behind it — superblock
 //!   geometry, inodes, extent records, index and leaf headers, directory
-//!   slots, reference counts, the orphan list, the journal header;
+//!   slots, the shared-run table (reference counts of reflinked blocks), the
+//!   inode high-water mark, the orphan list, the journal header;
 //! - journal records of a committed, not yet applied transaction damaged
 //!   with their checksum recomputed, so mount replays them;
 //! - seeded random images (the seed is printed; `PINFS_DAMAGE_SEED` replays),
@@ -33,7 +34,8 @@ use std::sync::{Arc, OnceLock};
 
 use pinfs::format::{
     self, DirentRecord, ExtentRecord, IndexBlock, InodeRecord, JournalHeader, LeafBlock,
-    StateBlock, Superblock, BLOCK_SIZE, DIRENT_SIZE, INODE_SIZE, JOURNAL_APPLIED_OFFSET,
+    SharedHeader, SharedRun, StateBlock, Superblock, BLOCK_SIZE, DIRENT_SIZE, INODE_SIZE,
+    JOURNAL_APPLIED_OFFSET, SHARED_RUN_SIZE,
 };
 use pinfs::fs::{Cred, Fs, OpenFlags};
 use pinfs::media::RecordingMedia;
@@ -59,9 +61,9 @@ struct Pool {
     index_blocks: Vec<usize>,
     leaf_blocks: Vec<usize>,
     dir_blocks: Vec<usize>,
-    /// Data blocks in use (reference count > 0) and a few free ones.
-    used_blocks: Vec<u64>,
-    free_blocks: Vec<u64>,
+    /// Byte offset of the shared-run table and its entries in use.
+    shared: usize,
+    shared_runs: usize,
 }
 
 fn pool() -> &'static Pool {
@@ -149,17 +151,10 @@ fn build_pool() -> Pool {
             }
         }
     }
-    let refcounts = (sb.refcount_start.get() * BLOCK_SIZE) as usize;
-    let (mut used_blocks, mut free_blocks) = (vec![], vec![]);
-    for i in 0..sb.data_blocks() {
-        let at = refcounts + 4 * i as usize;
-        let block = sb.data_start.get() + i;
-        if u32::from_le_bytes(image[at..at + 4].try_into().unwrap()) != 0 {
-            used_blocks.push(block);
-        } else if free_blocks.len() < 4 {
-            free_blocks.push(block);
-        }
-    }
+    let shared = sb.shared_offset() as usize;
+    let table: SharedHeader = format::decode(&image[shared..], "shared-run table").unwrap();
+    let shared_runs = table.count.get() as usize;
+    assert!(shared_runs >= 1, "the reflink shares /a's blocks");
     assert_eq!(
         index_blocks.len(),
         2,
@@ -178,8 +173,8 @@ fn build_pool() -> Pool {
         index_blocks,
         leaf_blocks,
         dir_blocks,
-        used_blocks,
-        free_blocks,
+        shared,
+        shared_runs,
     }
 }
 
@@ -471,8 +466,8 @@ fn superblock() {
         ("state_block", offset_of!(Superblock, state_block)),
         ("journal_start", offset_of!(Superblock, journal_start)),
         ("journal_blocks", offset_of!(Superblock, journal_blocks)),
-        ("refcount_start", offset_of!(Superblock, refcount_start)),
-        ("refcount_blocks", offset_of!(Superblock, refcount_blocks)),
+        ("shared_start", offset_of!(Superblock, shared_start)),
+        ("shared_blocks", offset_of!(Superblock, shared_blocks)),
         ("inode_start", offset_of!(Superblock, inode_start)),
         ("inode_blocks", offset_of!(Superblock, inode_blocks)),
         ("inode_count", offset_of!(Superblock, inode_count)),
@@ -526,9 +521,19 @@ fn state_block() {
             offset_of!(StateBlock, next_generation),
             8,
         ),
+        ("inode_high", offset_of!(StateBlock, inode_high), 8),
     ];
     let seal = |img: &mut Vec<u8>| reseal::<StateBlock>(img, at, StateBlock::seal);
     fields_resealed(&mut t, "state block", &p.image, at, &fields, &seal);
+    // The high-water mark at or below the highest inode in use hides it:
+    // refused (its directory entry names a free inode), never misread.
+    let highest = p.inodes.iter().map(|&(ino, _)| ino).max().unwrap();
+    for high in [highest, highest - 1, 2] {
+        let mut img = p.image.clone();
+        set_u64(&mut img, at + offset_of!(StateBlock, inode_high), high);
+        seal(&mut img);
+        t.refused(&format!("state block: inode_high = {high}"), img);
+    }
     // The orphan list pointing at each used inode, including itself.
     for &(ino, _) in &p.inodes {
         let mut img = p.image.clone();
@@ -611,7 +616,7 @@ fn journal() {
         BLOCK_SIZE,
         p.journal_header as u64,
         p.journal_area as u64,
-        p.sb.refcount_start.get() * BLOCK_SIZE,
+        p.sb.shared_start.get() * BLOCK_SIZE,
         p.sb.inode_start.get() * BLOCK_SIZE,
         p.sb.data_start.get() * BLOCK_SIZE,
         POOL_BYTES - 8,
@@ -840,38 +845,87 @@ fn directory_blocks() {
     t.finish("directory blocks");
 }
 
+/// Recompute the shared-run table's CRC over the entries its header counts
+/// (as many as the image holds).
+fn reseal_shared(p: &Pool, img: &mut [u8]) {
+    let h: SharedHeader = format::decode(&img[p.shared..], "shared").unwrap();
+    let n = (h.count.get() as usize).min(p.sb.shared_capacity() as usize);
+    let entries = p.shared + SHARED_RUN_SIZE as usize;
+    let crc = format::shared_table_crc(&h, &img[entries..entries + n * SHARED_RUN_SIZE as usize]);
+    set_u32(img, p.shared + offset_of!(SharedHeader, crc), crc);
+}
+
 #[test]
-fn refcounts() {
+fn shared_runs() {
     let p = pool();
     let mut t = Trial::default();
-    let table = (p.sb.refcount_start.get() * BLOCK_SIZE) as usize;
-    let data_start = p.sb.data_start.get();
-    for &b in p.used_blocks.iter().chain(&p.free_blocks) {
-        let at = table + 4 * (b - data_start) as usize;
-        let have = u32::from_le_bytes(p.image[at..at + 4].try_into().unwrap());
-        for v in [
-            0,
-            1,
-            2,
-            have.wrapping_add(1),
-            have.wrapping_sub(1),
-            0xffff_fffe,
-            0xffff_ffff,
-        ] {
-            if v == have {
+    let used = (p.shared_runs + 1) * SHARED_RUN_SIZE as usize;
+    // Every byte of the header and the entries in use is checksummed.
+    for i in 0..used {
+        for mask in FLIPS {
+            t.refused(
+                &format!("shared-run table byte {i} ^ {mask:#x}"),
+                flipped(&p.image, p.shared + i, mask),
+            );
+        }
+    }
+    // Past the entries in use: not read.
+    assert_eq!(
+        t.run(
+            "shared-run table past its entries",
+            flipped(&p.image, p.shared + used, 0xff)
+        ),
+        Some(Outcome::Mounted)
+    );
+    // Every field of every entry, and the header's count, set to hostile
+    // values with the CRC recomputed: each disagrees with the files' extents
+    // (or is out of range) and is refused.
+    let mut fields: Vec<(String, usize, usize)> =
+        vec![("count".into(), offset_of!(SharedHeader, count), 4)];
+    for i in 0..p.shared_runs {
+        let e = (i + 1) * SHARED_RUN_SIZE as usize;
+        fields.push((
+            format!("run {i} start"),
+            e + offset_of!(SharedRun, start),
+            8,
+        ));
+        fields.push((format!("run {i} len"), e + offset_of!(SharedRun, len), 4));
+        fields.push((
+            format!("run {i} count"),
+            e + offset_of!(SharedRun, count),
+            4,
+        ));
+    }
+    for (name, off, width) in fields {
+        let values: Vec<u64> = if width == 8 {
+            values_u64(&p.sb)
+        } else {
+            VALUES_U32.iter().map(|&v| u64::from(v)).collect()
+        };
+        let at = p.shared + off;
+        let have = if width == 8 {
+            u64::from_le_bytes(p.image[at..at + 8].try_into().unwrap())
+        } else {
+            u64::from(u32::from_le_bytes(p.image[at..at + 4].try_into().unwrap()))
+        };
+        for v in values.into_iter().chain([have + 1, have.wrapping_sub(1)]) {
+            if v == have || (width == 4 && v > u64::from(u32::MAX)) {
                 continue;
             }
             let mut img = p.image.clone();
-            set_u32(&mut img, at, v);
-            t.refused(&format!("refcount of block {b}: {have} -> {v}"), img);
+            if width == 8 {
+                set_u64(&mut img, at, v);
+            } else {
+                set_u32(&mut img, at, v as u32);
+            }
+            reseal_shared(p, &mut img);
+            t.refused(
+                &format!("shared-run table: {name} {have} -> {v}, resealed"),
+                img,
+            );
         }
     }
-    // The last bytes of the table's last block, past the data region's end.
-    let end = table + (p.sb.refcount_blocks.get() * BLOCK_SIZE) as usize;
-    let mut img = p.image.clone();
-    img[end - 4..end].fill(0xff);
-    t.run("refcount table padding set", img);
-    t.finish("refcounts");
+    t.finish("shared runs");
 }
 
 #[test]
@@ -955,4 +1009,30 @@ fn random_and_truncated_images() {
 
 fn data_start_bytes(p: &Pool) -> usize {
     (p.sb.data_start.get() * BLOCK_SIZE) as usize
+}
+
+/// A pool of another format version (the version-1 pools with a per-block
+/// reference-count table and a zeroed inode table) is refused with one line
+/// naming both versions — never misread as this version.
+#[test]
+fn an_older_format_version_is_refused_naming_both() {
+    let p = pool();
+    for old in [1u32, format::FORMAT_VERSION + 1] {
+        let mut img = p.image.clone();
+        set_u32(&mut img, offset_of!(Superblock, version), old);
+        reseal::<Superblock>(&mut img, 0, Superblock::seal);
+        for e in [
+            Fs::fsck(&RecordingMedia::from_image(img.clone())).unwrap_err(),
+            Fs::mount(Arc::new(RecordingMedia::from_image(img))).unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(matches!(e, Error::Foreign { .. }), "{e:?}");
+            assert!(
+                text.contains(&format!("format version {old}"))
+                    && text.contains(&format!("version {}", format::FORMAT_VERSION))
+                    && !text.contains('\n'),
+                "{text}"
+            );
+        }
+    }
 }

@@ -581,3 +581,200 @@ fn bytes_past_eof_do_not_come_back() {
         "copy-on-write protected the source"
     );
 }
+
+/// Reference counts by extent (format version 2): a truncate of an
+/// unshared file journals its inode's extent change alone — a few hundred
+/// bytes whatever the file's size, not a count per block (16 KiB for the
+/// 4,096 blocks here under a per-block table) — and a truncate of a
+/// reflinked copy journals the shared-run table's few changed runs.
+#[test]
+fn a_truncate_journals_extents_not_blocks() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(64 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let h = fs.open(root, "/big", OpenFlags::CREATE, 0o644).unwrap();
+    // Four extents of 1,024 blocks (written in four pieces, gaps between).
+    for i in 0..4u64 {
+        h.pwrite(i * 1100 * BS, &vec![i as u8 + 1; (1024 * BS) as usize])
+            .unwrap();
+    }
+    let copy = fs.open(root, "/copy", OpenFlags::CREATE, 0o644).unwrap();
+    copy.reflink(&h, None).unwrap();
+    let free_before = fs.statfs().free;
+
+    let before = fs.journal_stats();
+    copy.truncate(0).unwrap();
+    let shared_drop = fs.journal_stats().record_bytes - before.record_bytes;
+    assert_eq!(
+        fs.statfs().free,
+        free_before,
+        "blocks still used by /big stay used"
+    );
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+
+    let before = fs.journal_stats();
+    h.truncate(0).unwrap();
+    let unshared = fs.journal_stats().record_bytes - before.record_bytes;
+    assert_eq!(fs.statfs().free, free_before + 4096);
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+    println!("journaled: truncate of the reflinked copy {shared_drop} bytes, of the unshared file {unshared} bytes");
+    assert!(
+        unshared < 1024,
+        "unshared truncate journaled {unshared} bytes"
+    );
+    assert!(
+        shared_drop < 2048,
+        "shared truncate journaled {shared_drop} bytes"
+    );
+    drop((h, copy, fs));
+    let report = Fs::fsck(&*pool).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The inode high-water mark as committed to the pool's state block.
+fn inode_high(pool: &dyn Media) -> u64 {
+    let mut raw = vec![0u8; size_of::<pinfs::format::StateBlock>()];
+    pool.read(BS, &mut raw).unwrap();
+    let st: pinfs::format::StateBlock = pinfs::format::decode(&raw, "state").unwrap();
+    st.inode_high.get()
+}
+
+/// Inode slots are handed out lowest-free-first below the high-water mark:
+/// creating after unlinking reuses slots instead of growing what mount
+/// reads; freeing the highest slots lowers the mark again; a remount sees
+/// every file.
+#[test]
+fn inode_slots_are_reused_below_the_high_water_mark() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let free0 = fs.statfs().free_inodes;
+    let mut first = Vec::new();
+    for i in 0..40 {
+        drop(
+            fs.open(root, &format!("/f{i}"), OpenFlags::CREATE, 0o644)
+                .unwrap(),
+        );
+        first.push(fs.stat(root, &format!("/f{i}")).unwrap().ino);
+    }
+    let highest = *first.iter().max().unwrap();
+    assert_eq!(highest, 41, "slots 2.. in order after the root's");
+    assert_eq!(inode_high(&*pool), 42);
+    // Freeing a slot below the top keeps the mark; freeing the top lowers
+    // it past every free slot below.
+    fs.unlink(root, "/f10").unwrap();
+    assert_eq!(inode_high(&*pool), 42);
+    fs.unlink(root, "/f39").unwrap();
+    assert_eq!(inode_high(&*pool), 41);
+    for i in (0..39).filter(|&i| i != 10) {
+        fs.unlink(root, &format!("/f{i}")).unwrap();
+    }
+    assert_eq!(inode_high(&*pool), 2, "only the root is left");
+    assert_eq!(fs.statfs().free_inodes, free0);
+    assert!(fs.check().is_empty());
+    for i in 0..40 {
+        drop(
+            fs.open(root, &format!("/g{i}"), OpenFlags::CREATE, 0o644)
+                .unwrap(),
+        );
+        let ino = fs.stat(root, &format!("/g{i}")).unwrap().ino;
+        assert!(ino <= highest, "/g{i} got slot {ino} above {highest}");
+    }
+    drop(fs);
+    let fs = Fs::mount(pool.clone()).unwrap();
+    assert_eq!(fs.statfs().free_inodes, free0 - 40);
+    for i in 0..40 {
+        fs.stat(root, &format!("/g{i}")).unwrap();
+    }
+    assert!(fs.check().is_empty());
+}
+
+/// The shared-run table is a named limit (`MAX_SHARED_TABLE_BLOCKS`; one
+/// block, 255 runs, in a 4 MiB pool): an operation that would need more runs
+/// fails with `ENOSPC` and changes nothing, and the pool stays consistent.
+#[test]
+fn a_full_shared_run_table_is_enospc_and_changes_nothing() {
+    let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(4 << 20).unwrap());
+    Fs::mkfs(&*pool).unwrap();
+    let fs = Fs::mount(pool.clone()).unwrap();
+    let root = Cred::ROOT;
+    let a = fs.open(root, "/a", OpenFlags::CREATE, 0o644).unwrap();
+    a.pwrite(0, &vec![7u8; 600 * BS as usize]).unwrap();
+    let b = fs.open(root, "/b", OpenFlags::CREATE, 0o644).unwrap();
+    b.reflink(&a, None).unwrap();
+    // Unsharing every other block splits the one shared run into many.
+    let mut refused = None;
+    for i in (0..600u64).step_by(2) {
+        let before = (b.fiemap().unwrap(), fs.statfs().free);
+        match b.pwrite(i * BS, &[1]) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.errno(), pinfs::Errno::ENOSPC, "{e}");
+                assert_eq!((b.fiemap().unwrap(), fs.statfs().free), before);
+                refused = Some(i);
+                break;
+            }
+        }
+    }
+    assert!(refused.is_some(), "300 runs fit a 255-run table?");
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
+    drop((a, b, fs));
+    let report = Fs::fsck(&*pool).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The pool keeps what version 2 adds — the shared-run table and the inode
+/// high-water mark — with every commit; the negative control shows that a
+/// pool whose commits leave them behind is refused (fsck names the damage,
+/// mount fails), so the checks above would see a commit path that forgot
+/// them.
+#[cfg(feature = "negative-controls")]
+#[test]
+fn without_the_shared_runs_and_the_inode_mark_the_pool_is_refused() {
+    let root = Cred::ROOT;
+    for skip in [false, true] {
+        // A reflink: its shared runs.
+        let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+        Fs::mkfs(&*pool).unwrap();
+        let fs = Fs::mount(pool.clone()).unwrap();
+        let a = fs.open(root, "/a", OpenFlags::CREATE, 0o644).unwrap();
+        a.pwrite(0, &[3u8; 8 * BS as usize]).unwrap();
+        let b = fs.open(root, "/b", OpenFlags::CREATE, 0o644).unwrap();
+        if skip {
+            fs.skip_format_books_for_tests();
+        }
+        b.reflink(&a, None).unwrap();
+        drop((a, b, fs));
+        let report = Fs::fsck(&*pool).unwrap();
+        assert_eq!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("shared-run table")),
+            skip,
+            "skip {skip}: {:?}",
+            report.problems
+        );
+        assert_eq!(Fs::mount(pool.clone()).is_err(), skip);
+
+        // A create: the mark over its slot.
+        let pool: Arc<dyn Media> = Arc::new(MappedPool::memfd(16 << 20).unwrap());
+        Fs::mkfs(&*pool).unwrap();
+        let fs = Fs::mount(pool.clone()).unwrap();
+        if skip {
+            fs.skip_format_books_for_tests();
+        }
+        drop(fs.open(root, "/c", OpenFlags::CREATE, 0o644).unwrap());
+        drop(fs);
+        let report = Fs::fsck(&*pool).unwrap();
+        assert_eq!(
+            report.problems.iter().any(|p| p.contains("free inode")),
+            skip,
+            "skip {skip}: {:?}",
+            report.problems
+        );
+        assert_eq!(Fs::mount(pool.clone()).is_err(), skip);
+    }
+}

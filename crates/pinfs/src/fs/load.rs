@@ -4,16 +4,21 @@
 //! before it is used as an index or an offset, and every structure's CRC is
 //! verified, so a damaged or foreign pool fails with an error naming what is
 //! wrong — never a panic, never an out-of-bounds access. [`check`] then
-//! cross-checks the structures against each other (reference counts against
-//! the extents that use them, link counts against directory entries, the
-//! directory tree, the orphan list); mount refuses a pool with any problem,
-//! and `pinfs fsck` lists them all.
+//! cross-checks the structures against each other (the shared-run table
+//! against the extents that use each block, free space against them, link
+//! counts against directory entries, the directory tree, the orphan list);
+//! mount refuses a pool with any problem, and `pinfs fsck` lists them all.
+//!
+//! Both read and check only what is used: the inode slots below the
+//! high-water mark, the extent maps, the shared runs — time and memory
+//! proportional to files and extents, never to the pool's size.
 
 use std::collections::{BTreeSet, HashMap};
 
 use zerocopy::FromBytes;
 
 use super::extent::{Extent, ExtentMap};
+use super::shared::SharedRuns;
 use super::state::{Dir, FsState, Inode};
 use crate::alloc::{Allocator, Run};
 use crate::format::*;
@@ -41,22 +46,17 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
     let mut raw = vec![0u8; size_of::<StateBlock>()];
     media.read(block_offset(sb.state_block.get()), &mut raw)?;
     let state: StateBlock = decode(&raw, "state block")?;
-    state.validate()?;
-
-    let data_blocks = sb.data_blocks();
-    let mut table = vec![0u8; (data_blocks * 4) as usize];
-    media.read(block_offset(sb.refcount_start.get()), &mut table)?;
-    let refcounts: Vec<u32> = table
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    state.validate(&sb)?;
+    let shared = SharedRuns::load(media, &sb)?;
 
     let mut inodes = HashMap::new();
     let mut free_inodes = BTreeSet::new();
     let count = sb.inode_count.get();
-    let mut table = vec![0u8; (count * INODE_SIZE) as usize];
+    // Only the slots ever used; the rest of the table was never written.
+    let high = state.inode_high.get();
+    let mut table = vec![0u8; (high * INODE_SIZE) as usize];
     media.read(block_offset(sb.inode_start.get()), &mut table)?;
-    for ino in 1..count {
+    for ino in 1..high {
         let at = (ino * INODE_SIZE) as usize;
         let rec: InodeRecord = decode(&table[at..at + INODE_SIZE as usize], "inode")?;
         if rec.mode.get() == 0 {
@@ -75,23 +75,7 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
             dirs.insert(inode.ino, load_dir(media, &sb, inode, &inodes)?);
         }
     }
-    let mut alloc = Allocator::new();
-    let data_start = sb.data_start.get();
-    let mut i = 0usize;
-    while i < refcounts.len() {
-        if refcounts[i] != 0 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < refcounts.len() && refcounts[i] == 0 {
-            i += 1;
-        }
-        alloc.free(Run {
-            start: data_start + start as u64,
-            len: (i - start) as u64,
-        });
-    }
+    let alloc = free_space(&sb, &inodes);
     // The orphan list, bounded by the number of inodes so a cycle cannot loop.
     let mut orphans = Vec::new();
     let mut at = state.orphan_head.get();
@@ -114,7 +98,8 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         free_inodes,
         dirs,
         alloc,
-        refcounts,
+        shared,
+        inode_high: high,
         orphans,
         next_generation: state.next_generation.get(),
         runtime: HashMap::new(),
@@ -123,10 +108,86 @@ pub(crate) fn load(media: &dyn Media) -> Result<(FsState, Recovery)> {
         shut_down: false,
         shut_down_on_journal_error: true,
         validate_commits: true,
+        persist_books: true,
         maps: Default::default(),
         dma: Default::default(),
     };
     Ok((st, recovery))
+}
+
+/// Every block a file uses — its extents and extent-tree blocks — as runs
+/// sorted by start (a shared block appears once per use).
+fn used_runs<'a>(inodes: impl Iterator<Item = &'a Inode>) -> Vec<Run> {
+    let mut used = Vec::new();
+    for inode in inodes {
+        for (_, e) in inode.extents.iter() {
+            used.push(Run {
+                start: e.physical,
+                len: e.len,
+            });
+        }
+        for b in inode.tree_blocks() {
+            used.push(Run { start: b, len: 1 });
+        }
+    }
+    used.sort_unstable();
+    used
+}
+
+/// Free space: the data region less every block a file uses. Time
+/// proportional to the extents.
+fn free_space(sb: &Superblock, inodes: &HashMap<u64, Inode>) -> Allocator {
+    let mut alloc = Allocator::new();
+    let mut at = sb.data_start.get();
+    for r in used_runs(inodes.values()) {
+        if r.start > at {
+            alloc.free(Run {
+                start: at,
+                len: r.start - at,
+            });
+        }
+        at = at.max(r.end());
+    }
+    let total = sb.total_blocks.get();
+    if total > at {
+        alloc.free(Run {
+            start: at,
+            len: total - at,
+        });
+    }
+    alloc
+}
+
+/// How many uses each block has, as maximal runs of equal count ≥ 1:
+/// (start, len, count), in order. A sweep over the extents' ends.
+fn use_counts(used: &[Run]) -> Vec<(u64, u64, u64)> {
+    let mut edges: Vec<(u64, i64)> = Vec::with_capacity(used.len() * 2);
+    for r in used {
+        edges.push((r.start, 1));
+        edges.push((r.end(), -1));
+    }
+    edges.sort_unstable();
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    let mut depth = 0i64;
+    let mut i = 0;
+    while i < edges.len() {
+        let at = edges[i].0;
+        while i < edges.len() && edges[i].0 == at {
+            depth += edges[i].1;
+            i += 1;
+        }
+        let Some(&(next, _)) = edges.get(i) else {
+            break;
+        };
+        if depth > 0 {
+            let c = depth as u64;
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == at && last.2 == c => last.1 += next - at,
+                _ => out.push((at, next - at, c)),
+            }
+        }
+    }
+    out
 }
 
 fn load_inode(media: &dyn Media, sb: &Superblock, ino: u64, rec: &InodeRecord) -> Result<Inode> {
@@ -301,35 +362,57 @@ fn load_dir(
 pub(crate) fn check(st: &FsState) -> Vec<String> {
     let mut problems = Vec::new();
     let sb = &st.sb;
-    let data_start = sb.data_start.get();
-    // Reference counts: recompute from every extent and tree block.
-    let mut refs = vec![0u64; st.refcounts.len()];
-    for inode in st.inodes.values() {
-        for (_, e) in inode.extents.iter() {
-            for b in e.physical..e.physical + e.len {
-                refs[(b - data_start) as usize] += 1;
-            }
-        }
-        for b in inode.tree_blocks() {
-            refs[(b - data_start) as usize] += 1;
-        }
-    }
-    let mut bad_refs = 0;
-    for (i, (&want, &have)) in refs.iter().zip(&st.refcounts).enumerate() {
-        if want != u64::from(have) {
-            if bad_refs < 10 {
+    // Reference counts: every block's uses, from every extent and tree
+    // block, against the shared-run table (a block used more than once is
+    // there with that count; a block used once is not) and against free
+    // space (no used block is free or busy; every other block is).
+    let counts = use_counts(&used_runs(st.inodes.values()));
+    let want: Vec<(u64, u64, u64)> = counts.iter().copied().filter(|r| r.2 > 1).collect();
+    let have: Vec<(u64, u64, u64)> = st
+        .shared
+        .iter()
+        .map(|(s, l, c)| (s, l, u64::from(c)))
+        .collect();
+    if want != have {
+        let mut shown = 0;
+        for r in have.iter().filter(|r| !want.contains(r)) {
+            if shown < 10 {
                 problems.push(format!(
-                    "block {}: reference count {have}, but {want} references found",
-                    data_start + i as u64
+                    "shared-run table: blocks {}+{} with count {}, but the files use them otherwise",
+                    r.0, r.1, r.2
                 ));
             }
-            bad_refs += 1;
+            shown += 1;
+        }
+        for r in want.iter().filter(|r| !have.contains(r)) {
+            if shown < 10 {
+                problems.push(format!(
+                    "blocks {}+{}: used {} times, but the shared-run table does not say so",
+                    r.0, r.1, r.2
+                ));
+            }
+            shown += 1;
+        }
+        if shown > 10 {
+            problems.push(format!("... {} more shared-run differences", shown - 10));
         }
     }
-    if bad_refs > 10 {
+    let mut used_blocks = 0u64;
+    let mut overlapping = 0u64;
+    for &(start, len, _) in &counts {
+        used_blocks += len;
+        if st.alloc.overlaps_unused(Run { start, len }) {
+            if overlapping < 10 {
+                problems.push(format!("blocks {start}+{len}: used by a file but free"));
+            }
+            overlapping += 1;
+        }
+    }
+    let accounted = used_blocks + st.alloc.free_blocks() + st.alloc.busy_blocks();
+    if overlapping == 0 && accounted != sb.data_blocks() {
         problems.push(format!(
-            "... {} more blocks with wrong reference counts",
-            bad_refs - 10
+            "{} data blocks are neither used, free nor busy",
+            sb.data_blocks().abs_diff(accounted)
         ));
     }
     // Directory entries: targets exist with matching generation; link counts.

@@ -18,6 +18,7 @@ mod load;
 mod mmap;
 mod ops;
 mod pins;
+mod shared;
 mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -474,16 +475,24 @@ impl Fs {
         sb.uuid = crc_mix(uuid);
         sb.seal();
         use zerocopy::IntoBytes;
-        // Metadata regions start zeroed: free inodes, zero reference counts.
-        let meta_end = block_offset(sb.data_start.get());
-        media.fill(0, meta_end, 0)?;
+        // Only what mount reads is written — a cost independent of the
+        // pool's size: the state block, the journal header, an empty
+        // shared-run table and the root's inode slot. The inode table is
+        // not zeroed (mount reads only slots below the high-water mark,
+        // each written whole when first used), nor the journal's record
+        // area (nothing past a clean header is read).
+        media.fill(0, BLOCK_SIZE, 0)?;
         Journal::format(media, sb.journal_start.get())?;
         let mut state = format::StateBlock {
             next_generation: 1.into(),
+            inode_high: (ROOT_INO + 1).into(),
             ..Default::default()
         };
         state.seal();
+        media.fill(block_offset(sb.state_block.get()), BLOCK_SIZE, 0)?;
         media.write(block_offset(sb.state_block.get()), state.as_bytes())?;
+        let shared = shared::SharedRuns::default().encode();
+        media.write(sb.shared_offset(), &shared)?;
         // The root directory: an inode with no blocks.
         let root = state::Inode {
             ino: ROOT_INO,
@@ -503,7 +512,9 @@ impl Fs {
             leaves: Vec::new(),
         };
         media.write(sb.inode_offset(ROOT_INO), root.record().as_bytes())?;
-        media.flush(0, meta_end)?;
+        media.flush(0, 2 * BLOCK_SIZE)?;
+        media.flush(sb.shared_offset(), shared.len() as u64)?;
+        media.flush(sb.inode_offset(ROOT_INO), INODE_SIZE)?;
         media.fence();
         // The superblock last: a pool without one is not a file system.
         media.write(0, sb.as_bytes())?;
@@ -601,7 +612,7 @@ impl Fs {
             recovery,
             problems,
             inodes: st.inodes.len() as u64,
-            used_blocks: st.refcounts.iter().filter(|&&c| c > 0).count() as u64,
+            used_blocks: st.sb.data_blocks() - st.alloc.free_blocks() - st.alloc.busy_blocks(),
         })
     }
 
@@ -1018,7 +1029,7 @@ impl Fs {
             free: st.alloc.free_blocks(),
             busy: st.alloc.busy_blocks(),
             inodes: st.sb.inode_count.get() - 1,
-            free_inodes: st.free_inodes.len() as u64,
+            free_inodes: st.free_inode_count(),
             read_only: st.shut_down,
         }
     }
@@ -1039,6 +1050,15 @@ impl Fs {
     #[doc(hidden)]
     pub fn disable_commit_validation_for_tests(&self) {
         self.state.write().validate_commits = false;
+    }
+
+    /// Test-only negative control: commits no longer write the shared-run
+    /// table or the inode high-water mark to the pool (memory still follows
+    /// them), so a test can show that a pool without them is refused.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn skip_format_books_for_tests(&self) {
+        self.state.write().persist_books = false;
     }
 
     /// Test-only negative control: a commit that fails after its commit

@@ -323,7 +323,8 @@ fn write_plan(st: &FsState, ino: u64, offset: u64, end: u64) -> Result<WritePlan
                 unwritten,
                 ..
             } => {
-                if (physical..physical + len).any(|b| st.refcount(b) > 1) {
+                // One lookup in the shared runs, not one per block.
+                if st.shared.overlaps(physical, len) {
                     return Ok(WritePlan::Layout(ByteRange::new(offset, end)));
                 }
                 convert |= unwritten;

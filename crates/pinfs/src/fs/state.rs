@@ -282,8 +282,11 @@ pub(crate) struct FsState {
     pub free_inodes: BTreeSet<u64>,
     pub dirs: HashMap<u64, Dir>,
     pub alloc: Allocator,
-    /// Reference count of each data block, indexed from `data_start`.
-    pub refcounts: Vec<u32>,
+    /// Blocks shared by reflink and their counts; every other block has
+    /// count 1 when a file uses it, else 0 (free or busy).
+    pub shared: super::shared::SharedRuns,
+    /// Inode high-water mark: no slot at or above it has ever been used.
+    pub inode_high: u64,
     pub orphans: Vec<u64>,
     pub next_generation: u64,
     pub runtime: HashMap<u64, Arc<Runtime>>,
@@ -309,26 +312,42 @@ pub(crate) struct FsState {
     /// Test-only: when false, operations commit inodes without
     /// [`Inode::validate`] (the negative control of the limit tests).
     pub validate_commits: bool,
+    /// Test-only: when false, commits leave the shared-run table and the
+    /// inode high-water mark on the pool as they were (memory still follows):
+    /// the negative control of the tests that the pool keeps them.
+    pub persist_books: bool,
 }
 
 impl FsState {
+    /// The reference count of data block `block`: its shared count, else 1
+    /// when a file uses it, 0 when it is free or busy.
     pub fn refcount(&self, block: u64) -> u32 {
-        self.refcounts[(block - self.sb.data_start.get()) as usize]
+        match self.shared.count(block) {
+            Some(c) => c,
+            None if self.alloc.overlaps_unused(Run {
+                start: block,
+                len: 1,
+            }) =>
+            {
+                0
+            }
+            None => 1,
+        }
     }
 
     /// Whether every block of `start..start+len` has exactly one reference
-    /// (owned by one file, not shared): one slice scan, not a lookup per
+    /// (owned by one file, not shared): a few tree lookups, not one per
     /// block. `false` for blocks outside the data region.
     pub fn refcounts_all_one(&self, start: u64, len: u64) -> bool {
-        let Some(from) = start.checked_sub(self.sb.data_start.get()) else {
-            return false;
-        };
-        let (Ok(from), Ok(len)) = (usize::try_from(from), usize::try_from(len)) else {
-            return false;
-        };
-        from.checked_add(len)
-            .and_then(|to| self.refcounts.get(from..to))
-            .is_some_and(|s| s.iter().all(|&c| c == 1))
+        self.sb.is_data_range(start, len)
+            && !self.shared.overlaps(start, len)
+            && !self.alloc.overlaps_unused(Run { start, len })
+    }
+
+    /// Inode slots free for new files: the free ones below the high-water
+    /// mark and every one above it.
+    pub fn free_inode_count(&self) -> u64 {
+        self.free_inodes.len() as u64 + (self.sb.inode_count.get() - self.inode_high)
     }
 
     pub fn inode(&self, ino: u64) -> Result<&Inode> {
@@ -373,7 +392,16 @@ pub(crate) struct Op<'a> {
     pub media: &'a dyn Media,
     pub tx: Transaction,
     inodes: BTreeMap<u64, Inode>,
+    /// Staged counts of blocks that are or become shared (per block: a
+    /// reflink's cost is its blocks). Unshared blocks are never here.
     refs: BTreeMap<u64, u32>,
+    /// Unshared blocks this operation dropped the only reference to:
+    /// start → len (their count is 0 from now on in this operation).
+    freed: BTreeMap<u64, u64>,
+    /// The shared runs after this operation, built by `prepare`.
+    new_shared: Option<super::shared::SharedRuns>,
+    /// Staged inode high-water mark.
+    inode_high: Option<u64>,
     allocated: Vec<Run>,
     taken_inodes: Vec<u64>,
     released_inodes: Vec<u64>,
@@ -395,6 +423,9 @@ impl<'a> Op<'a> {
             tx: Transaction::new(),
             inodes: BTreeMap::new(),
             refs: BTreeMap::new(),
+            freed: BTreeMap::new(),
+            new_shared: None,
+            inode_high: None,
             allocated: Vec::new(),
             taken_inodes: Vec::new(),
             released_inodes: Vec::new(),
@@ -424,20 +455,27 @@ impl<'a> Op<'a> {
     }
 
     pub fn refcount(&self, block: u64) -> u32 {
-        self.refs
-            .get(&block)
-            .copied()
-            .unwrap_or_else(|| self.st.refcount(block))
+        if let Some(&c) = self.refs.get(&block) {
+            return c;
+        }
+        if self.freed_overlaps(block, 1) {
+            return 0;
+        }
+        self.st.refcount(block)
     }
 
-    /// Allocate `n` zero-reference blocks and give them one reference each.
+    fn freed_overlaps(&self, start: u64, end: u64) -> bool {
+        self.freed
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&s, &l)| s + l > start)
+    }
+
+    /// Allocate `n` zero-reference blocks, giving them one reference each
+    /// (taken out of free space and mapped by one extent: count 1, stored
+    /// nowhere).
     pub fn alloc(&mut self, n: u64, goal: Option<u64>) -> Result<Vec<Run>> {
         let runs = self.st.alloc.alloc(n, goal)?;
-        for r in &runs {
-            for b in r.start..r.end() {
-                self.refs.insert(b, 1);
-            }
-        }
         self.allocated.extend_from_slice(&runs);
         Ok(runs)
     }
@@ -466,24 +504,59 @@ impl<'a> Op<'a> {
     }
 
     /// Drop a reference from each block of the run; blocks reaching zero are
-    /// released after commit.
+    /// released after commit. Unshared stretches go in one step each (their
+    /// count 1 is stored nowhere, so nothing is journaled for them); only
+    /// shared blocks, or blocks this operation already staged, go block by
+    /// block.
     pub fn decref(&mut self, start: u64, len: u64) {
+        let end = start + len;
         let mut run: Option<Run> = None;
-        for b in start..start + len {
+        let mut release = |this: &mut Self, r: Run| match &mut run {
+            Some(p) if p.end() == r.start => p.len += r.len,
+            _ => {
+                if let Some(p) = run.replace(r) {
+                    this.released_blocks.push(p);
+                }
+            }
+        };
+        let mut b = start;
+        while b < end {
+            let next_staged = self.refs.range(b..end).next().map(|(&k, _)| k);
+            let next_shared = self.st.shared.first_from(b).map(|(s, _, _)| s);
+            let special = next_staged
+                .into_iter()
+                .chain(next_shared)
+                .min()
+                .unwrap_or(end)
+                .min(end);
+            if special > b {
+                // Count 1 each: owned by this extent alone.
+                assert!(
+                    !self.freed_overlaps(b, special)
+                        && !self.st.alloc.overlaps_unused(Run {
+                            start: b,
+                            len: special - b
+                        }),
+                    "dropping a reference to free block in {b}..{special}"
+                );
+                self.freed.insert(b, special - b);
+                release(
+                    self,
+                    Run {
+                        start: b,
+                        len: special - b,
+                    },
+                );
+                b = special;
+                continue;
+            }
             let c = self.refcount(b);
             assert!(c > 0, "dropping a reference to free block {b}");
             self.refs.insert(b, c - 1);
             if c == 1 {
-                match &mut run {
-                    Some(r) if r.end() == b => r.len += 1,
-                    _ => {
-                        if let Some(r) = run.take() {
-                            self.released_blocks.push(r);
-                        }
-                        run = Some(Run { start: b, len: 1 });
-                    }
-                }
+                release(self, Run { start: b, len: 1 });
             }
+            b += 1;
         }
         if let Some(r) = run {
             self.released_blocks.push(r);
@@ -492,12 +565,24 @@ impl<'a> Op<'a> {
 
     /// A new inode slot, with a fresh generation.
     pub fn new_inode(&mut self, mode: u32, uid: u32, gid: u32, now_ns: u64) -> Result<u64> {
-        let ino = *self
+        // Lowest free slot below the high-water mark, else the mark itself
+        // (which then rises): mount reads only the slots below it.
+        let high = self.inode_high.unwrap_or(self.st.inode_high);
+        let ino = match self
             .st
             .free_inodes
-            .iter()
+            .range(..high)
             .find(|i| !self.taken_inodes.contains(i))
-            .ok_or(Errno::ENOSPC)?;
+        {
+            Some(&ino) => ino,
+            None => {
+                if high >= self.st.sb.inode_count.get() {
+                    return Err(Errno::ENOSPC.into());
+                }
+                self.inode_high = Some(high + 1);
+                high
+            }
+        };
         self.taken_inodes.push(ino);
         let generation = self.generation.unwrap_or(self.st.next_generation);
         self.generation = Some(generation.checked_add(1).ok_or(Errno::EOVERFLOW)?);
@@ -542,7 +627,24 @@ impl<'a> Op<'a> {
         self.released_inodes.push(ino);
         self.tx
             .write_struct(self.st.sb.inode_offset(ino), &InodeRecord::free());
+        // Freeing the highest used slot lowers the high-water mark past every
+        // free slot below it, in this same transaction: mount then reads up
+        // to the highest live inode, not the most ever used.
+        let high = self.inode_high.unwrap_or(self.st.inode_high);
+        if ino + 1 == high {
+            let mut h = ino;
+            while h > ROOT_INO + 1 && self.slot_free(h - 1) {
+                h -= 1;
+            }
+            self.inode_high = Some(h);
+        }
         Ok(())
+    }
+
+    /// Whether inode slot `ino` is free as this operation sees it.
+    fn slot_free(&self, ino: u64) -> bool {
+        (self.st.free_inodes.contains(&ino) && !self.taken_inodes.contains(&ino))
+            || self.released_inodes.contains(&ino)
     }
 
     fn orphan_list(&mut self) -> Option<&mut Vec<u64>> {
@@ -736,26 +838,27 @@ impl<'a> Op<'a> {
             let rec = inode.record();
             self.tx.write_struct(self.st.sb.inode_offset(ino), &rec);
         }
-        // Reference counts, one write per run of consecutive blocks.
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u64;
-        let mut prev = None;
-        let refs: Vec<(u64, u32)> = self.refs.iter().map(|(&b, &c)| (b, c)).collect();
-        for (b, c) in refs {
-            if prev.map(|p: u64| p + 1) != Some(b) && !run.is_empty() {
-                self.tx.write(self.st.sb.refcount_offset(run_start), &run);
-                run.clear();
+        // Shared counts: the whole table after this operation, when it
+        // changes (only reflinks and what they shared touch it).
+        if !self.refs.is_empty() {
+            let mut shared = self.st.shared.clone();
+            let mut it = self.refs.iter().map(|(&b, &c)| (b, c)).peekable();
+            while let Some((b, c)) = it.next() {
+                let mut len = 1;
+                while it.next_if(|&(nb, nc)| nb == b + len && nc == c).is_some() {
+                    len += 1;
+                }
+                shared.set(b, len, c);
             }
-            if run.is_empty() {
-                run_start = b;
+            if shared != self.st.shared && self.st.persist_books {
+                if shared.len() as u64 > self.st.sb.shared_capacity() {
+                    return Err(Errno::ENOSPC.into());
+                }
+                self.tx.write(self.st.sb.shared_offset(), &shared.encode());
             }
-            run.extend_from_slice(&c.to_le_bytes());
-            prev = Some(b);
+            self.new_shared = Some(shared);
         }
-        if !run.is_empty() {
-            self.tx.write(self.st.sb.refcount_offset(run_start), &run);
-        }
-        if self.orphans.is_some() || self.generation.is_some() {
+        if self.orphans.is_some() || self.generation.is_some() || self.inode_high.is_some() {
             let mut s = StateBlock {
                 orphan_head: self
                     .orphans
@@ -766,6 +869,12 @@ impl<'a> Op<'a> {
                     .unwrap_or(0)
                     .into(),
                 next_generation: self.generation.unwrap_or(self.st.next_generation).into(),
+                inode_high: if self.st.persist_books {
+                    self.inode_high.unwrap_or(self.st.inode_high)
+                } else {
+                    self.st.inode_high
+                }
+                .into(),
                 ..Default::default()
             };
             s.seal();
@@ -856,6 +965,8 @@ impl<'a> Op<'a> {
         let dir_new_slots = std::mem::take(&mut self.dir_new_slots);
         let orphans = self.orphans.take();
         let generation = self.generation.take();
+        let new_shared = self.new_shared.take();
+        let inode_high = self.inode_high.take();
         let released_blocks = std::mem::take(&mut self.released_blocks);
         let media = self.media;
         let st = &mut *self.st;
@@ -863,9 +974,11 @@ impl<'a> Op<'a> {
         let remap = super::mmap::affected(st, &inodes, &refs);
         // And on-demand device translations (SPEC §6.4).
         let odp = super::dma::odp_affected(st, &inodes, &refs);
-        let data_start = st.sb.data_start.get();
-        for (b, c) in refs {
-            st.refcounts[(b - data_start) as usize] = c;
+        if let Some(shared) = new_shared {
+            st.shared = shared;
+        }
+        if let Some(high) = inode_high {
+            st.inode_high = high;
         }
         for ino in taken_inodes {
             st.free_inodes.remove(&ino);
@@ -904,6 +1017,9 @@ impl<'a> Op<'a> {
             st.runtime.remove(&ino);
             st.free_inodes.insert(ino);
         }
+        // Free slots at or above the (possibly lowered) mark are not free
+        // slots to hand out but unused ones: `new_inode` takes the mark.
+        drop(st.free_inodes.split_off(&st.inode_high));
         if let Some(o) = orphans {
             st.orphans = o;
         }
