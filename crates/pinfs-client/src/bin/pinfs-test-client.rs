@@ -15,7 +15,6 @@
 //! `break KIND`, `signal yes|no` (whether the lease-break signal arrived)
 //! and `released`.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,4 +167,3 @@ fn main() {
     drop(pins);
     drop(file);
 }
-
