@@ -52,6 +52,8 @@
 
 mod maps;
 mod ops;
+mod peer;
+mod pool;
 mod session;
 mod status;
 
@@ -274,6 +276,17 @@ impl Server {
     /// returns. Errors: the listener's.
     pub fn serve(&self, listener: UnixListener, stop: &Stop) -> Result<()> {
         *self.shared.stop.lock() = Some(stop.clone());
+        if let Some(m) = self.shared.fs.media().mapping() {
+            match pool::seal(m.fd) {
+                Ok(true) => {
+                    tracing::debug!(target: "pinfs::server", "memfd pool sealed against shrinking and growing")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(target: "pinfs::server", error = %e, "cannot seal the memfd pool")
+                }
+            }
+        }
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::media("listening socket", e))?;
@@ -298,11 +311,21 @@ impl Server {
                         drop(stream);
                         continue;
                     }
+                    // The peer is pinned now, before its connector can
+                    // exit and its pid be reused (finding: pid reuse).
+                    let peer = match peer::pin(std::os::fd::AsFd::as_fd(&stream)) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(target: "pinfs::server", error = %e, "no peer credentials: connection refused");
+                            continue;
+                        }
+                    };
                     let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
                     let shared = Arc::clone(&self.shared);
                     match std::thread::Builder::new()
                         .name(format!("pinfs-client-{id}"))
-                        .spawn(move || session::run(shared, id, stream))
+                        .spawn(move || session::run(shared, id, stream, peer))
                     {
                         Ok(h) => threads.push(h),
                         Err(e) => {

@@ -3,7 +3,7 @@
 //! the cleanup when it ends.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -47,6 +47,19 @@ struct Work {
     closed: bool,
 }
 
+/// The acknowledgements a session awaits.
+#[derive(Default)]
+struct Acks {
+    waiting: HashMap<u64, SyncSender<i32>>,
+    /// The session is ending: no acknowledgement can come; asking fails at
+    /// once (`ENOTCONN`).
+    closed: bool,
+    /// The client once let an acknowledgement time out: asking again fails
+    /// at once (`ENOTCONN`) — a layout change never waits twice on a
+    /// client that cannot answer.
+    unresponsive: bool,
+}
+
 /// One client.
 pub(crate) struct Session {
     pub(crate) id: ClientId,
@@ -54,7 +67,9 @@ pub(crate) struct Session {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) cred: Cred,
-    pidfd: Option<OwnedFd>,
+    /// The client's process, pinned at `accept` (`peer.rs`): signals and
+    /// fencing go through it only, and its readability confirms death.
+    pidfd: OwnedFd,
     signal: i32,
     sock: UnixStream,
     out: Mutex<Option<SyncSender<Vec<u8>>>>,
@@ -72,8 +87,9 @@ pub(crate) struct Session {
     pub(crate) disconnected: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
-    /// Acknowledgements awaited, by token (`Session::ask`).
-    acks: Mutex<HashMap<u64, SyncSender<i32>>>,
+    /// Acknowledgements awaited, by token (`Session::ask`), and whether any
+    /// can still come.
+    acks: Mutex<Acks>,
     next_token: AtomicU64,
     /// Its mappings, registrations and placements waiting for `Ack`.
     pub(crate) mapped: crate::maps::SessionMaps,
@@ -173,8 +189,17 @@ impl Session {
             }
             *ending = Some(reason.to_owned());
         }
+        self.close_acks();
         let _ = self.send(&DaemonMsg::bye(reason));
         let _ = self.sock.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// No acknowledgement can come any more: askers waiting learn it now
+    /// (`ENOTCONN`), later ones at once.
+    fn close_acks(&self) {
+        let mut acks = self.acks.lock();
+        acks.closed = true;
+        acks.waiting.clear();
     }
 
     /// Fences the client (SPEC §8): with `Fence::Kill`, kills its process
@@ -194,36 +219,25 @@ impl Session {
             }
             Fence::Kill => {
                 tracing::warn!(target: TARGET, client = self.id, pid = self.pid, reason, "fencing client: killing its process");
-                match &self.pidfd {
-                    Some(fd) => {
-                        if let Err(e) =
-                            rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
-                        {
-                            // It lives on (holding everything until it dies),
-                            // but it is served no more.
-                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
-                            self.end(reason);
-                        }
-                    }
-                    None => {
-                        tracing::warn!(target: TARGET, client = self.id, pid = self.pid, "fenced client has no pidfd: only its connection is closed");
-                        self.end(reason);
-                    }
+                if let Err(e) =
+                    rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL)
+                {
+                    // It lives on (holding everything until it dies), but
+                    // it is served no more.
+                    tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
+                    self.end(reason);
                 }
             }
         }
     }
 
-    /// Whether the client's process is confirmed dead (pidfd readable); a
-    /// client without a pidfd (another pid namespace) counts as dead once
-    /// its connection is gone.
+    /// Waits until the client's process is confirmed dead (its pidfd
+    /// readable) or the daemon stops. A poll error is never taken for a
+    /// death: it is retried.
     fn wait_for_death(&self, shared: &Shared) {
-        let Some(pidfd) = &self.pidfd else {
-            return;
-        };
         let stop = shared.stop.lock().clone();
         loop {
-            let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
+            let mut fds = vec![PollFd::new(&self.pidfd, PollFlags::IN)];
             if let Some(s) = &stop {
                 fds.push(PollFd::new(s.fd(), PollFlags::IN));
             }
@@ -237,26 +251,16 @@ impl Session {
                     }
                 }
                 Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return,
+                Err(e) => {
+                    tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot poll the client's pidfd: retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
         }
     }
 
     fn alive(&self) -> bool {
-        let Some(pidfd) = &self.pidfd else {
-            return false;
-        };
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        matches!(
-            poll(
-                &mut fds,
-                Some(&rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0
-                })
-            ),
-            Ok(0)
-        )
+        !crate::peer::exited(self.pidfd.as_fd())
     }
 
     /// Queues a request for a worker, starting one when none is idle.
@@ -322,9 +326,15 @@ impl Session {
     ) -> Result<i32, pinfs::Errno> {
         let token = ASK_TOKEN_BIT | self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
-        self.acks.lock().insert(token, tx);
+        {
+            let mut acks = self.acks.lock();
+            if acks.closed || acks.unresponsive {
+                return Err(pinfs::Errno::ENOTCONN);
+            }
+            acks.waiting.insert(token, tx);
+        }
         if !self.send(&make(token)) {
-            self.acks.lock().remove(&token);
+            self.acks.lock().waiting.remove(&token);
             return Err(pinfs::Errno::ENOTCONN);
         }
         let got = match timeout {
@@ -337,9 +347,18 @@ impl Session {
         match got {
             Ok(errno) => Ok(errno),
             Err(timed_out) => {
-                self.acks.lock().remove(&token);
+                {
+                    let mut acks = self.acks.lock();
+                    acks.waiting.remove(&token);
+                    acks.unresponsive |= timed_out;
+                }
                 if timed_out {
-                    self.fence(shared, &format!("{what} not acknowledged in time"));
+                    let reason = format!("{what} not acknowledged in time");
+                    self.fence(shared, &reason);
+                    if shared.options.fence == Fence::Off {
+                        // Not killed, but not waited on again either.
+                        self.end(&reason);
+                    }
                     Err(pinfs::Errno::ETIMEDOUT)
                 } else {
                     Err(pinfs::Errno::ENOTCONN)
@@ -352,7 +371,7 @@ impl Session {
     /// frame and a signal; a layout lease lost at lease-break-time fences.
     fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
         if self.signal != 0 {
-            if let Err(e) = pinfs::lease::notify::queue_signal(self.pid, self.signal, ev.lease.id.0)
+            if let Err(e) = crate::peer::send_signal(self.pidfd.as_fd(), self.signal, ev.lease.id.0)
             {
                 tracing::debug!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot signal client");
             }
@@ -382,8 +401,10 @@ fn read_hello(reader: &mut FrameReader) -> Result<i32, String> {
                 }
                 .to_string());
             }
-            if signal < 0 || signal > libc::SIGRTMAX() {
-                return Err(format!("bad signal {signal} in Hello"));
+            if !crate::peer::allowed_signal(signal) {
+                return Err(format!(
+                    "signal {signal} in Hello is not one of SIGIO, SIGURG, SIGUSR1, SIGUSR2, a realtime signal or 0"
+                ));
             }
             Ok(signal)
         }
@@ -392,18 +413,15 @@ fn read_hello(reader: &mut FrameReader) -> Result<i32, String> {
 }
 
 /// A connection's thread: handshake, then the reader loop, then cleanup.
-pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
+/// `peer` was pinned right after `accept` (`peer.rs`).
+pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: crate::peer::Peer) {
     let _ = stream.set_nonblocking(false);
-    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
-            return;
-        }
-    };
-    let pid = cred.pid.as_raw_nonzero().get();
-    let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+    let crate::peer::Peer {
+        pid,
+        uid,
+        gid,
+        pidfd,
+    } = peer;
     let bye = |stream: &UnixStream, reason: &str| {
         tracing::warn!(target: TARGET, client = id, pid, uid, reason, "dropping client");
         if let Ok(f) = encode(&DaemonMsg::bye(reason), MAX_FRAME) {
@@ -423,10 +441,29 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         Err(reason) => return bye(&stream, &reason),
     };
     let _ = stream.set_read_timeout(None);
-    let pidfd = rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok();
+    // Without its process pinned, the client's death could not be confirmed
+    // (its mappings and pins would be released while it may still use
+    // them) and it could not be signalled safely: it is not served.
+    let Some(pidfd) = pidfd else {
+        return bye(&stream, "the daemon cannot pin the client's process (no pidfd)");
+    };
+    if crate::peer::exited(pidfd.as_fd()) {
+        return bye(&stream, "the process that connected has exited");
+    }
     let media = shared.fs.media();
-    let Some(pool_fd) = media.mapping().map(|m| m.fd) else {
+    let Some(daemon_pool_fd) = media.mapping().map(|m| m.fd) else {
         return bye(&stream, "the pool has no file descriptor to share");
+    };
+    // The client gets an open file description of its own (SPEC §8 trust:
+    // it still reaches every block): what it does to the description — an
+    // `F_OFD_SETLK(F_UNLCK)`, file flags — cannot touch the daemon's, whose
+    // OFD lock keeps the pool one mount's (SPEC §7).
+    let pool_fd = match crate::pool::reopen(daemon_pool_fd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(target: TARGET, client = id, error = %e, "cannot reopen the pool for a client");
+            return bye(&stream, "the daemon cannot share the pool");
+        }
     };
     let (tx, rx) = sync_channel::<Vec<u8>>(MAX_OUTGOING);
     let Ok(sock) = stream.try_clone() else {
@@ -462,7 +499,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
         ending: Mutex::new(None),
-        acks: Mutex::new(HashMap::new()),
+        acks: Mutex::new(Acks::default()),
         next_token: AtomicU64::new(1),
         mapped: crate::maps::SessionMaps::default(),
     });
@@ -484,7 +521,8 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         policy: shared.fs.policy(),
     });
     let sent = encode(&welcome, MAX_FRAME)
-        .and_then(|f| pinfs_proto::send_frame_with_fd(&stream, &f, pool_fd));
+        .and_then(|f| pinfs_proto::send_frame_with_fd(&stream, &f, pool_fd.as_fd()));
+    drop(pool_fd);
     if let Err(e) = sent {
         tracing::warn!(target: TARGET, client = id, pid, error = %e, "cannot welcome client");
         shared.sessions.lock().remove(&id);
@@ -588,7 +626,7 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
                 // late one (its asker gave up and fenced) is only logged.
                 let waiter = match token & ASK_TOKEN_BIT {
                     0 => None,
-                    _ => session.acks.lock().remove(&token),
+                    _ => session.acks.lock().waiting.remove(&token),
                 };
                 match waiter {
                     Some(tx) => {
@@ -610,7 +648,7 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     // No acknowledgement can come any more: askers still waiting (mapping
     // placements among them) learn it now — not after the wait for the
     // client's death below, which their failure may be what brings about.
-    session.acks.lock().clear();
+    session.close_acks();
     if shared.cleanup_disabled() {
         // The negative control: the connection closes, nothing is
         // released, and the session stays listed.
@@ -660,8 +698,6 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
-    // Askers still waiting learn the connection is gone.
-    session.acks.lock().clear();
     // The writer drains what is queued (the `Bye`) and closes.
     *session.out.lock() = None;
     if let Some(h) = writer {
