@@ -78,7 +78,12 @@ impl Conn {
                 pieces.len()
             ));
         }
-        let mapping = self.maps.lock().get(&map).and_then(Weak::upgrade);
+        let mapping = self
+            .maps
+            .lock()
+            .get(&map)
+            .and_then(Weak::upgrade)
+            .or_else(|| self.zombies.lock().get(&map).cloned());
         let errno = match mapping {
             Some(m) => match m.apply(pieces) {
                 Ok(()) => 0,
@@ -302,14 +307,36 @@ impl ClientMap {
     }
 
     /// Unmaps now: tears the mapping down, then tells the daemon and
-    /// reports its answer (dropping does the same, logging an error).
+    /// reports its answer (dropping does the same, logging an error). A
+    /// failed tear-down keeps the mapping known (a zombie, see
+    /// [`ClientMap::drop`]'s notes) and the daemon is not told.
     pub fn unmap(mut self) -> Result<()> {
         let map = self.mapping.id();
-        self.client.inner.conn.maps.lock().remove(&map);
-        // On an error the drop below tries again and, failing, keeps quiet.
-        self.mapping.tear_down()?;
+        // Torn down first, forgotten after: a `Place` arriving meanwhile
+        // still finds the mapping and is applied (or fails), never acked
+        // as done for a mapping whose pages still show the old blocks.
+        if let Err(e) = self.mapping.tear_down() {
+            self.unmapped = true;
+            self.keep_as_zombie();
+            return Err(e);
+        }
         self.unmapped = true;
+        self.client.inner.conn.maps.lock().remove(&map);
         self.client.done(Op::Munmap { map })
+    }
+
+    /// A mapping that could not be torn down: its pages may still reach
+    /// pool blocks, so it stays known for the connection's life and every
+    /// `Place` for it is acknowledged `EIO` — the daemon keeps it broken
+    /// and its blocks busy until this process dies.
+    fn keep_as_zombie(&self) {
+        let map = self.mapping.id();
+        let conn = &self.client.inner.conn;
+        if conn.zombies.lock().len() < crate::MAX_ZOMBIE_MAPPINGS {
+            conn.zombies.lock().insert(map, Arc::clone(&self.mapping));
+        } else {
+            tracing::error!(target: "pinfs::client", map, "too many mappings that could not be torn down: this one is leaked, placements for it are acknowledged as done");
+        }
     }
 }
 
@@ -319,13 +346,13 @@ impl Drop for ClientMap {
             return;
         }
         let map = self.mapping.id();
-        self.client.inner.conn.maps.lock().remove(&map);
         match self.mapping.tear_down() {
             // Waited for, as `munmap(2)` is: once it returns the daemon
             // sends this mapping nothing more, so a process that exits
             // right after cannot leave a placement unacknowledged (which
             // would get it fenced).
             Ok(()) => {
+                self.client.inner.conn.maps.lock().remove(&map);
                 if let Err(e) = self.client.done(Op::Munmap { map }) {
                     tracing::debug!(target: "pinfs::client", map, error = %e, "munmap not acknowledged by the daemon");
                 }
@@ -335,6 +362,7 @@ impl Drop for ClientMap {
             // process dies).
             Err(e) => {
                 tracing::error!(target: "pinfs::client", map, error = %e, "a mapping could not be torn down; the daemon keeps its blocks");
+                self.keep_as_zombie();
             }
         }
     }

@@ -246,3 +246,79 @@ fn a_client_cannot_resize_a_memfd_pool() {
     drop(c);
     d.stop_and_fsck();
 }
+
+#[test]
+fn a_client_that_stops_reading_never_pins_its_session() {
+    // The client fills its socket with replies it never reads, then breaks
+    // the protocol. Its session must end and go away (its writer is not
+    // left blocked for ever): before the fix it stayed listed, a thread
+    // blocked in a write, counting against `max_clients`.
+    let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Off);
+    let (s, mut r, welcome, _pool) = raw_hello(&d, 0);
+    let DaemonMsg::Welcome(w) = welcome else {
+        panic!("not welcomed: {welcome:?}")
+    };
+    let Reply::Opened { file, .. } = call(
+        &s,
+        &mut r,
+        1,
+        Op::Open {
+            path: "/big".into(),
+            flags: OpenFlags::CREATE,
+            mode: 0o644,
+        },
+    ) else {
+        panic!("no Opened")
+    };
+    call(
+        &s,
+        &mut r,
+        2,
+        Op::Pwrite {
+            file,
+            offset: 0,
+            data: vec![7; pinfs_proto::MAX_IO],
+        },
+    );
+    // Sixteen MiB of replies: far more than a socket buffers, far less than
+    // the daemon queues before dropping a client.
+    for id in 3..19 {
+        send_frame(
+            &s,
+            &frame(&ClientMsg::Request {
+                id,
+                op: Op::Pread {
+                    file,
+                    offset: 0,
+                    len: pinfs_proto::MAX_IO as u64,
+                },
+            }),
+        )
+        .unwrap();
+    }
+    // The replies are flowing (and our receive buffer filling): the
+    // daemon's writer now blocks on us.
+    assert!(
+        support::wait_until(|| rustix::io::ioctl_fionread(&s).unwrap_or(0) >= 64 * 1024),
+        "no replies came"
+    );
+    std::io::Write::write_all(
+        &mut &s,
+        &[8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    )
+    .unwrap();
+    let listed = |id| {
+        d.server()
+            .status()
+            .clients
+            .iter()
+            .any(|c| c.client_id == id)
+    };
+    assert!(
+        support::wait_until(|| !listed(w.client_id)),
+        "a session whose client does not read stays for ever"
+    );
+    drop(r);
+    drop(s);
+    d.stop_and_fsck();
+}

@@ -73,9 +73,18 @@ pub use maps::{MAX_MAPPINGS_PER_CLIENT, MAX_REGISTRATIONS_PER_CLIENT};
 pub use pinfs_proto::ClientId;
 use session::Session;
 
-/// Most clients connected at once (and gone ones whose death is awaited);
-/// one more is told `Bye` and closed.
+/// Most clients connected at once; one more is told `Bye` and closed. Gone
+/// clients whose death is awaited (they held pins or mappings) do not count
+/// here but against [`MAX_LINGERING`].
 pub const MAX_CLIENTS: usize = 1024;
+
+/// Most gone clients whose death is awaited at once (each keeps a thread
+/// and what it held); while there are this many, new clients are refused.
+pub const MAX_LINGERING: usize = 1024;
+
+/// How long an ending session's writer may take to deliver what is queued
+/// (its `Bye` among it) before the connection is shut in both directions.
+pub const BYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most frames waiting to be written to one client; a client that lets more
 /// pile up is dropped (the file system never waits on a slow reader).

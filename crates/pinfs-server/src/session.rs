@@ -85,6 +85,10 @@ pub(crate) struct Session {
     work_ready: Condvar,
     pub(crate) fenced: AtomicBool,
     pub(crate) disconnected: AtomicBool,
+    /// Its connection is over and only its process's death is awaited (its
+    /// pins or mappings stay until then): it no longer counts against
+    /// `max_clients`, only against [`crate::MAX_LINGERING`].
+    pub(crate) lingering: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
     /// Acknowledgements awaited, by token (`Session::ask`), and whether any
@@ -289,9 +293,16 @@ impl Session {
     }
 
     fn work_loop(self: Arc<Self>, shared: &Arc<Shared>) {
+        // Counted idle while sending its reply: the client's next request
+        // (which may arrive before the send returns) finds an idle worker
+        // instead of starting a new thread each time.
+        let mut replying = false;
         loop {
             let job = {
                 let mut w = self.work.lock();
+                if std::mem::take(&mut replying) {
+                    w.idle -= 1;
+                }
                 loop {
                     if let Some(j) = w.jobs.pop_front() {
                         break Some(j);
@@ -309,6 +320,8 @@ impl Session {
             };
             let result = crate::ops::run(shared, &self, op);
             self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.work.lock().idle += 1;
+            replying = true;
             self.send(&DaemonMsg::Reply { id, result });
         }
     }
@@ -498,6 +511,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         work_ready: Condvar::new(),
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
+        lingering: AtomicBool::new(false),
         ending: Mutex::new(None),
         acks: Mutex::new(Acks::default()),
         next_token: AtomicU64::new(1),
@@ -505,9 +519,27 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
     });
     {
         let mut sessions = shared.sessions.lock();
-        if sessions.len() >= shared.options.max_clients {
+        // Checked under the sessions lock, which shutdown takes to list the
+        // sessions it ends after raising `stop`: a handshake completing
+        // meanwhile is either listed (and ended) or refused here.
+        if shared.stop.lock().as_ref().is_some_and(|s| s.is_stopped()) {
+            drop(sessions);
+            return bye(&stream, "the daemon is shutting down");
+        }
+        let lingering = sessions
+            .values()
+            .filter(|s| s.lingering.load(Ordering::Acquire))
+            .count();
+        if sessions.len() - lingering >= shared.options.max_clients {
             drop(sessions);
             return bye(&stream, "too many clients");
+        }
+        if lingering >= crate::MAX_LINGERING {
+            drop(sessions);
+            return bye(
+                &stream,
+                "too many gone clients whose death is awaited",
+            );
         }
         sessions.insert(id, Arc::clone(&session));
     }
@@ -660,9 +692,25 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
         let _ = session.sock.shutdown(std::net::Shutdown::Both);
         return;
     }
+    // Nothing more goes out: the writer drains what is queued (the `Bye`)
+    // within `BYE_GRACE`; a client that does not read meanwhile has both
+    // directions shut, which ends a blocked write — a session never waits
+    // for ever on a reader (nor does the death wait below hold a thread
+    // blocked in a write).
+    *session.out.lock() = None;
+    if let Some(h) = writer {
+        let deadline = std::time::Instant::now() + crate::BYE_GRACE;
+        while !h.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        let _ = h.join();
+    }
+    let _ = session.sock.shutdown(std::net::Shutdown::Both);
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
+        session.lingering.store(true, Ordering::Release);
         session.wait_for_death(shared);
     }
     let leases = shared.fs.leases();
@@ -692,18 +740,13 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let has_maps = session.mapped.has_mappings();
     if (has_pins || has_maps) && session.alive() {
         tracing::info!(target: TARGET, client = session.id, pid = session.pid, has_maps, "client gone with pins or mappings: they stay until its process dies");
+        session.lingering.store(true, Ordering::Release);
         session.wait_for_death(shared);
     }
     let nmaps = session.mapped.drop_mappings();
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
-    // The writer drains what is queued (the `Bye`) and closes.
-    *session.out.lock() = None;
-    if let Some(h) = writer {
-        let _ = h.join();
-    }
-    let _ = session.sock.shutdown(std::net::Shutdown::Both);
     shared.sessions.lock().remove(&session.id);
     let reason = session.ending.lock().clone().unwrap_or_default();
     tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, mappings = nmaps, fenced, %reason, "client gone, everything it held released");
