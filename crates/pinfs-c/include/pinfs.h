@@ -256,7 +256,8 @@ extern "C" {
  Connect to the daemon serving `socket_path`; on success `*out` is the
  new connection and 0 is returned. `signal` is what the daemon sends this
  process when one of its leases is being broken: -1 for `SIGIO` (the
- default), 0 for none (events only), or a signal number. The pool's
+ default), 0 for none (events only), or one of `SIGURG`, `SIGUSR1`,
+ `SIGUSR2` or a realtime signal (`-EINVAL` for any other). The pool's
  descriptor and every resource are released by `pinfs_disconnect`.
 
  # Safety

@@ -123,7 +123,8 @@ unsafe fn path<'a>(p: *const c_char) -> Result<&'a str, Errno> {
 /// Connect to the daemon serving `socket_path`; on success `*out` is the
 /// new connection and 0 is returned. `signal` is what the daemon sends this
 /// process when one of its leases is being broken: -1 for `SIGIO` (the
-/// default), 0 for none (events only), or a signal number. The pool's
+/// default), 0 for none (events only), or one of `SIGURG`, `SIGUSR1`,
+/// `SIGUSR2` or a realtime signal (`-EINVAL` for any other). The pool's
 /// descriptor and every resource are released by `pinfs_disconnect`.
 ///
 /// # Safety
@@ -143,7 +144,18 @@ pub unsafe extern "C" fn pinfs_connect(
         let socket = unsafe { path(socket_path) }?;
         let signal = match signal {
             -1 => None,
-            s if (0..=libc::SIGRTMAX()).contains(&s) => Some(s),
+            // Only signals that do nothing unless handled (the daemon
+            // refuses others too): none, SIGIO, SIGURG, SIGUSR1/2, or a
+            // realtime one (glibc's reserved 32/33 excluded).
+            s if s == 0
+                || s == libc::SIGIO
+                || s == libc::SIGURG
+                || s == libc::SIGUSR1
+                || s == libc::SIGUSR2
+                || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&s) =>
+            {
+                Some(s)
+            }
             _ => return Err(Errno::EINVAL),
         };
         let client =

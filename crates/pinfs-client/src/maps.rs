@@ -398,39 +398,57 @@ impl RemoteRegistration {
     }
 
     /// The device writes `data` at `offset` of the registration (a peer's
-    /// RDMA write): its completion.
+    /// RDMA write): its completion. More than `MAX_IO` bytes go as several
+    /// requests of at most `MAX_IO`, in order; the first completion that is
+    /// not `Ok` is returned (what came before it was written).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<Completion> {
-        if data.len() > MAX_IO {
-            return Err(Errno::EINVAL.into());
-        }
-        match self.client.call(Op::DmaWrite {
-            reg: self.reg,
-            offset,
-            data: data.to_vec(),
-        })? {
-            Reply::Dma { completion, .. } => Ok(completion),
-            _ => Err(Errno::EPROTO.into()),
+        let mut at = 0usize;
+        loop {
+            let chunk = &data[at..data.len().min(at + MAX_IO)];
+            let off = offset.checked_add(at as u64).ok_or(Errno::EINVAL)?;
+            let completion = match self.client.call(Op::DmaWrite {
+                reg: self.reg,
+                offset: off,
+                data: chunk.to_vec(),
+            })? {
+                Reply::Dma { completion, .. } => completion,
+                _ => return Err(Errno::EPROTO.into()),
+            };
+            at += chunk.len();
+            if completion != Completion::Ok || at >= data.len() {
+                return Ok(completion);
+            }
         }
     }
 
     /// The device reads `buf.len()` bytes at `offset`: its completion;
-    /// `buf` holds them when it is `Ok`.
+    /// `buf` holds them when it is `Ok`. More than `MAX_IO` bytes go as
+    /// several requests, as for [`RemoteRegistration::write`].
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<Completion> {
-        match self.client.call(Op::DmaRead {
-            reg: self.reg,
-            offset,
-            len: buf.len() as u64,
-        })? {
-            Reply::Dma { completion, data } => {
-                if completion == Completion::Ok {
-                    if data.len() != buf.len() {
-                        return Err(Errno::EPROTO.into());
+        let mut at = 0usize;
+        loop {
+            let end = buf.len().min(at + MAX_IO);
+            let off = offset.checked_add(at as u64).ok_or(Errno::EINVAL)?;
+            let completion = match self.client.call(Op::DmaRead {
+                reg: self.reg,
+                offset: off,
+                len: (end - at) as u64,
+            })? {
+                Reply::Dma { completion, data } => {
+                    if completion == Completion::Ok {
+                        if data.len() != end - at {
+                            return Err(Errno::EPROTO.into());
+                        }
+                        buf[at..end].copy_from_slice(&data);
                     }
-                    buf.copy_from_slice(&data);
+                    completion
                 }
-                Ok(completion)
+                _ => return Err(Errno::EPROTO.into()),
+            };
+            at = end;
+            if completion != Completion::Ok || at >= buf.len() {
+                return Ok(completion);
             }
-            _ => Err(Errno::EPROTO.into()),
         }
     }
 

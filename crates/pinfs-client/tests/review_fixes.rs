@@ -66,6 +66,56 @@ fn call(s: &UnixStream, r: &mut FrameReader, id: u64, op: Op) -> Reply {
     }
 }
 
+
+/// Through a raw connection: creates `path` with 64 KiB, takes an
+/// unbreakable layout lease and a long-term pin of it — so the session
+/// outlives its connection until this process dies.
+fn pin_blocks(s: &UnixStream, r: &mut FrameReader, path: &str) {
+    let Reply::Opened { file, .. } = call(
+        s,
+        r,
+        1,
+        Op::Open {
+            path: path.into(),
+            flags: OpenFlags::CREATE,
+            mode: 0o644,
+        },
+    ) else {
+        panic!("no Opened")
+    };
+    call(
+        s,
+        r,
+        2,
+        Op::Pwrite {
+            file,
+            offset: 0,
+            data: vec![7; 65536],
+        },
+    );
+    call(
+        s,
+        r,
+        3,
+        Op::SetLease {
+            file,
+            spec: LeaseSpec::layout_shared()
+                .unbreakable()
+                .range(ByteRange::new(0, 65536)),
+        },
+    );
+    call(
+        s,
+        r,
+        4,
+        Op::PinLongTerm {
+            file,
+            offset: 0,
+            len: 65536,
+        },
+    );
+}
+
 #[test]
 fn hello_choosing_a_harmful_signal_is_refused() {
     let d = Daemon::start(TruncatePolicy::Defer, Duration::from_secs(45), Fence::Off);
@@ -99,49 +149,7 @@ fn an_ended_session_is_never_waited_on_even_with_break_time_zero() {
     let DaemonMsg::Welcome(w) = welcome else {
         panic!("not welcomed: {welcome:?}")
     };
-    let Reply::Opened { file, .. } = call(
-        &s,
-        &mut r,
-        1,
-        Op::Open {
-            path: "/pinned".into(),
-            flags: OpenFlags::CREATE,
-            mode: 0o644,
-        },
-    ) else {
-        panic!("no Opened")
-    };
-    call(
-        &s,
-        &mut r,
-        2,
-        Op::Pwrite {
-            file,
-            offset: 0,
-            data: vec![7; 65536],
-        },
-    );
-    call(
-        &s,
-        &mut r,
-        3,
-        Op::SetLease {
-            file,
-            spec: LeaseSpec::layout_shared()
-                .unbreakable()
-                .range(ByteRange::new(0, 65536)),
-        },
-    );
-    call(
-        &s,
-        &mut r,
-        4,
-        Op::PinLongTerm {
-            file,
-            offset: 0,
-            len: 65536,
-        },
-    );
+    pin_blocks(&s, &mut r, "/pinned");
     // Garbage: the session ends (Bye), the socket stays open on our side.
     std::io::Write::write_all(&mut &s, &[8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
         .unwrap();
@@ -321,4 +329,73 @@ fn a_client_that_stops_reading_never_pins_its_session() {
     drop(r);
     drop(s);
     d.stop_and_fsck();
+}
+
+#[test]
+fn gone_clients_awaiting_death_do_not_lock_out_new_ones() {
+    // With room for one client: a client that pinned blocks and went away
+    // (this process lives on, so its session waits for its death) must not
+    // take that room. Before the fix the next client was told "too many
+    // clients".
+    let media = Arc::new(MappedPool::memfd(64 << 20).unwrap());
+    Fs::mkfs(&*media).unwrap();
+    let fs = Fs::mount_with(
+        Arc::clone(&media) as Arc<dyn Media>,
+        MountOptions {
+            break_time: Duration::from_secs(45),
+            policy: TruncatePolicy::Defer,
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = Arc::new(Server::new(
+        fs,
+        ServeOptions {
+            fence: Fence::Off,
+            max_clients: 1,
+        },
+    ));
+    let stop = Stop::new().unwrap();
+    let (srv, st) = (Arc::clone(&server), stop.clone());
+    let serving = std::thread::spawn(move || srv.serve(listener, &st));
+    let hello = || {
+        let s = UnixStream::connect(&socket).unwrap();
+        send_frame(
+            &s,
+            &frame(&ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                signal: 0,
+            }),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut r = FrameReader::new(s.try_clone().unwrap(), MAX_FRAME, 1);
+        let msg = decode::<DaemonMsg>(&r.read_frame().unwrap().payload).unwrap();
+        r.set_max_fds(0);
+        (s, r, msg)
+    };
+    let (s, mut r, msg) = hello();
+    let DaemonMsg::Welcome(w) = msg else {
+        panic!("not welcomed: {msg:?}")
+    };
+    pin_blocks(&s, &mut r, "/kept");
+    drop(r);
+    drop(s);
+    // Its session stays, awaiting this process's death.
+    assert!(support::wait_until(|| {
+        server
+            .status()
+            .clients
+            .iter()
+            .any(|c| c.client_id == w.client_id && c.disconnected)
+    }));
+    let (_s2, _r2, msg) = hello();
+    assert!(
+        matches!(msg, DaemonMsg::Welcome(_)),
+        "a gone client awaiting death took the only place: {msg:?}"
+    );
+    stop.stop();
+    serving.join().unwrap().unwrap();
 }

@@ -10,7 +10,9 @@
 //! # Sessions
 //!
 //! Each connection is a session (`session.rs`): the peer's `SO_PEERCRED`
-//! (pid, uid, gid), a pidfd of its process, and a credential
+//! (pid, uid, gid) and a pidfd of its process, both taken right after
+//! `accept` (`peer.rs`: `SO_PEERPIDFD`; a peer that cannot be pinned is
+//! refused), and a credential
 //! `Cred{uid, gid, owner}` with an owner number of its own, under which
 //! every operation runs — so the core's permission checks apply to the
 //! client's user, and its leases and pins are attributed to it. Threads: a
@@ -30,7 +32,9 @@
 //!
 //! A session's owner callback (`LeaseEngine::set_owner_callback`) turns
 //! every lease event of the client into an `Event` frame and a signal to its
-//! process (the one it chose in `Hello`, `SIGIO` by default). When a layout
+//! process through its pidfd (the one it chose in `Hello` — `SIGIO`,
+//! `SIGURG`, `SIGUSR1`, `SIGUSR2` or a realtime signal — `SIGIO` by
+//! default). When a layout
 //! lease of the client is forcibly removed at lease-break-time (the `Lost`
 //! event, delivered before the breaker proceeds), the client is *fenced*:
 //! its address space cannot be changed from outside, so with

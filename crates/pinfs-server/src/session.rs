@@ -85,9 +85,10 @@ pub(crate) struct Session {
     work_ready: Condvar,
     pub(crate) fenced: AtomicBool,
     pub(crate) disconnected: AtomicBool,
-    /// Its connection is over and only its process's death is awaited (its
-    /// pins or mappings stay until then): it no longer counts against
-    /// `max_clients`, only against [`crate::MAX_LINGERING`].
+    /// Its connection is over: it is being cleaned up, perhaps waiting for
+    /// its process's death (its pins or mappings stay until then). It no
+    /// longer counts against `max_clients`, only against
+    /// [`crate::MAX_LINGERING`]. Set before `disconnected`.
     pub(crate) lingering: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
@@ -676,6 +677,7 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 /// Releases what the session held (see the crate docs for the order), then
 /// forgets it.
 fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
+    session.lingering.store(true, Ordering::Release);
     session.disconnected.store(true, Ordering::Release);
     // No acknowledgement can come any more: askers still waiting (mapping
     // placements among them) learn it now — not after the wait for the
@@ -710,7 +712,6 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
-        session.lingering.store(true, Ordering::Release);
         session.wait_for_death(shared);
     }
     let leases = shared.fs.leases();
@@ -740,7 +741,6 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let has_maps = session.mapped.has_mappings();
     if (has_pins || has_maps) && session.alive() {
         tracing::info!(target: TARGET, client = session.id, pid = session.pid, has_maps, "client gone with pins or mappings: they stay until its process dies");
-        session.lingering.store(true, Ordering::Release);
         session.wait_for_death(shared);
     }
     let nmaps = session.mapped.drop_mappings();
