@@ -600,11 +600,9 @@ pub unsafe extern "C" fn pinfs_munmap(c: *const PinfsClient, map: u64) -> c_int 
         // SAFETY: the caller passes null or a live connection.
         let conn = unsafe { conn(c) }?;
         let map = conn.remove_map(map)?;
-        // A call still using it (a persist) finishes first; the last
-        // holder's drop unmaps.
-        if let Ok(map) = std::sync::Arc::try_unwrap(map) {
-            map.unmap().map_err(errno)?;
-        }
+        // A call of another thread still using it (a persist) finishes
+        // first; then it is unmapped here, so 0 means unmapped.
+        sole(map).unmap().map_err(errno)?;
         Ok(0)
     })
 }
@@ -773,11 +771,24 @@ pub unsafe extern "C" fn pinfs_deregister(c: *const PinfsClient, reg: u64) -> c_
         // SAFETY: the caller passes null or a live connection.
         let conn = unsafe { conn(c) }?;
         let reg = conn.remove_reg(reg)?;
-        if let Ok(reg) = std::sync::Arc::try_unwrap(reg) {
-            reg.deregister().map_err(errno)?;
-        }
+        // As for `pinfs_munmap`: 0 means deregistered (its lease released).
+        sole(reg).deregister().map_err(errno)?;
         Ok(0)
     })
+}
+
+/// The object once the calls of other threads that still use it (taken
+/// out of the connection's table, nobody new can) have finished.
+fn sole<T>(mut a: std::sync::Arc<T>) -> T {
+    loop {
+        match std::sync::Arc::try_unwrap(a) {
+            Ok(t) => return t,
+            Err(back) => {
+                a = back;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -114,8 +114,7 @@ impl Events {
             let lease = ev.lease.id.0;
             if let Some(q) = st.events.iter_mut().rev().find(|q| q.lease.id.0 == lease) {
                 *q = ev;
-            } else if st.coalesced.len() < MAX_COALESCED_LEASES
-                || st.coalesced.contains_key(&lease)
+            } else if st.coalesced.len() < MAX_COALESCED_LEASES || st.coalesced.contains_key(&lease)
             {
                 st.coalesced.insert(lease, ev);
             }
@@ -248,7 +247,10 @@ mod tests {
             "lease 2's break was dropped"
         );
         assert_eq!(
-            got.iter().rev().find(|e| e.lease.id == LeaseId(1)).map(|e| e.kind),
+            got.iter()
+                .rev()
+                .find(|e| e.lease.id == LeaseId(1))
+                .map(|e| e.kind),
             Some(EventKind::Lost),
             "lease 1's latest event was dropped"
         );

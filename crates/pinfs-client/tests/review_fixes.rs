@@ -66,7 +66,6 @@ fn call(s: &UnixStream, r: &mut FrameReader, id: u64, op: Op) -> Reply {
     }
 }
 
-
 /// Through a raw connection: creates `path` with 64 KiB, takes an
 /// unbreakable layout lease and a long-term pin of it — so the session
 /// outlives its connection until this process dies.
@@ -151,11 +150,17 @@ fn an_ended_session_is_never_waited_on_even_with_break_time_zero() {
     };
     pin_blocks(&s, &mut r, "/pinned");
     // Garbage: the session ends (Bye), the socket stays open on our side.
-    std::io::Write::write_all(&mut &s, &[8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-        .unwrap();
+    std::io::Write::write_all(
+        &mut &s,
+        &[8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    )
+    .unwrap();
     loop {
         let f = r.read_frame().unwrap();
-        if matches!(decode::<DaemonMsg>(&f.payload).unwrap(), DaemonMsg::Bye { .. }) {
+        if matches!(
+            decode::<DaemonMsg>(&f.payload).unwrap(),
+            DaemonMsg::Bye { .. }
+        ) {
             break;
         }
     }

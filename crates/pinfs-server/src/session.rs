@@ -459,7 +459,10 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
     // (its mappings and pins would be released while it may still use
     // them) and it could not be signalled safely: it is not served.
     let Some(pidfd) = pidfd else {
-        return bye(&stream, "the daemon cannot pin the client's process (no pidfd)");
+        return bye(
+            &stream,
+            "the daemon cannot pin the client's process (no pidfd)",
+        );
     };
     if crate::peer::exited(pidfd.as_fd()) {
         return bye(&stream, "the process that connected has exited");
@@ -537,10 +540,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         }
         if lingering >= crate::MAX_LINGERING {
             drop(sessions);
-            return bye(
-                &stream,
-                "too many gone clients whose death is awaited",
-            );
+            return bye(&stream, "too many gone clients whose death is awaited");
         }
         sessions.insert(id, Arc::clone(&session));
     }
