@@ -70,7 +70,7 @@
 
 /*
  Flag bit of a lease argument: a layout lease (SPEC §3.2) instead of an
- open lease. The value of the kernel's proposed `F_LAYOUT`.
+ open lease. pinfs's own value (no kernel defines `F_LAYOUT`).
  */
 #define PINFS_F_LAYOUT 16
 
@@ -104,7 +104,7 @@
 #define PINFS_MAP_SYNC 524288
 
 /*
- `mmap` flag `MAP_DIRECT` (the value of the kernel proposal): a layout
+ `mmap` flag `MAP_DIRECT` (pinfs's own value; no kernel defines it): a layout
  lease for the mapping's lifetime, broken by anyone else's layout change;
  unmap within lease-break-time (SPEC §5.2). Needs the file's owner or
  root (`-EACCES`).

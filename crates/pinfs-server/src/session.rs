@@ -561,6 +561,9 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         shared.sessions.lock().remove(&id);
         return;
     }
+    // The writer says when it is done, so cleanup can wait for it with a
+    // deadline (`BYE_GRACE`).
+    let (writer_done_tx, writer_done_rx) = sync_channel::<()>(1);
     let writer = {
         let Ok(wsock) = stream.try_clone() else {
             shared.sessions.lock().remove(&id);
@@ -571,9 +574,13 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
             .spawn({
                 let queued = Arc::clone(&session.queued);
                 let queued_bytes = Arc::clone(&session.queued_bytes);
-                move || write_loop(wsock, rx, queued, queued_bytes)
+                move || {
+                    write_loop(wsock, rx, queued, queued_bytes);
+                    let _ = writer_done_tx.send(());
+                }
             })
             .ok()
+            .map(|h| (h, writer_done_rx))
     };
     // Lease events of this client's owner reach it from now on.
     let weak: Weak<Session> = Arc::downgrade(&session);
@@ -676,7 +683,11 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 
 /// Releases what the session held (see the crate docs for the order), then
 /// forgets it.
-fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
+fn cleanup(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    writer: Option<(JoinHandle<()>, Receiver<()>)>,
+) {
     session.lingering.store(true, Ordering::Release);
     session.disconnected.store(true, Ordering::Release);
     // No acknowledgement can come any more: askers still waiting (mapping
@@ -688,10 +699,10 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
         // released, and the session stays listed.
         tracing::warn!(target: TARGET, client = session.id, "cleanup disabled (test switch)");
         *session.out.lock() = None;
-        if let Some(h) = writer {
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        if let Some((h, _)) = writer {
             let _ = h.join();
         }
-        let _ = session.sock.shutdown(std::net::Shutdown::Both);
         return;
     }
     // Nothing more goes out: the writer drains what is queued (the `Bye`)
@@ -700,12 +711,12 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     // for ever on a reader (nor does the death wait below hold a thread
     // blocked in a write).
     *session.out.lock() = None;
-    if let Some(h) = writer {
-        let deadline = std::time::Instant::now() + crate::BYE_GRACE;
-        while !h.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    if let Some((h, done)) = writer {
+        if done.recv_timeout(crate::BYE_GRACE).is_err() {
+            // Blocked in a write to a client that does not read: shutting
+            // the socket ends that write.
+            let _ = session.sock.shutdown(std::net::Shutdown::Both);
         }
-        let _ = session.sock.shutdown(std::net::Shutdown::Both);
         let _ = h.join();
     }
     let _ = session.sock.shutdown(std::net::Shutdown::Both);
