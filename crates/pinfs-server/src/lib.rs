@@ -391,8 +391,11 @@ impl Server {
     /// lease-break-time (for ever when that is 0): the way the daemon asks
     /// a client's library for something it must confirm, such as
     /// re-placing pages of its mappings. No answer in time fences the
-    /// client (`ETIMEDOUT`). Returns the client's errno (0: done);
-    /// `ENOENT` for an unknown client, `ENOTCONN` when it goes away first.
+    /// client (`ETIMEDOUT`; with [`Fence::Off`] its session is ended
+    /// instead). Returns the client's errno (0: done); `ENOENT` for an
+    /// unknown client, `ENOTCONN` when it goes away first — and at once,
+    /// without sending anything, once its session is ending or it has let
+    /// one acknowledgement time out.
     pub fn ask(
         &self,
         client: ClientId,

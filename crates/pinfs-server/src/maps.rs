@@ -11,8 +11,8 @@
 //! (`Session::ask`):
 //! the client library applies it on its reader thread, which never waits
 //! for the daemon, so the acknowledgement comes unless the client is stuck,
-//! gone or dead. Then — at lease-break-time, or at once when the connection
-//! is gone — `place` fails, the client is fenced, and the core treats the
+//! gone or dead. Then — at lease-break-time, or at once when the session
+//! is ending or has once let an acknowledgement time out — `place` fails, the client is fenced, and the core treats the
 //! mapping as broken: the blocks it may reach stay busy until the session's
 //! cleanup drops the `RemoteMapping`, which it does only after the client's
 //! death is confirmed (`session.rs`).
