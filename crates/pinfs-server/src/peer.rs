@@ -201,6 +201,30 @@ pub(crate) fn send_signal(pidfd: BorrowedFd<'_>, signal: i32, value: u64) -> std
     Ok(())
 }
 
+/// Whether this process may signal the process of `pidfd` (signal 0:
+/// the permission check alone). `Err` only for other failures.
+pub(crate) fn may_signal(pidfd: BorrowedFd<'_>) -> std::io::Result<bool> {
+    // SAFETY: a null `siginfo` and signal 0 make the kernel only check the
+    // target and the permission; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<QueuedSigInfo>(),
+            0u32,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EPERM) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +262,7 @@ mod tests {
         assert_eq!(p.pid, std::process::id() as i32);
         let fd = p.pidfd.expect("no pidfd for ourselves");
         assert!(!exited(fd.as_fd()));
+        assert!(may_signal(fd.as_fd()).unwrap());
         // A signal with no effect on us: a realtime one, blocked? Signal 0
         // is refused (it is not a signal to send).
         assert!(send_signal(fd.as_fd(), 0, 0).is_err());

@@ -467,6 +467,24 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
     if crate::peer::exited(pidfd.as_fd()) {
         return bye(&stream, "the process that connected has exited");
     }
+    // With `--fence kill` every client must be killable: one the daemon may
+    // not signal would keep a lost layout lease's pages (SPEC §8).
+    if shared.options.fence == Fence::Kill && !shared.fencing_disabled() {
+        match crate::peer::may_signal(pidfd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => return bye(
+                &stream,
+                "the daemon may not signal this process, so it could not fence it (--fence kill)",
+            ),
+            Err(e) => {
+                tracing::warn!(target: TARGET, client = id, pid, error = %e, "cannot check that the client can be fenced");
+                return bye(
+                    &stream,
+                    "the daemon cannot check that it could fence this process",
+                );
+            }
+        }
+    }
     let media = shared.fs.media();
     let Some(daemon_pool_fd) = media.mapping().map(|m| m.fd) else {
         return bye(&stream, "the pool has no file descriptor to share");
