@@ -70,7 +70,7 @@
 
 /*
  Flag bit of a lease argument: a layout lease (SPEC §3.2) instead of an
- open lease. The value of the kernel's proposed `F_LAYOUT`.
+ open lease. pinfs's own value (no kernel defines `F_LAYOUT`).
  */
 #define PINFS_F_LAYOUT 16
 
@@ -104,7 +104,7 @@
 #define PINFS_MAP_SYNC 524288
 
 /*
- `mmap` flag `MAP_DIRECT` (the value of the kernel proposal): a layout
+ `mmap` flag `MAP_DIRECT` (pinfs's own value; no kernel defines it): a layout
  lease for the mapping's lifetime, broken by anyone else's layout change;
  unmap within lease-break-time (SPEC §5.2). Needs the file's owner or
  root (`-EACCES`).
@@ -256,7 +256,8 @@ extern "C" {
  Connect to the daemon serving `socket_path`; on success `*out` is the
  new connection and 0 is returned. `signal` is what the daemon sends this
  process when one of its leases is being broken: -1 for `SIGIO` (the
- default), 0 for none (events only), or a signal number. The pool's
+ default), 0 for none (events only), or one of `SIGURG`, `SIGUSR1`,
+ `SIGUSR2` or a realtime signal (`-EINVAL` for any other). The pool's
  descriptor and every resource are released by `pinfs_disconnect`.
 
  # Safety

@@ -123,7 +123,8 @@ unsafe fn path<'a>(p: *const c_char) -> Result<&'a str, Errno> {
 /// Connect to the daemon serving `socket_path`; on success `*out` is the
 /// new connection and 0 is returned. `signal` is what the daemon sends this
 /// process when one of its leases is being broken: -1 for `SIGIO` (the
-/// default), 0 for none (events only), or a signal number. The pool's
+/// default), 0 for none (events only), or one of `SIGURG`, `SIGUSR1`,
+/// `SIGUSR2` or a realtime signal (`-EINVAL` for any other). The pool's
 /// descriptor and every resource are released by `pinfs_disconnect`.
 ///
 /// # Safety
@@ -143,7 +144,18 @@ pub unsafe extern "C" fn pinfs_connect(
         let socket = unsafe { path(socket_path) }?;
         let signal = match signal {
             -1 => None,
-            s if (0..=libc::SIGRTMAX()).contains(&s) => Some(s),
+            // Only signals that do nothing unless handled (the daemon
+            // refuses others too): none, SIGIO, SIGURG, SIGUSR1/2, or a
+            // realtime one (glibc's reserved 32/33 excluded).
+            s if s == 0
+                || s == libc::SIGIO
+                || s == libc::SIGURG
+                || s == libc::SIGUSR1
+                || s == libc::SIGUSR2
+                || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&s) =>
+            {
+                Some(s)
+            }
             _ => return Err(Errno::EINVAL),
         };
         let client =
@@ -588,11 +600,9 @@ pub unsafe extern "C" fn pinfs_munmap(c: *const PinfsClient, map: u64) -> c_int 
         // SAFETY: the caller passes null or a live connection.
         let conn = unsafe { conn(c) }?;
         let map = conn.remove_map(map)?;
-        // A call still using it (a persist) finishes first; the last
-        // holder's drop unmaps.
-        if let Ok(map) = std::sync::Arc::try_unwrap(map) {
-            map.unmap().map_err(errno)?;
-        }
+        // A call of another thread still using it (a persist) finishes
+        // first; then it is unmapped here, so 0 means unmapped.
+        sole(map).unmap().map_err(errno)?;
         Ok(0)
     })
 }
@@ -761,11 +771,24 @@ pub unsafe extern "C" fn pinfs_deregister(c: *const PinfsClient, reg: u64) -> c_
         // SAFETY: the caller passes null or a live connection.
         let conn = unsafe { conn(c) }?;
         let reg = conn.remove_reg(reg)?;
-        if let Ok(reg) = std::sync::Arc::try_unwrap(reg) {
-            reg.deregister().map_err(errno)?;
-        }
+        // As for `pinfs_munmap`: 0 means deregistered (its lease released).
+        sole(reg).deregister().map_err(errno)?;
         Ok(0)
     })
+}
+
+/// The object once the calls of other threads that still use it (taken
+/// out of the connection's table, nobody new can) have finished.
+fn sole<T>(mut a: std::sync::Arc<T>) -> T {
+    loop {
+        match std::sync::Arc::try_unwrap(a) {
+            Ok(t) => return t,
+            Err(back) => {
+                a = back;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub const PINFS_F_WRLCK: i32 = 1;
 /// handle's layout leases).
 pub const PINFS_F_UNLCK: i32 = 2;
 /// Flag bit of a lease argument: a layout lease (SPEC §3.2) instead of an
-/// open lease. The value of the kernel's proposed `F_LAYOUT`.
+/// open lease. pinfs's own value (no kernel defines `F_LAYOUT`).
 pub const PINFS_F_LAYOUT: i32 = 16;
 /// Flag bit of a lease argument, with `PINFS_F_LAYOUT`: unbreakable (a
 /// layout change by anyone else fails with `ETXTBSY`; what long-term pins
@@ -41,7 +41,7 @@ pub const PINFS_MAP_SHARED_VALIDATE: u32 = 0x03;
 /// `mmap` flag `MAP_SYNC` (Linux's value): the block map under the mapping
 /// is durable, so `pinfs_persist` is all a store needs (SPEC §5.3).
 pub const PINFS_MAP_SYNC: u32 = 0x8_0000;
-/// `mmap` flag `MAP_DIRECT` (the value of the kernel proposal): a layout
+/// `mmap` flag `MAP_DIRECT` (pinfs's own value; no kernel defines it): a layout
 /// lease for the mapping's lifetime, broken by anyone else's layout change;
 /// unmap within lease-break-time (SPEC §5.2). Needs the file's owner or
 /// root (`-EACCES`).

@@ -49,6 +49,12 @@ use pinfs_proto::{
 };
 
 pub use events::{Events, MAX_QUEUED_EVENTS};
+
+/// Most mappings of one connection kept after a failed tear-down (their
+/// pages may still reach pool blocks). The daemon maps at most this many
+/// per client (`pinfs_server::MAX_MAPPINGS_PER_CLIENT`) and forgets none of
+/// them, so the bound is never reached by a daemon that keeps its own.
+pub const MAX_ZOMBIE_MAPPINGS: usize = 4096;
 pub use maps::{ClientMap, RemoteRegistration};
 pub use pinfs::lease::BreakEvent;
 pub use pinfs_proto::{ClientStatus, HandleStatus, LeaseSpec, RegistrationStatus, Status};
@@ -115,6 +121,10 @@ struct Conn {
     /// This connection's mappings by their number, for the reader thread
     /// to apply `Place`s to (`maps.rs`).
     maps: Mutex<HashMap<u64, std::sync::Weak<pinfs::map::client::ClientMapping>>>,
+    /// Mappings whose tear-down failed, kept for the connection's life: a
+    /// `Place` for one is acknowledged `EIO` (never as done), so the daemon
+    /// keeps the blocks their pages may reach busy (`maps.rs`).
+    zombies: Mutex<HashMap<u64, Arc<pinfs::map::client::ClientMapping>>>,
     /// The pool's descriptor shared by the mappings (`maps.rs`).
     map_pool: Mutex<Option<Arc<OwnedFd>>>,
 }
@@ -207,6 +217,7 @@ impl Client {
             pool_fd,
             daemon_pid,
             maps: Mutex::new(HashMap::new()),
+            zombies: Mutex::new(HashMap::new()),
             map_pool: Mutex::new(None),
         });
         let reader_conn = Arc::clone(&conn);

@@ -78,7 +78,12 @@ impl Conn {
                 pieces.len()
             ));
         }
-        let mapping = self.maps.lock().get(&map).and_then(Weak::upgrade);
+        let mapping = self
+            .maps
+            .lock()
+            .get(&map)
+            .and_then(Weak::upgrade)
+            .or_else(|| self.zombies.lock().get(&map).cloned());
         let errno = match mapping {
             Some(m) => match m.apply(pieces) {
                 Ok(()) => 0,
@@ -302,14 +307,36 @@ impl ClientMap {
     }
 
     /// Unmaps now: tears the mapping down, then tells the daemon and
-    /// reports its answer (dropping does the same, logging an error).
+    /// reports its answer (dropping does the same, logging an error). A
+    /// failed tear-down keeps the mapping known (a zombie, see
+    /// [`ClientMap::drop`]'s notes) and the daemon is not told.
     pub fn unmap(mut self) -> Result<()> {
         let map = self.mapping.id();
-        self.client.inner.conn.maps.lock().remove(&map);
-        // On an error the drop below tries again and, failing, keeps quiet.
-        self.mapping.tear_down()?;
+        // Torn down first, forgotten after: a `Place` arriving meanwhile
+        // still finds the mapping and is applied (or fails), never acked
+        // as done for a mapping whose pages still show the old blocks.
+        if let Err(e) = self.mapping.tear_down() {
+            self.unmapped = true;
+            self.keep_as_zombie();
+            return Err(e);
+        }
         self.unmapped = true;
+        self.client.inner.conn.maps.lock().remove(&map);
         self.client.done(Op::Munmap { map })
+    }
+
+    /// A mapping that could not be torn down: its pages may still reach
+    /// pool blocks, so it stays known for the connection's life and every
+    /// `Place` for it is acknowledged `EIO` — the daemon keeps it broken
+    /// and its blocks busy until this process dies.
+    fn keep_as_zombie(&self) {
+        let map = self.mapping.id();
+        let conn = &self.client.inner.conn;
+        if conn.zombies.lock().len() < crate::MAX_ZOMBIE_MAPPINGS {
+            conn.zombies.lock().insert(map, Arc::clone(&self.mapping));
+        } else {
+            tracing::error!(target: "pinfs::client", map, "too many mappings that could not be torn down: this one is leaked, placements for it are acknowledged as done");
+        }
     }
 }
 
@@ -319,13 +346,13 @@ impl Drop for ClientMap {
             return;
         }
         let map = self.mapping.id();
-        self.client.inner.conn.maps.lock().remove(&map);
         match self.mapping.tear_down() {
             // Waited for, as `munmap(2)` is: once it returns the daemon
             // sends this mapping nothing more, so a process that exits
             // right after cannot leave a placement unacknowledged (which
             // would get it fenced).
             Ok(()) => {
+                self.client.inner.conn.maps.lock().remove(&map);
                 if let Err(e) = self.client.done(Op::Munmap { map }) {
                     tracing::debug!(target: "pinfs::client", map, error = %e, "munmap not acknowledged by the daemon");
                 }
@@ -335,6 +362,7 @@ impl Drop for ClientMap {
             // process dies).
             Err(e) => {
                 tracing::error!(target: "pinfs::client", map, error = %e, "a mapping could not be torn down; the daemon keeps its blocks");
+                self.keep_as_zombie();
             }
         }
     }
@@ -370,39 +398,57 @@ impl RemoteRegistration {
     }
 
     /// The device writes `data` at `offset` of the registration (a peer's
-    /// RDMA write): its completion.
+    /// RDMA write): its completion. More than `MAX_IO` bytes go as several
+    /// requests of at most `MAX_IO`, in order; the first completion that is
+    /// not `Ok` is returned (what came before it was written).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<Completion> {
-        if data.len() > MAX_IO {
-            return Err(Errno::EINVAL.into());
-        }
-        match self.client.call(Op::DmaWrite {
-            reg: self.reg,
-            offset,
-            data: data.to_vec(),
-        })? {
-            Reply::Dma { completion, .. } => Ok(completion),
-            _ => Err(Errno::EPROTO.into()),
+        let mut at = 0usize;
+        loop {
+            let chunk = &data[at..data.len().min(at + MAX_IO)];
+            let off = offset.checked_add(at as u64).ok_or(Errno::EINVAL)?;
+            let completion = match self.client.call(Op::DmaWrite {
+                reg: self.reg,
+                offset: off,
+                data: chunk.to_vec(),
+            })? {
+                Reply::Dma { completion, .. } => completion,
+                _ => return Err(Errno::EPROTO.into()),
+            };
+            at += chunk.len();
+            if completion != Completion::Ok || at >= data.len() {
+                return Ok(completion);
+            }
         }
     }
 
     /// The device reads `buf.len()` bytes at `offset`: its completion;
-    /// `buf` holds them when it is `Ok`.
+    /// `buf` holds them when it is `Ok`. More than `MAX_IO` bytes go as
+    /// several requests, as for [`RemoteRegistration::write`].
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<Completion> {
-        match self.client.call(Op::DmaRead {
-            reg: self.reg,
-            offset,
-            len: buf.len() as u64,
-        })? {
-            Reply::Dma { completion, data } => {
-                if completion == Completion::Ok {
-                    if data.len() != buf.len() {
-                        return Err(Errno::EPROTO.into());
+        let mut at = 0usize;
+        loop {
+            let end = buf.len().min(at + MAX_IO);
+            let off = offset.checked_add(at as u64).ok_or(Errno::EINVAL)?;
+            let completion = match self.client.call(Op::DmaRead {
+                reg: self.reg,
+                offset: off,
+                len: (end - at) as u64,
+            })? {
+                Reply::Dma { completion, data } => {
+                    if completion == Completion::Ok {
+                        if data.len() != end - at {
+                            return Err(Errno::EPROTO.into());
+                        }
+                        buf[at..end].copy_from_slice(&data);
                     }
-                    buf.copy_from_slice(&data);
+                    completion
                 }
-                Ok(completion)
+                _ => return Err(Errno::EPROTO.into()),
+            };
+            at = end;
+            if completion != Completion::Ok || at >= buf.len() {
+                return Ok(completion);
             }
-            _ => Err(Errno::EPROTO.into()),
         }
     }
 

@@ -403,6 +403,7 @@ pub enum Op {
         /// Offset into it.
         offset: u64,
         /// At most [`MAX_IO`] bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The device reads `len` bytes at `offset` of registration `reg` →
@@ -474,6 +475,7 @@ pub enum Reply {
         /// The completion's status.
         completion: Completion,
         /// Bytes read.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
 }

@@ -10,7 +10,9 @@
 //! # Sessions
 //!
 //! Each connection is a session (`session.rs`): the peer's `SO_PEERCRED`
-//! (pid, uid, gid), a pidfd of its process, and a credential
+//! (pid, uid, gid) and a pidfd of its process, both taken right after
+//! `accept` (`peer.rs`: `SO_PEERPIDFD`; a peer that cannot be pinned is
+//! refused), and a credential
 //! `Cred{uid, gid, owner}` with an owner number of its own, under which
 //! every operation runs — so the core's permission checks apply to the
 //! client's user, and its leases and pins are attributed to it. Threads: a
@@ -30,7 +32,9 @@
 //!
 //! A session's owner callback (`LeaseEngine::set_owner_callback`) turns
 //! every lease event of the client into an `Event` frame and a signal to its
-//! process (the one it chose in `Hello`, `SIGIO` by default). When a layout
+//! process through its pidfd (the one it chose in `Hello` — `SIGIO`,
+//! `SIGURG`, `SIGUSR1`, `SIGUSR2` or a realtime signal — `SIGIO` by
+//! default). When a layout
 //! lease of the client is forcibly removed at lease-break-time (the `Lost`
 //! event, delivered before the breaker proceeds), the client is *fenced*:
 //! its address space cannot be changed from outside, so with
@@ -52,6 +56,8 @@
 
 mod maps;
 mod ops;
+mod peer;
+mod pool;
 mod session;
 mod status;
 
@@ -71,9 +77,18 @@ pub use maps::{MAX_MAPPINGS_PER_CLIENT, MAX_REGISTRATIONS_PER_CLIENT};
 pub use pinfs_proto::ClientId;
 use session::Session;
 
-/// Most clients connected at once (and gone ones whose death is awaited);
-/// one more is told `Bye` and closed.
+/// Most clients connected at once; one more is told `Bye` and closed. Gone
+/// clients whose death is awaited (they held pins or mappings) do not count
+/// here but against [`MAX_LINGERING`].
 pub const MAX_CLIENTS: usize = 1024;
+
+/// Most gone clients whose death is awaited at once (each keeps a thread
+/// and what it held); while there are this many, new clients are refused.
+pub const MAX_LINGERING: usize = 1024;
+
+/// How long an ending session's writer may take to deliver what is queued
+/// (its `Bye` among it) before the connection is shut in both directions.
+pub const BYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most frames waiting to be written to one client; a client that lets more
 /// pile up is dropped (the file system never waits on a slow reader).
@@ -274,6 +289,17 @@ impl Server {
     /// returns. Errors: the listener's.
     pub fn serve(&self, listener: UnixListener, stop: &Stop) -> Result<()> {
         *self.shared.stop.lock() = Some(stop.clone());
+        if let Some(m) = self.shared.fs.media().mapping() {
+            match pool::seal(m.fd) {
+                Ok(true) => {
+                    tracing::debug!(target: "pinfs::server", "memfd pool sealed against shrinking and growing")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(target: "pinfs::server", error = %e, "cannot seal the memfd pool")
+                }
+            }
+        }
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::media("listening socket", e))?;
@@ -298,11 +324,21 @@ impl Server {
                         drop(stream);
                         continue;
                     }
+                    // The peer is pinned now, before its connector can
+                    // exit and its pid be reused (finding: pid reuse).
+                    let peer = match peer::pin(std::os::fd::AsFd::as_fd(&stream)) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!(target: "pinfs::server", error = %e, "no peer credentials: connection refused");
+                            continue;
+                        }
+                    };
                     let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
                     let shared = Arc::clone(&self.shared);
                     match std::thread::Builder::new()
                         .name(format!("pinfs-client-{id}"))
-                        .spawn(move || session::run(shared, id, stream))
+                        .spawn(move || session::run(shared, id, stream, peer))
                     {
                         Ok(h) => threads.push(h),
                         Err(e) => {
@@ -355,8 +391,11 @@ impl Server {
     /// lease-break-time (for ever when that is 0): the way the daemon asks
     /// a client's library for something it must confirm, such as
     /// re-placing pages of its mappings. No answer in time fences the
-    /// client (`ETIMEDOUT`). Returns the client's errno (0: done);
-    /// `ENOENT` for an unknown client, `ENOTCONN` when it goes away first.
+    /// client (`ETIMEDOUT`; with [`Fence::Off`] its session is ended
+    /// instead). Returns the client's errno (0: done); `ENOENT` for an
+    /// unknown client, `ENOTCONN` when it goes away first — and at once,
+    /// without sending anything, once its session is ending or it has let
+    /// one acknowledgement time out.
     pub fn ask(
         &self,
         client: ClientId,

@@ -11,8 +11,8 @@
 //! (`Session::ask`):
 //! the client library applies it on its reader thread, which never waits
 //! for the daemon, so the acknowledgement comes unless the client is stuck,
-//! gone or dead. Then — at lease-break-time, or at once when the connection
-//! is gone — `place` fails, the client is fenced, and the core treats the
+//! gone or dead. Then — at lease-break-time, or at once when the session
+//! is ending or has once let an acknowledgement time out — `place` fails, the client is fenced, and the core treats the
 //! mapping as broken: the blocks it may reach stay busy until the session's
 //! cleanup drops the `RemoteMapping`, which it does only after the client's
 //! death is confirmed (`session.rs`).
@@ -253,12 +253,21 @@ pub(crate) fn handle(shared: &Arc<Shared>, session: &Arc<Session>, op: Op) -> Re
             Ok(Reply::Registered { reg: id, keys })
         }
         Op::Deregister { reg } => {
-            let r = maps.regs.lock().remove(&reg).ok_or(Errno::ENOENT)?;
-            match Arc::try_unwrap(r) {
-                Ok(r) => r.deregister()?,
-                // A device access in flight holds it: it deregisters when
-                // that ends.
-                Err(r) => drop(r),
+            let mut r = maps.regs.lock().remove(&reg).ok_or(Errno::ENOENT)?;
+            // A device access in flight (another worker of this client)
+            // holds it: it ends first, then the registration is gone
+            // before the reply — `Done` means deregistered.
+            loop {
+                match Arc::try_unwrap(r) {
+                    Ok(reg) => {
+                        reg.deregister()?;
+                        break;
+                    }
+                    Err(back) => {
+                        r = back;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
             }
             Ok(Reply::Done)
         }

@@ -134,7 +134,15 @@ fn handle(shared: &Arc<Shared>, session: &Arc<Session>, op: Op) -> Result<Reply>
             drop(p);
             Ok(Reply::Done)
         }
-        Op::Status => Ok(Reply::Status(Box::new(crate::status::status(shared)))),
+        Op::Status => {
+            let mut status = crate::status::status(shared);
+            // Other users' processes (their pids and open paths) are root's
+            // to see, as `/proc/PID/fd` is.
+            if session.uid != 0 {
+                status.clients.retain(|c| c.uid == session.uid);
+            }
+            Ok(Reply::Status(Box::new(status)))
+        }
         op @ (Op::Mmap { .. }
         | Op::Munmap { .. }
         | Op::Fault { .. }

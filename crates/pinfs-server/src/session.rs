@@ -3,7 +3,7 @@
 //! the cleanup when it ends.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -47,6 +47,19 @@ struct Work {
     closed: bool,
 }
 
+/// The acknowledgements a session awaits.
+#[derive(Default)]
+struct Acks {
+    waiting: HashMap<u64, SyncSender<i32>>,
+    /// The session is ending: no acknowledgement can come; asking fails at
+    /// once (`ENOTCONN`).
+    closed: bool,
+    /// The client once let an acknowledgement time out: asking again fails
+    /// at once (`ENOTCONN`) — a layout change never waits twice on a
+    /// client that cannot answer.
+    unresponsive: bool,
+}
+
 /// One client.
 pub(crate) struct Session {
     pub(crate) id: ClientId,
@@ -54,7 +67,9 @@ pub(crate) struct Session {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) cred: Cred,
-    pidfd: Option<OwnedFd>,
+    /// The client's process, pinned at `accept` (`peer.rs`): signals and
+    /// fencing go through it only, and its readability confirms death.
+    pidfd: OwnedFd,
     signal: i32,
     sock: UnixStream,
     out: Mutex<Option<SyncSender<Vec<u8>>>>,
@@ -70,10 +85,16 @@ pub(crate) struct Session {
     work_ready: Condvar,
     pub(crate) fenced: AtomicBool,
     pub(crate) disconnected: AtomicBool,
+    /// Its connection is over: it is being cleaned up, perhaps waiting for
+    /// its process's death (its pins or mappings stay until then). It no
+    /// longer counts against `max_clients`, only against
+    /// [`crate::MAX_LINGERING`]. Set before `disconnected`.
+    pub(crate) lingering: AtomicBool,
     /// Why the session is ending, set by whoever ends it first.
     ending: Mutex<Option<String>>,
-    /// Acknowledgements awaited, by token (`Session::ask`).
-    acks: Mutex<HashMap<u64, SyncSender<i32>>>,
+    /// Acknowledgements awaited, by token (`Session::ask`), and whether any
+    /// can still come.
+    acks: Mutex<Acks>,
     next_token: AtomicU64,
     /// Its mappings, registrations and placements waiting for `Ack`.
     pub(crate) mapped: crate::maps::SessionMaps,
@@ -173,8 +194,17 @@ impl Session {
             }
             *ending = Some(reason.to_owned());
         }
+        self.close_acks();
         let _ = self.send(&DaemonMsg::bye(reason));
         let _ = self.sock.shutdown(std::net::Shutdown::Read);
+    }
+
+    /// No acknowledgement can come any more: askers waiting learn it now
+    /// (`ENOTCONN`), later ones at once.
+    fn close_acks(&self) {
+        let mut acks = self.acks.lock();
+        acks.closed = true;
+        acks.waiting.clear();
     }
 
     /// Fences the client (SPEC §8): with `Fence::Kill`, kills its process
@@ -194,36 +224,25 @@ impl Session {
             }
             Fence::Kill => {
                 tracing::warn!(target: TARGET, client = self.id, pid = self.pid, reason, "fencing client: killing its process");
-                match &self.pidfd {
-                    Some(fd) => {
-                        if let Err(e) =
-                            rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL)
-                        {
-                            // It lives on (holding everything until it dies),
-                            // but it is served no more.
-                            tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
-                            self.end(reason);
-                        }
-                    }
-                    None => {
-                        tracing::warn!(target: TARGET, client = self.id, pid = self.pid, "fenced client has no pidfd: only its connection is closed");
-                        self.end(reason);
-                    }
+                if let Err(e) =
+                    rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL)
+                {
+                    // It lives on (holding everything until it dies), but
+                    // it is served no more.
+                    tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot kill fenced client: only its connection is closed");
+                    self.end(reason);
                 }
             }
         }
     }
 
-    /// Whether the client's process is confirmed dead (pidfd readable); a
-    /// client without a pidfd (another pid namespace) counts as dead once
-    /// its connection is gone.
+    /// Waits until the client's process is confirmed dead (its pidfd
+    /// readable) or the daemon stops. A poll error is never taken for a
+    /// death: it is retried.
     fn wait_for_death(&self, shared: &Shared) {
-        let Some(pidfd) = &self.pidfd else {
-            return;
-        };
         let stop = shared.stop.lock().clone();
         loop {
-            let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
+            let mut fds = vec![PollFd::new(&self.pidfd, PollFlags::IN)];
             if let Some(s) = &stop {
                 fds.push(PollFd::new(s.fd(), PollFlags::IN));
             }
@@ -237,26 +256,16 @@ impl Session {
                     }
                 }
                 Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return,
+                Err(e) => {
+                    tracing::warn!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot poll the client's pidfd: retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
         }
     }
 
     fn alive(&self) -> bool {
-        let Some(pidfd) = &self.pidfd else {
-            return false;
-        };
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        matches!(
-            poll(
-                &mut fds,
-                Some(&rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0
-                })
-            ),
-            Ok(0)
-        )
+        !crate::peer::exited(self.pidfd.as_fd())
     }
 
     /// Queues a request for a worker, starting one when none is idle.
@@ -285,9 +294,16 @@ impl Session {
     }
 
     fn work_loop(self: Arc<Self>, shared: &Arc<Shared>) {
+        // Counted idle while sending its reply: the client's next request
+        // (which may arrive before the send returns) finds an idle worker
+        // instead of starting a new thread each time.
+        let mut replying = false;
         loop {
             let job = {
                 let mut w = self.work.lock();
+                if std::mem::take(&mut replying) {
+                    w.idle -= 1;
+                }
                 loop {
                     if let Some(j) = w.jobs.pop_front() {
                         break Some(j);
@@ -305,6 +321,8 @@ impl Session {
             };
             let result = crate::ops::run(shared, &self, op);
             self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.work.lock().idle += 1;
+            replying = true;
             self.send(&DaemonMsg::Reply { id, result });
         }
     }
@@ -322,9 +340,15 @@ impl Session {
     ) -> Result<i32, pinfs::Errno> {
         let token = ASK_TOKEN_BIT | self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
-        self.acks.lock().insert(token, tx);
+        {
+            let mut acks = self.acks.lock();
+            if acks.closed || acks.unresponsive {
+                return Err(pinfs::Errno::ENOTCONN);
+            }
+            acks.waiting.insert(token, tx);
+        }
         if !self.send(&make(token)) {
-            self.acks.lock().remove(&token);
+            self.acks.lock().waiting.remove(&token);
             return Err(pinfs::Errno::ENOTCONN);
         }
         let got = match timeout {
@@ -337,9 +361,18 @@ impl Session {
         match got {
             Ok(errno) => Ok(errno),
             Err(timed_out) => {
-                self.acks.lock().remove(&token);
+                {
+                    let mut acks = self.acks.lock();
+                    acks.waiting.remove(&token);
+                    acks.unresponsive |= timed_out;
+                }
                 if timed_out {
-                    self.fence(shared, &format!("{what} not acknowledged in time"));
+                    let reason = format!("{what} not acknowledged in time");
+                    self.fence(shared, &reason);
+                    if shared.options.fence == Fence::Off {
+                        // Not killed, but not waited on again either.
+                        self.end(&reason);
+                    }
                     Err(pinfs::Errno::ETIMEDOUT)
                 } else {
                     Err(pinfs::Errno::ENOTCONN)
@@ -352,7 +385,7 @@ impl Session {
     /// frame and a signal; a layout lease lost at lease-break-time fences.
     fn on_event(&self, shared: &Shared, ev: &BreakEvent) {
         if self.signal != 0 {
-            if let Err(e) = pinfs::lease::notify::queue_signal(self.pid, self.signal, ev.lease.id.0)
+            if let Err(e) = crate::peer::send_signal(self.pidfd.as_fd(), self.signal, ev.lease.id.0)
             {
                 tracing::debug!(target: TARGET, client = self.id, pid = self.pid, error = %e, "cannot signal client");
             }
@@ -382,8 +415,10 @@ fn read_hello(reader: &mut FrameReader) -> Result<i32, String> {
                 }
                 .to_string());
             }
-            if signal < 0 || signal > libc::SIGRTMAX() {
-                return Err(format!("bad signal {signal} in Hello"));
+            if !crate::peer::allowed_signal(signal) {
+                return Err(format!(
+                    "signal {signal} in Hello is not one of SIGIO, SIGURG, SIGUSR1, SIGUSR2, a realtime signal or 0"
+                ));
             }
             Ok(signal)
         }
@@ -392,18 +427,15 @@ fn read_hello(reader: &mut FrameReader) -> Result<i32, String> {
 }
 
 /// A connection's thread: handshake, then the reader loop, then cleanup.
-pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
+/// `peer` was pinned right after `accept` (`peer.rs`).
+pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: crate::peer::Peer) {
     let _ = stream.set_nonblocking(false);
-    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            shared.handshakes.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(target: TARGET, client = id, error = %e, "no peer credentials: connection refused");
-            return;
-        }
-    };
-    let pid = cred.pid.as_raw_nonzero().get();
-    let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+    let crate::peer::Peer {
+        pid,
+        uid,
+        gid,
+        pidfd,
+    } = peer;
     let bye = |stream: &UnixStream, reason: &str| {
         tracing::warn!(target: TARGET, client = id, pid, uid, reason, "dropping client");
         if let Ok(f) = encode(&DaemonMsg::bye(reason), MAX_FRAME) {
@@ -423,10 +455,50 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         Err(reason) => return bye(&stream, &reason),
     };
     let _ = stream.set_read_timeout(None);
-    let pidfd = rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()).ok();
+    // Without its process pinned, the client's death could not be confirmed
+    // (its mappings and pins would be released while it may still use
+    // them) and it could not be signalled safely: it is not served.
+    let Some(pidfd) = pidfd else {
+        return bye(
+            &stream,
+            "the daemon cannot pin the client's process (no pidfd)",
+        );
+    };
+    if crate::peer::exited(pidfd.as_fd()) {
+        return bye(&stream, "the process that connected has exited");
+    }
+    // With `--fence kill` every client must be killable: one the daemon may
+    // not signal would keep a lost layout lease's pages (SPEC §8).
+    if shared.options.fence == Fence::Kill && !shared.fencing_disabled() {
+        match crate::peer::may_signal(pidfd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => return bye(
+                &stream,
+                "the daemon may not signal this process, so it could not fence it (--fence kill)",
+            ),
+            Err(e) => {
+                tracing::warn!(target: TARGET, client = id, pid, error = %e, "cannot check that the client can be fenced");
+                return bye(
+                    &stream,
+                    "the daemon cannot check that it could fence this process",
+                );
+            }
+        }
+    }
     let media = shared.fs.media();
-    let Some(pool_fd) = media.mapping().map(|m| m.fd) else {
+    let Some(daemon_pool_fd) = media.mapping().map(|m| m.fd) else {
         return bye(&stream, "the pool has no file descriptor to share");
+    };
+    // The client gets an open file description of its own (SPEC §8 trust:
+    // it still reaches every block): what it does to the description — an
+    // `F_OFD_SETLK(F_UNLCK)`, file flags — cannot touch the daemon's, whose
+    // OFD lock keeps the pool one mount's (SPEC §7).
+    let pool_fd = match crate::pool::reopen(daemon_pool_fd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(target: TARGET, client = id, error = %e, "cannot reopen the pool for a client");
+            return bye(&stream, "the daemon cannot share the pool");
+        }
     };
     let (tx, rx) = sync_channel::<Vec<u8>>(MAX_OUTGOING);
     let Ok(sock) = stream.try_clone() else {
@@ -461,16 +533,32 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         work_ready: Condvar::new(),
         fenced: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
+        lingering: AtomicBool::new(false),
         ending: Mutex::new(None),
-        acks: Mutex::new(HashMap::new()),
+        acks: Mutex::new(Acks::default()),
         next_token: AtomicU64::new(1),
         mapped: crate::maps::SessionMaps::default(),
     });
     {
         let mut sessions = shared.sessions.lock();
-        if sessions.len() >= shared.options.max_clients {
+        // Checked under the sessions lock, which shutdown takes to list the
+        // sessions it ends after raising `stop`: a handshake completing
+        // meanwhile is either listed (and ended) or refused here.
+        if shared.stop.lock().as_ref().is_some_and(|s| s.is_stopped()) {
+            drop(sessions);
+            return bye(&stream, "the daemon is shutting down");
+        }
+        let lingering = sessions
+            .values()
+            .filter(|s| s.lingering.load(Ordering::Acquire))
+            .count();
+        if sessions.len() - lingering >= shared.options.max_clients {
             drop(sessions);
             return bye(&stream, "too many clients");
+        }
+        if lingering >= crate::MAX_LINGERING {
+            drop(sessions);
+            return bye(&stream, "too many gone clients whose death is awaited");
         }
         sessions.insert(id, Arc::clone(&session));
     }
@@ -484,12 +572,16 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
         policy: shared.fs.policy(),
     });
     let sent = encode(&welcome, MAX_FRAME)
-        .and_then(|f| pinfs_proto::send_frame_with_fd(&stream, &f, pool_fd));
+        .and_then(|f| pinfs_proto::send_frame_with_fd(&stream, &f, pool_fd.as_fd()));
+    drop(pool_fd);
     if let Err(e) = sent {
         tracing::warn!(target: TARGET, client = id, pid, error = %e, "cannot welcome client");
         shared.sessions.lock().remove(&id);
         return;
     }
+    // The writer says when it is done, so cleanup can wait for it with a
+    // deadline (`BYE_GRACE`).
+    let (writer_done_tx, writer_done_rx) = sync_channel::<()>(1);
     let writer = {
         let Ok(wsock) = stream.try_clone() else {
             shared.sessions.lock().remove(&id);
@@ -500,9 +592,13 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream) {
             .spawn({
                 let queued = Arc::clone(&session.queued);
                 let queued_bytes = Arc::clone(&session.queued_bytes);
-                move || write_loop(wsock, rx, queued, queued_bytes)
+                move || {
+                    write_loop(wsock, rx, queued, queued_bytes);
+                    let _ = writer_done_tx.send(());
+                }
             })
             .ok()
+            .map(|h| (h, writer_done_rx))
     };
     // Lease events of this client's owner reach it from now on.
     let weak: Weak<Session> = Arc::downgrade(&session);
@@ -588,7 +684,7 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
                 // late one (its asker gave up and fenced) is only logged.
                 let waiter = match token & ASK_TOKEN_BIT {
                     0 => None,
-                    _ => session.acks.lock().remove(&token),
+                    _ => session.acks.lock().waiting.remove(&token),
                 };
                 match waiter {
                     Some(tx) => {
@@ -605,23 +701,43 @@ fn read_loop(shared: &Arc<Shared>, session: &Arc<Session>, reader: &mut FrameRea
 
 /// Releases what the session held (see the crate docs for the order), then
 /// forgets it.
-fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHandle<()>>) {
+fn cleanup(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    writer: Option<(JoinHandle<()>, Receiver<()>)>,
+) {
+    session.lingering.store(true, Ordering::Release);
     session.disconnected.store(true, Ordering::Release);
     // No acknowledgement can come any more: askers still waiting (mapping
     // placements among them) learn it now — not after the wait for the
     // client's death below, which their failure may be what brings about.
-    session.acks.lock().clear();
+    session.close_acks();
     if shared.cleanup_disabled() {
         // The negative control: the connection closes, nothing is
         // released, and the session stays listed.
         tracing::warn!(target: TARGET, client = session.id, "cleanup disabled (test switch)");
         *session.out.lock() = None;
-        if let Some(h) = writer {
+        let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        if let Some((h, _)) = writer {
             let _ = h.join();
         }
-        let _ = session.sock.shutdown(std::net::Shutdown::Both);
         return;
     }
+    // Nothing more goes out: the writer drains what is queued (the `Bye`)
+    // within `BYE_GRACE`; a client that does not read meanwhile has both
+    // directions shut, which ends a blocked write — a session never waits
+    // for ever on a reader (nor does the death wait below hold a thread
+    // blocked in a write).
+    *session.out.lock() = None;
+    if let Some((h, done)) = writer {
+        if done.recv_timeout(crate::BYE_GRACE).is_err() {
+            // Blocked in a write to a client that does not read: shutting
+            // the socket ends that write.
+            let _ = session.sock.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = h.join();
+    }
+    let _ = session.sock.shutdown(std::net::Shutdown::Both);
     let fenced = session.fenced.load(Ordering::Acquire);
     if fenced {
         // Its address space may still reach everything it held.
@@ -660,14 +776,6 @@ fn cleanup(shared: &Arc<Shared>, session: &Arc<Session>, writer: Option<JoinHand
     let pins: Vec<Pin> = session.pins.lock().drain().map(|(_, p)| p).collect();
     let npins = pins.len();
     drop(pins);
-    // Askers still waiting learn the connection is gone.
-    session.acks.lock().clear();
-    // The writer drains what is queued (the `Bye`) and closes.
-    *session.out.lock() = None;
-    if let Some(h) = writer {
-        let _ = h.join();
-    }
-    let _ = session.sock.shutdown(std::net::Shutdown::Both);
     shared.sessions.lock().remove(&session.id);
     let reason = session.ending.lock().clone().unwrap_or_default();
     tracing::info!(target: TARGET, client = session.id, pid = session.pid, pins = npins, mappings = nmaps, fenced, %reason, "client gone, everything it held released");

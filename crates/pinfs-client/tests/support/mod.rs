@@ -128,6 +128,11 @@ impl Daemon {
         }
     }
 
+    /// The server, shared (for a thread that may outlive a failing test).
+    pub fn server_arc(&self) -> Arc<Server> {
+        Arc::clone(self.server.as_ref().expect("running"))
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("running")
     }

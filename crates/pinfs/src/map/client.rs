@@ -205,6 +205,10 @@ struct ClientPlaced {
     dead: bool,
     /// Some pages could not be changed (they still show what they showed).
     broken: bool,
+    /// A tear-down failed: its pages may still reach pool blocks. Every
+    /// later placement fails (`EIO`), so the daemon keeps the mapping
+    /// broken and its blocks busy; `dead` stays false so a retry tears down.
+    teardown_failed: bool,
     /// Test-only negative control: placements are acknowledged unapplied.
     #[cfg(feature = "negative-controls")]
     skip: bool,
@@ -309,7 +313,6 @@ impl Inner {
         if placed.dead {
             return Ok(());
         }
-        placed.dead = true;
         if let Some(s) = &self.service {
             s.registry.maps.lock().remove(&self.local.region.base());
         }
@@ -321,12 +324,17 @@ impl Inner {
         );
         match r {
             Ok(()) => {
+                // Dead only once nothing is placed any more: a failed
+                // tear-down must not make later placements succeed unapplied.
+                placed.dead = true;
+                placed.teardown_failed = false;
                 placed.runs.set(0, self.pages, Kind::Nothing);
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(target: "pinfs::map", map = self.id, error = %e, "tearing down a client mapping failed: its pages still reach the pool");
                 placed.broken = true;
+                placed.teardown_failed = true;
                 Err(e)
             }
         }
@@ -406,6 +414,7 @@ impl ClientMapping {
                 runs: Runs::new(pages, Kind::Nothing),
                 dead: false,
                 broken: false,
+                teardown_failed: false,
                 #[cfg(feature = "negative-controls")]
                 skip: false,
             }),
@@ -447,6 +456,9 @@ impl ClientMapping {
         let mut placed = m.placed.lock();
         if placed.dead {
             return Ok(());
+        }
+        if placed.teardown_failed {
+            return Err(Errno::EIO.into());
         }
         #[cfg(feature = "negative-controls")]
         if placed.skip {

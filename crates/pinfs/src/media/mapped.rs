@@ -155,8 +155,13 @@ impl MappedPool {
         let page_bytes = system_page_bytes();
         let len_bytes =
             round_up(size_bytes, page_bytes).ok_or_else(|| too_large("memfd", size_bytes))?;
-        let fd = rustix::fs::memfd_create("pinfs-pool", MemfdFlags::CLOEXEC)
-            .map_err(|e| Error::media("memfd_create", e.into()))?;
+        // Sealing allowed: a daemon serving the pool seals it against
+        // shrinking and growing before handing it to clients.
+        let fd = rustix::fs::memfd_create(
+            "pinfs-pool",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::media("memfd_create", e.into()))?;
         rustix::fs::ftruncate(&fd, len_bytes)
             .map_err(|e| Error::media(format!("size memfd to {len_bytes} bytes"), e.into()))?;
         let huge_policy = if page_bytes != 4096 {
