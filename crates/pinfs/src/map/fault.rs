@@ -316,27 +316,51 @@ impl Uffd {
         }
     }
 
-    /// The next queued fault, if any (the descriptor is non-blocking).
-    fn next(&self) -> std::io::Result<Option<Fault>> {
-        let mut msg = [0u8; MSG_BYTES];
-        match rustix::io::read(&self.fd, &mut msg) {
-            Ok(MSG_BYTES) => {}
-            Ok(_) => return Ok(None),
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+    /// Read up to [`MAX_FAULTS_PER_READ`] queued faults with one `read` into
+    /// `out`; `false` once none is queued (the descriptor is non-blocking).
+    fn read_faults(&self, out: &mut Vec<Fault>) -> std::io::Result<bool> {
+        let mut buf = [0u8; MSG_BYTES * MAX_FAULTS_PER_READ];
+        let n = match rustix::io::read(&self.fd, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
             Err(e) => return Err(e.into()),
+        };
+        if n < MSG_BYTES {
+            return Ok(false);
         }
-        if msg[0] != UFFD_EVENT_PAGEFAULT {
-            return Ok(None);
+        // The kernel returns whole messages only.
+        for msg in buf[..n].chunks_exact(MSG_BYTES) {
+            if let Some(fault) = parse_fault(msg) {
+                out.push(fault);
+            }
         }
-        let word = |at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
-        let flags = word(8);
-        Ok(Some(Fault {
-            address: word(16),
-            write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
-            // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
-            ptid: u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes")),
-        }))
+        Ok(true)
     }
+}
+
+/// Most fault messages read with one `read` of the userfaultfd: the reader
+/// drains every pending fault in a few system calls instead of one each.
+const MAX_FAULTS_PER_READ: usize = 64;
+
+/// The page fault a `struct uffd_msg` reports (`None` for other events).
+fn parse_fault(msg: &[u8]) -> Option<Fault> {
+    if msg.len() != MSG_BYTES || msg[0] != UFFD_EVENT_PAGEFAULT {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&msg[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let flags = word(8);
+    let mut ptid = [0u8; 4];
+    // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
+    ptid.copy_from_slice(&msg[24..28]);
+    Some(Fault {
+        address: word(16),
+        write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
+        ptid: u32::from_ne_bytes(ptid),
+    })
 }
 
 /// Most idle worker threads kept for later write faults; a worker that
@@ -609,16 +633,22 @@ fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
         // each must get its own worker even though none of the workers
         // woken for the earlier ones has run yet (`Queue::wakeups`).
         let mut writes = Vec::new();
+        let mut read = Vec::with_capacity(MAX_FAULTS_PER_READ);
         loop {
-            match uffd.next() {
-                Ok(Some(fault)) if fault.write && !sh.inline_writes.load(Ordering::Acquire) => {
-                    writes.push(fault);
-                }
-                Ok(Some(fault)) => (sh.handle)(uffd, fault),
-                Ok(None) => break,
+            read.clear();
+            match uffd.read_faults(&mut read) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     dispatch(sh, writes);
                     return lose(sh, &format!("read failed: {e}"));
+                }
+            }
+            for &fault in &read {
+                if fault.write && !sh.inline_writes.load(Ordering::Acquire) {
+                    writes.push(fault);
+                } else {
+                    (sh.handle)(uffd, fault);
                 }
             }
         }
