@@ -185,3 +185,27 @@ fn a_map_sync_fault_is_durable_with_the_whole_chunk_zeroed() {
     assert_eq!(blocks(&h), CHUNK);
     drop(m);
 }
+
+/// With fewer free blocks than a chunk, a store into a free chunk still gets
+/// its one block (not `SIGBUS`, as `ENOSPC` for the chunk would give).
+#[test]
+fn short_of_space_a_store_gets_one_block() {
+    let fs = mount(LONG);
+    let h = file(&fs, "/f", 0, 0);
+    h.truncate(2 * FAULT_AROUND_BYTES).unwrap();
+    let m = h.mmap(0, 2 * FAULT_AROUND_BYTES, MapFlags::SHARED).unwrap();
+    let fill = file(&fs, "/fill", 0, 0);
+    let leave = CHUNK / 2;
+    let take = fs.statfs().free - leave;
+    fill.fallocate(FallocMode::Allocate { keep_size: false }, 0, take * PAGE)
+        .unwrap();
+    assert_eq!(fs.statfs().free, leave);
+    store(&m, 3 * PAGE, 0x21);
+    assert_eq!(blocks(&h), 1, "one block: the chunk does not fit");
+    assert_eq!(fs.statfs().free, leave - 1);
+    assert_eq!(contents(&h, 3 * PAGE, 2), [0x21, 0]);
+    // Space again: the next free chunk is allocated whole.
+    fill.truncate(0).unwrap();
+    store(&m, FAULT_AROUND_BYTES, 0x22);
+    assert_eq!(blocks(&h), 1 + CHUNK);
+}

@@ -242,24 +242,20 @@ impl Fs {
             }
             // The window only if the guard covers it and it is still wholly
             // unallocated; otherwise the one block (inside any guard).
-            let (b0, b1) = match window {
+            let (mut b0, mut b1) = match window {
                 Some(w) if guarded == Some(w) => w,
                 _ => (fb, fb + 1),
             };
             if need != Need::Nothing {
-                let mut op = Op::new(&mut st, &*self.media);
-                write_range(
-                    &mut op,
-                    m.ino,
-                    b0 * BLOCK_SIZE,
-                    (b1 - b0) * BLOCK_SIZE,
-                    Source::Keep,
-                )?;
-                let now = now_ns();
-                let i = op.inode_mut(m.ino)?;
-                i.mtime_ns = now;
-                i.ctime_ns = now;
-                op.commit()?;
+                match self.commit_fault(&mut st, m.ino, b0, b1) {
+                    // Not enough free space for the window or chunk: the
+                    // store still gets its one block, as without them.
+                    Err(e) if e.errno() == Errno::ENOSPC && b1 - b0 > 1 => {
+                        (b0, b1) = (fb, fb + 1);
+                        self.commit_fault(&mut st, m.ino, b0, b1)?;
+                    }
+                    r => r?,
+                }
             }
             // The commit re-placed the pages in every mapping of the file;
             // a fault that found the block ready only needs this one.
@@ -267,6 +263,25 @@ impl Fs {
             return Ok(());
         }
         Err(Errno::EAGAIN.into())
+    }
+
+    /// Make file blocks `b0..b1` of `ino` written and private (zeroed where
+    /// they were holes or unwritten), and commit: one transaction, so the
+    /// whole range is durable at once or not at all. Rolled back on error.
+    fn commit_fault(&self, st: &mut FsState, ino: u64, b0: u64, b1: u64) -> Result<()> {
+        let mut op = Op::new(st, &*self.media);
+        write_range(
+            &mut op,
+            ino,
+            b0 * BLOCK_SIZE,
+            (b1 - b0) * BLOCK_SIZE,
+            Source::Keep,
+        )?;
+        let now = now_ns();
+        let i = op.inode_mut(ino)?;
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()
     }
 
     /// Make page `page` of `m` raise `SIGBUS` for the thread of `fault`: by
