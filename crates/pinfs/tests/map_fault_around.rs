@@ -116,7 +116,11 @@ fn never_past_end_of_file_nor_outside_the_mapping() {
     assert_eq!(h.stat().unwrap().size, FAULT_AROUND_BYTES + 3 * PAGE);
     // Chunk 0 only half inside a mapping that starts in its middle.
     let half = h
-        .mmap(FAULT_AROUND_BYTES / 2, FAULT_AROUND_BYTES / 2, MapFlags::SHARED)
+        .mmap(
+            FAULT_AROUND_BYTES / 2,
+            FAULT_AROUND_BYTES / 2,
+            MapFlags::SHARED,
+        )
         .unwrap();
     store(&half, 0, 2);
     assert_eq!(blocks(&h), 2, "the chunk is not wholly inside the mapping");

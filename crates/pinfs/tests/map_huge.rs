@@ -178,8 +178,7 @@ fn a_store_into_an_unallocated_window_allocates_the_whole_window() {
 
 #[test]
 fn windows_not_wholly_free_or_not_wholly_mapped_allocate_less() {
-    let Some(fs) = huge_fs("windows_not_wholly_free_or_not_wholly_mapped_allocate_less")
-    else {
+    let Some(fs) = huge_fs("windows_not_wholly_free_or_not_wholly_mapped_allocate_less") else {
         return;
     };
     let h = file(&fs, "/f", 0, 0);

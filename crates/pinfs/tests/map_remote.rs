@@ -580,7 +580,11 @@ fn client_stores_fault_around_as_local_ones_do() {
     let c = &p.client;
     let free = fs.statfs().free;
     cstore(c, chunk + 5 * PAGE + 1, 0x66);
-    assert_eq!(h.stat().unwrap().blocks, 1 + chunk / PAGE, "the whole chunk");
+    assert_eq!(
+        h.stat().unwrap().blocks,
+        1 + chunk / PAGE,
+        "the whole chunk"
+    );
     assert_eq!(fs.statfs().free, free - chunk / PAGE);
     let data = contents(&h, chunk, chunk as usize);
     for (i, &b) in data.iter().enumerate() {
