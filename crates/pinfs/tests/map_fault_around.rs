@@ -27,12 +27,9 @@ fn blocks(h: &Handle) -> u64 {
     h.stat().unwrap().blocks
 }
 
-#[test]
-fn the_chunk_is_a_small_power_of_two_of_blocks() {
-    assert!(CHUNK.is_power_of_two() && CHUNK > 1, "{CHUNK} blocks");
-    // Well under a 2 MiB window, which has its own rule.
-    assert!(FAULT_AROUND_BYTES < 2 << 20);
-}
+// A chunk is a power of two of blocks, more than one and well under a
+// 2 MiB window (which has its own rule).
+const _: () = assert!(CHUNK.is_power_of_two() && CHUNK > 1 && FAULT_AROUND_BYTES < 2 << 20);
 
 #[test]
 fn one_store_into_a_free_chunk_allocates_exactly_the_chunk_zeroed() {
