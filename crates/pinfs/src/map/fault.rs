@@ -818,6 +818,57 @@ mod tests {
         assert_eq!(q.workers, 3);
     }
 
+    /// A `uffd_msg` as the kernel lays it out: event, flags, address, ptid.
+    fn msg(event: u8, flags: u64, address: u64, ptid: u32) -> [u8; MSG_BYTES] {
+        let mut m = [0u8; MSG_BYTES];
+        m[0] = event;
+        m[8..16].copy_from_slice(&flags.to_ne_bytes());
+        m[16..24].copy_from_slice(&address.to_ne_bytes());
+        m[24..28].copy_from_slice(&ptid.to_ne_bytes());
+        m
+    }
+
+    /// Several messages read in one go are each parsed (the batched read
+    /// hands every one to the service), other events skipped.
+    #[test]
+    fn a_batch_of_messages_parses_into_its_faults() {
+        let mut buf = Vec::new();
+        buf.extend(msg(UFFD_EVENT_PAGEFAULT, 0, 0x1000, 7));
+        buf.extend(msg(
+            UFFD_EVENT_PAGEFAULT,
+            UFFD_PAGEFAULT_FLAG_WRITE,
+            0x2000,
+            8,
+        ));
+        buf.extend(msg(0x13, 0, 0x3000, 9));
+        buf.extend(msg(UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP, 0x4000, 0));
+        let faults: Vec<Fault> = buf
+            .chunks_exact(MSG_BYTES)
+            .filter_map(parse_fault)
+            .collect();
+        assert_eq!(
+            faults,
+            vec![
+                Fault {
+                    address: 0x1000,
+                    write: false,
+                    ptid: 7
+                },
+                Fault {
+                    address: 0x2000,
+                    write: true,
+                    ptid: 8
+                },
+                Fault {
+                    address: 0x4000,
+                    write: true,
+                    ptid: 0
+                },
+            ]
+        );
+        assert_eq!(parse_fault(&buf[..MSG_BYTES - 1]), None, "a short message");
+    }
+
     #[test]
     fn the_negative_control_cap_leaves_faults_waiting() {
         let mut q = Queue {

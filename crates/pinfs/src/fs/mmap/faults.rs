@@ -1,7 +1,9 @@
 //! The fault side of mappings: starting and losing the fault service,
 //! answering its faults (read faults from the layout, write faults by
-//! allocating, converting or unsharing the block — an ordinary write), and
-//! the pages that must raise `SIGBUS` instead.
+//! allocating, converting or unsharing the block — an ordinary write — or,
+//! into a wholly free 2 MiB window or `FAULT_AROUND_BYTES` chunk, the whole
+//! window or chunk in one commit), and the pages that must raise `SIGBUS`
+//! instead.
 
 use super::*;
 
