@@ -564,3 +564,39 @@ fn a_client_mapping_refuses_what_a_peer_may_not_send() {
     assert_eq!(c.kind_at(0), Some(RemoteKind::Nothing));
     assert_eq!(c.read(0, &mut [0]).unwrap_err().errno(), Errno::EFAULT);
 }
+
+/// Fault-around reaches client mappings too: a client's store into a wholly
+/// free chunk allocates the whole chunk (zeroed) through
+/// `RemoteMapping::write_fault`, one into a chunk with a block allocated
+/// already allocates one block.
+#[test]
+fn client_stores_fault_around_as_local_ones_do() {
+    let chunk = pinfs::fs::FAULT_AROUND_BYTES;
+    let fs = mount(LONG);
+    let h = file(&fs, "/f", 0, 0);
+    h.truncate(2 * chunk).unwrap();
+    h.pwrite(2 * PAGE, &[0x44; PAGE as usize]).unwrap();
+    let p = map_remote(&h, &fs, 0, 2 * chunk, MapFlags::SHARED).unwrap();
+    let c = &p.client;
+    let free = fs.statfs().free;
+    cstore(c, chunk + 5 * PAGE + 1, 0x66);
+    assert_eq!(
+        h.stat().unwrap().blocks,
+        1 + chunk / PAGE,
+        "the whole chunk"
+    );
+    assert_eq!(fs.statfs().free, free - chunk / PAGE);
+    let data = contents(&h, chunk, chunk as usize);
+    for (i, &b) in data.iter().enumerate() {
+        let want = if i as u64 == 5 * PAGE + 1 { 0x66 } else { 0 };
+        assert_eq!(b, want, "byte {i} of the chunk");
+    }
+    cstore(c, 7 * PAGE, 0x67);
+    assert_eq!(
+        h.stat().unwrap().blocks,
+        2 + chunk / PAGE,
+        "a chunk not wholly free: one block"
+    );
+    assert_eq!(cload(c, 2 * PAGE), 0x44);
+    assert_eq!(contents(&h, 7 * PAGE, 1), [0x67]);
+}

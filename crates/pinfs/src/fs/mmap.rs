@@ -52,6 +52,18 @@ use crate::{Errno, Error, Result};
 /// as `mmap` reports running out of mappings).
 pub const MAX_MAPPINGS: usize = 65_536;
 
+/// Fault-around: the most one store fault into a hole of a shared writable
+/// (not `MAP_DIRECT`) mapping allocates when no 2 MiB window applies — the
+/// whole aligned chunk of this size around the faulting block, if every
+/// block of it is a hole, inside the mapping and below end of file (zeroed,
+/// written and durable in one commit, as a DAX file system's fault-around
+/// would). One fault then serves the next stores of a sequential writer
+/// too: chosen by measurement (`pinfs bench map`, docs/performance.md).
+pub const FAULT_AROUND_BYTES: u64 = 64 << 10;
+
+/// [`FAULT_AROUND_BYTES`] in file blocks.
+const FAULT_AROUND_BLOCKS: u64 = FAULT_AROUND_BYTES / BLOCK_SIZE;
+
 mod budget;
 mod faults;
 mod guard;

@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 pub use self::dma::{Registration, RegistrationId, RegistrationInfo, MAX_REGISTRATIONS};
 pub use self::extent::{Extent, ExtentMap, Segment};
 pub use self::falloc::FallocMode;
-pub use self::mmap::MAX_MAPPINGS;
+pub use self::mmap::{FAULT_AROUND_BYTES, MAX_MAPPINGS};
 pub use self::pins::Pin;
 use self::state::{FsState, Op};
 use crate::format::{self, *};

@@ -316,27 +316,51 @@ impl Uffd {
         }
     }
 
-    /// The next queued fault, if any (the descriptor is non-blocking).
-    fn next(&self) -> std::io::Result<Option<Fault>> {
-        let mut msg = [0u8; MSG_BYTES];
-        match rustix::io::read(&self.fd, &mut msg) {
-            Ok(MSG_BYTES) => {}
-            Ok(_) => return Ok(None),
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+    /// Read up to [`MAX_FAULTS_PER_READ`] queued faults with one `read` into
+    /// `out`; `false` once none is queued (the descriptor is non-blocking).
+    fn read_faults(&self, out: &mut Vec<Fault>) -> std::io::Result<bool> {
+        let mut buf = [0u8; MSG_BYTES * MAX_FAULTS_PER_READ];
+        let n = match rustix::io::read(&self.fd, &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
             Err(e) => return Err(e.into()),
+        };
+        if n < MSG_BYTES {
+            return Ok(false);
         }
-        if msg[0] != UFFD_EVENT_PAGEFAULT {
-            return Ok(None);
+        // The kernel returns whole messages only.
+        for msg in buf[..n].chunks_exact(MSG_BYTES) {
+            if let Some(fault) = parse_fault(msg) {
+                out.push(fault);
+            }
         }
-        let word = |at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
-        let flags = word(8);
-        Ok(Some(Fault {
-            address: word(16),
-            write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
-            // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
-            ptid: u32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes")),
-        }))
+        Ok(true)
     }
+}
+
+/// Most fault messages read with one `read` of the userfaultfd: the reader
+/// drains every pending fault in a few system calls instead of one each.
+const MAX_FAULTS_PER_READ: usize = 64;
+
+/// The page fault a `struct uffd_msg` reports (`None` for other events).
+fn parse_fault(msg: &[u8]) -> Option<Fault> {
+    if msg.len() != MSG_BYTES || msg[0] != UFFD_EVENT_PAGEFAULT {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&msg[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let flags = word(8);
+    let mut ptid = [0u8; 4];
+    // `pagefault.feat.ptid`: 0 unless the feature was negotiated.
+    ptid.copy_from_slice(&msg[24..28]);
+    Some(Fault {
+        address: word(16),
+        write: flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP) != 0,
+        ptid: u32::from_ne_bytes(ptid),
+    })
 }
 
 /// Most idle worker threads kept for later write faults; a worker that
@@ -609,16 +633,22 @@ fn serve(sh: &Arc<Shared>, stop: &OwnedFd) {
         // each must get its own worker even though none of the workers
         // woken for the earlier ones has run yet (`Queue::wakeups`).
         let mut writes = Vec::new();
+        let mut read = Vec::with_capacity(MAX_FAULTS_PER_READ);
         loop {
-            match uffd.next() {
-                Ok(Some(fault)) if fault.write && !sh.inline_writes.load(Ordering::Acquire) => {
-                    writes.push(fault);
-                }
-                Ok(Some(fault)) => (sh.handle)(uffd, fault),
-                Ok(None) => break,
+            read.clear();
+            match uffd.read_faults(&mut read) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     dispatch(sh, writes);
                     return lose(sh, &format!("read failed: {e}"));
+                }
+            }
+            for &fault in &read {
+                if fault.write && !sh.inline_writes.load(Ordering::Acquire) {
+                    writes.push(fault);
+                } else {
+                    (sh.handle)(uffd, fault);
                 }
             }
         }
@@ -786,6 +816,57 @@ mod tests {
         // taken by the first two (one may be blocked in a lease break).
         assert_eq!(q.push(3, fault(0x4000)), Wake::Spawn);
         assert_eq!(q.workers, 3);
+    }
+
+    /// A `uffd_msg` as the kernel lays it out: event, flags, address, ptid.
+    fn msg(event: u8, flags: u64, address: u64, ptid: u32) -> [u8; MSG_BYTES] {
+        let mut m = [0u8; MSG_BYTES];
+        m[0] = event;
+        m[8..16].copy_from_slice(&flags.to_ne_bytes());
+        m[16..24].copy_from_slice(&address.to_ne_bytes());
+        m[24..28].copy_from_slice(&ptid.to_ne_bytes());
+        m
+    }
+
+    /// Several messages read in one go are each parsed (the batched read
+    /// hands every one to the service), other events skipped.
+    #[test]
+    fn a_batch_of_messages_parses_into_its_faults() {
+        let mut buf = Vec::new();
+        buf.extend(msg(UFFD_EVENT_PAGEFAULT, 0, 0x1000, 7));
+        buf.extend(msg(
+            UFFD_EVENT_PAGEFAULT,
+            UFFD_PAGEFAULT_FLAG_WRITE,
+            0x2000,
+            8,
+        ));
+        buf.extend(msg(0x13, 0, 0x3000, 9));
+        buf.extend(msg(UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP, 0x4000, 0));
+        let faults: Vec<Fault> = buf
+            .chunks_exact(MSG_BYTES)
+            .filter_map(parse_fault)
+            .collect();
+        assert_eq!(
+            faults,
+            vec![
+                Fault {
+                    address: 0x1000,
+                    write: false,
+                    ptid: 7
+                },
+                Fault {
+                    address: 0x2000,
+                    write: true,
+                    ptid: 8
+                },
+                Fault {
+                    address: 0x4000,
+                    write: true,
+                    ptid: 0
+                },
+            ]
+        );
+        assert_eq!(parse_fault(&buf[..MSG_BYTES - 1]), None, "a short message");
     }
 
     #[test]

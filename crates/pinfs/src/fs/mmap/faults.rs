@@ -1,7 +1,9 @@
 //! The fault side of mappings: starting and losing the fault service,
 //! answering its faults (read faults from the layout, write faults by
-//! allocating, converting or unsharing the block — an ordinary write), and
-//! the pages that must raise `SIGBUS` instead.
+//! allocating, converting or unsharing the block — an ordinary write — or,
+//! into a wholly free 2 MiB window or `FAULT_AROUND_BYTES` chunk, the whole
+//! window or chunk in one commit), and the pages that must raise `SIGBUS`
+//! instead.
 
 use super::*;
 
@@ -209,8 +211,11 @@ impl Fs {
     /// one, copy a shared one), durably, and re-place the page. A store
     /// into a wholly unallocated 2 MiB window of the file allocates the
     /// whole window at once, as a 2 MiB page fault of a DAX file system
-    /// does (see [`huge_window`]): one commit instead of 512, and the
-    /// window can then be mapped with one 2 MiB page.
+    /// does (see [`free_chunk`]): one commit instead of 512, and the
+    /// window can then be mapped with one 2 MiB page. Otherwise a store
+    /// into a wholly unallocated [`FAULT_AROUND_BYTES`] chunk allocates
+    /// the whole chunk (fault-around): one fault and one commit for the
+    /// next stores of a sequential writer too.
     pub(super) fn write_fault(&self, m: &MapInner, page: u64) -> Result<()> {
         if !m.served() || m.flags.direct {
             // MAP_DIRECT faults never allocate, convert or unshare.
@@ -225,7 +230,10 @@ impl Fs {
         for _ in 0..8 {
             let mut st = self.state.write();
             let need = block_need(&st, m.ino, fb)?;
-            let window = huge.then(|| huge_window(&st, m, fb)).flatten();
+            let window = huge
+                .then(|| free_chunk(&st, m, fb, HUGE_BLOCKS))
+                .flatten()
+                .or_else(|| free_chunk(&st, m, fb, FAULT_AROUND_BLOCKS));
             if need == Need::Layout && guard.is_none() {
                 drop(st);
                 let (b0, b1) = window.unwrap_or((fb, fb + 1));
@@ -236,24 +244,20 @@ impl Fs {
             }
             // The window only if the guard covers it and it is still wholly
             // unallocated; otherwise the one block (inside any guard).
-            let (b0, b1) = match window {
+            let (mut b0, mut b1) = match window {
                 Some(w) if guarded == Some(w) => w,
                 _ => (fb, fb + 1),
             };
             if need != Need::Nothing {
-                let mut op = Op::new(&mut st, &*self.media);
-                write_range(
-                    &mut op,
-                    m.ino,
-                    b0 * BLOCK_SIZE,
-                    (b1 - b0) * BLOCK_SIZE,
-                    Source::Keep,
-                )?;
-                let now = now_ns();
-                let i = op.inode_mut(m.ino)?;
-                i.mtime_ns = now;
-                i.ctime_ns = now;
-                op.commit()?;
+                match self.commit_fault(&mut st, m.ino, b0, b1) {
+                    // Not enough free space for the window or chunk: the
+                    // store still gets its one block, as without them.
+                    Err(e) if e.errno() == Errno::ENOSPC && b1 - b0 > 1 => {
+                        (b0, b1) = (fb, fb + 1);
+                        self.commit_fault(&mut st, m.ino, b0, b1)?;
+                    }
+                    r => r?,
+                }
             }
             // The commit re-placed the pages in every mapping of the file;
             // a fault that found the block ready only needs this one.
@@ -261,6 +265,25 @@ impl Fs {
             return Ok(());
         }
         Err(Errno::EAGAIN.into())
+    }
+
+    /// Make file blocks `b0..b1` of `ino` written and private (zeroed where
+    /// they were holes or unwritten), and commit: one transaction, so the
+    /// whole range is durable at once or not at all. Rolled back on error.
+    fn commit_fault(&self, st: &mut FsState, ino: u64, b0: u64, b1: u64) -> Result<()> {
+        let mut op = Op::new(st, &*self.media);
+        write_range(
+            &mut op,
+            ino,
+            b0 * BLOCK_SIZE,
+            (b1 - b0) * BLOCK_SIZE,
+            Source::Keep,
+        )?;
+        let now = now_ns();
+        let i = op.inode_mut(ino)?;
+        i.mtime_ns = now;
+        i.ctime_ns = now;
+        op.commit()
     }
 
     /// Make page `page` of `m` raise `SIGBUS` for the thread of `fault`: by
@@ -298,21 +321,25 @@ enum Need {
     Layout,
 }
 
-/// The 2 MiB-aligned window of file blocks around `fb` that a write fault
-/// through `m` may allocate whole: it lies wholly inside the mapping and
-/// below end of file, and none of its blocks is allocated.
-fn huge_window(st: &FsState, m: &MapInner, fb: u64) -> Option<(u64, u64)> {
+/// The `blocks`-aligned chunk of file blocks around `fb` (a 2 MiB window,
+/// or a fault-around chunk) that a write fault through `m` may allocate
+/// whole: it lies wholly inside the mapping and below end of file, and none
+/// of its blocks is allocated.
+fn free_chunk(st: &FsState, m: &MapInner, fb: u64, blocks: u64) -> Option<(u64, u64)> {
     let first = m.file_offset / BLOCK_SIZE;
     let pages = m.pages();
-    let w0 = fb - fb % HUGE_BLOCKS;
-    let w1 = w0 + HUGE_BLOCKS;
+    let w0 = fb - fb % blocks;
+    let w1 = w0 + blocks;
     let inode = st.inode(m.ino).ok()?;
     let inside = w0 >= first && w1 <= first + pages && w1 * BLOCK_SIZE <= inode.size;
+    if !inside {
+        return None;
+    }
     let hole = matches!(
         inode.extents.segments(w0, w1).as_slice(),
-        [Segment::Hole { len, .. }] if *len == HUGE_BLOCKS
+        [Segment::Hole { len, .. }] if *len == blocks
     );
-    (inside && hole).then_some((w0, w1))
+    hole.then_some((w0, w1))
 }
 
 fn block_need(st: &FsState, ino: u64, fb: u64) -> Result<Need> {
