@@ -564,3 +564,57 @@ fn a_client_mapping_refuses_what_a_peer_may_not_send() {
     assert_eq!(c.kind_at(0), Some(RemoteKind::Nothing));
     assert_eq!(c.read(0, &mut [0]).unwrap_err().errno(), Errno::EFAULT);
 }
+
+/// A client maps `/a` writable and stops acknowledging; `/a` is reflinked
+/// to `/b`; the client then stores through its stale pages. Returns the
+/// bytes of `/b` that differ from `/a`'s contents at reflink time.
+fn reflink_under_unacknowledging_client(protect: bool) -> usize {
+    let fs = mount(LONG);
+    if !protect {
+        fs.disable_reflink_protect_for_tests();
+    }
+    let a = file(&fs, "/a", 4 * PAGE, 0);
+    for page in 0..4 {
+        a.pwrite(page * PAGE, &[page as u8 + 1; PAGE as usize])
+            .unwrap();
+    }
+    let p = map_remote(&a, &fs, 0, 4 * PAGE, MapFlags::SHARED).unwrap();
+    assert!(matches!(p.client.kind_at(0), Some(RemoteKind::Pool { .. })));
+    let at_reflink = contents(&a, 0, (4 * PAGE) as usize);
+    p.space.hung.store(true, Ordering::Release);
+    let b = file(&fs, "/b", 0, 0);
+    b.reflink(&a, None).unwrap();
+    assert!(
+        p.remote().is_broken(),
+        "an unacknowledged placement breaks it"
+    );
+    // The stale client still shows /a's blocks in place and stores.
+    for page in 0..4 {
+        cstore(&p.client, page * PAGE + 7, 0xee);
+    }
+    let seen = contents(&b, 0, (4 * PAGE) as usize);
+    let changed = seen.iter().zip(&at_reflink).filter(|(x, y)| x != y).count();
+    p.client.tear_down().unwrap();
+    p.drop_remote();
+    if protect {
+        assert!(fs.check().is_empty(), "{:?}", fs.check());
+    }
+    changed
+}
+
+#[test]
+fn reflink_never_shares_a_block_an_unacknowledging_client_stores_into() {
+    assert_eq!(
+        reflink_under_unacknowledging_client(true),
+        0,
+        "the clone keeps the source's contents at reflink time"
+    );
+}
+
+#[test]
+fn negative_control_without_pre_commit_protection_the_clone_changes() {
+    assert!(
+        reflink_under_unacknowledging_client(false) > 0,
+        "without the write-protect before the commit the stale client must change the clone"
+    );
+}
