@@ -13,7 +13,10 @@
 //! its negative control (re-placement of client mappings off ⇒ detected);
 //! a client that does not acknowledge keeps its blocks busy until its
 //! `RemoteMapping` is dropped, with its negative control (holding off ⇒ a
-//! new file gets the blocks and the stale client changes it); `MAP_DIRECT`
+//! new file gets the blocks and the stale client changes it); a reflink
+//! under a client that does not acknowledge never shares a block the
+//! client stores into, with its negative control (the write-protect before
+//! the commit off ⇒ the clone changes); `MAP_DIRECT`
 //! invalidation at lease-break-time makes the client's pages `SIGBUS`;
 //! pins, `persist` and a soft-device registration through a client mapping.
 

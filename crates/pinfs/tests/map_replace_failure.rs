@@ -11,6 +11,10 @@
 //!   bytes) while still mapped.
 //! - `mmap` of a range too fragmented for its share of `vm.max_map_count`
 //!   fails with `ENOMEM` up front.
+//! - a reflink of a file whose writable mapping cannot be re-placed never
+//!   shares the blocks the stuck pages store into: the clone keeps the
+//!   source's contents at reflink time. Negative control: with the
+//!   write-protect before the commit switched off the stores change it.
 
 mod map_support;
 
