@@ -687,7 +687,7 @@ impl Handle {
                     let mut shareable = Vec::new();
                     for r in pin_free {
                         let (held, free) =
-                            super::mmap::split_held(op.st, op.media, r, &mut protected);
+                            super::mmap::split_held(op.st, op.media, src.ino, r, &mut protected);
                         pinned.extend(held);
                         shareable.extend(free);
                     }

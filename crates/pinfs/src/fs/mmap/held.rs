@@ -88,10 +88,11 @@ pub(crate) fn release_blocks(st: &mut FsState, held: &Held, run: Run) {
 pub(crate) fn split_held(
     st: &FsState,
     media: &dyn Media,
+    ino: u64,
     run: Run,
     protected: &mut Vec<(Arc<MapInner>, u64, u64)>,
 ) -> (Vec<Run>, Vec<Run>) {
-    protect_before_sharing(st, media, run, protected);
+    protect_before_sharing(st, media, ino, run, protected);
     if st.maps.hold_disabled
         || (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
     {
@@ -110,12 +111,17 @@ pub(crate) fn split_held(
 }
 
 /// Re-place write-protected every page of a live shared writable mapping
-/// that shows one of the blocks of `run` in place ([`split_held`]); the
-/// pages touched, per mapping, go to `protected`. One path for local and
-/// client mappings: [`MapInner::show`].
+/// that shows one of the blocks of `run` (blocks of file `ino`) in place
+/// ([`split_held`]); the pages touched, per mapping, go to `protected`. One
+/// path for local and client mappings: [`MapInner::show`].
+///
+/// Only mappings of `ino` are looked at: a page shows a block in place
+/// only while the block is not shared, so only its file's mappings can —
+/// except broken mappings' stale pages, whose blocks are held already.
 fn protect_before_sharing(
     st: &FsState,
     media: &dyn Media,
+    ino: u64,
     run: Run,
     protected: &mut Vec<(Arc<MapInner>, u64, u64)>,
 ) {
@@ -123,7 +129,7 @@ fn protect_before_sharing(
         return;
     }
     let ctx = place_ctx(st, media);
-    for m in st.maps.all() {
+    for m in st.maps.of_ino(ino) {
         if !m.served() {
             // Read-only and private mappings never store into the pool.
             continue;
