@@ -13,7 +13,11 @@
 //! its negative control (re-placement of client mappings off ⇒ detected);
 //! a client that does not acknowledge keeps its blocks busy until its
 //! `RemoteMapping` is dropped, with its negative control (holding off ⇒ a
-//! new file gets the blocks and the stale client changes it); `MAP_DIRECT`
+//! new file gets the blocks and the stale client changes it); a reflink
+//! under a client that does not acknowledge never shares a block the
+//! client stores into, with its negative control (the write-protect before
+//! the commit off ⇒ the clone changes), and one that fails after that
+//! write-protect gives the client its pages back; `MAP_DIRECT`
 //! invalidation at lease-break-time makes the client's pages `SIGBUS`;
 //! pins, `persist` and a soft-device registration through a client mapping.
 
@@ -599,4 +603,103 @@ fn client_stores_fault_around_as_local_ones_do() {
     );
     assert_eq!(cload(c, 2 * PAGE), 0x44);
     assert_eq!(contents(&h, 7 * PAGE, 1), [0x67]);
+}
+
+/// A client maps `/a` writable and stops acknowledging; `/a` is reflinked
+/// to `/b`; the client then stores through its stale pages. Returns the
+/// bytes of `/b` that differ from `/a`'s contents at reflink time.
+fn reflink_under_unacknowledging_client(protect: bool) -> usize {
+    let fs = mount(LONG);
+    if !protect {
+        fs.disable_reflink_protect_for_tests();
+    }
+    let a = file(&fs, "/a", 4 * PAGE, 0);
+    for page in 0..4 {
+        a.pwrite(page * PAGE, &[page as u8 + 1; PAGE as usize])
+            .unwrap();
+    }
+    let p = map_remote(&a, &fs, 0, 4 * PAGE, MapFlags::SHARED).unwrap();
+    assert!(matches!(p.client.kind_at(0), Some(RemoteKind::Pool { .. })));
+    let at_reflink = contents(&a, 0, (4 * PAGE) as usize);
+    p.space.hung.store(true, Ordering::Release);
+    let b = file(&fs, "/b", 0, 0);
+    b.reflink(&a, None).unwrap();
+    assert!(
+        p.remote().is_broken(),
+        "an unacknowledged placement breaks it"
+    );
+    // The stale client still shows /a's blocks in place and stores.
+    for page in 0..4 {
+        cstore(&p.client, page * PAGE + 7, 0xee);
+    }
+    let seen = contents(&b, 0, (4 * PAGE) as usize);
+    let changed = seen.iter().zip(&at_reflink).filter(|(x, y)| x != y).count();
+    p.client.tear_down().unwrap();
+    p.drop_remote();
+    if protect {
+        assert!(fs.check().is_empty(), "{:?}", fs.check());
+    }
+    changed
+}
+
+#[test]
+fn reflink_never_shares_a_block_an_unacknowledging_client_stores_into() {
+    assert_eq!(
+        reflink_under_unacknowledging_client(true),
+        0,
+        "the clone keeps the source's contents at reflink time"
+    );
+}
+
+#[test]
+fn negative_control_without_pre_commit_protection_the_clone_changes() {
+    assert!(
+        reflink_under_unacknowledging_client(false) > 0,
+        "without the write-protect before the commit the stale client must change the clone"
+    );
+}
+
+/// A reflink that fails after it write-protected the client's pages (a
+/// pinned source block must be copied and the pool is full) leaves them
+/// showing the blocks in place again: nothing was shared.
+#[test]
+fn a_failed_reflink_gives_the_client_its_pages_back() {
+    let fs = mount(LONG);
+    let a = file(&fs, "/a", 4 * PAGE, 0x11);
+    let p = map_remote(&a, &fs, 0, 4 * PAGE, MapFlags::SHARED).unwrap();
+    let before: Vec<_> = (0..4).map(|page| p.client.kind_at(page)).collect();
+    assert!(matches!(before[1], Some(RemoteKind::Pool { .. })));
+    // Page 0 pinned: a reflink copies it, which needs a free block.
+    let lease = fs
+        .leases()
+        .set_lease(
+            a.lease_file(),
+            a.lease_handle(),
+            pinfs::lease::OwnerId(HOLDER.owner),
+            pinfs::lease::LeaseRequest::layout_shared()
+                .unbreakable()
+                .range(pinfs::lease::ByteRange::new(0, PAGE)),
+        )
+        .unwrap();
+    let pin = a.pin_long_term(0, PAGE, None).unwrap();
+    // Another file takes every free block there is.
+    let n = file(&fs, "/full", 0, 0);
+    let (mut at, mut chunk) = (0u64, 256u64);
+    loop {
+        match n.pwrite(at, &vec![0x5a; (chunk * PAGE) as usize]) {
+            Ok(done) if done > 0 => at += done as u64,
+            _ if chunk > 1 => chunk /= 4,
+            _ => break,
+        }
+    }
+    let b = file(&fs, "/b", 0, 0);
+    assert_eq!(b.reflink(&a, None).unwrap_err().errno(), Errno::ENOSPC);
+    let after: Vec<_> = (0..4).map(|page| p.client.kind_at(page)).collect();
+    assert_eq!(after, before, "the pages show the unshared blocks in place");
+    cstore(&p.client, PAGE, 0x22);
+    assert_eq!(contents(&a, PAGE, 1), [0x22]);
+    drop(pin);
+    fs.leases().release(lease).ok();
+    drop(p);
+    assert!(fs.check().is_empty(), "{:?}", fs.check());
 }

@@ -11,6 +11,10 @@
 //!   bytes) while still mapped.
 //! - `mmap` of a range too fragmented for its share of `vm.max_map_count`
 //!   fails with `ENOMEM` up front.
+//! - a reflink of a file whose writable mapping cannot be re-placed never
+//!   shares the blocks the stuck pages store into: the clone keeps the
+//!   source's contents at reflink time. Negative control: with the
+//!   write-protect before the commit switched off the stores change it.
 
 mod map_support;
 
@@ -217,4 +221,49 @@ fn a_pinned_block_a_broken_mapping_reaches_stays_busy_past_the_unpin() {
     assert_eq!(fs.statfs().busy, 0, "munmap frees it");
     fs.leases().release(lease).unwrap();
     assert!(fs.check().is_empty(), "{:?}", fs.check());
+}
+
+/// A local writable mapping of `/a` whose placements all fail; `/a` is
+/// reflinked to `/b`; stores go through the stale pages. Returns the bytes
+/// of `/b` that differ from `/a`'s contents at reflink time.
+fn reflink_with_failed_placement(protect: bool) -> usize {
+    let fs = mount(LONG);
+    if !protect {
+        fs.disable_reflink_protect_for_tests();
+    }
+    let a = file(&fs, "/a", 4 * PAGE, A);
+    let m = a.mmap(0, 4 * PAGE, MapFlags::SHARED).unwrap();
+    assert_eq!(load(&m, PAGE), A);
+    let at_reflink = contents(&a, 0, (4 * PAGE) as usize);
+    m.inject_placement_failures_for_tests(0, u64::MAX);
+    let b = file(&fs, "/b", 0, 0);
+    b.reflink(&a, None).unwrap();
+    assert!(m.is_broken(), "the mapping is marked broken");
+    for page in 0..4 {
+        store(&m, page * PAGE + 3, B);
+    }
+    let changed = contents(&b, 0, (4 * PAGE) as usize)
+        .iter()
+        .zip(&at_reflink)
+        .filter(|(x, y)| x != y)
+        .count();
+    m.inject_placement_failures_for_tests(0, 0);
+    drop(m);
+    if protect {
+        assert!(fs.check().is_empty(), "{:?}", fs.check());
+    }
+    changed
+}
+
+#[test]
+fn reflink_never_shares_a_block_a_stuck_local_page_stores_into() {
+    assert_eq!(reflink_with_failed_placement(true), 0);
+}
+
+#[test]
+fn negative_control_without_pre_commit_protection_a_stuck_page_changes_the_clone() {
+    assert!(
+        reflink_with_failed_placement(false) > 0,
+        "without the write-protect before the commit the stuck page must change the clone"
+    );
 }

@@ -72,7 +72,7 @@ mod remote;
 
 use self::budget::{charge_budget, check_budget, refund_budget};
 use self::held::release_held;
-pub(crate) use self::held::{release_blocks, release_unpinned, split_held};
+pub(crate) use self::held::{release_blocks, release_unpinned, split_held, unprotect};
 
 /// The live mappings, by file, by id, and (those in this process) by
 /// address (in the state, under its lock).
@@ -89,6 +89,10 @@ pub(crate) struct MapTable {
     /// Test-only negative control: blocks a broken mapping reaches are freed
     /// like any other (not held busy).
     hold_disabled: bool,
+    /// Test-only negative control: a reflink shares source blocks without
+    /// first write-protecting the live pages that store into them in place
+    /// (they are re-placed only after the commit, by `Op::install`).
+    protect_disabled: bool,
     /// Test-only: the placement budget (of all live mappings together, and
     /// so of one), instead of the one computed from `vm.max_map_count`.
     budget_override: Option<u64>,
@@ -682,6 +686,16 @@ impl Fs {
     #[doc(hidden)]
     pub fn disable_map_hold_for_tests(&self) {
         self.state.write().maps.hold_disabled = true;
+    }
+
+    /// Test-only negative control: a reflink no longer write-protects the
+    /// mapped pages of the blocks it shares before it commits, so a page
+    /// whose re-placement after the commit fails keeps storing into a block
+    /// the destination shares.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn disable_reflink_protect_for_tests(&self) {
+        self.state.write().maps.protect_disabled = true;
     }
 
     /// Test-only: the most areas all live mappings together may need

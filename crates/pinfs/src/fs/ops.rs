@@ -651,76 +651,93 @@ impl Handle {
             return Ok(());
         }
         let now = now_ns();
+        // Pages write-protected before their blocks are shared
+        // (`split_held`): re-placed again if the reflink fails.
+        let mut protected = Vec::new();
         let mut op = Op::new(&mut st, &*self.fs.media);
         let ino = self.ino;
-        if dst_off > dst_size {
-            zero_eof_tail(&mut op, ino)?;
-        }
-        let nblocks = len.div_ceil(BLOCK_SIZE);
-        let (sb, db) = (src_off / BLOCK_SIZE, dst_off / BLOCK_SIZE);
-        let segs = op.inode(src.ino)?.extents.segments(sb, sb + nblocks);
-        unmap_blocks(&mut op, ino, db, db + nblocks)?;
-        for seg in segs {
-            if let Segment::Mapped {
-                logical,
-                physical,
-                len: n,
-                unwritten,
-            } = seg
-            {
-                let at = db + (logical - sb);
-                let whole = Run {
-                    start: physical,
+        let staged = (|| -> Result<()> {
+            if dst_off > dst_size {
+                zero_eof_tail(&mut op, ino)?;
+            }
+            let nblocks = len.div_ceil(BLOCK_SIZE);
+            let (sb, db) = (src_off / BLOCK_SIZE, dst_off / BLOCK_SIZE);
+            let segs = op.inode(src.ino)?.extents.segments(sb, sb + nblocks);
+            unmap_blocks(&mut op, ino, db, db + nblocks)?;
+            for seg in segs {
+                if let Segment::Mapped {
+                    logical,
+                    physical,
                     len: n,
-                };
-                let (mut pinned, pin_free) = if op.st.protect_pinned {
-                    op.st.pins.split(whole)
-                } else {
-                    (Vec::new(), vec![whole])
-                };
-                // Blocks a broken mapping may still reach are copied like
-                // pinned ones: a stuck page is a writer nobody can stop.
-                let mut shareable = Vec::new();
-                for r in pin_free {
-                    let (held, free) = super::mmap::split_held(op.st, r);
-                    pinned.extend(held);
-                    shareable.extend(free);
-                }
-                for r in shareable {
-                    op.incref(r.start, r.len)?;
-                    let e = Extent {
-                        physical: r.start,
-                        len: r.len,
-                        unwritten,
+                    unwritten,
+                } = seg
+                {
+                    let at = db + (logical - sb);
+                    let whole = Run {
+                        start: physical,
+                        len: n,
                     };
-                    op.inode_mut(ino)?.extents.map(at + (r.start - physical), e);
-                }
-                for r in pinned {
-                    // A copy: fresh blocks with the pinned blocks' contents.
-                    let l = at + (r.start - physical);
-                    let mut done = 0;
-                    for fresh in op.alloc(r.len, None)? {
-                        let mut buf = vec![0u8; (fresh.len * BLOCK_SIZE) as usize];
-                        op.media.read(block_offset(r.start + done), &mut buf)?;
-                        op.media.write(block_offset(fresh.start), &buf)?;
-                        op.tx
-                            .data_written(block_offset(fresh.start), fresh.len * BLOCK_SIZE);
+                    let (mut pinned, pin_free) = if op.st.protect_pinned {
+                        op.st.pins.split(whole)
+                    } else {
+                        (Vec::new(), vec![whole])
+                    };
+                    // Blocks a broken mapping may still reach are copied like
+                    // pinned ones: a stuck page is a writer nobody can stop.
+                    let mut shareable = Vec::new();
+                    for r in pin_free {
+                        let (held, free) =
+                            super::mmap::split_held(op.st, op.media, src.ino, r, &mut protected);
+                        pinned.extend(held);
+                        shareable.extend(free);
+                    }
+                    for r in shareable {
+                        op.incref(r.start, r.len)?;
                         let e = Extent {
-                            physical: fresh.start,
-                            len: fresh.len,
+                            physical: r.start,
+                            len: r.len,
                             unwritten,
                         };
-                        op.inode_mut(ino)?.extents.map(l + done, e);
-                        done += fresh.len;
+                        op.inode_mut(ino)?.extents.map(at + (r.start - physical), e);
+                    }
+                    for r in pinned {
+                        // A copy: fresh blocks with the pinned blocks' contents.
+                        let l = at + (r.start - physical);
+                        let mut done = 0;
+                        for fresh in op.alloc(r.len, None)? {
+                            let mut buf = vec![0u8; (fresh.len * BLOCK_SIZE) as usize];
+                            op.media.read(block_offset(r.start + done), &mut buf)?;
+                            op.media.write(block_offset(fresh.start), &buf)?;
+                            op.tx
+                                .data_written(block_offset(fresh.start), fresh.len * BLOCK_SIZE);
+                            let e = Extent {
+                                physical: fresh.start,
+                                len: fresh.len,
+                                unwritten,
+                            };
+                            op.inode_mut(ino)?.extents.map(l + done, e);
+                            done += fresh.len;
+                        }
                     }
                 }
             }
+            let i = op.inode_mut(ino)?;
+            i.size = i.size.max(dst_end);
+            i.mtime_ns = now;
+            i.ctime_ns = now;
+            Ok(())
+        })();
+        let result = match staged {
+            Ok(()) => op.commit(),
+            Err(e) => {
+                drop(op);
+                Err(e)
+            }
+        };
+        if result.is_err() && !protected.is_empty() {
+            super::mmap::unprotect(&st, &*self.fs.media, protected);
         }
-        let i = op.inode_mut(ino)?;
-        i.size = i.size.max(dst_end);
-        i.mtime_ns = now;
-        i.ctime_ns = now;
-        op.commit()
+        result
     }
 
     /// Make the file's data and metadata durable.

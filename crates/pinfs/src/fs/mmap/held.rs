@@ -69,11 +69,30 @@ pub(crate) fn release_blocks(st: &mut FsState, held: &Held, run: Run) {
     }
 }
 
-/// `run` split into the blocks a broken mapping may still reach (or a
-/// mapping whose tear-down failed) and the others: reflink copies the
-/// first, as it copies pinned blocks, and shares only the others — a stuck
-/// page storing into a shared block would change the other file.
-pub(crate) fn split_held(st: &FsState, run: Run) -> (Vec<Run>, Vec<Run>) {
+/// `run` (source blocks a reflink is about to share) split into the blocks
+/// a broken mapping may still reach (or a mapping whose tear-down failed)
+/// and the others: reflink copies the first, as it copies pinned blocks,
+/// and shares only the others — a stuck page storing into a shared block
+/// would change the other file.
+///
+/// First, still before the commit and under the state lock, every live
+/// page that shows one of these blocks writable ([`Kind::Pool`] in a
+/// shared writable mapping, in this process or a client's) is re-placed
+/// write-protected, as it will show once the blocks are shared — what
+/// Linux's writeback does with `page_mkclean` before blocks become shared.
+/// A page whose re-placement is not confirmed (a local placement stuck, a
+/// client that does not acknowledge) breaks its mapping, which then holds
+/// the block: so the split below copies it. The pages re-placed are added
+/// to `protected`: if the operation fails, [`unprotect`] re-places them
+/// from the unchanged layout.
+pub(crate) fn split_held(
+    st: &FsState,
+    media: &dyn Media,
+    ino: u64,
+    run: Run,
+    protected: &mut Vec<(Arc<MapInner>, u64, u64)>,
+) -> (Vec<Run>, Vec<Run>) {
+    protect_before_sharing(st, media, ino, run, protected);
     if st.maps.hold_disabled
         || (st.maps.broken.load(Ordering::Acquire) == 0 && st.maps.zombies.is_empty())
     {
@@ -89,6 +108,71 @@ pub(crate) fn split_held(st: &FsState, run: Run) -> (Vec<Run>, Vec<Run>) {
         }
     }
     (yes, no)
+}
+
+/// Re-place write-protected every page of a live shared writable mapping
+/// that shows one of the blocks of `run` (blocks of file `ino`) in place
+/// ([`split_held`]); the pages touched, per mapping, go to `protected`. One
+/// path for local and client mappings: [`MapInner::show`].
+///
+/// Only mappings of `ino` are looked at: a page shows a block in place
+/// only while the block is not shared, so only its file's mappings can —
+/// except broken mappings' stale pages, whose blocks are held already.
+fn protect_before_sharing(
+    st: &FsState,
+    media: &dyn Media,
+    ino: u64,
+    run: Run,
+    protected: &mut Vec<(Arc<MapInner>, u64, u64)>,
+) {
+    if st.maps.protect_disabled || st.maps.by_id.is_empty() {
+        return;
+    }
+    let ctx = place_ctx(st, media);
+    for m in st.maps.of_ino(ino) {
+        if !m.served() {
+            // Read-only and private mappings never store into the pool.
+            continue;
+        }
+        let mut placed = m.placed.lock();
+        if placed.dead {
+            continue;
+        }
+        // What `desired` gives these pages once the blocks are shared.
+        let lost = !m.is_remote() && (st.maps.service_lost || st.maps.uffd.is_none());
+        let mut want: Vec<(u64, u64, Kind)> = Vec::new();
+        for (page, n, kind) in placed.runs.pieces(0, m.pages()) {
+            let Kind::Pool { block } = kind else { continue };
+            let (s, e) = (block.max(run.start), (block + n).min(run.end()));
+            if s >= e {
+                continue;
+            }
+            let kind = if m.flags.direct || lost {
+                Kind::Sigbus
+            } else {
+                Kind::Served { copy_of: Some(s) }
+            };
+            want.push((page + (s - block), e - s, kind));
+        }
+        let (Some(&(p0, _, _)), Some(&(last, n, _))) = (want.first(), want.last()) else {
+            continue;
+        };
+        m.show(&mut placed, &want, ctx.as_ref());
+        drop(placed);
+        protected.push((m, p0, last + n));
+    }
+}
+
+/// A reflink that write-protected pages ([`split_held`]) failed: they show
+/// what the layout in `st` (unchanged) says again.
+pub(crate) fn unprotect(
+    st: &FsState,
+    media: &dyn Media,
+    protected: Vec<(Arc<MapInner>, u64, u64)>,
+) {
+    for (m, p0, p1) in protected {
+        place_range(st, media, &m, p0, p1);
+    }
 }
 
 /// A broken mapping was torn down: the diverted blocks no remaining broken
