@@ -148,6 +148,9 @@ fn pins_and_a_soft_device_registration_through_a_client_mapping() {
     d.stop_and_fsck();
 }
 
+/// Runs of the negative control before it must have seen corruption.
+const NEGATIVE_CONTROL_ATTEMPTS: usize = 3;
+
 /// Two writer processes store through their mappings of `/w0`, `/w1` while
 /// two layout-changer processes punch and truncate those files and a
 /// checker process fills and verifies files of its own. Returns the bytes
@@ -177,9 +180,17 @@ fn cross_process_invariant(replace: bool) -> u64 {
     let corrupt = count(d.spawn_map_client(None, &["check", "1300"]), "corrupt");
     let counts: Vec<u64> = children.into_iter().map(|(w, p)| count(p, w)).collect();
     eprintln!("replace={replace}: stores/changes {counts:?}, {corrupt} corrupt bytes");
-    assert!(counts.iter().all(|&n| n > 0), "every process did work");
     if replace {
+        assert!(counts.iter().all(|&n| n > 0), "every process did work");
         d.stop_and_fsck();
+    } else {
+        // Without re-placement a writer may hang in a fault whose
+        // placement never reaches it, so only the layout changers must
+        // have worked; the checker's corruption is what the control shows.
+        assert!(
+            counts.iter().skip(1).step_by(2).all(|&n| n > 0),
+            "every layout changer did work"
+        );
     }
     corrupt
 }
@@ -191,8 +202,10 @@ fn no_file_changes_while_other_processes_store_punch_and_truncate() {
 
 #[test]
 fn negative_control_without_client_replacement_other_files_change() {
+    // The damage depends on which process the scheduler runs when; a few
+    // attempts make the control independent of one unlucky interleaving.
     assert!(
-        cross_process_invariant(false) > 0,
+        (0..NEGATIVE_CONTROL_ATTEMPTS).any(|_| cross_process_invariant(false) > 0),
         "with re-placement in clients off the checker must see corruption"
     );
 }
