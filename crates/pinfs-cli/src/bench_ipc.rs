@@ -54,7 +54,7 @@ use pinfs::map::MAP_SHARED;
 use pinfs::media::MappedPool;
 use pinfs_client::{Client, ConnectOptions};
 
-use crate::bench_target::{Goal, Scorecard};
+use crate::bench_target::{Goal, Latency, Scorecard};
 
 mod holders;
 pub use holders::helper;
@@ -303,24 +303,6 @@ impl Drop for Helper {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
-        }
-    }
-}
-
-/// Percentiles of a set of samples.
-#[derive(Clone, Copy, Debug)]
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Latency {
-        samples.sort_unstable();
-        let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
-        Latency {
-            p50: at(50),
-            p99: at(99),
         }
     }
 }

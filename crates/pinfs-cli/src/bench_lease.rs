@@ -40,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::bench_limit::{self, Carrier};
-use crate::bench_target::{Goal, Scorecard};
+use crate::bench_target::{Goal, Latency, Scorecard};
 use anyhow::{bail, Context, Result};
 use pinfs::lease::{Access, BreakOptions, FileKey, HandleId, LeaseEngine, LeaseRequest, OwnerId};
 
@@ -211,24 +211,6 @@ pub fn run(quick: bool) -> Result<()> {
     );
     println!("{}", card.summary());
     Ok(())
-}
-
-/// Percentiles of a set of round trips.
-#[derive(Clone, Copy, Debug)]
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Latency {
-        samples.sort_unstable();
-        let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
-        Latency {
-            p50: at(50),
-            p99: at(99),
-        }
-    }
 }
 
 // ------------------------------------------------------------------ engine

@@ -4,7 +4,8 @@
 //! met: RATIO (target GOAL)`, worded the same in `bench fs`, `bench lease`
 //! and `bench map`, and each benchmark ends with one summary line in the same
 //! words. A reader (or a script grepping for `NOT met`) needs no knowledge of
-//! which benchmark printed the line.
+//! which benchmark printed the line. [`Latency`] is the one way a
+//! benchmark turns samples into the percentiles it compares.
 
 use std::fmt;
 use std::time::Duration;
@@ -90,6 +91,27 @@ impl Scorecard {
                 "all {n} targets: target NOT met: {}",
                 self.missed.join(", ")
             )
+        }
+    }
+}
+
+/// Percentiles of a set of samples (round trips, operations).
+#[derive(Clone, Copy, Debug)]
+pub struct Latency {
+    /// The median.
+    pub p50: Duration,
+    /// The 99th percentile.
+    pub p99: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `samples` (at least one).
+    pub fn of(mut samples: Vec<Duration>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+        Latency {
+            p50: at(50),
+            p99: at(99),
         }
     }
 }
