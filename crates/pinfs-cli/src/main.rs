@@ -9,6 +9,7 @@
 
 mod bench_dma;
 mod bench_fs;
+mod bench_fuse;
 mod bench_huge;
 mod bench_ipc;
 mod bench_lease;
@@ -269,6 +270,9 @@ enum BenchName {
     Ipc,
     /// mkfs, mount, fsck and resident memory of pools up to 1 TiB, vs XFS.
     Scale,
+    /// The FUSE mount: throughput and metadata rates against tmpfs and
+    /// against a FUSE file system that does nothing.
+    Fuse,
 }
 
 /// `--size`: a size with k/m/g suffixes (the one number parser of `io`).
@@ -634,6 +638,7 @@ fn bench(
         BenchName::Dma => bench_dma::run(quick),
         BenchName::Ipc => bench_ipc::run(quick),
         BenchName::Scale => bench_scale::run(quick),
+        BenchName::Fuse => bench_fuse::run(quick),
     };
     let chosen = match name {
         Some(b) => vec![b],
@@ -644,6 +649,7 @@ fn bench(
             BenchName::Dma,
             BenchName::Ipc,
             BenchName::Scale,
+            BenchName::Fuse,
         ],
     };
     for b in chosen {
