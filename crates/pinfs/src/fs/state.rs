@@ -128,6 +128,12 @@ impl Inode {
                 "device number on file type {kind:o}"
             )));
         }
+        if kind != S_IFDIR && self.parent != 0 {
+            return Err(Violation::Broken(format!(
+                "parent {} on a non-directory",
+                self.parent
+            )));
+        }
         if self.nlink > MAX_LINKS {
             return Err(Violation::Broken(format!(
                 "link count {} over {MAX_LINKS}",
