@@ -20,7 +20,8 @@
 //! data_start       data blocks (file data, directory data, extent blocks)
 //! ```
 //!
-//! Why this shape (format version 2): the cost of mkfs, mount and fsck and
+//! Why this shape (format version 2; version 3 adds symlinks, special files
+//! and hard links, no new structure): the cost of mkfs, mount and fsck and
 //! the memory of a mounted file system grow with what is used, not with the
 //! pool. A block one extent maps has reference count 1 *because* that extent
 //! maps it, so only shared blocks have a stored count; free space is what no
