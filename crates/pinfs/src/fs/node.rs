@@ -248,6 +248,18 @@ impl FsState {
     }
 }
 
+/// What a removal asks of the entry it removes, checked before any lease
+/// is broken for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// `unlink`: not a directory (`EISDIR`).
+    NonDir,
+    /// `rmdir`: an empty directory (`ENOTDIR`, `ENOTEMPTY`).
+    EmptyDir,
+    /// A rename's target: checked by the rename itself.
+    Any,
+}
+
 /// What a new inode is made of.
 struct NewNode<'d> {
     /// Type and permission bits.
@@ -354,6 +366,10 @@ impl Fs {
             Some(ino) => {
                 if flags.exclusive {
                     return Err(Errno::EEXIST.into());
+                }
+                // `O_CREAT` never opens a directory (Linux: `EISDIR`).
+                if st.inode(ino)?.is_dir() {
+                    return Err(Errno::EISDIR.into());
                 }
                 st.check_open(&cred, ino, flags)?;
                 let generation = st.inode(ino)?.generation;
@@ -491,14 +507,16 @@ impl Fs {
         st.stat(ino)
     }
 
-    /// `mkdir(2)` of `name` in `dir`.
+    /// `mkdir(2)` of `name` in `dir`: `mode`'s permission and sticky bits
+    /// (set-id bits are not taken from it, as in Linux; a set-gid parent
+    /// passes its own on).
     pub fn mkdir_in(&self, cred: Cred, dir: Node, name: &[u8], mode: u32) -> Result<Stat> {
         self.make(
             cred,
             dir,
             name,
             NewNode {
-                mode: S_IFDIR | (mode & 0o7777),
+                mode: S_IFDIR | (mode & 0o1777),
                 rdev: 0,
                 data: None,
             },
@@ -623,28 +641,41 @@ impl Fs {
     /// Before removing `name` from `dir`: if that drops the last link of a
     /// file nobody has open, its blocks are freed — a layout change of the
     /// whole file, whose leases are broken first (without the state lock).
+    /// The removal's own checks come first ([`Fs::may_delete`], and what
+    /// `what` asks of the victim), so a caller who may not remove the name
+    /// breaks nobody's lease; an absent name is no error here (a rename's
+    /// target may be absent; the operation reports its own `ENOENT`).
     fn freeing_guard(
         &self,
-        owner: u64,
+        cred: &Cred,
         dir: Node,
         name: &[u8],
+        what: Victim,
     ) -> Result<Option<LayoutChangeGuard>> {
         let ino = {
             let st = self.state.read();
-            let Ok(d) = st.dir_node(dir) else {
-                return Ok(None);
-            };
-            let Some(&(ino, _)) = st.dirs.get(&d.ino).and_then(|d| d.entries.get(name)) else {
-                return Ok(None);
+            let ino = match self.may_delete(&st, cred, dir, name) {
+                Ok(ino) => ino,
+                Err(e) if e.errno() == Errno::ENOENT => return Ok(None),
+                Err(e) => return Err(e),
             };
             let i = st.inode(ino)?;
+            match what {
+                Victim::NonDir if i.is_dir() => return Err(Errno::EISDIR.into()),
+                Victim::EmptyDir => match st.dirs.get(&ino) {
+                    None => return Err(Errno::ENOTDIR.into()),
+                    Some(d) if !d.entries.is_empty() => return Err(Errno::ENOTEMPTY.into()),
+                    Some(_) => {}
+                },
+                _ => {}
+            }
             let last = i.is_dir() || i.nlink == 1;
             if !last || st.in_use(ino) {
                 return Ok(None);
             }
             ino
         };
-        self.layout_change(ino, ByteRange::WHOLE, owner, false)
+        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false)
             .map(Some)
     }
 
@@ -667,7 +698,7 @@ impl Fs {
         }
         check_name(name)?;
         self.writable()?;
-        let _freeing = self.freeing_guard(cred.owner, dir, name)?;
+        let _freeing = self.freeing_guard(&cred, dir, name, Victim::NonDir)?;
         let mut st = self.state.write();
         let ino = self.may_delete(&st, &cred, dir, name)?;
         if st.inode(ino)?.is_dir() {
@@ -690,7 +721,7 @@ impl Fs {
             _ => check_name(name)?,
         }
         self.writable()?;
-        let _freeing = self.freeing_guard(cred.owner, dir, name)?;
+        let _freeing = self.freeing_guard(&cred, dir, name, Victim::EmptyDir)?;
         let mut st = self.state.write();
         let ino = self.may_delete(&st, &cred, dir, name)?;
         let d = st.dirs.get(&ino).ok_or(Errno::ENOTDIR)?;
@@ -730,10 +761,15 @@ impl Fs {
         check_name(name)?;
         check_name(to_name)?;
         self.writable()?;
+        {
+            // The source's checks before any lease of the target is broken.
+            let st = self.state.read();
+            self.may_delete(&st, &cred, dir, name)?;
+        }
         let _freeing = if flags.exchange || (dir == to_dir && name == to_name) {
             None
         } else {
-            self.freeing_guard(cred.owner, to_dir, to_name)?
+            self.freeing_guard(&cred, to_dir, to_name, Victim::Any)?
         };
         let mut st = self.state.write();
         let ino = self.may_delete(&st, &cred, dir, name)?;
@@ -755,11 +791,12 @@ impl Fs {
         if is_dir && fdir != tdir {
             st.may(&cred, ino, MAY_WRITE)?;
         }
-        if target == Some(ino) {
-            return Ok(());
-        }
         if flags.noreplace && target.is_some() {
             return Err(Errno::EEXIST.into());
+        }
+        // Two names of one file: POSIX says rename does nothing.
+        if target == Some(ino) {
+            return Ok(());
         }
         if flags.exchange {
             let t = target.ok_or(Errno::ENOENT)?;
