@@ -1046,12 +1046,12 @@ impl Fs {
             return Err(Errno::EPERM.into());
         }
         if let Some(u) = attr.uid {
-            if !root && !(cred.uid == i.uid && u == i.uid) {
+            if !(root || cred.uid == i.uid && u == i.uid) {
                 return Err(Errno::EPERM.into());
             }
         }
         if let Some(g) = attr.gid {
-            if !root && !(cred.uid == i.uid && (g == i.gid || cred.in_group(g))) {
+            if !(root || cred.uid == i.uid && (g == i.gid || cred.in_group(g))) {
                 return Err(Errno::EPERM.into());
             }
         }

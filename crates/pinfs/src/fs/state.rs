@@ -164,12 +164,12 @@ impl Inode {
         match kind {
             S_IFDIR => self.validate_dir()?,
             S_IFLNK => self.validate_symlink()?,
-            S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK => {
-                if self.size != 0 || !self.extents.is_empty() {
-                    return Err(Violation::Broken(format!(
-                        "special file (type {kind:o}) with data"
-                    )));
-                }
+            S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK
+                if self.size != 0 || !self.extents.is_empty() =>
+            {
+                return Err(Violation::Broken(format!(
+                    "special file (type {kind:o}) with data"
+                )));
             }
             _ => {}
         }
