@@ -593,6 +593,10 @@ fn set_id_bits_are_cleared_as_linux_clears_them() {
     h.pwrite(0, b"x").unwrap();
     assert_eq!(mode(f), 0o2745);
     drop(h);
+    // An empty setattr changes nothing, set-id bits included.
+    set(alice, f, 0o6755).unwrap();
+    fs.setattr(alice, f, &SetAttr::default()).unwrap();
+    assert_eq!(mode(f), 0o6755);
     // Root's writes clear nothing.
     set(ROOT, f, 0o6755).unwrap();
     let hr = fs.open_node(ROOT, f, OpenFlags::RDWR).unwrap();
