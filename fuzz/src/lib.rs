@@ -5,7 +5,8 @@
 //! so most inputs instead damage a real pool: a 4 MiB image made once by
 //! [`Template::build`] (directories, small files, a reflink, a fragmented
 //! file whose extents spill into an index block and two leaf blocks, a
-//! directory spanning two blocks, and an orphan: unlinked while open), and
+//! directory spanning two blocks, a symlink, a FIFO, a character device, a
+//! second name of a file, and an orphan: unlinked while open), and
 //! the fuzz bytes are patches aimed at its metadata regions. Patches may be
 //! followed by a *reseal* that recomputes every checksum, so the damage
 //! reaches the code behind the checksums (geometry checks, extent and
@@ -141,6 +142,15 @@ impl Template {
         let dst = fs.open(root, "/r", OpenFlags::CREATE, 0o644)?;
         dst.reflink(&src, None)?;
         drop((src, dst));
+        // Format version 3's file types: a symlink (its target in a data
+        // block), special files (a device's number in its inode) and a
+        // second name of /a.
+        let dir = fs.lookup(root, fs.root(), b"dir")?.node();
+        fs.symlink_in(root, dir, b"link", b"../a")?;
+        fs.mknod_in(root, dir, b"fifo", format::S_IFIFO | 0o644, 0)?;
+        fs.mknod_in(root, fs.root(), b"chr", format::S_IFCHR | 0o600, 0x0105)?;
+        let a = fs.lookup(root, fs.root(), b"a")?.node();
+        fs.link_in(root, a, dir, b"a2")?;
         let orphan = fs.open(root, "/orphan", OpenFlags::CREATE, 0o644)?;
         orphan.pwrite(0, &[7u8; 2 * BLOCK_SIZE as usize])?;
         fs.unlink(root, "/orphan")?;
@@ -467,6 +477,10 @@ fn operate(fs: &Arc<Fs>) {
                 format!("{dir}/{}", e.name)
             };
             let _ = fs.stat(root, &path);
+            if let Ok(st) = fs.stat(root, &path) {
+                let _ = fs.readlink(root, st.node());
+                let _ = fs.getattr(st.node());
+            }
             if e.is_dir {
                 dirs.push(path);
             } else if files.len() < MAX_VISIT_FILES {
@@ -531,5 +545,17 @@ fn operate(fs: &Arc<Fs>) {
         let _ = fs.chown(root, "/fz_y", Some(1), Some(1));
     }
     let _ = fs.unlink(root, "/fz_y");
+    // The new file types: made, linked, renamed over and removed.
+    let top = fs.root();
+    let _ = fs.symlink_in(root, top, b"fz_l", b"/a/b/c");
+    let _ = fs.mknod_in(root, top, b"fz_p", format::S_IFIFO | 0o600, 0);
+    if let Some(f) = files.first() {
+        if let Ok(st) = fs.stat(root, f) {
+            let _ = fs.link_in(root, st.node(), top, b"fz_h");
+        }
+    }
+    let _ = fs.rename(root, "/fz_l", "/fz_p");
+    let _ = fs.unlink(root, "/fz_h");
+    let _ = fs.unlink(root, "/fz_p");
     let _ = fs.statfs();
 }

@@ -679,8 +679,9 @@ fn mkfs_refuses_an_existing_file_system_without_force() {
         assert_eq!(
             line,
             format!(
-                "pinfs: {}: holds a pinfs file system (format version 2, 268435456 bytes); use -f to overwrite it (its files are lost)",
-                pool.path.display()
+                "pinfs: {}: holds a pinfs file system (format version {}, 268435456 bytes); use -f to overwrite it (its files are lost)",
+                pool.path.display(),
+                pinfs::format::FORMAT_VERSION
             )
         );
     }

@@ -46,7 +46,9 @@ pub use msg::*;
 
 /// The protocol version this build speaks; a `Hello` with another version
 /// is refused (`Bye`) and the connection closed.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: `Stat` carries `rdev` and `DirEntry` its file type (`kind`),
+/// for the file types of format version 3.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most data bytes in one `pread` reply or `pwrite` request (1 MiB); the
 /// client library splits larger I/O.

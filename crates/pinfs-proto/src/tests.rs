@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use pinfs::fs::{FallocMode, OpenFlags, TruncatePolicy};
+use pinfs::fs::{DirEntry, FallocMode, OpenFlags, TruncatePolicy};
 use pinfs::lease::{
     BreakEvent, BreakReason, ByteRange, EventKind, FileKey, HandleId, LeaseId, LeaseInfo,
     LeaseKind, LeaseState, LeaseType, OwnerId,
@@ -267,6 +267,9 @@ fn every_message_round_trips() {
 /// The bytes of a few messages, pinned: a change of a core value type or of
 /// a variant's position that would change the wire fails here (bump
 /// `PROTOCOL_VERSION` and update the bytes together).
+/// `Reply::Dir`'s position among the replies.
+const DIR_VARIANT: u8 = 6;
+
 #[test]
 fn encoding_is_pinned() {
     let hello = encode(
@@ -317,6 +320,24 @@ fn encoding_is_pinned() {
     )
     .unwrap();
     assert_eq!(data[4..], [1, 1, 0, 2, 1, 7]);
+    // A directory entry carries its file type (protocol version 2).
+    let dir = encode(
+        &DaemonMsg::Reply {
+            id: 1,
+            result: Ok(Reply::Dir(vec![DirEntry {
+                name: "a".to_owned(),
+                ino: 2,
+                is_dir: false,
+                kind: pinfs::format::S_IFREG,
+            }])),
+        },
+        MAX_FRAME,
+    )
+    .unwrap();
+    assert_eq!(
+        dir[4..],
+        [1, 1, 0, DIR_VARIANT, 1, 1, b'a', 2, 0, 0x80, 0x80, 0x02]
+    );
     let ev = encode(&DaemonMsg::Event(event()), MAX_FRAME).unwrap();
     assert_eq!(
         ev[4..],

@@ -512,6 +512,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         cred: Cred {
             uid,
             gid,
+            groups: pinfs::fs::Groups::NONE,
             owner: OWNER_BASE + id,
         },
         pidfd,

@@ -20,7 +20,8 @@
 //! data_start       data blocks (file data, directory data, extent blocks)
 //! ```
 //!
-//! Why this shape (format version 2): the cost of mkfs, mount and fsck and
+//! Why this shape (format version 2; version 3 adds symlinks, special files
+//! and hard links, no new structure): the cost of mkfs, mount and fsck and
 //! the memory of a mounted file system grow with what is used, not with the
 //! pool. A block one extent maps has reference count 1 *because* that extent
 //! maps it, so only shared blocks have a stored count; free space is what no
@@ -43,7 +44,7 @@ pub const HUGE_BLOCKS: u64 = 512;
 /// Superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"PINFS\0\r\n";
 /// Format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// State block magic.
 pub const STATE_MAGIC: u64 = u64::from_le_bytes(*b"PINFSSTA");
 /// Journal header magic.
@@ -115,6 +116,30 @@ pub const S_IFMT: u32 = 0o170000;
 pub const S_IFREG: u32 = 0o100000;
 /// Directory.
 pub const S_IFDIR: u32 = 0o040000;
+/// Symbolic link: its target is its data (format version 3).
+pub const S_IFLNK: u32 = 0o120000;
+/// FIFO (named pipe): no data, no blocks (format version 3).
+pub const S_IFIFO: u32 = 0o010000;
+/// Character device: no data, no blocks; `rdev` names it (format version 3).
+pub const S_IFCHR: u32 = 0o020000;
+/// Block device: no data, no blocks; `rdev` names it (format version 3).
+pub const S_IFBLK: u32 = 0o060000;
+/// Unix-domain socket: no data, no blocks (format version 3).
+pub const S_IFSOCK: u32 = 0o140000;
+/// Set-user-id bit.
+pub const S_ISUID: u32 = 0o4000;
+/// Set-group-id bit.
+pub const S_ISGID: u32 = 0o2000;
+/// Sticky bit: in a directory, only a name's owner, the directory's owner or
+/// root may remove or rename it.
+pub const S_ISVTX: u32 = 0o1000;
+/// Group-execute bit (whether `S_ISGID` means "set-group-id" on a file).
+pub const S_IXGRP: u32 = 0o010;
+/// Longest symbolic link target in bytes (`PATH_MAX` less its NUL).
+pub const MAX_SYMLINK: usize = 4095;
+/// Most links to one inode (`EMLINK` beyond it); a directory's count
+/// includes `.` and each subdirectory's `..`.
+pub const MAX_LINKS: u32 = 65_000;
 
 /// The superblock, in block 0. Written once by mkfs and never again, so it
 /// cannot be torn by a crash after mkfs.
@@ -267,8 +292,11 @@ pub struct InodeRecord {
     pub parent: U64,
     /// Extents when they fit in the inode.
     pub inline: [ExtentRecord; INLINE_EXTENTS],
+    /// Device number of a character or block special file; zero for every
+    /// other type (format version 3; reserved and zero in version 2).
+    pub rdev: U64,
     /// Zero.
-    pub reserved: [U64; 3],
+    pub reserved: [U64; 2],
     /// CRC-32C of the bytes above.
     pub crc: U32,
     /// Zero.

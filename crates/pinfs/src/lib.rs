@@ -24,3 +24,4 @@ pub mod pin;
 pub mod util;
 
 pub use error::{Errno, Error, Result};
+pub use fs::{Cred, Groups, Node, RenameFlags, SetAttr, TimeSet};

@@ -103,6 +103,19 @@ fn build_pool() -> Pool {
     let dst = fs.open(root, "/d/ref", OpenFlags::CREATE, 0o644).unwrap();
     dst.reflink(&src, None).unwrap();
     drop((src, dst));
+    // Format version 3's file types: a symlink (its target in a block), a
+    // FIFO, a character device (its number in the inode), a socket, and a
+    // second name of /a.
+    let d = fs.lookup(root, fs.root(), b"d").unwrap().node();
+    fs.symlink_in(root, d, b"sl", &[b'x'; 100]).unwrap();
+    fs.mknod_in(root, d, b"fifo", format::S_IFIFO | 0o644, 0)
+        .unwrap();
+    fs.mknod_in(root, d, b"chr", format::S_IFCHR | 0o600, 0x0103)
+        .unwrap();
+    fs.mknod_in(root, fs.root(), b"sock", format::S_IFSOCK | 0o600, 0)
+        .unwrap();
+    let a = fs.lookup(root, fs.root(), b"a").unwrap().node();
+    fs.link_in(root, a, d, b"hl").unwrap();
     let orphan = fs.open(root, "/orphan", OpenFlags::CREATE, 0o644).unwrap();
     orphan.pwrite(0, &[9; 3 * BS]).unwrap();
     fs.unlink(root, "/orphan").unwrap();
@@ -672,6 +685,7 @@ fn inodes() {
             ("extent_index", offset_of!(InodeRecord, extent_index), 8),
             ("orphan_next", offset_of!(InodeRecord, orphan_next), 8),
             ("parent", offset_of!(InodeRecord, parent), 8),
+            ("rdev", offset_of!(InodeRecord, rdev), 8),
         ];
         let ext = offset_of!(InodeRecord, inline);
         for k in [0usize, 1, 5] {
@@ -700,6 +714,9 @@ fn inodes() {
     for (ino_off, mode) in [
         (1usize, format::S_IFREG | 0o644),
         (2, format::S_IFDIR | 0o755),
+        (3, format::S_IFLNK | 0o777),
+        (4, format::S_IFCHR | 0o600),
+        (5, format::S_IFIFO | 0o600),
     ] {
         let at = last + ino_off * INODE_SIZE as usize;
         let mut img = p.image.clone();
@@ -1012,12 +1029,13 @@ fn data_start_bytes(p: &Pool) -> usize {
 }
 
 /// A pool of another format version (the version-1 pools with a per-block
-/// reference-count table and a zeroed inode table) is refused with one line
+/// reference-count table and a zeroed inode table, the version-2 pools
+/// without symlinks, special files and hard links) is refused with one line
 /// naming both versions — never misread as this version.
 #[test]
 fn an_older_format_version_is_refused_naming_both() {
     let p = pool();
-    for old in [1u32, format::FORMAT_VERSION + 1] {
+    for old in [1u32, 2, format::FORMAT_VERSION + 1] {
         let mut img = p.image.clone();
         set_u32(&mut img, offset_of!(Superblock, version), old);
         reseal::<Superblock>(&mut img, 0, Superblock::seal);

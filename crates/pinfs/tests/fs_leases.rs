@@ -310,6 +310,7 @@ fn a_lease_on_a_file_the_caller_does_not_own_is_eacces() {
     let user = Cred {
         uid: 1000,
         gid: 1000,
+        groups: pinfs::fs::Groups::NONE,
         owner: 7,
     };
     let roots = fs.open(HOLDER, "/r", OpenFlags::CREATE, 0o666).unwrap();

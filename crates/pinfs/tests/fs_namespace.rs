@@ -179,11 +179,13 @@ fn permissions() {
     let alice = Cred {
         uid: 1000,
         gid: 1000,
+        groups: pinfs::fs::Groups::NONE,
         owner: 7,
     };
     let bob = Cred {
         uid: 1001,
         gid: 1001,
+        groups: pinfs::fs::Groups::NONE,
         owner: 8,
     };
     fs.mkdir(ROOT, "/pub", 0o777).unwrap();

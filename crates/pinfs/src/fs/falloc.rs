@@ -295,6 +295,9 @@ impl Handle {
             return Err(Errno::EINVAL.into());
         }
         self.fs.writable()?;
+        // As any modification by a caller other than root: the set-id bits
+        // go first (Linux `file_modified`).
+        self.fs.kill_privs(&self.cred, self.ino)?;
         // The blocks the change removes from the file.
         let removed = match mode {
             FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (

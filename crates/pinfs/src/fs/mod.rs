@@ -16,6 +16,7 @@ mod extent;
 mod falloc;
 mod load;
 mod mmap;
+mod node;
 mod ops;
 mod pins;
 mod shared;
@@ -31,13 +32,14 @@ pub use self::dma::{Registration, RegistrationId, RegistrationInfo, MAX_REGISTRA
 pub use self::extent::{Extent, ExtentMap, Segment};
 pub use self::falloc::FallocMode;
 pub use self::mmap::{FAULT_AROUND_BYTES, MAX_MAPPINGS};
+pub use self::node::{
+    Groups, Node, RenameFlags, SetAttr, TimeSet, MAX_GROUPS, MAX_LINKS, MAX_NAME, MAX_SYMLINK,
+};
 pub use self::pins::Pin;
 use self::state::{FsState, Op};
 use crate::format::{self, *};
 use crate::journal::{Journal, Recovery};
-use crate::lease::{
-    Access, BreakOptions, ByteRange, FileKey, HandleId, LayoutChangeGuard, LeaseEngine, OwnerId,
-};
+use crate::lease::{BreakOptions, ByteRange, FileKey, LayoutChangeGuard, LeaseEngine, OwnerId};
 use crate::media::Media;
 pub use crate::pin::TruncatePolicy;
 use crate::{Errno, Error, Result};
@@ -50,6 +52,8 @@ pub struct Cred {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Supplementary groups: permission checks treat each like `gid`.
+    pub groups: Groups,
     /// Owner identity for leases and pins.
     pub owner: u64,
 }
@@ -64,8 +68,15 @@ impl Cred {
         Cred {
             uid: 0,
             gid: 0,
+            groups: Groups::NONE,
             owner,
         }
+    }
+
+    /// Whether `gid` is the caller's group or one of its supplementary
+    /// groups (`in_group_p`).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(gid)
     }
 }
 
@@ -138,12 +149,22 @@ pub struct Stat {
     pub mtime_ns: u64,
     /// Change time, ns.
     pub ctime_ns: u64,
+    /// Device number of a character or block special file, else 0.
+    pub rdev: u64,
 }
 
 impl Stat {
     /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         self.mode & S_IFMT == S_IFDIR
+    }
+
+    /// The file system object this describes.
+    pub fn node(&self) -> Node {
+        Node {
+            ino: self.ino,
+            generation: self.generation,
+        }
     }
 }
 
@@ -192,6 +213,8 @@ pub struct DirEntry {
     pub ino: u64,
     /// Whether it is a directory.
     pub is_dir: bool,
+    /// Its file type: the `S_IFMT` bits of its mode.
+    pub kind: u32,
 }
 
 /// What `fsck` found.
@@ -328,6 +351,7 @@ pub struct Handle {
     fs: Arc<Fs>,
     id: u64,
     ino: u64,
+    generation: u32,
     key: FileKey,
     cred: Cred,
     flags: OpenFlags,
@@ -388,7 +412,7 @@ impl FsState {
         }
         let bits = if cred.uid == i.uid {
             i.mode >> 6
-        } else if cred.gid == i.gid {
+        } else if cred.in_group(i.gid) {
             i.mode >> 3
         } else {
             i.mode
@@ -441,6 +465,7 @@ impl FsState {
             atime_ns: i.atime_ns,
             mtime_ns: i.mtime_ns.max(lazy),
             ctime_ns: i.ctime_ns.max(lazy),
+            rdev: i.rdev,
         })
     }
 }
@@ -507,6 +532,7 @@ impl Fs {
             ctime_ns: now,
             parent: ROOT_INO,
             orphan_next: 0,
+            rdev: 0,
             extents: ExtentMap::new(),
             index_block: 0,
             leaves: Vec::new(),
@@ -679,55 +705,66 @@ impl Fs {
             .begin_layout_change(key, range, OwnerId(owner), &opts)?)
     }
 
-    /// Before removing a name: if that drops the last link of a file nobody
-    /// has open, its blocks are freed — a layout change of the whole file.
-    fn freeing_layout_change(&self, cred: Cred, path: &str) -> Result<Option<LayoutChangeGuard>> {
-        let ino = {
-            let st = self.state.read();
-            let Ok((dir, name)) = st.walk_parent(&cred, path) else {
-                return Ok(None);
-            };
-            let Some(&(ino, _)) = st.dirs[&dir].entries.get(name) else {
-                return Ok(None);
-            };
-            let i = st.inode(ino)?;
-            let last = if i.is_dir() { true } else { i.nlink == 1 };
-            if !last || st.in_use(ino) {
-                return Ok(None);
+    /// Resolve `path` to the object it names (the last component is not
+    /// followed: the path API follows no symlink anywhere, and one in the
+    /// middle of a path is `ENOTDIR`, as any non-directory there).
+    fn resolve(&self, cred: &Cred, path: &str) -> Result<Node> {
+        let st = self.state.read();
+        let ino = st.walk(cred, &components(path)?)?;
+        Ok(Node {
+            ino,
+            generation: st.inode(ino)?.generation,
+        })
+    }
+
+    /// Resolve the directory holding the last component of `path`, and
+    /// that component (`EEXIST` for `/` itself, as `mkdir /` is).
+    fn resolve_parent<'p>(&self, cred: &Cred, path: &'p str) -> Result<(Node, &'p [u8])> {
+        let st = self.state.read();
+        let (dir, name) = st.walk_parent(cred, path)?;
+        Ok((
+            Node {
+                ino: dir,
+                generation: st.inode(dir)?.generation,
+            },
+            name,
+        ))
+    }
+
+    /// Run a path operation: a walk, then a node function. The object may
+    /// be removed (and its slot reused) between the two, which the node
+    /// function reports as `ESTALE`; a path names whatever is there now, so
+    /// the walk is retried (a bounded number of times).
+    fn by_path<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        const PATH_RETRIES: usize = 8;
+        let mut tries = 0;
+        loop {
+            match f() {
+                Err(e) if e.errno() == Errno::ESTALE && tries < PATH_RETRIES => tries += 1,
+                done => return done,
             }
-            ino
-        };
-        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false)
-            .map(Some)
+        }
     }
 
     /// `truncate(2)` by path: breaks every open lease (by removal), then
-    /// changes the layout.
+    /// changes the layout ([`Fs::setattr`] with a size).
     pub fn truncate_path(&self, cred: Cred, path: &str, size: u64) -> Result<()> {
-        self.writable()?;
-        let (ino, key) = {
-            let st = self.state.read();
-            let ino = st.walk(&cred, &components(path)?)?;
-            let i = st.inode(ino)?;
-            if i.is_dir() {
-                return Err(Errno::EISDIR.into());
-            }
-            st.may(&cred, ino, MAY_WRITE)?;
-            (ino, file_key(ino, i.generation))
-        };
-        // One bound for the open-lease break, the layout-lease breaks and the
-        // wait for pins; `fail` refuses before any of them waits (SPEC §4.3).
-        let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let bound = self.pins_before_break(ino, removed, u64::MAX, cred.owner)?;
-        self.leases.break_for_truncate(
-            key,
-            OwnerId(cred.owner),
-            &BreakOptions::blocking().until(bound),
-        )?;
-        self.truncate_inode(ino, size, cred.owner, false, Some(bound))
+        self.by_path(|| {
+            let node = self.resolve(&cred, path)?;
+            self.setattr(
+                cred,
+                node,
+                &SetAttr {
+                    size: Some(size),
+                    ..SetAttr::default()
+                },
+            )
+        })
+        .map(drop)
     }
 
-    /// Open (and maybe create) `path`.
+    /// Open (and maybe create) `path` ([`Fs::create_in`], or
+    /// [`Fs::lookup`] and [`Fs::open_node`]).
     pub fn open(
         self: &Arc<Self>,
         cred: Cred,
@@ -735,290 +772,106 @@ impl Fs {
         flags: OpenFlags,
         mode: u32,
     ) -> Result<Handle> {
-        // After a shutdown only reading opens are served: an open that may
-        // write would break open leases for changes that cannot happen.
-        if flags.write || flags.truncate || flags.create {
-            self.writable()?;
-        }
-        let mut st = self.state.write();
-        let (dir, name) = st.walk_parent(&cred, path).or_else(|e| {
-            // "/" itself.
-            if components(path).is_ok_and(|p| p.is_empty()) {
-                Ok((0, &b""[..]))
-            } else {
-                Err(e)
-            }
-        })?;
-        let existing = if dir == 0 {
-            Some(ROOT_INO)
-        } else {
-            st.dirs[&dir].entries.get(name).map(|e| e.0)
-        };
-        let mut created = false;
-        let ino = match existing {
-            Some(ino) => {
+        self.by_path(|| {
+            if components(path)?.is_empty() {
+                let root = self.root();
                 if flags.create && flags.exclusive {
                     return Err(Errno::EEXIST.into());
                 }
-                let is_dir = st.inode(ino)?.is_dir();
-                if is_dir && (flags.write || flags.truncate) {
-                    return Err(Errno::EISDIR.into());
-                }
-                let want = if flags.read { MAY_READ } else { 0 }
-                    | if flags.write || flags.truncate {
-                        MAY_WRITE
-                    } else {
-                        0
-                    };
-                st.may(&cred, ino, want)?;
-                ino
+                return self.open_node(cred, root, flags);
             }
-            None if flags.create => {
-                st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
-                let now = now_ns();
-                let mut op = Op::new(&mut st, &*self.media);
-                let ino = op.new_inode(S_IFREG | (mode & 0o7777), cred.uid, cred.gid, now)?;
-                op.link(dir, name, ino)?;
-                let d = op.inode_mut(dir)?;
-                d.mtime_ns = now;
-                d.ctime_ns = now;
-                op.commit()?;
-                created = true;
-                ino
+            let (dir, name) = self.resolve_parent(&cred, path)?;
+            if flags.create {
+                self.create_in(cred, dir, name, mode, flags).map(|(h, _)| h)
+            } else {
+                let node = self.lookup(cred, dir, name)?.node();
+                self.open_node(cred, node, flags)
             }
-            None => return Err(Errno::ENOENT.into()),
-        };
-        st.runtime(ino).opens.fetch_add(1, Ordering::Relaxed);
-        let key = file_key(ino, st.inode(ino)?.generation);
-        drop(st);
-        // From here the handle exists: dropping it (on any error) closes it.
-        let handle = Handle {
-            fs: self.clone(),
-            id: self.next_handle.fetch_add(1, Ordering::Relaxed),
-            ino,
-            key,
-            cred,
-            flags,
-        };
-        let access = match (flags.read, flags.write) {
-            (true, false) => Access::ReadOnly,
-            (false, true) => Access::WriteOnly,
-            _ => Access::ReadWrite,
-        };
-        let (id, owner) = (HandleId(handle.id), OwnerId(cred.owner));
-        if created {
-            // Nobody can hold a lease on a file that did not exist.
-            self.leases.opened(key, id, owner, access)?;
-        } else {
-            self.leases
-                .open(key, id, owner, access, &break_options(flags.nonblocking))?;
-        }
-        if flags.truncate {
-            handle.truncate_unchecked(0)?;
-        }
-        Ok(handle)
+        })
     }
 
-    /// Remove a name of a regular file; its blocks are freed when it has no
-    /// links and nothing keeps it open.
+    /// Remove a name of a non-directory ([`Fs::unlink_in`]); its blocks are
+    /// freed when it has no links and nothing keeps it open.
     pub fn unlink(&self, cred: Cred, path: &str) -> Result<()> {
-        self.writable()?;
-        let _freeing = self.freeing_layout_change(cred, path)?;
-        let mut st = self.state.write();
-        let (dir, name) = st.walk_parent(&cred, path)?;
-        let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
-        if st.inode(ino)?.is_dir() {
-            return Err(Errno::EISDIR.into());
-        }
-        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
-        let now = now_ns();
-        let mut op = Op::new(&mut st, &*self.media);
-        op.unlink_name(dir, name)?;
-        touch_dir(&mut op, dir, now)?;
-        drop_link(&mut op, ino, now)?;
-        op.commit()
+        self.by_path(|| {
+            let (dir, name) = self.resolve_parent(&cred, path)?;
+            self.unlink_in(cred, dir, name)
+        })
     }
 
-    /// Create a directory.
+    /// Create a directory ([`Fs::mkdir_in`]).
     pub fn mkdir(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
-        self.writable()?;
-        let mut st = self.state.write();
-        let (dir, name) = st.walk_parent(&cred, path)?;
-        if st.dirs[&dir].entries.contains_key(name) {
-            return Err(Errno::EEXIST.into());
-        }
-        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
-        let now = now_ns();
-        let mut op = Op::new(&mut st, &*self.media);
-        let ino = op.new_inode(S_IFDIR | (mode & 0o7777), cred.uid, cred.gid, now)?;
-        let child = op.inode_mut(ino)?;
-        child.nlink = 2;
-        child.parent = dir;
-        op.link(dir, name, ino)?;
-        touch_dir(&mut op, dir, now)?;
-        op.inode_mut(dir)?.nlink += 1;
-        op.commit()
+        self.by_path(|| {
+            let (dir, name) = self.resolve_parent(&cred, path)?;
+            self.mkdir_in(cred, dir, name, mode).map(drop)
+        })
     }
 
-    /// Remove an empty directory.
+    /// Remove an empty directory ([`Fs::rmdir_in`]).
     pub fn rmdir(&self, cred: Cred, path: &str) -> Result<()> {
-        self.writable()?;
-        let _freeing = self.freeing_layout_change(cred, path)?;
-        let mut st = self.state.write();
-        let (dir, name) = st.walk_parent(&cred, path)?;
-        let ino = st.dirs[&dir].entries.get(name).ok_or(Errno::ENOENT)?.0;
-        let d = st.dirs.get(&ino).ok_or(Errno::ENOTDIR)?;
-        if !d.entries.is_empty() {
-            return Err(Errno::ENOTEMPTY.into());
-        }
-        st.may(&cred, dir, MAY_WRITE | MAY_EXEC)?;
-        let now = now_ns();
-        let mut op = Op::new(&mut st, &*self.media);
-        op.unlink_name(dir, name)?;
-        touch_dir(&mut op, dir, now)?;
-        op.inode_mut(dir)?.nlink -= 1;
-        op.inode_mut(ino)?.nlink = 1;
-        drop_link(&mut op, ino, now)?;
-        op.commit()
+        self.by_path(|| {
+            let (dir, name) = self.resolve_parent(&cred, path)?;
+            self.rmdir_in(cred, dir, name)
+        })
     }
 
-    /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules).
+    /// Rename `from` to `to`, replacing `to` if it exists (POSIX rules;
+    /// [`Fs::rename_in`]).
     pub fn rename(&self, cred: Cred, from: &str, to: &str) -> Result<()> {
-        self.writable()?;
-        let _freeing = if from == to {
-            None
-        } else {
-            self.freeing_layout_change(cred, to)?
-        };
-        let mut st = self.state.write();
-        let (fdir, fname) = st.walk_parent(&cred, from)?;
-        let (tdir, tname) = st.walk_parent(&cred, to)?;
-        let ino = st.dirs[&fdir].entries.get(fname).ok_or(Errno::ENOENT)?.0;
-        let target = st.dirs[&tdir].entries.get(tname).map(|e| e.0);
-        st.may(&cred, fdir, MAY_WRITE | MAY_EXEC)?;
-        st.may(&cred, tdir, MAY_WRITE | MAY_EXEC)?;
-        if target == Some(ino) {
-            return Ok(());
-        }
-        let is_dir = st.inode(ino)?.is_dir();
-        if is_dir {
-            // A directory cannot move below itself.
-            let mut at = tdir;
-            loop {
-                if at == ino {
-                    return Err(Errno::EINVAL.into());
-                }
-                if at == ROOT_INO {
-                    break;
-                }
-                at = st.inode(at)?.parent;
-            }
-        }
-        if let Some(t) = target {
-            let t_dir = st.inode(t)?.is_dir();
-            match (is_dir, t_dir) {
-                (true, false) => return Err(Errno::ENOTDIR.into()),
-                (false, true) => return Err(Errno::EISDIR.into()),
-                (true, true) if !st.dirs[&t].entries.is_empty() => {
-                    return Err(Errno::ENOTEMPTY.into())
-                }
-                _ => {}
-            }
-        }
-        let now = now_ns();
-        let mut op = Op::new(&mut st, &*self.media);
-        if let Some(t) = target {
-            op.unlink_name(tdir, tname)?;
-            if is_dir {
-                op.inode_mut(tdir)?.nlink -= 1;
-                op.inode_mut(t)?.nlink = 1;
-            }
-            drop_link(&mut op, t, now)?;
-        }
-        op.unlink_name(fdir, fname)?;
-        op.link(tdir, tname, ino)?;
-        if is_dir && fdir != tdir {
-            op.inode_mut(fdir)?.nlink -= 1;
-            op.inode_mut(tdir)?.nlink += 1;
-            op.inode_mut(ino)?.parent = tdir;
-        }
-        op.inode_mut(ino)?.ctime_ns = now;
-        touch_dir(&mut op, fdir, now)?;
-        touch_dir(&mut op, tdir, now)?;
-        op.commit()
+        self.by_path(|| {
+            let (fdir, fname) = self.resolve_parent(&cred, from)?;
+            let (tdir, tname) = self.resolve_parent(&cred, to)?;
+            self.rename_in(cred, fdir, fname, tdir, tname, RenameFlags::default())
+        })
     }
 
-    /// List a directory, sorted by name.
+    /// List a directory, sorted by name ([`Fs::readdir_node`]).
     pub fn readdir(&self, cred: Cred, path: &str) -> Result<Vec<DirEntry>> {
-        let st = self.state.read();
-        let ino = st.walk(&cred, &components(path)?)?;
-        let dir = st.dirs.get(&ino).ok_or(Errno::ENOTDIR)?;
-        st.may(&cred, ino, MAY_READ)?;
-        let mut out: Vec<DirEntry> = dir
-            .entries
-            .iter()
-            .map(|(name, &(ino, _))| DirEntry {
-                name: String::from_utf8_lossy(name).into_owned(),
-                ino,
-                is_dir: st.dirs.contains_key(&ino),
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.by_path(|| {
+            let node = self.resolve(&cred, path)?;
+            self.readdir_node(cred, node)
+        })
     }
 
-    /// `stat` a path.
+    /// `stat` a path (`lstat`: a symlink is reported, not followed).
     pub fn stat(&self, cred: Cred, path: &str) -> Result<Stat> {
         let st = self.state.read();
         let ino = st.walk(&cred, &components(path)?)?;
         st.stat(ino)
     }
 
-    /// Change permission bits (owner or root).
+    /// Change permission bits (owner or root; [`Fs::setattr`]).
     pub fn chmod(&self, cred: Cred, path: &str, mode: u32) -> Result<()> {
-        let ino = self.stat(cred, path)?.ino;
-        self.setattr(cred, ino, Some(mode), None, None)
+        self.by_path(|| {
+            let node = self.resolve(&cred, path)?;
+            self.setattr(
+                cred,
+                node,
+                &SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                },
+            )
+        })
+        .map(drop)
     }
 
-    /// Change owner and group (root; or the owner changing the group to its own).
+    /// Change owner and group (root; or the owner changing the group to one
+    /// of its own; [`Fs::setattr`]).
     pub fn chown(&self, cred: Cred, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        let ino = self.stat(cred, path)?.ino;
-        self.setattr(cred, ino, None, uid, gid)
-    }
-
-    fn setattr(
-        &self,
-        cred: Cred,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> Result<()> {
-        let mut st = self.state.write();
-        let i = st.inode(ino)?;
-        let owner = cred.uid == 0 || cred.uid == i.uid;
-        if mode.is_some() && !owner {
-            return Err(Errno::EPERM.into());
-        }
-        if uid.is_some_and(|u| u != i.uid) && cred.uid != 0 {
-            return Err(Errno::EPERM.into());
-        }
-        if gid.is_some_and(|g| g != i.gid) && !(cred.uid == 0 || (owner && gid == Some(cred.gid))) {
-            return Err(Errno::EPERM.into());
-        }
-        let mut op = Op::new(&mut st, &*self.media);
-        let i = op.inode_mut(ino)?;
-        if let Some(m) = mode {
-            i.mode = (i.mode & S_IFMT) | (m & 0o7777);
-        }
-        if let Some(u) = uid {
-            i.uid = u;
-        }
-        if let Some(g) = gid {
-            i.gid = g;
-        }
-        i.ctime_ns = now_ns();
-        op.commit()
+        self.by_path(|| {
+            let node = self.resolve(&cred, path)?;
+            self.setattr(
+                cred,
+                node,
+                &SetAttr {
+                    uid,
+                    gid,
+                    ..SetAttr::default()
+                },
+            )
+        })
+        .map(drop)
     }
 
     /// Space in 4 KiB blocks.

@@ -462,6 +462,9 @@ impl Handle {
         let data = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         let len = data.len() as u64;
         let end = offset + len;
+        // A write by anyone but root drops the set-id bits first (Linux
+        // `file_remove_privs`).
+        self.fs.kill_privs(&self.cred, self.ino)?;
         let _direct = self.fs.break_direct_for_write(
             self.ino,
             offset,
@@ -543,10 +546,11 @@ impl Handle {
 
     /// Set the size: blocks past the new end of file are freed.
     pub fn truncate(&self, size: u64) -> Result<()> {
-        if !self.flags.write {
-            return Err(Errno::EINVAL.into());
-        }
-        self.truncate_unchecked(size)
+        self.setattr(&super::SetAttr {
+            size: Some(size),
+            ..Default::default()
+        })
+        .map(drop)
     }
 
     /// Truncate without the handle's access check (`O_TRUNC` on open, which
@@ -774,7 +778,11 @@ impl Handle {
 
     /// `fchmod`.
     pub fn chmod(&self, mode: u32) -> Result<()> {
-        self.fs.setattr(self.cred, self.ino, Some(mode), None, None)
+        self.setattr(&super::SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        })
+        .map(drop)
     }
 
     /// The extents, split where sharing changes, in bytes.

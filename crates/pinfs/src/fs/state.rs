@@ -40,6 +40,8 @@ pub(crate) struct Inode {
     pub ctime_ns: u64,
     pub parent: u64,
     pub orphan_next: u64,
+    /// Device number of a character or block special file, else 0.
+    pub rdev: u64,
     pub extents: ExtentMap,
     /// Extent index block on media, 0 when the extents are inline.
     pub index_block: u64,
@@ -113,10 +115,29 @@ impl Inode {
     }
 
     pub fn validate(&self, sb: &Superblock) -> std::result::Result<(), Violation> {
-        if self.mode & S_IFMT != S_IFREG && self.mode & S_IFMT != S_IFDIR {
+        let kind = self.mode & S_IFMT;
+        if ![
+            S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFCHR, S_IFBLK, S_IFSOCK,
+        ]
+        .contains(&kind)
+        {
+            return Err(Violation::Broken(format!("unknown file type {kind:o}")));
+        }
+        if self.rdev != 0 && kind != S_IFCHR && kind != S_IFBLK {
             return Err(Violation::Broken(format!(
-                "unknown file type {:o}",
-                self.mode & S_IFMT
+                "device number on file type {kind:o}"
+            )));
+        }
+        if kind != S_IFDIR && self.parent != 0 {
+            return Err(Violation::Broken(format!(
+                "parent {} on a non-directory",
+                self.parent
+            )));
+        }
+        if self.nlink > MAX_LINKS {
+            return Err(Violation::Broken(format!(
+                "link count {} over {MAX_LINKS}",
+                self.nlink
             )));
         }
         self.check_limits()?;
@@ -140,8 +161,41 @@ impl Inode {
                 return Err(Violation::Broken("written blocks beyond its size".into()));
             }
         }
-        if self.is_dir() {
-            self.validate_dir()?;
+        match kind {
+            S_IFDIR => self.validate_dir()?,
+            S_IFLNK => self.validate_symlink()?,
+            S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK
+                if self.size != 0 || !self.extents.is_empty() =>
+            {
+                return Err(Violation::Broken(format!(
+                    "special file (type {kind:o}) with data"
+                )));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A symbolic link is its target: 1 ..= `MAX_SYMLINK` bytes in whole
+    /// written blocks from block 0, exactly the blocks its size needs.
+    fn validate_symlink(&self) -> std::result::Result<(), Violation> {
+        if self.size == 0 || self.size > MAX_SYMLINK as u64 {
+            return Err(Violation::Broken(format!("symlink size {}", self.size)));
+        }
+        let mut at = 0;
+        for (l, e) in self.extents.iter() {
+            if l != at || e.unwritten {
+                return Err(Violation::Broken(format!(
+                    "symlink block {at} is a hole or unwritten"
+                )));
+            }
+            at = l + e.len;
+        }
+        if at != self.size.div_ceil(BLOCK_SIZE) {
+            return Err(Violation::Broken(format!(
+                "symlink blocks end at {at}, its size at {}",
+                self.size
+            )));
         }
         Ok(())
     }
@@ -204,6 +258,7 @@ impl Inode {
         r.extent_index = self.index_block.into();
         r.orphan_next = self.orphan_next.into();
         r.parent = self.parent.into();
+        r.rdev = self.rdev.into();
         if self.index_block == 0 {
             for (slot, (l, e)) in r.inline.iter_mut().zip(self.extents.iter()) {
                 *slot = extent_record(l, e);
@@ -312,6 +367,9 @@ pub(crate) struct FsState {
     /// Test-only: when false, operations commit inodes without
     /// [`Inode::validate`] (the negative control of the limit tests).
     pub validate_commits: bool,
+    /// Node functions refuse a node whose generation is not its slot's
+    /// (`ESTALE`); off only for a negative-control test.
+    pub check_generation: bool,
     /// Test-only: when false, commits leave the shared-run table and the
     /// inode high-water mark on the pool as they were (memory still follows):
     /// the negative control of the tests that the pool keeps them.
@@ -601,6 +659,7 @@ impl<'a> Op<'a> {
                 ctime_ns: now_ns,
                 parent: 0,
                 orphan_next: 0,
+                rdev: 0,
                 extents: ExtentMap::new(),
                 index_block: 0,
                 leaves: Vec::new(),

@@ -18,6 +18,7 @@ pub const PAGE: u64 = 4096;
 pub const HOLDER: Cred = Cred {
     uid: 1000,
     gid: 1000,
+    groups: pinfs::fs::Groups::NONE,
     owner: 1,
 };
 
@@ -25,6 +26,7 @@ pub const HOLDER: Cred = Cred {
 pub const OTHER: Cred = Cred {
     uid: 1001,
     gid: 1001,
+    groups: pinfs::fs::Groups::NONE,
     owner: 2,
 };
 

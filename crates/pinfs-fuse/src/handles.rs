@@ -1,0 +1,110 @@
+//! The mount's open files and directories, by FUSE file handle (`fh`).
+//!
+//! A FUSE `open` makes one [`Handle`] — one open file description, as
+//! `open(2)` would — kept until `release`; `opendir` keeps a snapshot of the
+//! directory's entries, so `readdir` offsets stay stable while the
+//! directory changes. Both share one number space and one bound,
+//! [`MAX_OPEN_HANDLES`] (`ENFILE` past it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pinfs::fs::{DirEntry, Handle, Node};
+use pinfs::{Errno, Result};
+
+/// At most this many files and directories open through one mount at a
+/// time (`ENFILE` past it, as a system file table would).
+pub const MAX_OPEN_HANDLES: usize = 1 << 16;
+
+/// An open file of the mount.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// The core's open file description.
+    pub handle: Arc<Handle>,
+    /// `O_APPEND`: writes go to the end of file, whatever offset the kernel
+    /// sends.
+    pub append: bool,
+}
+
+/// What a FUSE file handle stands for.
+#[derive(Debug, Clone)]
+pub enum Open {
+    /// A file from `open` or `create`.
+    File(Arc<OpenFile>),
+    /// A directory from `opendir`: its node and its entries when it was
+    /// opened (without `.` and `..`).
+    Dir(Arc<OpenDir>),
+}
+
+/// An open directory.
+#[derive(Debug)]
+pub struct OpenDir {
+    /// The directory.
+    pub node: Node,
+    /// Its entries when opened, sorted by name.
+    pub entries: Vec<DirEntry>,
+}
+
+/// The table of open handles.
+#[derive(Debug, Default)]
+pub struct Handles {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    open: HashMap<u64, Open>,
+}
+
+impl Handles {
+    /// Keep `open`; its FUSE file handle.
+    pub fn insert(&self, open: Open) -> Result<u64> {
+        let mut t = self.inner.lock();
+        if t.open.len() >= MAX_OPEN_HANDLES {
+            return Err(Errno::ENFILE.into());
+        }
+        t.next += 1;
+        let fh = t.next;
+        t.open.insert(fh, open);
+        Ok(fh)
+    }
+
+    /// What `fh` stands for (`EBADF` if nothing).
+    pub fn get(&self, fh: u64) -> Result<Open> {
+        self.inner
+            .lock()
+            .open
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Errno::EBADF.into())
+    }
+
+    /// The open file `fh` (`EBADF` if it is none, `EISDIR` for a directory).
+    pub fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        match self.get(fh)? {
+            Open::File(f) => Ok(f),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
+        }
+    }
+
+    /// The open directory `fh`.
+    pub fn dir(&self, fh: u64) -> Result<Arc<OpenDir>> {
+        match self.get(fh)? {
+            Open::Dir(d) => Ok(d),
+            Open::File(_) => Err(Errno::ENOTDIR.into()),
+        }
+    }
+
+    /// Forget `fh` (closing the file when the last request using it is done).
+    pub fn remove(&self, fh: u64) -> Option<Open> {
+        self.inner.lock().open.remove(&fh)
+    }
+
+    /// Forget every handle (at unmount), closing the files.
+    pub fn clear(&self) {
+        let all = std::mem::take(&mut self.inner.lock().open);
+        drop(all);
+    }
+}
