@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use pinfs::media::{Media, MappedPool};
-use pinfs::Fs;
+use pinfs::fs::Fs;
+use pinfs::media::{MappedPool, Media};
 
 use crate::bench_fs::ShmDir;
 use crate::bench_target::{Goal, Scorecard};
@@ -109,17 +109,16 @@ pub fn run(quick: bool) -> Result<()> {
         },
     )
     .with_context(|| format!("mount pinfs at {}", pinfs_dir.display()))?;
-    let null_config = fuser::Config {
-        mount_options: vec![
-            fuser::MountOption::FSName("pinfs-bench-null".into()),
-            fuser::MountOption::DefaultPermissions,
-        ],
-        n_threads: Some(THREADS),
-        clone_fd: true,
-        ..Default::default()
-    };
-    let null_mount = fuser::spawn_mount(null::NullFs::new(plan.file_bytes), &null_dir, &null_config)
-        .with_context(|| format!("mount the null file system at {}", null_dir.display()))?;
+    let mut null_config = fuser::Config::default();
+    null_config.mount_options = vec![
+        fuser::MountOption::FSName("pinfs-bench-null".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    null_config.n_threads = Some(THREADS);
+    null_config.clone_fd = true;
+    let null_mount =
+        fuser::spawn_mount(null::NullFs::new(plan.file_bytes), &null_dir, &null_config)
+            .with_context(|| format!("mount the null file system at {}", null_dir.display()))?;
 
     println!(
         "pinfs bench fuse{}: the pinfs FUSE mount (memfd pool of {} MiB) vs the kernel's tmpfs ({}) vs a FUSE file system that does nothing (the floor); {THREADS} FUSE threads, direct I/O, no attribute caching on both mounts; {} MiB file; {} round(s), alternating, median shown",
@@ -131,9 +130,18 @@ pub fn run(quick: bool) -> Result<()> {
     );
 
     let sides = [
-        Side { name: "pinfs", dir: pinfs_dir.clone() },
-        Side { name: "tmpfs", dir: shm.path.clone() },
-        Side { name: "floor", dir: null_dir.clone() },
+        Side {
+            name: "pinfs",
+            dir: pinfs_dir.clone(),
+        },
+        Side {
+            name: "tmpfs",
+            dir: shm.path.clone(),
+        },
+        Side {
+            name: "floor",
+            dir: null_dir.clone(),
+        },
     ];
     // The data file: written once on the two real file systems (the null
     // one has its `data` already), so reads find written blocks.
