@@ -2,7 +2,7 @@
 //!
 //! It parses (clap), wires pools to the library and translates results into
 //! text and exit statuses; the contract is `CLI.md`. Subcommands: `mkfs`,
-//! `fsck`, `io` (the `xfs_io`-style script runner in [`io`]), `stat`, `demo`
+//! `fsck`, `io` (the `xfs_io`-style script runner in [`io`]), `stat`, `serve`, `mount`, `demo`
 //! and `bench`. Every failure of a subcommand is one line on stderr,
 //! `pinfs: <error>`, and exit status 1 (see [`error`] for the wording);
 //! `io` also exits 1 when any of its commands failed.
@@ -19,6 +19,7 @@ mod bench_scale;
 mod bench_target;
 mod demo;
 mod error;
+mod fuse_mount;
 mod io;
 mod serve;
 mod stat;
@@ -107,6 +108,9 @@ enum Command {
     /// Serve POOL to client processes over a Unix socket (the daemon, in the
     /// foreground; SIGINT/SIGTERM stop it cleanly).
     Serve(serve::ServeArgs),
+    /// Mount POOL's file system with FUSE at DIR, in the foreground, without
+    /// a socket (SIGINT/SIGTERM or `fusermount3 -u DIR` end it).
+    Mount(fuse_mount::MountArgs),
     /// The end-to-end scenario, narrated, on a volatile pool.
     Demo,
     /// Benchmarks, each printing ratios against a baseline measured in the same run.
@@ -332,7 +336,10 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     // A daemon tells its operator why it drops or fences a client.
-    init_tracing(cli.verbose, matches!(cli.command, Command::Serve(_)));
+    init_tracing(
+        cli.verbose,
+        matches!(cli.command, Command::Serve(_) | Command::Mount(_)),
+    );
     let result = match cli.command {
         Command::Mkfs { force, size, pool } => mkfs(&pool, size, force),
         Command::Fsck { pool } => fsck(&pool),
@@ -351,6 +358,7 @@ fn main() -> ExitCode {
             }),
         },
         Command::Serve(args) => serve::run(args),
+        Command::Mount(args) => fuse_mount::run(args),
         Command::Demo => demo::run().map_err(CliError::Other),
         Command::Bench { name, quick, huge } => bench(name, quick, huge),
         Command::BenchIpcHelper { args } => bench_ipc::helper(&args).map_err(CliError::Other),
@@ -376,7 +384,7 @@ fn init_tracing(verbose: u8, daemon: bool) {
         .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| {
             EnvFilter::new(match verbose {
-                0 if daemon => "error,pinfs::server=warn",
+                0 if daemon => "error,pinfs::server=warn,pinfs::fuse=warn",
                 0 => "error",
                 1 => "info",
                 2 => "debug",

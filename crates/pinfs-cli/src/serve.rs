@@ -1,14 +1,19 @@
-//! `pinfs serve POOL --socket PATH [--fence kill|off] [--policy ...]
-//! [--break-time S]`: the daemon (SPEC §8) in the foreground.
+//! `pinfs serve POOL --socket PATH [--mount DIR] [--fence kill|off]
+//! [--policy ...] [--break-time S]`: the daemon (SPEC §8) in the foreground.
 //!
 //! It opens and locks the pool, mounts it with the options, binds the
 //! socket — refusing a path where a daemon answers, replacing a stale socket
-//! left by one that died, refusing anything that is not a socket — prints
-//! `serving POOL on SOCKET` once clients can connect, and serves
-//! ([`pinfs_server::Server`]) until SIGINT or SIGTERM. Then every client is
-//! told `Bye` and loses what it held, the socket is removed, the file system
-//! is unmounted (its last reference dropped, after which `pinfs fsck POOL` is
-//! clean), and the exit status is 0.
+//! left by one that died, refusing anything that is not a socket — and, with
+//! `--mount DIR`, mounts the same live file system with FUSE at DIR
+//! ([`pinfs_fuse`], under a lease owner of its own from the server's
+//! numbering, so what tools do there breaks the clients' leases). It prints
+//! `serving POOL on SOCKET` once clients can connect and the mount is live,
+//! and serves ([`pinfs_server::Server`]) until SIGINT or SIGTERM. Then the
+//! FUSE mount is unmounted, every client is told `Bye` and loses what it
+//! held, the socket is removed, the file system is unmounted (its last
+//! reference dropped, after which `pinfs fsck POOL` is clean), and the exit
+//! status is 0. An administrator's `fusermount3 -u DIR` ends only the FUSE
+//! mount (a warning says so); the daemon goes on serving its socket.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -33,8 +38,8 @@ pub struct ServeArgs {
     /// every operation is checked against the client's own user).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    /// Also mount the served file system with FUSE at DIR (not available
-    /// yet: refused before anything is opened).
+    /// Also mount the served file system with FUSE at DIR (a directory):
+    /// ordinary tools there act on the clients' files as lease breakers.
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
     /// What happens to a client that keeps a layout lease past
@@ -93,11 +98,6 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// `pinfs serve`.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    if args.mount.is_some() {
-        return Err(CliError::Other(anyhow!(
-            "--mount: a FUSE mount of the served file system is not available yet"
-        )));
-    }
     let options = MountOptions {
         break_time: args.break_time,
         policy: args.policy,
@@ -125,6 +125,24 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             ..ServeOptions::default()
         },
     );
+    let fuse = match &args.mount {
+        Some(dir) => {
+            let opts = pinfs_fuse::MountOptions {
+                owner: server.new_owner(),
+                ..pinfs_fuse::MountOptions::default()
+            };
+            match pinfs_fuse::mount(Arc::clone(&fs), dir, opts) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    handle.close();
+                    let _ = signal_thread.join();
+                    let _ = std::fs::remove_file(&args.socket);
+                    return Err(CliError::Other(anyhow!("--mount {e}")));
+                }
+            }
+        }
+        None => None,
+    };
     println!(
         "serving {} on {}",
         args.pool.display(),
@@ -134,6 +152,13 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let served = server.serve(listener, &stop);
     handle.close();
     let _ = signal_thread.join();
+    // The FUSE mount goes before the file system: its open files are
+    // closed, so nothing of the mount outlives the pool.
+    if let Some(m) = fuse {
+        if let Err(e) = m.unmount() {
+            tracing::warn!(target: "pinfs::server", error = %e, "FUSE unmount");
+        }
+    }
     let _ = std::fs::remove_file(&args.socket);
     drop(server);
     // The last reference: dropping it unmounts (the journal is committed

@@ -134,6 +134,9 @@ pub struct Mount {
     /// unmount from outside.
     unmounting: Arc<AtomicBool>,
     ended: Arc<AtomicBool>,
+    /// The negative control's owner (0: the mount's own).
+    #[cfg(feature = "negative-controls")]
+    owner_override: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Mount `fs` at `dir`. Returns once the mount is live: the kernel's
@@ -165,6 +168,8 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: MountOptions) -> Result<Mount, Error
     config.n_threads = Some(opts.threads.clamp(MIN_THREADS, MAX_THREADS));
     config.clone_fd = true;
     let filesystem = ops::PinfsFuse::new(fs, opts.owner);
+    #[cfg(feature = "negative-controls")]
+    let owner_override = filesystem.owner_override();
     // `Session::new` mounts and answers `INIT`: when it returns, the mount
     // is live.
     let mut session =
@@ -201,6 +206,8 @@ pub fn mount(fs: Arc<Fs>, dir: &Path, opts: MountOptions) -> Result<Mount, Error
         session: Some(thread),
         unmounting,
         ended,
+        #[cfg(feature = "negative-controls")]
+        owner_override,
     })
 }
 
@@ -223,6 +230,17 @@ impl Mount {
     /// then see `ENOTCONN`.
     pub fn unmount(mut self) -> Result<(), Error> {
         self.unmount_inner()
+    }
+
+    /// Test-only negative control: lease breaking off on the FUSE path.
+    /// Every later request acts as lease owner `owner` instead of the
+    /// mount's own; given a lease holder's owner, the mount's layout
+    /// changes are that holder's own and break none of its leases (SPEC
+    /// §3.2), so a test can show what the breaks protect.
+    #[cfg(feature = "negative-controls")]
+    #[doc(hidden)]
+    pub fn act_as_owner_for_tests(&self, owner: u64) {
+        self.owner_override.store(owner, Ordering::Release);
     }
 
     fn unmount_inner(&mut self) -> Result<(), Error> {

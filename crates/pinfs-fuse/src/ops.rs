@@ -54,6 +54,9 @@ pub struct PinfsFuse {
     root: Node,
     owner: u64,
     handles: Handles,
+    /// The negative control's owner (0: `owner`).
+    #[cfg(feature = "negative-controls")]
+    owner_override: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PinfsFuse {
@@ -65,11 +68,32 @@ impl PinfsFuse {
             root,
             owner,
             handles: Handles::default(),
+            #[cfg(feature = "negative-controls")]
+            owner_override: Arc::default(),
         }
     }
 
+    /// The switch of [`crate::Mount::act_as_owner_for_tests`].
+    #[cfg(feature = "negative-controls")]
+    pub fn owner_override(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.owner_override)
+    }
+
+    fn owner(&self) -> u64 {
+        #[cfg(feature = "negative-controls")]
+        {
+            let o = self
+                .owner_override
+                .load(std::sync::atomic::Ordering::Acquire);
+            if o != 0 {
+                return o;
+            }
+        }
+        self.owner
+    }
+
     fn cred(&self, req: &Request) -> Cred {
-        request_cred(req.uid(), req.gid(), req.pid(), self.owner)
+        request_cred(req.uid(), req.gid(), req.pid(), self.owner())
     }
 
     fn node(&self, id: INodeNo) -> Node {
@@ -412,10 +436,28 @@ impl Filesystem for PinfsFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
-        let r = self
-            .fs
-            .open_node(self.cred(req), self.node(ino), open_flags(flags.0))
-            .and_then(|h| self.open_file(h, flags.0));
+        let (cred, node, of) = (self.cred(req), self.node(ino), open_flags(flags.0));
+        let r = (|| {
+            if of.nonblocking {
+                // O_NONBLOCK is the open's own: an open that would wait for
+                // a lease break is EWOULDBLOCK (the break proceeds), as in
+                // open(2). Later layout changes through the file wait
+                // whatever its flags, as Linux's ftruncate and fallocate do
+                // (coreutils `truncate` opens O_NONBLOCK, for FIFOs): so
+                // the file kept is opened blocking, once the non-blocking
+                // open has shown nothing is to be waited for.
+                drop(self.fs.open_node(cred, node, of)?);
+            }
+            let h = self.fs.open_node(
+                cred,
+                node,
+                OpenFlags {
+                    nonblocking: false,
+                    ..of
+                },
+            )?;
+            self.open_file(h, flags.0)
+        })();
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags()),
             Err(e) => reply.error(errno(&e)),
@@ -631,6 +673,17 @@ impl Filesystem for PinfsFuse {
     ) {
         let r = (|| {
             let mut of = open_flags(flags);
+            // A new file has no lease to wait for; an existing one (O_CREAT
+            // without O_EXCL) waits like `open` after its check, above.
+            if of.nonblocking {
+                if let Ok(st) = self
+                    .fs
+                    .lookup(self.cred(req), self.node(parent), name_bytes(name)?)
+                {
+                    drop(self.fs.open_node(self.cred(req), st.node(), of)?);
+                }
+                of.nonblocking = false;
+            }
             of.create = true;
             of.exclusive = flags & libc::O_EXCL != 0;
             of.truncate = flags & libc::O_TRUNC != 0;

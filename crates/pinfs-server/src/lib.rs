@@ -284,6 +284,15 @@ impl Server {
         &self.shared.fs
     }
 
+    /// A lease owner of its own for another user of the served file system
+    /// in the daemon's process (the FUSE mount of `pinfs serve --mount`):
+    /// taken from the same numbers as the clients' owners, so it is never
+    /// a client's, and the leases that user's operations break are the
+    /// clients'.
+    pub fn new_owner(&self) -> u64 {
+        session::OWNER_BASE + self.shared.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Serves clients on `listener` until `stop` is requested; then tells
     /// every client `Bye`, ends every session (releasing what it held) and
     /// returns. Errors: the listener's.

@@ -26,7 +26,7 @@ const TARGET: &str = "pinfs::server";
 
 /// Owners of daemon clients start here, far from the small numbers an
 /// in-process user of the same `Fs` would pick.
-const OWNER_BASE: u64 = 1 << 48;
+pub(crate) const OWNER_BASE: u64 = 1 << 48;
 
 /// The tokens of `Session::ask` have this bit set; acknowledgements of
 /// tokens without it belong to the mapping code's placements, which number
