@@ -782,7 +782,9 @@ impl Filesystem for PinfsFuse {
                 offset_in.is_multiple_of(BLOCK_SIZE) && offset_out.is_multiple_of(BLOCK_SIZE);
             let whole = len.is_multiple_of(BLOCK_SIZE)
                 || (offset_in + len == src_size && offset_out + len >= dst_size);
-            if !aligned || !whole || Arc::ptr_eq(&src.handle, &dst.handle) {
+            // Within one file ranges may overlap, which a reflink refuses
+            // and a copy must not: the kernel copies those.
+            if !aligned || !whole || src.handle.node() == dst.handle.node() {
                 return Err(Errno::EOPNOTSUPP.into());
             }
             dst.handle
