@@ -526,3 +526,52 @@ fn a_killed_daemon_leaves_a_mount_fusermount_clears_and_the_pool_mounts_again() 
     assert_eq!(std::fs::read(daemon.on_mount("f")).expect("read"), b"kept");
     daemon.stop_and_fsck();
 }
+
+/// `pinfs mount POOL DIR`: live once it says so; SIGTERM unmounts DIR and
+/// the pool (exit 0, fsck clean); `fusermount3 -u DIR` ends it the same way.
+#[test]
+fn pinfs_mount_runs_until_sigterm_or_fusermount_u() {
+    need_fuse!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let out = pinfs(&["mkfs", "--size", "64m", pool.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{out:?}");
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pinfs"))
+            .arg("mount")
+            .arg(&pool)
+            .arg(&mnt)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("pinfs mount");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("mount says it is live");
+        assert_eq!(
+            first.trim_end(),
+            format!("mounted {} at {}", pool.display(), mnt.display())
+        );
+        child
+    };
+    let mut child = start();
+    std::fs::write(mnt.join("f"), b"one").expect("write");
+    signal(&child, rustix::process::Signal::TERM);
+    assert!(child.wait().expect("wait").success());
+    assert!(!mounted(&mnt));
+    let out = pinfs(&["fsck", pool.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "fsck: {out:?}");
+    let mut child = start();
+    assert_eq!(std::fs::read(mnt.join("f")).expect("read"), b"one");
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .expect("fusermount3");
+    assert!(out.status.success(), "{out:?}");
+    assert!(child.wait().expect("wait").success());
+    let out = pinfs(&["fsck", pool.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "fsck: {out:?}");
+}
