@@ -1,6 +1,6 @@
 //! A FUSE mount of a live pinfs file system (SPEC §8, last point): ordinary
 //! tools — `truncate`, `fallocate`, `cp`, `rm`, test suites — act on the
-//! files of a mounted [`pinfs::Fs`], through the same library functions as
+//! files of a mounted [`pinfs::fs::Fs`], through the same library functions as
 //! every client, so each of their layout changes is a lease breaker with
 //! SPEC's semantics: it waits for the holder, or fails with `Text file busy`
 //! under `fail` or against an unbreakable lease, visible as the shell

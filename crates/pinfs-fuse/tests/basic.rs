@@ -161,7 +161,7 @@ fn fallocate_modes_seek_and_copy_file_range() {
     let g = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create_new(true)
         .open(m.path("g"))
         .expect("create g");
     let (mut i, mut o) = (8 * 4096u64, 0u64);
