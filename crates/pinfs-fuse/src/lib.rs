@@ -68,7 +68,9 @@ pub struct MountOptions {
     /// capped at [`MAX_THREADS`].
     pub threads: usize,
     /// `allow_other`: users other than the mounter may use the mount (the
-    /// kernel checks permissions with `default_permissions` either way).
+    /// kernel checks permissions with `default_permissions` either way). A
+    /// mounter other than root needs `user_allow_other` in
+    /// `/etc/fuse.conf` for it.
     pub allow_other: bool,
     /// The mount's subtype (`fuse.SUBTYPE` in `/proc/mounts`).
     pub subtype: String,
