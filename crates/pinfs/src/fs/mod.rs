@@ -763,8 +763,8 @@ impl Fs {
         .map(drop)
     }
 
-    /// Open (and maybe create) `path` ([`Fs::create_in`], or
-    /// [`Fs::lookup`] and [`Fs::open_node`]).
+    /// Open (and maybe create) `path` ([`Fs::create_in`], or a walk and
+    /// [`Fs::open_node`]).
     pub fn open(
         self: &Arc<Self>,
         cred: Cred,
@@ -773,18 +773,22 @@ impl Fs {
         mode: u32,
     ) -> Result<Handle> {
         self.by_path(|| {
-            if components(path)?.is_empty() {
-                let root = self.root();
-                if flags.create && flags.exclusive {
-                    return Err(Errno::EEXIST.into());
+            if flags.create && components(path)?.is_empty() {
+                // `/` exists, and `O_CREAT` never opens a directory.
+                return Err(if flags.exclusive {
+                    Errno::EEXIST
+                } else {
+                    Errno::EISDIR
                 }
-                return self.open_node(cred, root, flags);
+                .into());
             }
-            let (dir, name) = self.resolve_parent(&cred, path)?;
             if flags.create {
+                let (dir, name) = self.resolve_parent(&cred, path)?;
                 self.create_in(cred, dir, name, mode, flags).map(|(h, _)| h)
             } else {
-                let node = self.lookup(cred, dir, name)?.node();
+                // The walk checks search permission on every directory, as
+                // `lookup` would on the last one.
+                let node = self.resolve(&cred, path)?;
                 self.open_node(cred, node, flags)
             }
         })

@@ -462,9 +462,6 @@ impl Handle {
         let data = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         let len = data.len() as u64;
         let end = offset + len;
-        // A write by anyone but root drops the set-id bits first (Linux
-        // `file_remove_privs`).
-        self.fs.kill_privs(&self.cred, self.ino)?;
         let _direct = self.fs.break_direct_for_write(
             self.ino,
             offset,
@@ -479,6 +476,14 @@ impl Handle {
                 // file — no layout change, so a shared lock and a copy into
                 // the pool suffice.
                 let st = self.fs.state.read();
+                // A write by anyone but root drops the set-id bits first
+                // (Linux `file_remove_privs`): looked at under the lock the
+                // write takes anyway, cleared (a commit) only when set.
+                if super::node::privs_to_kill(&self.cred, st.inode(self.ino)?.mode) != 0 {
+                    drop(st);
+                    self.fs.kill_privs(&self.cred, self.ino)?;
+                    continue;
+                }
                 match write_plan(&st, self.ino, offset, end)? {
                     WritePlan::InPlace(segs) => {
                         return self.write_in_place(&st, &segs, offset, data)
