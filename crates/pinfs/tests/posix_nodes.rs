@@ -862,3 +862,80 @@ fn a_reused_inode_slot_is_estale_for_the_old_node() {
         );
     }
 }
+
+/// A truncate through a node waits for a layout lease with no lock held;
+/// the file is removed meanwhile and a new one takes its slot. The
+/// truncate must fail with `ESTALE` and leave the new file whole (the node
+/// is checked again under the lock of the commit). Negative control: with
+/// the generation check off, the same truncate destroys the new file.
+#[test]
+fn a_truncate_waiting_for_a_lease_never_reaches_the_slots_next_file() {
+    fn race(skip_check: bool) -> (pinfs::Result<pinfs::fs::Stat>, u64) {
+        use pinfs::lease::{Access, EventKind, HandleId, LeaseRequest, OwnerId};
+        use std::time::Duration;
+        let (_, fs) = pool();
+        if skip_check {
+            #[cfg(feature = "negative-controls")]
+            fs.skip_generation_check_for_tests();
+        }
+        let root = fs.root();
+        // The holder removes and re-creates as the lease's own owner, so
+        // its own layout changes do not wait for its lease.
+        let holder = Cred::root_as(7);
+        let (h, old) = fs
+            .create_in(holder, root, b"v", 0o644, OpenFlags::CREATE)
+            .unwrap();
+        h.pwrite(0, &[1u8; 8192]).unwrap();
+        let key = h.lease_file();
+        drop(h);
+        // A layout lease on the old file through a handle the file system
+        // does not count (so the unlink frees the slot at once).
+        let (hid, owner) = (HandleId(u64::MAX / 2), OwnerId(7));
+        fs.leases()
+            .opened(key, hid, owner, Access::ReadWrite)
+            .unwrap();
+        let lease = fs
+            .leases()
+            .set_lease(key, hid, owner, LeaseRequest::layout_shared())
+            .unwrap();
+        let events = fs.leases().owner_events(owner).unwrap();
+        let fs2 = fs.clone();
+        let n = old.node();
+        let truncater = std::thread::spawn(move || {
+            fs2.setattr(
+                ROOT,
+                n,
+                &SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            )
+        });
+        let ev = events
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .expect("the truncate breaks the layout lease");
+        assert_eq!(ev.kind, EventKind::Break);
+        fs.unlink_in(holder, root, b"v").unwrap();
+        let (h, new) = fs
+            .create_in(holder, root, b"w", 0o644, OpenFlags::CREATE)
+            .unwrap();
+        assert_eq!(new.ino, old.ino, "the slot is reused");
+        h.pwrite(0, &[7u8; 8192]).unwrap();
+        drop(h);
+        fs.leases().release(lease).unwrap();
+        fs.leases().closed(key, hid);
+        let r = truncater.join().unwrap();
+        let size = fs.getattr(new.node()).unwrap().size;
+        (r, size)
+    }
+    let (r, size) = race(false);
+    assert_eq!(errno(r), Errno::ESTALE);
+    assert_eq!(size, 8192, "the new file is whole");
+    #[cfg(feature = "negative-controls")]
+    {
+        let (r, size) = race(true);
+        assert!(r.is_ok(), "without the check the truncate goes on: {r:?}");
+        assert_eq!(size, 0, "and destroys the file that reused the slot");
+    }
+}

@@ -670,19 +670,29 @@ impl Fs {
     /// guard holds off new conflicting layout leases until the change is done.
     pub(crate) fn layout_change(
         &self,
-        ino: u64,
+        node: Node,
         range: ByteRange,
         owner: u64,
         nonblocking: bool,
     ) -> Result<LayoutChangeGuard> {
-        self.layout_change_bounded(ino, range, owner, nonblocking, None)
+        self.layout_change_bounded(node, range, owner, nonblocking, None)
+    }
+
+    /// The node file `ino` is now: for callers that hold the file open (a
+    /// handle, a mapping, a pin), whose slot cannot be reused meanwhile.
+    pub(crate) fn node_of(&self, ino: u64) -> Result<Node> {
+        let st = self.state.read();
+        Ok(Node {
+            ino,
+            generation: st.inode(ino)?.generation,
+        })
     }
 
     /// [`Fs::layout_change`], its lease breaks forced by `deadline` at the
     /// latest when the operation fixed one (SPEC §3.3.5).
     pub(crate) fn layout_change_bounded(
         &self,
-        ino: u64,
+        node: Node,
         range: ByteRange,
         owner: u64,
         nonblocking: bool,
@@ -691,10 +701,10 @@ impl Fs {
         // A shut-down file system changes nothing, so it breaks no lease
         // either: every layout change is refused here, before any break.
         self.writable()?;
-        let key = {
-            let st = self.state.read();
-            file_key(ino, st.inode(ino)?.generation)
-        };
+        // The leases of the file `node` names, never of a later file in
+        // its slot (`ESTALE`).
+        self.state.read().node(node)?;
+        let key = file_key(node.ino, node.generation);
         let opts = break_options(nonblocking);
         let opts = match deadline {
             Some(d) => opts.until(d),

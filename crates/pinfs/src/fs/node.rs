@@ -434,8 +434,8 @@ impl Fs {
                 .open(key, id, owner, access, &break_options(flags.nonblocking))?;
         }
         if flags.truncate && !created && !handle.stat()?.is_dir() {
+            // Clears the set-id bits in the truncate's own commit.
             handle.truncate_unchecked(0)?;
-            self.kill_privs(&cred, node.ino)?;
         }
         Ok(handle)
     }
@@ -652,7 +652,7 @@ impl Fs {
         name: &[u8],
         what: Victim,
     ) -> Result<Option<LayoutChangeGuard>> {
-        let ino = {
+        let victim = {
             let st = self.state.read();
             let ino = match self.may_delete(&st, cred, dir, name) {
                 Ok(ino) => ino,
@@ -673,9 +673,12 @@ impl Fs {
             if !last || st.in_use(ino) {
                 return Ok(None);
             }
-            ino
+            Node {
+                ino,
+                generation: i.generation,
+            }
         };
-        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false)
+        self.layout_change(victim, ByteRange::WHOLE, cred.owner, false)
             .map(Some)
     }
 
@@ -950,7 +953,7 @@ impl Fs {
                     if !h.flags.write {
                         return Err(Errno::EINVAL.into());
                     }
-                    self.truncate_inode(node.ino, size, cred.owner, h.flags.nonblocking, None)?;
+                    self.truncate_inode(node, size, &cred, h.flags.nonblocking, None)?;
                 }
                 None => self.truncate_node(cred, node, size)?,
             }
@@ -961,11 +964,8 @@ impl Fs {
                 ..SetAttr::default()
             };
         if only_size {
-            // Truncate set the times; only the set-id bits may be left. An
-            // empty request changes nothing at all.
-            if attr.size.is_some() {
-                self.kill_privs(&cred, node.ino)?;
-            }
+            // Truncate set the times and cleared the set-id bits. An empty
+            // request changes nothing at all.
             return self.getattr(node);
         }
         let mut st = self.state.write();
@@ -1078,26 +1078,27 @@ impl Fs {
     fn truncate_node(&self, cred: Cred, node: Node, size: u64) -> Result<()> {
         let key = file_key(node.ino, node.generation);
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let bound = self.pins_before_break(node.ino, removed, u64::MAX, cred.owner)?;
+        let bound = self.pins_before_break(node, removed, u64::MAX, cred.owner)?;
         self.leases.break_for_truncate(
             key,
             OwnerId(cred.owner),
             &BreakOptions::blocking().until(bound),
         )?;
-        // The node must still be the file whose leases were broken.
-        self.state.read().node(node)?;
-        self.truncate_inode(node.ino, size, cred.owner, false, Some(bound))
+        // `truncate_inode` checks the node on each pass and under the lock
+        // of its commit: it must still be the file whose leases were broken.
+        self.truncate_inode(node, size, &cred, false, Some(bound))
     }
 
     /// Clear the set-id bits a write or truncate by `cred` removes (see
     /// [`privs_to_kill`]); nothing to do (no lock taken exclusively, no
     /// commit) in the common case.
-    pub(super) fn kill_privs(&self, cred: &Cred, ino: u64) -> Result<()> {
-        if cred.uid == 0 || privs_to_kill(cred, self.state.read().inode(ino)?.mode) == 0 {
+    pub(super) fn kill_privs(&self, cred: &Cred, node: Node) -> Result<()> {
+        if cred.uid == 0 || privs_to_kill(cred, self.state.read().node(node)?.mode) == 0 {
             return Ok(());
         }
         let mut st = self.state.write();
-        let kill = privs_to_kill(cred, st.inode(ino)?.mode);
+        let ino = node.ino;
+        let kill = privs_to_kill(cred, st.node(node)?.mode);
         if kill == 0 {
             return Ok(());
         }
