@@ -67,10 +67,10 @@ fn shape(fs: &Arc<Fs>) -> Shape {
     let mut todo = vec![("".to_string(), fs.root())];
     while let Some((path, dir)) = todo.pop() {
         for e in fs.readdir_node(ROOT, dir).unwrap() {
-            let st = fs.lookup(ROOT, dir, e.name.as_bytes()).unwrap();
+            let st = fs.lookup(ROOT, dir, &e.name).unwrap();
             assert_eq!(e.kind, st.mode & S_IFMT, "readdir's kind");
             assert_eq!(e.is_dir, st.is_dir());
-            let p = format!("{path}/{}", e.name);
+            let p = format!("{path}/{}", e.name_lossy());
             let data = match st.mode & S_IFMT {
                 S_IFLNK => fs.readlink(ROOT, st.node()).unwrap(),
                 S_IFREG => {
@@ -215,7 +215,7 @@ fn every_node_function_does_what_the_contract_says() {
         .readdir_node(ROOT, root)
         .unwrap()
         .into_iter()
-        .map(|e| (e.name, e.kind))
+        .map(|e| (e.name_lossy().into_owned(), e.kind))
         .collect();
     assert_eq!(
         names,
@@ -938,4 +938,59 @@ fn a_truncate_waiting_for_a_lease_never_reaches_the_slots_next_file() {
         assert!(r.is_ok(), "without the check the truncate goes on: {r:?}");
         assert_eq!(size, 0, "and destroys the file that reused the slot");
     }
+}
+
+/// An explicit mtime (`utimensat`, `touch -d`, `tar x`) after an in-place
+/// write sticks: in stat and after fsync (which persists the time of
+/// in-place writes).
+#[test]
+fn an_explicit_mtime_after_an_in_place_write_sticks() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let (h, st) = fs
+        .create_in(ROOT, root, b"f", 0o644, OpenFlags::CREATE)
+        .unwrap();
+    h.pwrite(0, &[1u8; 4096]).unwrap(); // allocates
+    h.pwrite(0, &[2u8; 4096]).unwrap(); // in place: the time stays in the runtime
+    fs.setattr(
+        ROOT,
+        st.node(),
+        &SetAttr {
+            mtime: Some(TimeSet::Ns(1_000_000_000)),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(st.node()).unwrap().mtime_ns, 1_000_000_000);
+    h.fsync().unwrap();
+    assert_eq!(fs.getattr(st.node()).unwrap().mtime_ns, 1_000_000_000);
+    // A later in-place write moves it again.
+    h.pwrite(0, &[3u8; 4096]).unwrap();
+    assert!(fs.getattr(st.node()).unwrap().mtime_ns > 1_000_000_000);
+}
+
+/// Names are bytes: a name that is not UTF-8 comes back from readdir as it
+/// was created, so a lookup (and an unlink: `rm -rf`) of it finds the file.
+#[test]
+fn names_that_are_not_utf8_round_trip_through_readdir() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let names: [&[u8]; 3] = [b"caf\xe9", b"caf\xff", b"caf\xef\xbf\xbd"];
+    for n in names {
+        fs.mknod_in(ROOT, root, n, S_IFREG | 0o644, 0).unwrap();
+    }
+    let listed: Vec<Vec<u8>> = fs
+        .readdir_node(ROOT, root)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+    want.sort();
+    assert_eq!(listed, want, "sorted by bytes, each as created");
+    for n in &listed {
+        fs.lookup(ROOT, root, n).unwrap();
+        fs.unlink_in(ROOT, root, n).unwrap();
+    }
+    assert!(fs.readdir_node(ROOT, root).unwrap().is_empty());
 }

@@ -207,14 +207,25 @@ pub struct FiemapExtent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DirEntry {
-    /// Name.
-    pub name: String,
+    /// Name: the bytes of the directory entry, not necessarily UTF-8 (a
+    /// name any caller created must come back as it is, so a lookup of it
+    /// finds the file); [`DirEntry::name_lossy`] for printing.
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
+    pub name: Vec<u8>,
     /// Inode.
     pub ino: u64,
     /// Whether it is a directory.
     pub is_dir: bool,
     /// Its file type: the `S_IFMT` bits of its mode.
     pub kind: u32,
+}
+
+impl DirEntry {
+    /// The name for printing: invalid UTF-8 replaced by U+FFFD (never to
+    /// look the entry up with).
+    pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
 }
 
 /// What `fsck` found.

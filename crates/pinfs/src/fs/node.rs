@@ -901,7 +901,7 @@ impl Fs {
             .map(|(name, &(ino, _))| {
                 let kind = st.inodes.get(&ino).map_or(0, |i| i.mode & S_IFMT);
                 DirEntry {
-                    name: String::from_utf8_lossy(name).into_owned(),
+                    name: name.to_vec(),
                     ino,
                     is_dir: kind == S_IFDIR,
                     kind,
@@ -1021,6 +1021,14 @@ impl Fs {
         }
         i.ctime_ns = attr.ctime_ns.unwrap_or(now);
         op.commit()?;
+        if attr.mtime.is_some() {
+            // The time set replaces the one in-place writes left in the
+            // runtime (under the write lock: no in-place write runs), or a
+            // later stat and fsync would show the write's time again.
+            if let Some(rt) = st.runtime.get(&node.ino) {
+                rt.lazy_mtime_ns.store(0, Ordering::Relaxed);
+            }
+        }
         st.stat(node.ino)
     }
 
