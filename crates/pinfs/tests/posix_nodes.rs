@@ -763,6 +763,49 @@ fn times_change_as_posix_says() {
     fs.setattr(bob, f, &now).unwrap();
     assert_eq!(t(f), (true, true));
     assert_eq!(errno(fs.setattr(bob, f, &explicit)), Errno::EPERM);
+    // One time now, the other left alone (`touch -a`, `touch -m`): the
+    // owner or root only, even for a writer (Linux: EPERM).
+    age(&fs, f);
+    for one in [
+        SetAttr {
+            atime: Some(TimeSet::Now),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            mtime: Some(TimeSet::Now),
+            ..SetAttr::default()
+        },
+    ] {
+        age(&fs, f);
+        assert_eq!(errno(fs.setattr(bob, f, &one)), Errno::EPERM);
+        assert_eq!(t(f), (false, false));
+        fs.setattr(ROOT, f, &one).unwrap();
+    }
+    // The change time: alone, the owner or root only (EPERM); along with
+    // another permitted change, a stranger's value is not taken.
+    age(&fs, f);
+    let ctime = |c| SetAttr {
+        ctime_ns: Some(c),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(bob, f, &ctime(7))), Errno::EPERM);
+    assert_eq!(fs.getattr(f).unwrap().ctime_ns, 1);
+    let st = fs
+        .setattr(
+            bob,
+            f,
+            &SetAttr {
+                ctime_ns: Some(7),
+                ..now
+            },
+        )
+        .unwrap();
+    assert!(st.ctime_ns > 7, "a writer's touch sets the change time to now");
+    assert_eq!(
+        fs.setattr(ROOT, f, &ctime(7)).unwrap().ctime_ns,
+        7,
+        "root's (the owner's) change time is taken"
+    );
 }
 
 #[test]

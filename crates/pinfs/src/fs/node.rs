@@ -97,8 +97,8 @@ impl Default for Groups {
 /// A time `utimensat` sets: `UTIME_NOW` or an explicit time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {
-    /// The current time (`UTIME_NOW`): the owner, root, or anyone who may
-    /// write the file.
+    /// The current time (`UTIME_NOW`): both times now, the owner, root, or
+    /// anyone who may write the file; one of them alone, the owner or root.
     Now,
     /// An explicit time, ns since the epoch: the owner or root only.
     Ns(u64),
@@ -120,7 +120,9 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     /// Modification time.
     pub mtime: Option<TimeSet>,
-    /// Change time, set as given (otherwise any change sets it to now).
+    /// Change time, set as given when the caller is the owner or root
+    /// (otherwise any change sets it to now; alone from anyone else:
+    /// `EPERM`).
     pub ctime_ns: Option<u64>,
 }
 
@@ -923,8 +925,12 @@ impl Fs {
     ///   `EISDIR`/`EINVAL` for a directory/non-regular file; breaks open
     ///   leases and layout leases; a caller other than root clears the
     ///   set-id bits;
-    /// - times: an explicit time needs the owner or root (`EPERM`); both
-    ///   set to now needs the owner, root or write permission (`EACCES`).
+    /// - times: both set to now needs the owner, root or write permission
+    ///   (`EACCES`); any other time set (explicit, or one now with the
+    ///   other left alone) the owner or root (`EPERM`), as in Linux;
+    /// - `ctime_ns`: taken from the owner or root only; alone, from anyone
+    ///   else, `EPERM`; with another permitted change, the change time
+    ///   becomes now instead.
     ///
     /// Any change sets the change time.
     pub fn setattr(&self, cred: Cred, node: Node, attr: &SetAttr) -> Result<Stat> {
@@ -982,6 +988,9 @@ impl Fs {
             },
             true,
         )?;
+        // Whether the given change time is taken (owner or root, looked at
+        // before an owner change).
+        let ctime_by_owner = cred.uid == 0 || cred.uid == i.uid;
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);
         let i = op.inode_mut(node.ino)?;
@@ -1019,7 +1028,10 @@ impl Fs {
         if let Some(t) = attr.mtime {
             i.mtime_ns = time(t);
         }
-        i.ctime_ns = attr.ctime_ns.unwrap_or(now);
+        i.ctime_ns = match attr.ctime_ns {
+            Some(ctime) if ctime_by_owner => ctime,
+            _ => now,
+        };
         op.commit()?;
         if attr.mtime.is_some() {
             // The time set replaces the one in-place writes left in the
@@ -1066,16 +1078,29 @@ impl Fs {
                 return Err(Errno::EPERM.into());
             }
         }
-        let explicit = matches!(attr.atime, Some(TimeSet::Ns(_)))
-            || matches!(attr.mtime, Some(TimeSet::Ns(_)));
-        if explicit && !owner {
-            return Err(Errno::EPERM.into());
+        // Both "now" (`utimes(NULL)`, `touch`): the owner, root or a
+        // writer (`EACCES`). Any other time set — explicit, or one "now"
+        // with the other left alone (`touch -a`) — the owner or root only
+        // (`EPERM`), as Linux decides (`setattr_prepare`; checked on tmpfs:
+        // `setpriv --reuid=65534 touch -a` of a 0666 file is refused).
+        if (attr.atime.is_some() || attr.mtime.is_some()) && !owner {
+            if attr.atime == Some(TimeSet::Now) && attr.mtime == Some(TimeSet::Now) {
+                st.may(cred, i.ino, MAY_WRITE)?;
+            } else {
+                return Err(Errno::EPERM.into());
+            }
         }
-        // Both "now" (`utimes(NULL)`): the owner, root or a writer. One
-        // "now" with the other left alone needs nothing (as in Linux,
-        // whose `ATTR_TOUCH` is set only for both).
-        if attr.atime == Some(TimeSet::Now) && attr.mtime == Some(TimeSet::Now) && !owner {
-            st.may(cred, i.ino, MAY_WRITE)?;
+        // The change time alone: the owner or root. Linux never lets a
+        // process set it; FUSE sends it only along with another change, and
+        // for a caller other than the owner or root the time given is not
+        // taken (the change sets it to now, see `setattr_via`).
+        let ctime_alone = *attr
+            == SetAttr {
+                ctime_ns: attr.ctime_ns,
+                ..SetAttr::default()
+            };
+        if attr.ctime_ns.is_some() && ctime_alone && !owner {
+            return Err(Errno::EPERM.into());
         }
         Ok(())
     }
