@@ -800,7 +800,10 @@ fn times_change_as_posix_says() {
             },
         )
         .unwrap();
-    assert!(st.ctime_ns > 7, "a writer's touch sets the change time to now");
+    assert!(
+        st.ctime_ns > 7,
+        "a writer's touch sets the change time to now"
+    );
     assert_eq!(
         fs.setattr(ROOT, f, &ctime(7)).unwrap().ctime_ns,
         7,
@@ -1036,4 +1039,86 @@ fn names_that_are_not_utf8_round_trip_through_readdir() {
         fs.unlink_in(ROOT, root, n).unwrap();
     }
     assert!(fs.readdir_node(ROOT, root).unwrap().is_empty());
+}
+
+/// `RENAME_EXCHANGE` of a directory and a file across parents gives the
+/// file's parent a `..` link: at `MAX_LINKS` that is `EMLINK`, and nothing
+/// changes (the pool stays consistent).
+#[test]
+fn an_exchange_into_a_full_parent_is_emlink() {
+    let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(1200 << 20).unwrap());
+    Fs::mkfs(&*media).unwrap();
+    let fs = Fs::mount(media).unwrap();
+    let root = fs.root();
+    let full = fs.mkdir_in(ROOT, root, b"full", 0o755).unwrap().node();
+    for i in 0..MAX_LINKS - 2 {
+        fs.mkdir_in(ROOT, full, format!("{i}").as_bytes(), 0o755)
+            .unwrap();
+    }
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    fs.mknod_in(ROOT, full, b"f", S_IFREG | 0o644, 0).unwrap();
+    fs.mkdir_in(ROOT, root, b"d", 0o755).unwrap();
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    assert_eq!(
+        errno(fs.rename_in(ROOT, root, b"d", full, b"f", exchange)),
+        Errno::EMLINK
+    );
+    assert_eq!(
+        errno(fs.rename_in(ROOT, full, b"f", root, b"d", exchange)),
+        Errno::EMLINK,
+        "either way round"
+    );
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    assert!(fs.lookup(ROOT, full, b"f").unwrap().mode & S_IFMT == S_IFREG);
+    assert!(fs.check().is_empty());
+    // With room, the same exchange goes through.
+    fs.rmdir_in(ROOT, full, b"0").unwrap();
+    fs.rename_in(ROOT, root, b"d", full, b"f", exchange)
+        .unwrap();
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    assert!(fs.check().is_empty());
+}
+
+/// Renaming a name over another name of the same file does nothing and
+/// succeeds before any permission check past the lookups (Linux
+/// `vfs_rename`): even a caller who may not write the directory.
+#[test]
+fn a_rename_over_a_hard_link_of_itself_is_a_no_op() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let d = fs.mkdir_in(ROOT, root, b"d", 0o755).unwrap().node();
+    let f = fs
+        .mknod_in(ROOT, d, b"a", S_IFREG | 0o644, 0)
+        .unwrap()
+        .node();
+    fs.link_in(ROOT, f, d, b"b").unwrap();
+    let bob = user(1001, 1001, &[]);
+    fs.rename_in(bob, d, b"a", d, b"b", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(f).unwrap().nlink, 2);
+    fs.lookup(ROOT, d, b"a").unwrap();
+    fs.lookup(ROOT, d, b"b").unwrap();
+    // A different file in the same place still needs write permission.
+    fs.mknod_in(ROOT, d, b"c", S_IFREG | 0o644, 0).unwrap();
+    assert_eq!(
+        errno(fs.rename_in(bob, d, b"a", d, b"c", RenameFlags::default())),
+        Errno::EACCES
+    );
+    // Without search permission the lookups fail first.
+    fs.setattr(
+        ROOT,
+        d,
+        &SetAttr {
+            mode: Some(0o700),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        errno(fs.rename_in(bob, d, b"a", d, b"b", RenameFlags::default())),
+        Errno::EACCES
+    );
 }

@@ -331,13 +331,14 @@ impl Handle {
                         _ => ByteRange::to_eof(offset.min(seen)),
                     };
                     let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
-                    let bound = self
-                        .fs
-                        .pins_before_break(self.node(), removed.0, removed.1, owner)?;
-                    layout = Some(
+                    let bound =
                         self.fs
-                            .layout_change_until(self.node(), range, owner, nb, bound)?,
-                    );
+                            .pins_before_break(self.node(), removed.0, removed.1, owner)?;
+                    layout =
+                        Some(
+                            self.fs
+                                .layout_change_until(self.node(), range, owner, nb, bound)?,
+                        );
                     self.fs
                         .pins_after_break(self.node(), removed.0, removed.1, bound)?;
                 }

@@ -767,8 +767,21 @@ impl Fs {
         check_name(to_name)?;
         self.writable()?;
         {
-            // The source's checks before any lease of the target is broken.
             let st = self.state.read();
+            // Two names of one file: POSIX says rename does nothing, and
+            // Linux returns 0 once the lookups (search permission) found
+            // one inode, before any other permission check (`vfs_rename`;
+            // `RENAME_NOREPLACE` is `EEXIST` before that).
+            if !flags.noreplace {
+                if let (Ok(a), Ok(b)) =
+                    (st.entry(&cred, dir, name), st.entry(&cred, to_dir, to_name))
+                {
+                    if a == b {
+                        return Ok(());
+                    }
+                }
+            }
+            // The source's checks before any lease of the target is broken.
             self.may_delete(&st, &cred, dir, name)?;
         }
         let _freeing = if flags.exchange || (dir == to_dir && name == to_name) {
@@ -864,6 +877,14 @@ impl Fs {
             st.check_not_below(b, fdir)?;
             if fdir != tdir {
                 st.may(cred, b, MAY_WRITE)?;
+            }
+        }
+        if fdir != tdir && a_dir != b_dir {
+            // The parent a directory moves into gains a `..` link: at
+            // `MAX_LINKS` that is `EMLINK`, before anything changes.
+            let gains = if a_dir { tdir } else { fdir };
+            if st.inode(gains)?.nlink >= MAX_LINKS {
+                return Err(Errno::EMLINK.into());
             }
         }
         let now = now_ns();

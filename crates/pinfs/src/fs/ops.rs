@@ -562,13 +562,8 @@ impl Handle {
     /// checked write permission itself); the set-id bits the opener may
     /// not keep go in the same commit.
     pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
-        self.fs.truncate_inode(
-            self.node(),
-            size,
-            &self.cred,
-            self.flags.nonblocking,
-            None,
-        )
+        self.fs
+            .truncate_inode(self.node(), size, &self.cred, self.flags.nonblocking, None)
     }
 
     /// Clone `src` (or `src_offset..+len` of it, to `dst_offset`) into this

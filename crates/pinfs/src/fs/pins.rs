@@ -187,9 +187,12 @@ impl Fs {
         let mut take_change = !ready(&fs.state.read())?;
         let (layout, st) = loop {
             let layout = match take_change {
-                true => {
-                    Some(fs.layout_change(fs.node_of(ino)?, ByteRange::new(start, end), owner, nonblocking)?)
-                }
+                true => Some(fs.layout_change(
+                    fs.node_of(ino)?,
+                    ByteRange::new(start, end),
+                    owner,
+                    nonblocking,
+                )?),
                 false => None,
             };
             let mut st = fs.state.write();
