@@ -478,6 +478,49 @@ fn supplementary_groups_count_like_the_primary_group() {
     let many: Vec<u32> = (100..200).collect();
     let g = Groups::from_slice(&many);
     assert!(g.contains(100) && g.contains(131) && !g.contains(132));
+    assert!(g.is_truncated() && !Groups::from_slice(&many[..32]).is_truncated());
+}
+
+/// A caller whose groups were dropped (more than `MAX_GROUPS`) is never
+/// given more than it really has: a 0604 file of a group it may belong to
+/// (its 33rd) stays unreadable — group bits deny what the other bits allow
+/// — while what both allow is granted. Control: a caller with the same
+/// first 32 groups and no more reads it (the other bits), so the refusal
+/// comes from the doubt.
+#[test]
+fn dropped_groups_never_widen_access() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let f = fs
+        .mknod_in(ROOT, root, b"f", S_IFREG | 0o604, 0)
+        .unwrap()
+        .node();
+    fs.setattr(
+        ROOT,
+        f,
+        &SetAttr {
+            gid: Some(500),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let first: Vec<u32> = (1000..1032).collect();
+    let all: Vec<u32> = first.iter().copied().chain([500]).collect();
+    let dropped = user(1000, 1000, &all);
+    assert_eq!(errno(fs.access(dropped, f, 4)), Errno::EACCES);
+    assert_eq!(
+        errno(fs.open_node(dropped, f, OpenFlags::RDONLY)),
+        Errno::EACCES
+    );
+    let outsider = user(1000, 1000, &first);
+    fs.access(outsider, f, 4).unwrap();
+    // What both the group and the other bits allow is granted on doubt.
+    let both = fs
+        .mknod_in(ROOT, root, b"both", S_IFREG | 0o644, 0)
+        .unwrap()
+        .node();
+    fs.access(dropped, both, 4).unwrap();
+    assert_eq!(errno(fs.access(dropped, both, 2)), Errno::EACCES);
 }
 
 #[test]

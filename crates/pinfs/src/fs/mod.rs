@@ -425,6 +425,11 @@ impl FsState {
             i.mode >> 6
         } else if cred.in_group(i.gid) {
             i.mode >> 3
+        } else if cred.groups.is_truncated() {
+            // Membership unknown (groups were dropped): only what the
+            // group and the other bits both allow — a 0604 file of one of
+            // the dropped groups must stay unreadable to its members.
+            i.mode >> 3 & i.mode
         } else {
             i.mode
         } & 7;

@@ -54,10 +54,14 @@ impl Node {
 }
 
 /// A caller's supplementary groups: an inline set of up to [`MAX_GROUPS`]
-/// gids, so a [`Cred`] stays `Copy`.
+/// gids, so a [`Cred`] stays `Copy`. A caller with more has them dropped
+/// and the set marked *truncated*: membership of a group not in the set is
+/// then unknown, and permission checks decide it on doubt safely (see
+/// [`Groups::is_truncated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Groups {
     len: u8,
+    truncated: bool,
     gids: [u32; MAX_GROUPS],
 }
 
@@ -65,21 +69,35 @@ impl Groups {
     /// No supplementary group.
     pub const NONE: Groups = Groups {
         len: 0,
+        truncated: false,
         gids: [0; MAX_GROUPS],
     };
 
-    /// The groups of `gids`, keeping the first [`MAX_GROUPS`].
+    /// The groups of `gids`, keeping the first [`MAX_GROUPS`] (and marked
+    /// truncated when there were more).
     pub fn from_slice(gids: &[u32]) -> Groups {
         let mut g = Groups::NONE;
         let n = gids.len().min(MAX_GROUPS);
         g.gids[..n].copy_from_slice(&gids[..n]);
         g.len = n as u8;
+        g.truncated = gids.len() > MAX_GROUPS;
         g
     }
 
-    /// Whether `gid` is one of them.
+    /// Whether `gid` is one of them (false for a dropped one: grant
+    /// nothing on a membership not known).
     pub fn contains(&self, gid: u32) -> bool {
         self.as_slice().contains(&gid)
+    }
+
+    /// Whether some of the caller's groups were dropped: then a gid not in
+    /// the set may still be one of the caller's. File access then gets
+    /// only what both the group and the other bits allow (never more than
+    /// the caller really has, whichever way the membership is), and
+    /// privileges that need membership (keeping set-gid, chown to a group)
+    /// are refused.
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
     }
 
     /// The gids.
