@@ -43,8 +43,15 @@ pub const HUGE_BLOCKS: u64 = 512;
 
 /// Superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"PINFS\0\r\n";
-/// Format version this code reads and writes.
+/// Format version this code writes (mkfs) and reads.
 pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format version this code also reads and writes: version 2's
+/// layout is byte-identical (its reserved inode bytes are zero, which is
+/// `rdev` 0), so a version-2 pool mounts as it is and keeps its version
+/// (no superblock rewrite, hence no crash window); only the file types and
+/// hard links of version 3 are new in it.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// State block magic.
 pub const STATE_MAGIC: u64 = u64::from_le_bytes(*b"PINFSSTA");
 /// Journal header magic.
@@ -148,7 +155,8 @@ pub const MAX_LINKS: u32 = 65_000;
 pub struct Superblock {
     /// [`SUPER_MAGIC`].
     pub magic: [u8; 8],
-    /// [`FORMAT_VERSION`].
+    /// [`FORMAT_VERSION`] (or [`OLDEST_FORMAT_VERSION`] for a pool made by
+    /// an older pinfs).
     pub version: U32,
     /// [`BLOCK_SIZE`].
     pub block_size: U32,
@@ -444,10 +452,10 @@ impl Superblock {
         if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) || self.pad.get() != 0 {
             return Err(Error::corrupt("superblock checksum mismatch"));
         }
-        if self.version.get() != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.version.get()) {
             return Err(Error::Foreign {
                 what: format!(
-                    "format version {} (this pinfs reads version {FORMAT_VERSION})",
+                    "format version {} (this pinfs reads version {FORMAT_VERSION} and version {OLDEST_FORMAT_VERSION})",
                     self.version.get()
                 ),
             });

@@ -1028,14 +1028,14 @@ fn data_start_bytes(p: &Pool) -> usize {
     (p.sb.data_start.get() * BLOCK_SIZE) as usize
 }
 
-/// A pool of another format version (the version-1 pools with a per-block
-/// reference-count table and a zeroed inode table, the version-2 pools
-/// without symlinks, special files and hard links) is refused with one line
-/// naming both versions — never misread as this version.
+/// A pool of a format version this pinfs does not read (the version-1
+/// pools with a per-block reference-count table and a zeroed inode table,
+/// a later version) is refused with one line naming the versions — never
+/// misread as this version.
 #[test]
 fn an_older_format_version_is_refused_naming_both() {
     let p = pool();
-    for old in [1u32, 2, format::FORMAT_VERSION + 1] {
+    for old in [1u32, format::FORMAT_VERSION + 1] {
         let mut img = p.image.clone();
         set_u32(&mut img, offset_of!(Superblock, version), old);
         reseal::<Superblock>(&mut img, 0, Superblock::seal);
@@ -1053,4 +1053,37 @@ fn an_older_format_version_is_refused_naming_both() {
             );
         }
     }
+}
+
+/// A version-2 pool (the layout of version 3; its reserved inode bytes are
+/// zero) mounts and checks clean, keeps its files, takes the new file types,
+/// and keeps its version across a remount (accepted as it is, never
+/// rewritten: no crash window).
+#[test]
+fn a_version_2_pool_mounts_as_it_is() {
+    let p = pool();
+    let mut img = p.image.clone();
+    set_u32(&mut img, offset_of!(Superblock, version), format::OLDEST_FORMAT_VERSION);
+    reseal::<Superblock>(&mut img, 0, Superblock::seal);
+    let before = Fs::mount(Arc::new(RecordingMedia::from_image(p.image.clone())))
+        .unwrap()
+        .readdir(pinfs::fs::Cred::ROOT, "/")
+        .unwrap();
+    let media = Arc::new(RecordingMedia::from_image(img));
+    assert!(Fs::fsck(&*media).unwrap().problems.is_empty());
+    let fs = Fs::mount(media.clone()).unwrap();
+    assert_eq!(fs.readdir(pinfs::fs::Cred::ROOT, "/").unwrap(), before);
+    let root = fs.root();
+    fs.symlink_in(pinfs::fs::Cred::ROOT, root, b"new-link", b"target")
+        .unwrap();
+    drop(fs);
+    let fs = Fs::mount(media.clone()).unwrap();
+    assert!(fs.check().is_empty());
+    drop(fs);
+    let mut raw = vec![0u8; size_of::<Superblock>()];
+    pinfs::media::Media::read(&*media, 0, &mut raw).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(raw[offset_of!(Superblock, version)..][..4].try_into().unwrap()),
+        format::OLDEST_FORMAT_VERSION
+    );
 }
