@@ -576,7 +576,7 @@ impl Fs {
         // Claimed before journal recovery writes anything; given back if
         // the mount fails, else when the `Fs` is dropped.
         let claim = MountClaim::take(&*media)?;
-        let (st, recovery) = load::load(&*media)?;
+        let (mut st, recovery) = load::load(&*media)?;
         if recovery != Recovery::Clean {
             tracing::info!(?recovery, "journal recovery");
         }
@@ -590,6 +590,18 @@ impl Fs {
                     String::new()
                 }
             )));
+        }
+        // A version-2 pool (or one whose upgrade a crash interrupted)
+        // becomes version 3 before anything of version 3 is written to it.
+        if let Some(words) = st.sb.upgrade_words() {
+            for (at, word) in words {
+                media.write(at, &word)?;
+                media.flush(at, 8)?;
+                media.fence();
+            }
+            st.sb.version = FORMAT_VERSION.into();
+            st.sb.seal();
+            tracing::info!("pool upgraded to format version {FORMAT_VERSION}");
         }
         // From here the `Fs` owns the claim (its `Drop` gives it back).
         claim.keep();
