@@ -1078,7 +1078,11 @@ fn a_version_2_pool_is_upgraded_crash_safely() {
     use pinfs::media::recording::CrashMode;
     let p = pool();
     let mut img = p.image.clone();
-    set_u32(&mut img, offset_of!(Superblock, version), format::OLDEST_FORMAT_VERSION);
+    set_u32(
+        &mut img,
+        offset_of!(Superblock, version),
+        format::OLDEST_FORMAT_VERSION,
+    );
     reseal::<Superblock>(&mut img, 0, Superblock::seal);
     let before = Fs::mount(Arc::new(RecordingMedia::from_image(p.image.clone())))
         .unwrap()
@@ -1086,7 +1090,11 @@ fn a_version_2_pool_is_upgraded_crash_safely() {
         .unwrap();
     let media = Arc::new(RecordingMedia::from_image(img));
     assert!(Fs::fsck(&*media).unwrap().problems.is_empty());
-    assert_eq!(version_of(&media.image()), format::OLDEST_FORMAT_VERSION, "fsck does not upgrade");
+    assert_eq!(
+        version_of(&media.image()),
+        format::OLDEST_FORMAT_VERSION,
+        "fsck does not upgrade"
+    );
     media.start_recording();
     let fs = Fs::mount(media.clone()).unwrap();
     assert_eq!(version_of(&media.image()), format::FORMAT_VERSION);
@@ -1105,14 +1113,23 @@ fn a_version_2_pool_is_upgraded_crash_safely() {
             let v = version_of(&image);
             seen.insert(v);
             let m = Arc::new(RecordingMedia::from_image(image));
-            assert!(Fs::fsck(&*m).unwrap().problems.is_empty(), "point {point} {mode:?}");
+            assert!(
+                Fs::fsck(&*m).unwrap().problems.is_empty(),
+                "point {point} {mode:?}"
+            );
             let fs = Fs::mount(m.clone()).unwrap_or_else(|e| panic!("point {point} {mode:?}: {e}"));
             assert!(fs.check().is_empty());
             drop(fs);
-            assert_eq!(version_of(&m.image()), format::FORMAT_VERSION, "the next mount upgrades");
+            assert_eq!(
+                version_of(&m.image()),
+                format::FORMAT_VERSION,
+                "the next mount upgrades"
+            );
         }
     }
-    assert!(seen.contains(&format::OLDEST_FORMAT_VERSION) && seen.contains(&format::FORMAT_VERSION));
+    assert!(
+        seen.contains(&format::OLDEST_FORMAT_VERSION) && seen.contains(&format::FORMAT_VERSION)
+    );
 }
 
 /// Negative control of the upgrade's crash safety: a superblock torn any
@@ -1121,7 +1138,11 @@ fn a_version_2_pool_is_upgraded_crash_safely() {
 fn a_torn_superblock_that_is_no_upgrade_is_refused() {
     let p = pool();
     let mut img = p.image.clone();
-    set_u32(&mut img, offset_of!(Superblock, version), format::OLDEST_FORMAT_VERSION);
+    set_u32(
+        &mut img,
+        offset_of!(Superblock, version),
+        format::OLDEST_FORMAT_VERSION,
+    );
     // Version 2 with the CRC of neither version: the block-size word differs.
     set_u32(&mut img, offset_of!(Superblock, block_size), 8192);
     let e = Fs::mount(Arc::new(RecordingMedia::from_image(img))).unwrap_err();
