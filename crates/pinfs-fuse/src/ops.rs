@@ -599,11 +599,16 @@ impl Filesystem for PinfsFuse {
         for (i, e) in dir.entries.iter().enumerate().skip(skip) {
             // The entry's generation: a name removed since opendir is
             // skipped, as a directory read after the removal would.
-            let Ok(st) = self.fs.lookup(cred, dir.node, e.name.as_bytes()) else {
+            let Ok(st) = self.fs.lookup(cred, dir.node, &e.name) else {
                 continue;
             };
             let id = node_id(st.node(), self.root);
-            if reply.add(INodeNo(id), i as u64 + 3, file_type(st.mode), &e.name) {
+            if reply.add(
+                INodeNo(id),
+                i as u64 + 3,
+                file_type(st.mode),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
