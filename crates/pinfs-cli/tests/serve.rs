@@ -123,7 +123,7 @@ fn serve_start_use_sigterm_fsck() {
 }
 
 #[test]
-fn serve_refuses_mount_and_bad_options_in_one_line() {
+fn serve_refuses_a_bad_mount_point_and_bad_options_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
     let socket = dir.path().join("sock");
@@ -131,8 +131,8 @@ fn serve_refuses_mount_and_bad_options_in_one_line() {
     let (p, s) = (pool.to_str().unwrap(), socket.to_str().unwrap());
     for (args, says) in [
         (
-            vec!["serve", p, "--socket", s, "--mount", "/mnt"],
-            "--mount",
+            vec!["serve", p, "--socket", s, "--mount", "/nonexistent/dir"],
+            "--mount /nonexistent/dir: not a directory to mount on",
         ),
         (vec!["serve", p, "--socket", s, "--fence", "maybe"], "fence"),
         (

@@ -81,7 +81,7 @@ fn every_operation_through_the_daemon() {
         .readdir("/d")
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name_lossy().into_owned())
         .collect();
     assert_eq!(names, ["a", "c"]);
     drop(g);

@@ -1,6 +1,6 @@
 //! A FUSE mount of a live pinfs file system (SPEC §8, last point): ordinary
 //! tools — `truncate`, `fallocate`, `cp`, `rm`, test suites — act on the
-//! files of a mounted [`pinfs::Fs`], through the same library functions as
+//! files of a mounted [`pinfs::fs::Fs`], through the same library functions as
 //! every client, so each of their layout changes is a lease breaker with
 //! SPEC's semantics: it waits for the holder, or fails with `Text file busy`
 //! under `fail` or against an unbreakable lease, visible as the shell
@@ -68,7 +68,9 @@ pub struct MountOptions {
     /// capped at [`MAX_THREADS`].
     pub threads: usize,
     /// `allow_other`: users other than the mounter may use the mount (the
-    /// kernel checks permissions with `default_permissions` either way).
+    /// kernel checks permissions with `default_permissions` either way). A
+    /// mounter other than root needs `user_allow_other` in
+    /// `/etc/fuse.conf` for it.
     pub allow_other: bool,
     /// The mount's subtype (`fuse.SUBTYPE` in `/proc/mounts`).
     pub subtype: String,

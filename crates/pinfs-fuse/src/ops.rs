@@ -599,11 +599,16 @@ impl Filesystem for PinfsFuse {
         for (i, e) in dir.entries.iter().enumerate().skip(skip) {
             // The entry's generation: a name removed since opendir is
             // skipped, as a directory read after the removal would.
-            let Ok(st) = self.fs.lookup(cred, dir.node, e.name.as_bytes()) else {
+            let Ok(st) = self.fs.lookup(cred, dir.node, &e.name) else {
                 continue;
             };
             let id = node_id(st.node(), self.root);
-            if reply.add(INodeNo(id), i as u64 + 3, file_type(st.mode), &e.name) {
+            if reply.add(
+                INodeNo(id),
+                i as u64 + 3,
+                file_type(st.mode),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
@@ -782,7 +787,9 @@ impl Filesystem for PinfsFuse {
                 offset_in.is_multiple_of(BLOCK_SIZE) && offset_out.is_multiple_of(BLOCK_SIZE);
             let whole = len.is_multiple_of(BLOCK_SIZE)
                 || (offset_in + len == src_size && offset_out + len >= dst_size);
-            if !aligned || !whole || Arc::ptr_eq(&src.handle, &dst.handle) {
+            // Within one file ranges may overlap, which a reflink refuses
+            // and a copy must not: the kernel copies those.
+            if !aligned || !whole || src.handle.node() == dst.handle.node() {
                 return Err(Errno::EOPNOTSUPP.into());
             }
             dst.handle

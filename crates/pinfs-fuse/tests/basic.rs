@@ -104,3 +104,80 @@ fn unmount_joins_and_a_busy_mount_still_ends() {
         "still mounted: {mounts}"
     );
 }
+
+/// Every `fallocate` mode the kernel passes does through the mount what the
+/// core does;
+/// `SEEK_DATA`/`SEEK_HOLE` follow the extent map; `copy_file_range` of
+/// whole blocks shares them (a reflink) and of a partial block copies.
+#[test]
+fn fallocate_modes_seek_and_copy_file_range() {
+    use rustix::fs::{copy_file_range, fallocate, seek, FallocateFlags, SeekFrom as S};
+    need_fuse!();
+    let m = Mounted::default_fs();
+    let block = 4096usize;
+    let mut model: Vec<u8> = (0..16 * block).map(|i| (i / block) as u8 + 1).collect();
+    std::fs::write(m.path("f"), &model).expect("write");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("open");
+    let check = |model: &[u8], what: &str| {
+        assert_eq!(std::fs::read(m.path("f")).expect("read"), model, "{what}");
+    };
+    // Punch two blocks: zeros, a hole SEEK_HOLE finds.
+    fallocate(
+        &f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        4 * 4096,
+        8192,
+    )
+    .expect("punch");
+    model[4 * block..6 * block].fill(0);
+    check(&model, "punch");
+    assert_eq!(seek(&f, S::Hole(0)).expect("SEEK_HOLE"), 4 * 4096);
+    assert_eq!(seek(&f, S::Data(4 * 4096)).expect("SEEK_DATA"), 6 * 4096);
+    // Zero a range across a partial block.
+    fallocate(&f, FallocateFlags::ZERO_RANGE, 100, 5000).expect("zero");
+    model[100..5100].fill(0);
+    check(&model, "zero range");
+    // Collapse and insert never reach a FUSE file system: the kernel's
+    // FUSE refuses every mode but KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE.
+    for mode in [FallocateFlags::COLLAPSE_RANGE, FallocateFlags::INSERT_RANGE] {
+        let e = fallocate(&f, mode, 8 * 4096, 4096).expect_err("not passed by the kernel");
+        assert_eq!(e.raw_os_error(), libc::EOPNOTSUPP);
+    }
+    check(&model, "collapse and insert refused");
+    // Allocate past the end, keeping the size, then growing it.
+    fallocate(&f, FallocateFlags::KEEP_SIZE, model.len() as u64, 8192).expect("keep size");
+    check(&model, "keep size");
+    fallocate(&f, FallocateFlags::empty(), model.len() as u64, 4096).expect("allocate");
+    model.extend(vec![0; block]);
+    check(&model, "allocate");
+    // An unknown mode is refused.
+    let e = fallocate(&f, FallocateFlags::UNSHARE_RANGE, 0, 4096).expect_err("unknown mode");
+    assert_eq!(e.raw_os_error(), libc::EOPNOTSUPP);
+    // copy_file_range: whole blocks are shared, a partial block is copied.
+    let g = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.path("g"))
+        .expect("create g");
+    let (mut i, mut o) = (8 * 4096u64, 0u64);
+    let n = copy_file_range(&f, Some(&mut i), &g, Some(&mut o), 4 * block).expect("reflink");
+    assert_eq!(n, 4 * block);
+    let (mut i, mut o) = (10u64, 4 * 4096 + 10);
+    let n = copy_file_range(&f, Some(&mut i), &g, Some(&mut o), 100).expect("copy");
+    assert_eq!(n, 100);
+    let got = std::fs::read(m.path("g")).expect("read g");
+    assert_eq!(&got[..4 * block], &model[8 * block..12 * block]);
+    assert_eq!(&got[4 * block + 10..4 * block + 110], &model[10..110]);
+    let h =
+        m.fs.open(Cred::ROOT, "/g", OpenFlags::RDONLY, 0)
+            .expect("open g in the core");
+    assert!(
+        h.fiemap().expect("fiemap")[0].shared,
+        "whole blocks were shared"
+    );
+}

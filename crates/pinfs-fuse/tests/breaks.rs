@@ -2,7 +2,8 @@
 //! `MAP_DIRECT` mapping and a soft-device registration over a file, and the
 //! real `truncate` (coreutils) plus a write on the mount. The holder is told
 //! before anything changes, releases, and registers again over what the
-//! file now holds; the negative control switches lease breaking off on the
+//! file now holds — and while the truncate waits, the mount serves other
+//! processes (it blocks its own worker only); the negative control switches lease breaking off on the
 //! FUSE path (its changes made as the holder's own) and sees the
 //! registration silently go stale: the file changed under it, it was never
 //! told.
@@ -35,6 +36,23 @@ struct Seen {
     registration: Vec<u8>,
     /// The same bytes read through the mount.
     file: Vec<u8>,
+}
+
+/// Requests of other processes on the mount complete (a hang guard, not a
+/// timing assertion: a mount whose only worker is blocked never answers).
+fn others_are_served(m: &Mounted) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = m.path("other");
+    let root = m.dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        std::fs::write(&other, b"served").expect("write another file");
+        let back = std::fs::read(&other).expect("read it");
+        let names = std::fs::read_dir(&root).expect("ls").count();
+        let _ = tx.send((back, names));
+    });
+    let (back, names) = rx.recv_timeout(PATIENCE).expect("the mount answers others");
+    assert_eq!(back, b"served");
+    assert_eq!(names, 2);
 }
 
 fn scenario(breaks_off: bool) -> Seen {
@@ -80,6 +98,10 @@ fn scenario(breaks_off: bool) -> Seen {
     let told = match events.recv_timeout(if breaks_off { Duration::ZERO } else { PATIENCE }) {
         Ok(Some(_)) => {
             // Told before anything changed: the truncate waits for us.
+            assert!(!changer.is_finished());
+            // Meanwhile the mount serves everyone else: the truncate
+            // blocks its own worker only.
+            others_are_served(&m);
             assert!(!changer.is_finished());
             true
         }

@@ -47,7 +47,8 @@ pub use msg::*;
 /// The protocol version this build speaks; a `Hello` with another version
 /// is refused (`Bye`) and the connection closed.
 /// Version 2: `Stat` carries `rdev` and `DirEntry` its file type (`kind`),
-/// for the file types of format version 3.
+/// for the file types of format version 3; a `DirEntry`'s name is bytes
+/// (not necessarily UTF-8; encoded as a `String` was: length, then bytes).
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most data bytes in one `pread` reply or `pwrite` request (1 MiB); the

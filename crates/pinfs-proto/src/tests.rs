@@ -325,7 +325,7 @@ fn encoding_is_pinned() {
         &DaemonMsg::Reply {
             id: 1,
             result: Ok(Reply::Dir(vec![DirEntry {
-                name: "a".to_owned(),
+                name: b"a".to_vec(),
                 ino: 2,
                 is_dir: false,
                 kind: pinfs::format::S_IFREG,
@@ -338,6 +338,21 @@ fn encoding_is_pinned() {
         dir[4..],
         [1, 1, 0, DIR_VARIANT, 1, 1, b'a', 2, 0, 0x80, 0x80, 0x02]
     );
+    // A name is its bytes, UTF-8 or not (length, then the bytes, as a
+    // `String` was encoded: the same wire format for UTF-8 names).
+    let raw = DaemonMsg::Reply {
+        id: 1,
+        result: Ok(Reply::Dir(vec![DirEntry {
+            name: b"caf\xe9".to_vec(),
+            ino: 2,
+            is_dir: false,
+            kind: pinfs::format::S_IFREG,
+        }])),
+    };
+    let frame = encode(&raw, MAX_FRAME).unwrap();
+    assert_eq!(frame[4..12], [1, 1, 0, DIR_VARIANT, 1, 4, b'c', b'a']);
+    assert_eq!(frame[12..14], [b'f', 0xe9]);
+    round_trip(&raw, MAX_FRAME);
     let ev = encode(&DaemonMsg::Event(event()), MAX_FRAME).unwrap();
     assert_eq!(
         ev[4..],

@@ -10,10 +10,11 @@
 //! # Sessions
 //!
 //! Each connection is a session (`session.rs`): the peer's `SO_PEERCRED`
-//! (pid, uid, gid) and a pidfd of its process, both taken right after
-//! `accept` (`peer.rs`: `SO_PEERPIDFD`; a peer that cannot be pinned is
-//! refused), and a credential
-//! `Cred{uid, gid, owner}` with an owner number of its own, under which
+//! (pid, uid, gid), its supplementary groups (`SO_PEERGROUPS`, the first
+//! `MAX_GROUPS` kept and the rest marked dropped) and a pidfd of its
+//! process, all taken right after `accept` (`peer.rs`: `SO_PEERPIDFD`; a
+//! peer that cannot be pinned is refused), and a credential
+//! `Cred{uid, gid, groups, owner}` with an owner number of its own, under which
 //! every operation runs — so the core's permission checks apply to the
 //! client's user, and its leases and pins are attributed to it. Threads: a
 //! reader that only decodes, checks bounds and queues (it never blocks on

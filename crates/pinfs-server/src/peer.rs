@@ -1,5 +1,6 @@
 //! The peer process of a connection, pinned at `accept` (SPEC §8): its
-//! credentials (`SO_PEERCRED`), a pidfd of it (`SO_PEERPIDFD`, or
+//! credentials (`SO_PEERCRED`, and its supplementary groups from
+//! `SO_PEERGROUPS`), a pidfd of it (`SO_PEERPIDFD`, or
 //! `pidfd_open` right after `accept` plus a re-check of `SO_PEERCRED`), and
 //! signals sent through that pidfd only — so a pid reused by an unrelated
 //! process after the client exits can never be signalled or killed.
@@ -7,7 +8,8 @@
 //! # Safety
 //!
 //! This module calls `getsockopt(2)` and `pidfd_send_signal(2)` through
-//! `libc`, because `rustix` offers neither `SO_PEERPIDFD` nor a
+//! `libc` (`SO_PEERGROUPS` into a local `Vec<gid_t>` of the length told),
+//! because `rustix` offers neither `SO_PEERPIDFD` nor a
 //! `pidfd_send_signal` with a `siginfo` (the lease id travels as the
 //! signal's value) nor realtime signals without an unchecked constructor,
 //! and its `SO_PEERCRED` wrapper assumes a non-zero pid (a peer in another
@@ -22,11 +24,19 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// `SO_PEERPIDFD` (Linux ≥ 6.5; `asm-generic/socket.h`), not yet in `libc`.
 const SO_PEERPIDFD: libc::c_int = 77;
 
+/// Most supplementary groups read from a peer (Linux `NGROUPS_MAX`); the
+/// file system keeps the first `pinfs::fs::MAX_GROUPS` of them and marks
+/// the rest dropped.
+const MAX_PEER_GROUPS: usize = 65_536;
+
 /// Who is at the other end of a connection, pinned at `accept`.
 pub(crate) struct Peer {
     pub(crate) pid: i32,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Its supplementary groups (`SO_PEERGROUPS`, as at `connect`), the
+    /// dropped ones marked.
+    pub(crate) groups: pinfs::fs::Groups,
     /// The peer process; `None` when it cannot be pinned (the session is
     /// then refused: without it death cannot be confirmed).
     pub(crate) pidfd: Option<OwnedFd>,
@@ -58,6 +68,40 @@ fn peer_cred(sock: BorrowedFd<'_>) -> std::io::Result<libc::ucred> {
     Ok(cred)
 }
 
+/// The peer's supplementary groups (`SO_PEERGROUPS`, Linux ≥ 4.13): asked
+/// first for one more than the file system keeps, so a longer list is
+/// known to be longer (`ERANGE` tells the length; it is read once more in
+/// full, up to [`MAX_PEER_GROUPS`], and truncated by `Groups`).
+fn peer_groups(sock: BorrowedFd<'_>) -> std::io::Result<pinfs::fs::Groups> {
+    let mut want = pinfs::fs::MAX_GROUPS + 1;
+    loop {
+        let mut gids: Vec<libc::gid_t> = vec![0; want];
+        let mut len = std::mem::size_of_val(gids.as_slice()) as libc::socklen_t;
+        // SAFETY: `gids` is a local buffer of exactly `len` bytes; the
+        // kernel writes at most `len` bytes into it during the call (and on
+        // `ERANGE` only the length it needs into `len`).
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                gids.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            let n = (len as usize / std::mem::size_of::<libc::gid_t>()).min(gids.len());
+            return Ok(pinfs::fs::Groups::from_slice(&gids[..n]));
+        }
+        let err = std::io::Error::last_os_error();
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if err.raw_os_error() != Some(libc::ERANGE) || needed <= want || needed > MAX_PEER_GROUPS {
+            return Err(err);
+        }
+        want = needed;
+    }
+}
+
 /// The peer's pidfd from `SO_PEERPIDFD`.
 fn peer_pidfd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     let mut fd: libc::c_int = -1;
@@ -87,6 +131,7 @@ fn peer_pidfd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
 /// Pins the peer of a just-accepted connection.
 pub(crate) fn pin(sock: BorrowedFd<'_>) -> std::io::Result<Peer> {
     let cred = peer_cred(sock)?;
+    let groups = peer_groups(sock)?;
     let pidfd = match peer_pidfd(sock) {
         Ok(fd) => Some(fd),
         // Older kernels: open it now, then check the credentials still name
@@ -116,6 +161,7 @@ pub(crate) fn pin(sock: BorrowedFd<'_>) -> std::io::Result<Peer> {
         pid: cred.pid,
         uid: cred.uid,
         gid: cred.gid,
+        groups,
         pidfd,
     })
 }
@@ -267,5 +313,25 @@ mod tests {
         // is refused (it is not a signal to send).
         assert!(send_signal(fd.as_fd(), 0, 0).is_err());
         assert!(send_signal(fd.as_fd(), libc::SIGKILL, 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// The groups read from a connected peer are the process's own
+    /// supplementary groups (both ends are this process here).
+    #[test]
+    fn peer_groups_are_the_connectors_groups() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let got = super::peer_groups(a.as_fd()).unwrap();
+        let mut own = rustix::process::getgroups().unwrap();
+        own.truncate(pinfs::fs::MAX_GROUPS + 1);
+        let own: Vec<u32> = own.iter().map(|g| g.as_raw()).collect();
+        let want = pinfs::fs::Groups::from_slice(&own);
+        assert_eq!(got, want);
+        assert_eq!(got.is_truncated(), own.len() > pinfs::fs::MAX_GROUPS);
     }
 }

@@ -434,6 +434,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         pid,
         uid,
         gid,
+        groups,
         pidfd,
     } = peer;
     let bye = |stream: &UnixStream, reason: &str| {
@@ -512,7 +513,7 @@ pub(crate) fn run(shared: Arc<Shared>, id: ClientId, stream: UnixStream, peer: c
         cred: Cred {
             uid,
             gid,
-            groups: pinfs::fs::Groups::NONE,
+            groups,
             owner: OWNER_BASE + id,
         },
         pidfd,

@@ -43,8 +43,21 @@ pub const HUGE_BLOCKS: u64 = 512;
 
 /// Superblock magic.
 pub const SUPER_MAGIC: [u8; 8] = *b"PINFS\0\r\n";
-/// Format version this code reads and writes.
+/// Format version this code writes (mkfs) and reads.
 pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format version this code also reads: version 2's layout is
+/// byte-identical (its reserved inode bytes are zero, which is `rdev` 0),
+/// so a version-2 pool mounts, and mount upgrades its superblock to
+/// [`FORMAT_VERSION`] (see [`Superblock::upgrade_words`]) before anything
+/// of version 3 can be written — a pinfs that reads only version 2 then
+/// refuses the pool instead of misreading a symlink as a file.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
+
+// The upgrade rewrites two aligned 8-byte words (version, CRC): each is
+// written whole or not at all on persistent memory.
+const _: () = assert!(std::mem::offset_of!(Superblock, version) == 8);
+const _: () = assert!(std::mem::offset_of!(Superblock, crc) % 8 == 0);
 /// State block magic.
 pub const STATE_MAGIC: u64 = u64::from_le_bytes(*b"PINFSSTA");
 /// Journal header magic.
@@ -148,7 +161,8 @@ pub const MAX_LINKS: u32 = 65_000;
 pub struct Superblock {
     /// [`SUPER_MAGIC`].
     pub magic: [u8; 8],
-    /// [`FORMAT_VERSION`].
+    /// [`FORMAT_VERSION`] (or [`OLDEST_FORMAT_VERSION`] for a pool made by
+    /// an older pinfs).
     pub version: U32,
     /// [`BLOCK_SIZE`].
     pub block_size: U32,
@@ -433,6 +447,40 @@ impl Superblock {
         self.crc = crc_before(self.as_bytes(), Self::CRC_OFFSET).into();
     }
 
+    /// Whether the CRC matches, or would match with the version being the
+    /// other one a pool may have ([`OLDEST_FORMAT_VERSION`] or
+    /// [`FORMAT_VERSION`]): a crash during the upgrade leaves one of its
+    /// two words written — such a superblock is whole, of either version.
+    fn crc_ok_across_upgrade(&self) -> bool {
+        [self.version.get(), OLDEST_FORMAT_VERSION, FORMAT_VERSION]
+            .into_iter()
+            .any(|v| {
+                let mut other = self.clone();
+                other.version = v.into();
+                self.crc.get() == crc_before(other.as_bytes(), Self::CRC_OFFSET)
+            })
+    }
+
+    /// The writes that upgrade this superblock to [`FORMAT_VERSION`]:
+    /// `(offset, 8 bytes)` for the word holding the version, then the word
+    /// holding the CRC — each an aligned 8-byte store, to be made durable
+    /// in this order (every crash state is accepted by
+    /// [`Superblock::validate`]). `None` when there is nothing to do.
+    pub fn upgrade_words(&self) -> Option<[(u64, [u8; 8]); 2]> {
+        let mut new = self.clone();
+        new.version = FORMAT_VERSION.into();
+        new.seal();
+        if new.as_bytes() == self.as_bytes() {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&new.as_bytes()[at..at + 8]);
+            (at as u64, w)
+        };
+        Some([word(8), word(Self::CRC_OFFSET)])
+    }
+
     /// Check magic, version, CRC and the layout's arithmetic against a pool of
     /// `pool_bytes`. A failure names what is wrong.
     pub fn validate(&self, pool_bytes: u64) -> Result<()> {
@@ -441,13 +489,13 @@ impl Superblock {
                 what: "no pinfs superblock (bad magic)".into(),
             });
         }
-        if self.crc.get() != crc_before(self.as_bytes(), Self::CRC_OFFSET) || self.pad.get() != 0 {
+        if !self.crc_ok_across_upgrade() || self.pad.get() != 0 {
             return Err(Error::corrupt("superblock checksum mismatch"));
         }
-        if self.version.get() != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.version.get()) {
             return Err(Error::Foreign {
                 what: format!(
-                    "format version {} (this pinfs reads version {FORMAT_VERSION})",
+                    "format version {} (this pinfs reads version {FORMAT_VERSION} and version {OLDEST_FORMAT_VERSION})",
                     self.version.get()
                 ),
             });

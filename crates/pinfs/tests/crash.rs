@@ -442,7 +442,7 @@ fn observe(fs: &Arc<Fs>) -> (BTreeSet<String>, BTreeMap<String, Vec<u8>>) {
     let mut todo = vec!["/".to_string()];
     while let Some(d) = todo.pop() {
         for e in fs.readdir(Cred::ROOT, &d).unwrap() {
-            let p = Workload::join(&d, &e.name);
+            let p = Workload::join(&d, &e.name_lossy());
             if e.is_dir {
                 todo.push(p);
             } else {

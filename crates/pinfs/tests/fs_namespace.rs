@@ -23,7 +23,7 @@ fn names(fs: &Fs, dir: &str) -> Vec<String> {
     fs.readdir(Cred::ROOT, dir)
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name_lossy().into_owned())
         .collect()
 }
 

@@ -67,10 +67,10 @@ fn shape(fs: &Arc<Fs>) -> Shape {
     let mut todo = vec![("".to_string(), fs.root())];
     while let Some((path, dir)) = todo.pop() {
         for e in fs.readdir_node(ROOT, dir).unwrap() {
-            let st = fs.lookup(ROOT, dir, e.name.as_bytes()).unwrap();
+            let st = fs.lookup(ROOT, dir, &e.name).unwrap();
             assert_eq!(e.kind, st.mode & S_IFMT, "readdir's kind");
             assert_eq!(e.is_dir, st.is_dir());
-            let p = format!("{path}/{}", e.name);
+            let p = format!("{path}/{}", e.name_lossy());
             let data = match st.mode & S_IFMT {
                 S_IFLNK => fs.readlink(ROOT, st.node()).unwrap(),
                 S_IFREG => {
@@ -215,7 +215,7 @@ fn every_node_function_does_what_the_contract_says() {
         .readdir_node(ROOT, root)
         .unwrap()
         .into_iter()
-        .map(|e| (e.name, e.kind))
+        .map(|e| (e.name_lossy().into_owned(), e.kind))
         .collect();
     assert_eq!(
         names,
@@ -478,6 +478,49 @@ fn supplementary_groups_count_like_the_primary_group() {
     let many: Vec<u32> = (100..200).collect();
     let g = Groups::from_slice(&many);
     assert!(g.contains(100) && g.contains(131) && !g.contains(132));
+    assert!(g.is_truncated() && !Groups::from_slice(&many[..32]).is_truncated());
+}
+
+/// A caller whose groups were dropped (more than `MAX_GROUPS`) is never
+/// given more than it really has: a 0604 file of a group it may belong to
+/// (its 33rd) stays unreadable — group bits deny what the other bits allow
+/// — while what both allow is granted. Control: a caller with the same
+/// first 32 groups and no more reads it (the other bits), so the refusal
+/// comes from the doubt.
+#[test]
+fn dropped_groups_never_widen_access() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let f = fs
+        .mknod_in(ROOT, root, b"f", S_IFREG | 0o604, 0)
+        .unwrap()
+        .node();
+    fs.setattr(
+        ROOT,
+        f,
+        &SetAttr {
+            gid: Some(500),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let first: Vec<u32> = (1000..1032).collect();
+    let all: Vec<u32> = first.iter().copied().chain([500]).collect();
+    let dropped = user(1000, 1000, &all);
+    assert_eq!(errno(fs.access(dropped, f, 4)), Errno::EACCES);
+    assert_eq!(
+        errno(fs.open_node(dropped, f, OpenFlags::RDONLY)),
+        Errno::EACCES
+    );
+    let outsider = user(1000, 1000, &first);
+    fs.access(outsider, f, 4).unwrap();
+    // What both the group and the other bits allow is granted on doubt.
+    let both = fs
+        .mknod_in(ROOT, root, b"both", S_IFREG | 0o644, 0)
+        .unwrap()
+        .node();
+    fs.access(dropped, both, 4).unwrap();
+    assert_eq!(errno(fs.access(dropped, both, 2)), Errno::EACCES);
 }
 
 #[test]
@@ -763,6 +806,52 @@ fn times_change_as_posix_says() {
     fs.setattr(bob, f, &now).unwrap();
     assert_eq!(t(f), (true, true));
     assert_eq!(errno(fs.setattr(bob, f, &explicit)), Errno::EPERM);
+    // One time now, the other left alone (`touch -a`, `touch -m`): the
+    // owner or root only, even for a writer (Linux: EPERM).
+    age(&fs, f);
+    for one in [
+        SetAttr {
+            atime: Some(TimeSet::Now),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            mtime: Some(TimeSet::Now),
+            ..SetAttr::default()
+        },
+    ] {
+        age(&fs, f);
+        assert_eq!(errno(fs.setattr(bob, f, &one)), Errno::EPERM);
+        assert_eq!(t(f), (false, false));
+        fs.setattr(ROOT, f, &one).unwrap();
+    }
+    // The change time: alone, the owner or root only (EPERM); along with
+    // another permitted change, a stranger's value is not taken.
+    age(&fs, f);
+    let ctime = |c| SetAttr {
+        ctime_ns: Some(c),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(bob, f, &ctime(7))), Errno::EPERM);
+    assert_eq!(fs.getattr(f).unwrap().ctime_ns, 1);
+    let st = fs
+        .setattr(
+            bob,
+            f,
+            &SetAttr {
+                ctime_ns: Some(7),
+                ..now
+            },
+        )
+        .unwrap();
+    assert!(
+        st.ctime_ns > 7,
+        "a writer's touch sets the change time to now"
+    );
+    assert_eq!(
+        fs.setattr(ROOT, f, &ctime(7)).unwrap().ctime_ns,
+        7,
+        "root's (the owner's) change time is taken"
+    );
 }
 
 #[test]
@@ -861,4 +950,218 @@ fn a_reused_inode_slot_is_estale_for_the_old_node() {
             "and a truncate through it destroys that file's data"
         );
     }
+}
+
+/// A truncate through a node waits for a layout lease with no lock held;
+/// the file is removed meanwhile and a new one takes its slot. The
+/// truncate must fail with `ESTALE` and leave the new file whole (the node
+/// is checked again under the lock of the commit). Negative control: with
+/// the generation check off, the same truncate destroys the new file.
+#[test]
+fn a_truncate_waiting_for_a_lease_never_reaches_the_slots_next_file() {
+    fn race(skip_check: bool) -> (pinfs::Result<pinfs::fs::Stat>, u64) {
+        use pinfs::lease::{Access, EventKind, HandleId, LeaseRequest, OwnerId};
+        use std::time::Duration;
+        let (_, fs) = pool();
+        if skip_check {
+            #[cfg(feature = "negative-controls")]
+            fs.skip_generation_check_for_tests();
+        }
+        let root = fs.root();
+        // The holder removes and re-creates as the lease's own owner, so
+        // its own layout changes do not wait for its lease.
+        let holder = Cred::root_as(7);
+        let (h, old) = fs
+            .create_in(holder, root, b"v", 0o644, OpenFlags::CREATE)
+            .unwrap();
+        h.pwrite(0, &[1u8; 8192]).unwrap();
+        let key = h.lease_file();
+        drop(h);
+        // A layout lease on the old file through a handle the file system
+        // does not count (so the unlink frees the slot at once).
+        let (hid, owner) = (HandleId(u64::MAX / 2), OwnerId(7));
+        fs.leases()
+            .opened(key, hid, owner, Access::ReadWrite)
+            .unwrap();
+        let lease = fs
+            .leases()
+            .set_lease(key, hid, owner, LeaseRequest::layout_shared())
+            .unwrap();
+        let events = fs.leases().owner_events(owner).unwrap();
+        let fs2 = fs.clone();
+        let n = old.node();
+        let truncater = std::thread::spawn(move || {
+            fs2.setattr(
+                ROOT,
+                n,
+                &SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            )
+        });
+        let ev = events
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .expect("the truncate breaks the layout lease");
+        assert_eq!(ev.kind, EventKind::Break);
+        fs.unlink_in(holder, root, b"v").unwrap();
+        let (h, new) = fs
+            .create_in(holder, root, b"w", 0o644, OpenFlags::CREATE)
+            .unwrap();
+        assert_eq!(new.ino, old.ino, "the slot is reused");
+        h.pwrite(0, &[7u8; 8192]).unwrap();
+        drop(h);
+        fs.leases().release(lease).unwrap();
+        fs.leases().closed(key, hid);
+        let r = truncater.join().unwrap();
+        let size = fs.getattr(new.node()).unwrap().size;
+        (r, size)
+    }
+    let (r, size) = race(false);
+    assert_eq!(errno(r), Errno::ESTALE);
+    assert_eq!(size, 8192, "the new file is whole");
+    #[cfg(feature = "negative-controls")]
+    {
+        let (r, size) = race(true);
+        assert!(r.is_ok(), "without the check the truncate goes on: {r:?}");
+        assert_eq!(size, 0, "and destroys the file that reused the slot");
+    }
+}
+
+/// An explicit mtime (`utimensat`, `touch -d`, `tar x`) after an in-place
+/// write sticks: in stat and after fsync (which persists the time of
+/// in-place writes).
+#[test]
+fn an_explicit_mtime_after_an_in_place_write_sticks() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let (h, st) = fs
+        .create_in(ROOT, root, b"f", 0o644, OpenFlags::CREATE)
+        .unwrap();
+    h.pwrite(0, &[1u8; 4096]).unwrap(); // allocates
+    h.pwrite(0, &[2u8; 4096]).unwrap(); // in place: the time stays in the runtime
+    fs.setattr(
+        ROOT,
+        st.node(),
+        &SetAttr {
+            mtime: Some(TimeSet::Ns(1_000_000_000)),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(st.node()).unwrap().mtime_ns, 1_000_000_000);
+    h.fsync().unwrap();
+    assert_eq!(fs.getattr(st.node()).unwrap().mtime_ns, 1_000_000_000);
+    // A later in-place write moves it again.
+    h.pwrite(0, &[3u8; 4096]).unwrap();
+    assert!(fs.getattr(st.node()).unwrap().mtime_ns > 1_000_000_000);
+}
+
+/// Names are bytes: a name that is not UTF-8 comes back from readdir as it
+/// was created, so a lookup (and an unlink: `rm -rf`) of it finds the file.
+#[test]
+fn names_that_are_not_utf8_round_trip_through_readdir() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let names: [&[u8]; 3] = [b"caf\xe9", b"caf\xff", b"caf\xef\xbf\xbd"];
+    for n in names {
+        fs.mknod_in(ROOT, root, n, S_IFREG | 0o644, 0).unwrap();
+    }
+    let listed: Vec<Vec<u8>> = fs
+        .readdir_node(ROOT, root)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let mut want: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
+    want.sort();
+    assert_eq!(listed, want, "sorted by bytes, each as created");
+    for n in &listed {
+        fs.lookup(ROOT, root, n).unwrap();
+        fs.unlink_in(ROOT, root, n).unwrap();
+    }
+    assert!(fs.readdir_node(ROOT, root).unwrap().is_empty());
+}
+
+/// `RENAME_EXCHANGE` of a directory and a file across parents gives the
+/// file's parent a `..` link: at `MAX_LINKS` that is `EMLINK`, and nothing
+/// changes (the pool stays consistent).
+#[test]
+fn an_exchange_into_a_full_parent_is_emlink() {
+    let media: Arc<dyn Media> = Arc::new(MappedPool::memfd(1200 << 20).unwrap());
+    Fs::mkfs(&*media).unwrap();
+    let fs = Fs::mount(media).unwrap();
+    let root = fs.root();
+    let full = fs.mkdir_in(ROOT, root, b"full", 0o755).unwrap().node();
+    for i in 0..MAX_LINKS - 2 {
+        fs.mkdir_in(ROOT, full, format!("{i}").as_bytes(), 0o755)
+            .unwrap();
+    }
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    fs.mknod_in(ROOT, full, b"f", S_IFREG | 0o644, 0).unwrap();
+    fs.mkdir_in(ROOT, root, b"d", 0o755).unwrap();
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    assert_eq!(
+        errno(fs.rename_in(ROOT, root, b"d", full, b"f", exchange)),
+        Errno::EMLINK
+    );
+    assert_eq!(
+        errno(fs.rename_in(ROOT, full, b"f", root, b"d", exchange)),
+        Errno::EMLINK,
+        "either way round"
+    );
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    assert!(fs.lookup(ROOT, full, b"f").unwrap().mode & S_IFMT == S_IFREG);
+    assert!(fs.check().is_empty());
+    // With room, the same exchange goes through.
+    fs.rmdir_in(ROOT, full, b"0").unwrap();
+    fs.rename_in(ROOT, root, b"d", full, b"f", exchange)
+        .unwrap();
+    assert_eq!(fs.getattr(full).unwrap().nlink, MAX_LINKS);
+    assert!(fs.check().is_empty());
+}
+
+/// Renaming a name over another name of the same file does nothing and
+/// succeeds before any permission check past the lookups (Linux
+/// `vfs_rename`): even a caller who may not write the directory.
+#[test]
+fn a_rename_over_a_hard_link_of_itself_is_a_no_op() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let d = fs.mkdir_in(ROOT, root, b"d", 0o755).unwrap().node();
+    let f = fs
+        .mknod_in(ROOT, d, b"a", S_IFREG | 0o644, 0)
+        .unwrap()
+        .node();
+    fs.link_in(ROOT, f, d, b"b").unwrap();
+    let bob = user(1001, 1001, &[]);
+    fs.rename_in(bob, d, b"a", d, b"b", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(f).unwrap().nlink, 2);
+    fs.lookup(ROOT, d, b"a").unwrap();
+    fs.lookup(ROOT, d, b"b").unwrap();
+    // A different file in the same place still needs write permission.
+    fs.mknod_in(ROOT, d, b"c", S_IFREG | 0o644, 0).unwrap();
+    assert_eq!(
+        errno(fs.rename_in(bob, d, b"a", d, b"c", RenameFlags::default())),
+        Errno::EACCES
+    );
+    // Without search permission the lookups fail first.
+    fs.setattr(
+        ROOT,
+        d,
+        &SetAttr {
+            mode: Some(0o700),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        errno(fs.rename_in(bob, d, b"a", d, b"b", RenameFlags::default())),
+        Errno::EACCES
+    );
 }

@@ -328,7 +328,7 @@ fn ls(ctx: &mut Ctx<'_>, args: &Parsed<'_>) -> CmdResult {
     };
     for entry in ctx.actor.conn.readdir(path)? {
         let slash = if entry.is_dir { "/" } else { "" };
-        ctx.out.line(format_args!("{}{slash}", entry.name));
+        ctx.out.line(format_args!("{}{slash}", entry.name_lossy()));
     }
     Ok(())
 }

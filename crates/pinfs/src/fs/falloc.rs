@@ -297,7 +297,7 @@ impl Handle {
         self.fs.writable()?;
         // As any modification by a caller other than root: the set-id bits
         // go first (Linux `file_modified`).
-        self.fs.kill_privs(&self.cred, self.ino)?;
+        self.fs.kill_privs(&self.cred, self.node())?;
         // The blocks the change removes from the file.
         let removed = match mode {
             FallocMode::PunchHole | FallocMode::ZeroRange { .. } => (
@@ -331,15 +331,16 @@ impl Handle {
                         _ => ByteRange::to_eof(offset.min(seen)),
                     };
                     let (owner, nb) = (self.cred.owner, self.flags.nonblocking);
-                    let bound = self
-                        .fs
-                        .pins_before_break(self.ino, removed.0, removed.1, owner)?;
-                    layout = Some(
+                    let bound =
                         self.fs
-                            .layout_change_until(self.ino, range, owner, nb, bound)?,
-                    );
+                            .pins_before_break(self.node(), removed.0, removed.1, owner)?;
+                    layout =
+                        Some(
+                            self.fs
+                                .layout_change_until(self.node(), range, owner, nb, bound)?,
+                        );
                     self.fs
-                        .pins_after_break(self.ino, removed.0, removed.1, bound)?;
+                        .pins_after_break(self.node(), removed.0, removed.1, bound)?;
                 }
             }
             let st = self.fs.state.write();

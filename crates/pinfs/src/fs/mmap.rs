@@ -750,7 +750,12 @@ impl Fs {
         {
             return Ok(None);
         }
-        self.layout_change(ino, ByteRange::new(offset, end), owner, nonblocking)
-            .map(Some)
+        self.layout_change(
+            self.node_of(ino)?,
+            ByteRange::new(offset, end),
+            owner,
+            nonblocking,
+        )
+        .map(Some)
     }
 }

@@ -207,14 +207,25 @@ pub struct FiemapExtent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DirEntry {
-    /// Name.
-    pub name: String,
+    /// Name: the bytes of the directory entry, not necessarily UTF-8 (a
+    /// name any caller created must come back as it is, so a lookup of it
+    /// finds the file); [`DirEntry::name_lossy`] for printing.
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
+    pub name: Vec<u8>,
     /// Inode.
     pub ino: u64,
     /// Whether it is a directory.
     pub is_dir: bool,
     /// Its file type: the `S_IFMT` bits of its mode.
     pub kind: u32,
+}
+
+impl DirEntry {
+    /// The name for printing: invalid UTF-8 replaced by U+FFFD (never to
+    /// look the entry up with).
+    pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
 }
 
 /// What `fsck` found.
@@ -414,6 +425,11 @@ impl FsState {
             i.mode >> 6
         } else if cred.in_group(i.gid) {
             i.mode >> 3
+        } else if cred.groups.is_truncated() {
+            // Membership unknown (groups were dropped): only what the
+            // group and the other bits both allow — a 0604 file of one of
+            // the dropped groups must stay unreadable to its members.
+            i.mode >> 3 & i.mode
         } else {
             i.mode
         } & 7;
@@ -560,7 +576,7 @@ impl Fs {
         // Claimed before journal recovery writes anything; given back if
         // the mount fails, else when the `Fs` is dropped.
         let claim = MountClaim::take(&*media)?;
-        let (st, recovery) = load::load(&*media)?;
+        let (mut st, recovery) = load::load(&*media)?;
         if recovery != Recovery::Clean {
             tracing::info!(?recovery, "journal recovery");
         }
@@ -574,6 +590,18 @@ impl Fs {
                     String::new()
                 }
             )));
+        }
+        // A version-2 pool (or one whose upgrade a crash interrupted)
+        // becomes version 3 before anything of version 3 is written to it.
+        if let Some(words) = st.sb.upgrade_words() {
+            for (at, word) in words {
+                media.write(at, &word)?;
+                media.flush(at, 8)?;
+                media.fence();
+            }
+            st.sb.version = FORMAT_VERSION.into();
+            st.sb.seal();
+            tracing::info!("pool upgraded to format version {FORMAT_VERSION}");
         }
         // From here the `Fs` owns the claim (its `Drop` gives it back).
         claim.keep();
@@ -670,19 +698,29 @@ impl Fs {
     /// guard holds off new conflicting layout leases until the change is done.
     pub(crate) fn layout_change(
         &self,
-        ino: u64,
+        node: Node,
         range: ByteRange,
         owner: u64,
         nonblocking: bool,
     ) -> Result<LayoutChangeGuard> {
-        self.layout_change_bounded(ino, range, owner, nonblocking, None)
+        self.layout_change_bounded(node, range, owner, nonblocking, None)
+    }
+
+    /// The node file `ino` is now: for callers that hold the file open (a
+    /// handle, a mapping, a pin), whose slot cannot be reused meanwhile.
+    pub(crate) fn node_of(&self, ino: u64) -> Result<Node> {
+        let st = self.state.read();
+        Ok(Node {
+            ino,
+            generation: st.inode(ino)?.generation,
+        })
     }
 
     /// [`Fs::layout_change`], its lease breaks forced by `deadline` at the
     /// latest when the operation fixed one (SPEC §3.3.5).
     pub(crate) fn layout_change_bounded(
         &self,
-        ino: u64,
+        node: Node,
         range: ByteRange,
         owner: u64,
         nonblocking: bool,
@@ -691,10 +729,10 @@ impl Fs {
         // A shut-down file system changes nothing, so it breaks no lease
         // either: every layout change is refused here, before any break.
         self.writable()?;
-        let key = {
-            let st = self.state.read();
-            file_key(ino, st.inode(ino)?.generation)
-        };
+        // The leases of the file `node` names, never of a later file in
+        // its slot (`ESTALE`).
+        self.state.read().node(node)?;
+        let key = file_key(node.ino, node.generation);
         let opts = break_options(nonblocking);
         let opts = match deadline {
             Some(d) => opts.until(d),
@@ -763,8 +801,8 @@ impl Fs {
         .map(drop)
     }
 
-    /// Open (and maybe create) `path` ([`Fs::create_in`], or
-    /// [`Fs::lookup`] and [`Fs::open_node`]).
+    /// Open (and maybe create) `path` ([`Fs::create_in`], or a walk and
+    /// [`Fs::open_node`]).
     pub fn open(
         self: &Arc<Self>,
         cred: Cred,
@@ -773,18 +811,22 @@ impl Fs {
         mode: u32,
     ) -> Result<Handle> {
         self.by_path(|| {
-            if components(path)?.is_empty() {
-                let root = self.root();
-                if flags.create && flags.exclusive {
-                    return Err(Errno::EEXIST.into());
+            if flags.create && components(path)?.is_empty() {
+                // `/` exists, and `O_CREAT` never opens a directory.
+                return Err(if flags.exclusive {
+                    Errno::EEXIST
+                } else {
+                    Errno::EISDIR
                 }
-                return self.open_node(cred, root, flags);
+                .into());
             }
-            let (dir, name) = self.resolve_parent(&cred, path)?;
             if flags.create {
+                let (dir, name) = self.resolve_parent(&cred, path)?;
                 self.create_in(cred, dir, name, mode, flags).map(|(h, _)| h)
             } else {
-                let node = self.lookup(cred, dir, name)?.node();
+                // The walk checks search permission on every directory, as
+                // `lookup` would on the last one.
+                let node = self.resolve(&cred, path)?;
                 self.open_node(cred, node, flags)
             }
         })

@@ -54,10 +54,14 @@ impl Node {
 }
 
 /// A caller's supplementary groups: an inline set of up to [`MAX_GROUPS`]
-/// gids, so a [`Cred`] stays `Copy`.
+/// gids, so a [`Cred`] stays `Copy`. A caller with more has them dropped
+/// and the set marked *truncated*: membership of a group not in the set is
+/// then unknown, and permission checks decide it on doubt safely (see
+/// [`Groups::is_truncated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Groups {
     len: u8,
+    truncated: bool,
     gids: [u32; MAX_GROUPS],
 }
 
@@ -65,21 +69,35 @@ impl Groups {
     /// No supplementary group.
     pub const NONE: Groups = Groups {
         len: 0,
+        truncated: false,
         gids: [0; MAX_GROUPS],
     };
 
-    /// The groups of `gids`, keeping the first [`MAX_GROUPS`].
+    /// The groups of `gids`, keeping the first [`MAX_GROUPS`] (and marked
+    /// truncated when there were more).
     pub fn from_slice(gids: &[u32]) -> Groups {
         let mut g = Groups::NONE;
         let n = gids.len().min(MAX_GROUPS);
         g.gids[..n].copy_from_slice(&gids[..n]);
         g.len = n as u8;
+        g.truncated = gids.len() > MAX_GROUPS;
         g
     }
 
-    /// Whether `gid` is one of them.
+    /// Whether `gid` is one of them (false for a dropped one: grant
+    /// nothing on a membership not known).
     pub fn contains(&self, gid: u32) -> bool {
         self.as_slice().contains(&gid)
+    }
+
+    /// Whether some of the caller's groups were dropped: then a gid not in
+    /// the set may still be one of the caller's. File access then gets
+    /// only what both the group and the other bits allow (never more than
+    /// the caller really has, whichever way the membership is), and
+    /// privileges that need membership (keeping set-gid, chown to a group)
+    /// are refused.
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
     }
 
     /// The gids.
@@ -97,8 +115,8 @@ impl Default for Groups {
 /// A time `utimensat` sets: `UTIME_NOW` or an explicit time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {
-    /// The current time (`UTIME_NOW`): the owner, root, or anyone who may
-    /// write the file.
+    /// The current time (`UTIME_NOW`): both times now, the owner, root, or
+    /// anyone who may write the file; one of them alone, the owner or root.
     Now,
     /// An explicit time, ns since the epoch: the owner or root only.
     Ns(u64),
@@ -120,7 +138,9 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     /// Modification time.
     pub mtime: Option<TimeSet>,
-    /// Change time, set as given (otherwise any change sets it to now).
+    /// Change time, set as given when the caller is the owner or root
+    /// (otherwise any change sets it to now; alone from anyone else:
+    /// `EPERM`).
     pub ctime_ns: Option<u64>,
 }
 
@@ -434,8 +454,8 @@ impl Fs {
                 .open(key, id, owner, access, &break_options(flags.nonblocking))?;
         }
         if flags.truncate && !created && !handle.stat()?.is_dir() {
+            // Clears the set-id bits in the truncate's own commit.
             handle.truncate_unchecked(0)?;
-            self.kill_privs(&cred, node.ino)?;
         }
         Ok(handle)
     }
@@ -652,7 +672,7 @@ impl Fs {
         name: &[u8],
         what: Victim,
     ) -> Result<Option<LayoutChangeGuard>> {
-        let ino = {
+        let victim = {
             let st = self.state.read();
             let ino = match self.may_delete(&st, cred, dir, name) {
                 Ok(ino) => ino,
@@ -673,9 +693,12 @@ impl Fs {
             if !last || st.in_use(ino) {
                 return Ok(None);
             }
-            ino
+            Node {
+                ino,
+                generation: i.generation,
+            }
         };
-        self.layout_change(ino, ByteRange::WHOLE, cred.owner, false)
+        self.layout_change(victim, ByteRange::WHOLE, cred.owner, false)
             .map(Some)
     }
 
@@ -762,8 +785,21 @@ impl Fs {
         check_name(to_name)?;
         self.writable()?;
         {
-            // The source's checks before any lease of the target is broken.
             let st = self.state.read();
+            // Two names of one file: POSIX says rename does nothing, and
+            // Linux returns 0 once the lookups (search permission) found
+            // one inode, before any other permission check (`vfs_rename`;
+            // `RENAME_NOREPLACE` is `EEXIST` before that).
+            if !flags.noreplace {
+                if let (Ok(a), Ok(b)) =
+                    (st.entry(&cred, dir, name), st.entry(&cred, to_dir, to_name))
+                {
+                    if a == b {
+                        return Ok(());
+                    }
+                }
+            }
+            // The source's checks before any lease of the target is broken.
             self.may_delete(&st, &cred, dir, name)?;
         }
         let _freeing = if flags.exchange || (dir == to_dir && name == to_name) {
@@ -861,6 +897,14 @@ impl Fs {
                 st.may(cred, b, MAY_WRITE)?;
             }
         }
+        if fdir != tdir && a_dir != b_dir {
+            // The parent a directory moves into gains a `..` link: at
+            // `MAX_LINKS` that is `EMLINK`, before anything changes.
+            let gains = if a_dir { tdir } else { fdir };
+            if st.inode(gains)?.nlink >= MAX_LINKS {
+                return Err(Errno::EMLINK.into());
+            }
+        }
         let now = now_ns();
         let mut op = Op::new(st, &*self.media);
         op.unlink_name(fdir, name)?;
@@ -898,7 +942,7 @@ impl Fs {
             .map(|(name, &(ino, _))| {
                 let kind = st.inodes.get(&ino).map_or(0, |i| i.mode & S_IFMT);
                 DirEntry {
-                    name: String::from_utf8_lossy(name).into_owned(),
+                    name: name.to_vec(),
                     ino,
                     is_dir: kind == S_IFDIR,
                     kind,
@@ -920,8 +964,12 @@ impl Fs {
     ///   `EISDIR`/`EINVAL` for a directory/non-regular file; breaks open
     ///   leases and layout leases; a caller other than root clears the
     ///   set-id bits;
-    /// - times: an explicit time needs the owner or root (`EPERM`); both
-    ///   set to now needs the owner, root or write permission (`EACCES`).
+    /// - times: both set to now needs the owner, root or write permission
+    ///   (`EACCES`); any other time set (explicit, or one now with the
+    ///   other left alone) the owner or root (`EPERM`), as in Linux;
+    /// - `ctime_ns`: taken from the owner or root only; alone, from anyone
+    ///   else, `EPERM`; with another permitted change, the change time
+    ///   becomes now instead.
     ///
     /// Any change sets the change time.
     pub fn setattr(&self, cred: Cred, node: Node, attr: &SetAttr) -> Result<Stat> {
@@ -950,7 +998,7 @@ impl Fs {
                     if !h.flags.write {
                         return Err(Errno::EINVAL.into());
                     }
-                    self.truncate_inode(node.ino, size, cred.owner, h.flags.nonblocking, None)?;
+                    self.truncate_inode(node, size, &cred, h.flags.nonblocking, None)?;
                 }
                 None => self.truncate_node(cred, node, size)?,
             }
@@ -961,11 +1009,8 @@ impl Fs {
                 ..SetAttr::default()
             };
         if only_size {
-            // Truncate set the times; only the set-id bits may be left. An
-            // empty request changes nothing at all.
-            if attr.size.is_some() {
-                self.kill_privs(&cred, node.ino)?;
-            }
+            // Truncate set the times and cleared the set-id bits. An empty
+            // request changes nothing at all.
             return self.getattr(node);
         }
         let mut st = self.state.write();
@@ -982,6 +1027,9 @@ impl Fs {
             },
             true,
         )?;
+        // Whether the given change time is taken (owner or root, looked at
+        // before an owner change).
+        let ctime_by_owner = cred.uid == 0 || cred.uid == i.uid;
         let now = now_ns();
         let mut op = Op::new(&mut st, &*self.media);
         let i = op.inode_mut(node.ino)?;
@@ -1019,8 +1067,19 @@ impl Fs {
         if let Some(t) = attr.mtime {
             i.mtime_ns = time(t);
         }
-        i.ctime_ns = attr.ctime_ns.unwrap_or(now);
+        i.ctime_ns = match attr.ctime_ns {
+            Some(ctime) if ctime_by_owner => ctime,
+            _ => now,
+        };
         op.commit()?;
+        if attr.mtime.is_some() {
+            // The time set replaces the one in-place writes left in the
+            // runtime (under the write lock: no in-place write runs), or a
+            // later stat and fsync would show the write's time again.
+            if let Some(rt) = st.runtime.get(&node.ino) {
+                rt.lazy_mtime_ns.store(0, Ordering::Relaxed);
+            }
+        }
         st.stat(node.ino)
     }
 
@@ -1058,16 +1117,29 @@ impl Fs {
                 return Err(Errno::EPERM.into());
             }
         }
-        let explicit = matches!(attr.atime, Some(TimeSet::Ns(_)))
-            || matches!(attr.mtime, Some(TimeSet::Ns(_)));
-        if explicit && !owner {
-            return Err(Errno::EPERM.into());
+        // Both "now" (`utimes(NULL)`, `touch`): the owner, root or a
+        // writer (`EACCES`). Any other time set — explicit, or one "now"
+        // with the other left alone (`touch -a`) — the owner or root only
+        // (`EPERM`), as Linux decides (`setattr_prepare`; checked on tmpfs:
+        // `setpriv --reuid=65534 touch -a` of a 0666 file is refused).
+        if (attr.atime.is_some() || attr.mtime.is_some()) && !owner {
+            if attr.atime == Some(TimeSet::Now) && attr.mtime == Some(TimeSet::Now) {
+                st.may(cred, i.ino, MAY_WRITE)?;
+            } else {
+                return Err(Errno::EPERM.into());
+            }
         }
-        // Both "now" (`utimes(NULL)`): the owner, root or a writer. One
-        // "now" with the other left alone needs nothing (as in Linux,
-        // whose `ATTR_TOUCH` is set only for both).
-        if attr.atime == Some(TimeSet::Now) && attr.mtime == Some(TimeSet::Now) && !owner {
-            st.may(cred, i.ino, MAY_WRITE)?;
+        // The change time alone: the owner or root. Linux never lets a
+        // process set it; FUSE sends it only along with another change, and
+        // for a caller other than the owner or root the time given is not
+        // taken (the change sets it to now, see `setattr_via`).
+        let ctime_alone = *attr
+            == SetAttr {
+                ctime_ns: attr.ctime_ns,
+                ..SetAttr::default()
+            };
+        if attr.ctime_ns.is_some() && ctime_alone && !owner {
+            return Err(Errno::EPERM.into());
         }
         Ok(())
     }
@@ -1078,26 +1150,27 @@ impl Fs {
     fn truncate_node(&self, cred: Cred, node: Node, size: u64) -> Result<()> {
         let key = file_key(node.ino, node.generation);
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let bound = self.pins_before_break(node.ino, removed, u64::MAX, cred.owner)?;
+        let bound = self.pins_before_break(node, removed, u64::MAX, cred.owner)?;
         self.leases.break_for_truncate(
             key,
             OwnerId(cred.owner),
             &BreakOptions::blocking().until(bound),
         )?;
-        // The node must still be the file whose leases were broken.
-        self.state.read().node(node)?;
-        self.truncate_inode(node.ino, size, cred.owner, false, Some(bound))
+        // `truncate_inode` checks the node on each pass and under the lock
+        // of its commit: it must still be the file whose leases were broken.
+        self.truncate_inode(node, size, &cred, false, Some(bound))
     }
 
     /// Clear the set-id bits a write or truncate by `cred` removes (see
     /// [`privs_to_kill`]); nothing to do (no lock taken exclusively, no
     /// commit) in the common case.
-    pub(super) fn kill_privs(&self, cred: &Cred, ino: u64) -> Result<()> {
-        if privs_to_kill(cred, self.state.read().inode(ino)?.mode) == 0 {
+    pub(super) fn kill_privs(&self, cred: &Cred, node: Node) -> Result<()> {
+        if cred.uid == 0 || privs_to_kill(cred, self.state.read().node(node)?.mode) == 0 {
             return Ok(());
         }
         let mut st = self.state.write();
-        let kill = privs_to_kill(cred, st.inode(ino)?.mode);
+        let ino = node.ino;
+        let kill = privs_to_kill(cred, st.node(node)?.mode);
         if kill == 0 {
             return Ok(());
         }

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 
 use super::extent::{Extent, Segment};
 use super::state::{FsState, Op};
-use super::{now_ns, FiemapExtent, Fs, Handle, Stat};
+use super::{now_ns, Cred, FiemapExtent, Fs, Handle, Node, Stat};
 use crate::alloc::Run;
 use crate::format::{block_offset, BLOCK_SIZE, MAX_FILE_BYTES};
 use crate::lease::{BreakDeadline, ByteRange, HandleId};
@@ -462,9 +462,6 @@ impl Handle {
         let data = &data[..data.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         let len = data.len() as u64;
         let end = offset + len;
-        // A write by anyone but root drops the set-id bits first (Linux
-        // `file_remove_privs`).
-        self.fs.kill_privs(&self.cred, self.ino)?;
         let _direct = self.fs.break_direct_for_write(
             self.ino,
             offset,
@@ -479,6 +476,14 @@ impl Handle {
                 // file — no layout change, so a shared lock and a copy into
                 // the pool suffice.
                 let st = self.fs.state.read();
+                // A write by anyone but root drops the set-id bits first
+                // (Linux `file_remove_privs`): looked at under the lock the
+                // write takes anyway, cleared (a commit) only when set.
+                if super::node::privs_to_kill(&self.cred, st.inode(self.ino)?.mode) != 0 {
+                    drop(st);
+                    self.fs.kill_privs(&self.cred, self.node())?;
+                    continue;
+                }
                 match write_plan(&st, self.ino, offset, end)? {
                     WritePlan::InPlace(segs) => {
                         return self.write_in_place(&st, &segs, offset, data)
@@ -486,7 +491,7 @@ impl Handle {
                     WritePlan::Layout(range) if guard.is_none() => {
                         drop(st);
                         guard = Some(self.fs.layout_change(
-                            self.ino,
+                            self.node(),
                             range,
                             self.cred.owner,
                             self.flags.nonblocking,
@@ -554,15 +559,11 @@ impl Handle {
     }
 
     /// Truncate without the handle's access check (`O_TRUNC` on open, which
-    /// checked write permission itself).
+    /// checked write permission itself); the set-id bits the opener may
+    /// not keep go in the same commit.
     pub(super) fn truncate_unchecked(&self, size: u64) -> Result<()> {
-        self.fs.truncate_inode(
-            self.ino,
-            size,
-            self.cred.owner,
-            self.flags.nonblocking,
-            None,
-        )
+        self.fs
+            .truncate_inode(self.node(), size, &self.cred, self.flags.nonblocking, None)
     }
 
     /// Clone `src` (or `src_offset..+len` of it, to `dst_offset`) into this
@@ -613,15 +614,15 @@ impl Handle {
         // breaks and the wait for pins share it.
         let bound = self
             .fs
-            .pins_before_break(self.ino, dst_blocks.0, dst_blocks.1, owner)?;
+            .pins_before_break(self.node(), dst_blocks.0, dst_blocks.1, owner)?;
         let _dst_layout = self
             .fs
-            .layout_change_until(self.ino, dst_range, owner, nb, bound)?;
+            .layout_change_until(self.node(), dst_range, owner, nb, bound)?;
         let _src_layout = self
             .fs
-            .layout_change_until(src.ino, src_range, owner, nb, bound)?;
+            .layout_change_until(src.node(), src_range, owner, nb, bound)?;
         self.fs
-            .pins_after_break(self.ino, dst_blocks.0, dst_blocks.1, bound)?;
+            .pins_after_break(self.node(), dst_blocks.0, dst_blocks.1, bound)?;
         let mut st = self.fs.state.write();
         let src_inode = st.inode(src.ino)?;
         if !src_inode.is_reg() {
@@ -813,16 +814,22 @@ impl Handle {
 }
 
 impl Fs {
-    /// Set the size of file `ino`: a layout change of everything past the
-    /// smaller of the old and new sizes. `bound`: the operation's one
-    /// deadline when the caller already fixed it (and applied `fail`) before
-    /// breaking other leases itself — truncate by path breaks open leases
-    /// first (SPEC §3.3.5: one bound for the whole operation).
+    /// Set the size of the file `node` names, by `cred`: a layout change
+    /// of everything past the smaller of the old and new sizes; the set-id
+    /// bits `cred` may not keep ([`super::node::privs_to_kill`]) are cleared
+    /// in the same commit (never a truncated file still set-id after a
+    /// crash). `node` is checked on every pass and under the lock of the
+    /// commit: the lock is dropped while leases break, and a file removed
+    /// meanwhile is `ESTALE`, never the later file in its slot. `bound`:
+    /// the operation's one deadline when the caller already fixed it (and
+    /// applied `fail`) before breaking other leases itself — truncate by
+    /// path breaks open leases first (SPEC §3.3.5: one bound for the whole
+    /// operation).
     pub(super) fn truncate_inode(
         &self,
-        ino: u64,
+        node: Node,
         size: u64,
-        owner: u64,
+        cred: &Cred,
         nonblocking: bool,
         bound: Option<BreakDeadline>,
     ) -> Result<()> {
@@ -830,31 +837,32 @@ impl Fs {
             return Err(Errno::EFBIG.into());
         }
         self.writable()?;
+        let (ino, owner) = (node.ino, cred.owner);
         let removed = size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         let mut layout = None;
         // Where the guard's range starts (it runs to end of file).
         let mut guarded_from = u64::MAX;
         let mut st = loop {
-            let seen = self.state.read().inode(ino)?.size;
+            let seen = self.state.read().node(node)?.size;
             // Truncate to the size the file has is no layout change: only
             // the timestamps change, as in Linux; no lease breaks.
             if layout.is_none() && seen != size {
                 guarded_from = size.min(seen);
                 let bound = match bound {
                     Some(b) => b,
-                    None => self.pins_before_break(ino, removed, u64::MAX, owner)?,
+                    None => self.pins_before_break(node, removed, u64::MAX, owner)?,
                 };
                 layout = Some(self.layout_change_until(
-                    ino,
+                    node,
                     ByteRange::to_eof(size.min(seen)),
                     owner,
                     nonblocking,
                     bound,
                 )?);
-                self.pins_after_break(ino, removed, u64::MAX, bound)?;
+                self.pins_after_break(node, removed, u64::MAX, bound)?;
             }
             let st = self.state.write();
-            let current = st.inode(ino)?.size;
+            let current = st.node(node)?.size;
             if layout.is_none() && current != size {
                 continue;
             }
@@ -878,6 +886,7 @@ impl Fs {
         }
         let i = op.inode_mut(ino)?;
         i.size = size;
+        i.mode &= !super::node::privs_to_kill(cred, i.mode);
         i.mtime_ns = now;
         i.ctime_ns = now;
         op.commit()?;

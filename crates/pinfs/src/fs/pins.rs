@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use super::ops::{write_range, Source};
 use super::state::{FsState, Op};
-use super::{Fs, Handle};
+use super::{Fs, Handle, Node};
 use crate::alloc::Run;
 use crate::format::{BLOCK_SIZE, MAX_FILE_BYTES};
 use crate::lease::{BreakDeadline, ByteRange, LayoutChangeGuard, LeaseKind, LeaseState, OwnerId};
@@ -187,9 +187,12 @@ impl Fs {
         let mut take_change = !ready(&fs.state.read())?;
         let (layout, st) = loop {
             let layout = match take_change {
-                true => {
-                    Some(fs.layout_change(ino, ByteRange::new(start, end), owner, nonblocking)?)
-                }
+                true => Some(fs.layout_change(
+                    fs.node_of(ino)?,
+                    ByteRange::new(start, end),
+                    owner,
+                    nonblocking,
+                )?),
                 false => None,
             };
             let mut st = fs.state.write();
@@ -339,11 +342,14 @@ impl Fs {
     /// phase.
     pub(super) fn pins_before_break(
         &self,
-        ino: u64,
+        node: Node,
         start: u64,
         end: u64,
         breaker: u64,
     ) -> Result<BreakDeadline> {
+        let ino = node.ino;
+        // Never the pins of a later file in the slot (`ESTALE`).
+        self.state.read().node(node)?;
         let deadline = self.leases.break_deadline();
         if self.policy != TruncatePolicy::Fail {
             return Ok(deadline);
@@ -355,7 +361,8 @@ impl Fs {
         tracing::info!(target: "pinfs::pin", ino, start, end, "layout change over pinned blocks refused (fail)");
         let (key, holders) = {
             let st = self.state.read();
-            let key = super::file_key(ino, st.inode(ino)?.generation);
+            st.node(node)?;
+            let key = super::file_key(ino, node.generation);
             let holders: Vec<OwnerId> = pins
                 .iter()
                 .filter_map(|&id| st.pins.get(id).map(|e| OwnerId(e.info.owner)))
@@ -374,13 +381,13 @@ impl Fs {
     /// the latest.
     pub(super) fn layout_change_until(
         &self,
-        ino: u64,
+        node: Node,
         range: ByteRange,
         owner: u64,
         nonblocking: bool,
         deadline: BreakDeadline,
     ) -> Result<LayoutChangeGuard> {
-        self.layout_change_bounded(ino, range, owner, nonblocking, Some(deadline))
+        self.layout_change_bounded(node, range, owner, nonblocking, Some(deadline))
     }
 
     /// The `wait` and `revoke` policies, after the lease break: wait for the
@@ -390,11 +397,12 @@ impl Fs {
     /// revoke (`revoke`).
     pub(super) fn pins_after_break(
         &self,
-        ino: u64,
+        node: Node,
         start: u64,
         end: u64,
         deadline: BreakDeadline,
     ) -> Result<()> {
+        let ino = node.ino;
         if !matches!(self.policy, TruncatePolicy::Wait | TruncatePolicy::Revoke) {
             return Ok(());
         }
@@ -421,8 +429,7 @@ impl Fs {
             tracing::info!(target: "pinfs::pin", ino, start, end, "pins did not drop within lease-break-time (wait)");
             return Err(Errno::ETXTBSY.into());
         }
-        self.revoke_pins(ino, start, end);
-        Ok(())
+        self.revoke_pins(node, start, end)
     }
 
     /// Revoke the pins over a range: each device is told to stop and, once
@@ -430,10 +437,13 @@ impl Fs {
     /// pin is dropped (SPEC §6.3). Pins without a revoke function cannot be
     /// revoked, and a revocation that was not confirmed keeps its pin: their
     /// blocks go to the busy list when the change frees them.
-    fn revoke_pins(&self, ino: u64, start: u64, end: u64) {
+    fn revoke_pins(&self, node: Node, start: u64, end: u64) -> Result<()> {
+        let ino = node.ino;
         let ids = self.pinned_in(ino, start, end);
         let revocable: Vec<(PinId, RevokeFn)> = {
             let st = self.state.read();
+            // Never the pins of a later file in the slot (`ESTALE`).
+            st.node(node)?;
             ids.iter()
                 .filter_map(|&id| {
                     st.pins
@@ -453,5 +463,6 @@ impl Fs {
             }
             self.unpin(id);
         }
+        Ok(())
     }
 }

@@ -252,7 +252,7 @@ mod tests {
             .readdir(me, "/")
             .unwrap()
             .into_iter()
-            .map(|e| e.name)
+            .map(|e| e.name_lossy().into_owned())
             .collect();
         let both = names.iter().any(|n| n == "first") && names.iter().any(|n| n == "second");
         assert!(

@@ -238,7 +238,7 @@ impl Fs {
                 drop(st);
                 let (b0, b1) = window.unwrap_or((fb, fb + 1));
                 let range = ByteRange::new(b0 * BLOCK_SIZE, b1 * BLOCK_SIZE);
-                guard = Some(self.layout_change(m.ino, range, m.owner, false)?);
+                guard = Some(self.layout_change(self.node_of(m.ino)?, range, m.owner, false)?);
                 guarded = Some((b0, b1));
                 continue;
             }
