@@ -472,9 +472,9 @@ fn operate(fs: &Arc<Fs>) {
         };
         for e in entries {
             let path = if dir == "/" {
-                format!("/{}", e.name)
+                format!("/{}", e.name_lossy())
             } else {
-                format!("{dir}/{}", e.name)
+                format!("{dir}/{}", e.name_lossy())
             };
             let _ = fs.stat(root, &path);
             if let Ok(st) = fs.stat(root, &path) {
