@@ -15,9 +15,10 @@
 //!
 //! Each request runs with the caller's credentials (`uid`, `gid` from the
 //! request, supplementary groups from `/proc/PID/status`) and the mount's
-//! own lease owner ([`MountOptions::owner`]), and blocks in its worker
-//! thread — like a client's request in the daemon — while a lease break
-//! it caused runs; other workers keep serving (`MountOptions::threads`).
+//! own lease owner ([`MountOptions::owner`]). A request that may break a
+//! lease waits for the break on one of the mount's breaker threads
+//! ([`MAX_BREAKERS`]), never on a FUSE worker, so the workers
+//! (`MountOptions::threads`) keep serving everyone else.
 //!
 //! Coherence with direct access: every file is opened `FOPEN_DIRECT_IO`
 //! (with `FUSE_DIRECT_IO_ALLOW_MMAP`, so shared `mmap` through the mount
@@ -27,6 +28,7 @@
 
 #![deny(unsafe_code)]
 
+mod breakers;
 mod cred;
 mod handles;
 mod node;
@@ -40,12 +42,12 @@ use std::thread::JoinHandle;
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 use pinfs::fs::Fs;
 
+pub use self::breakers::{MAX_BREAKERS, MAX_BREAKERS_PER_UID, MAX_BREAKER_QUEUE};
 pub use self::handles::MAX_OPEN_HANDLES;
 pub use self::node::{node_id, node_of_id};
 
-/// Workers serving requests when [`MountOptions::threads`] asks for fewer:
-/// a request blocked in a lease break holds its worker, so a truncate
-/// waiting for a holder must leave others to serve everything else.
+/// Workers serving requests when [`MountOptions::threads`] asks for fewer
+/// (lease waits run on the breaker threads, not on these).
 pub const MIN_THREADS: usize = 4;
 
 /// At most this many workers (each holds a request buffer of 16 MiB plus

@@ -28,6 +28,7 @@ use pinfs::format::{BLOCK_SIZE, NAME_MAX};
 use pinfs::fs::{Cred, FallocMode, Fs, Node, OpenFlags, RenameFlags, SetAttr, Stat, TimeSet};
 use pinfs::{Errno, Result};
 
+use crate::breakers::Breakers;
 use crate::cred::request_cred;
 use crate::handles::{Handles, Open, OpenDir, OpenFile};
 use crate::node::{attr, file_type, node_id, node_of_id};
@@ -47,13 +48,32 @@ pub fn errno(e: &pinfs::Error) -> fuser::Errno {
     fuser::Errno::from_i32(e.errno().0)
 }
 
-/// The `fuser::Filesystem` of one mount.
-#[derive(Debug)]
+/// A reply that can refuse a request the breaker pool has no room for.
+trait Refuse {
+    fn refuse(self);
+}
+
+macro_rules! refuse_with_eagain {
+    ($($t:ty),*) => {$(
+        impl Refuse for $t {
+            fn refuse(self) {
+                self.error(fuser::Errno::from_i32(libc::EAGAIN));
+            }
+        }
+    )*};
+}
+refuse_with_eagain!(ReplyAttr, ReplyEmpty, ReplyOpen, ReplyCreate, ReplyWrite);
+
+/// The `fuser::Filesystem` of one mount. Cheap to clone (shared state
+/// behind `Arc`s): a request that may break a lease runs on a breaker
+/// thread with a clone ([`crate::breakers`]).
+#[derive(Debug, Clone)]
 pub struct PinfsFuse {
     fs: Arc<Fs>,
     root: Node,
     owner: u64,
-    handles: Handles,
+    handles: Arc<Handles>,
+    breakers: Breakers,
     /// The negative control's owner (0: `owner`).
     #[cfg(feature = "negative-controls")]
     owner_override: Arc<std::sync::atomic::AtomicU64>,
@@ -67,7 +87,8 @@ impl PinfsFuse {
             fs,
             root,
             owner,
-            handles: Handles::default(),
+            handles: Arc::default(),
+            breakers: Breakers::default(),
             #[cfg(feature = "negative-controls")]
             owner_override: Arc::default(),
         }
@@ -94,6 +115,26 @@ impl PinfsFuse {
 
     fn cred(&self, req: &Request) -> Cred {
         request_cred(req.uid(), req.gid(), req.pid(), self.owner())
+    }
+
+    /// Run `f` on a breaker thread, never on this FUSE worker: it may wait
+    /// up to lease-break-time for a lease holder, and a worker waiting
+    /// there serves nobody else. Refused with `EAGAIN` when the pool (or
+    /// the caller's uid's share of it) is full.
+    fn off_worker<R: Refuse + Send + 'static>(
+        &self,
+        req: &Request,
+        reply: R,
+        f: impl FnOnce(&PinfsFuse, Cred, R) + Send + 'static,
+    ) {
+        let (me, cred) = (self.clone(), self.cred(req));
+        self.breakers.submit(req.uid(), move |run| {
+            if run {
+                f(&me, cred, reply);
+            } else {
+                reply.refuse();
+            }
+        });
     }
 
     fn node(&self, id: INodeNo) -> Node {
@@ -138,7 +179,7 @@ impl PinfsFuse {
 
     fn setattr_inner(
         &self,
-        req: &Request,
+        cred: Cred,
         ino: INodeNo,
         attr: &SetAttr,
         fh: Option<FileHandle>,
@@ -151,12 +192,42 @@ impl PinfsFuse {
                 return f.handle.setattr(attr);
             }
         }
-        self.fs.setattr(self.cred(req), self.node(ino), attr)
+        self.fs.setattr(cred, self.node(ino), attr)
     }
 
     fn read_dir_snapshot(&self, cred: Cred, node: Node) -> Result<OpenDir> {
         let entries = self.fs.readdir_node(cred, node)?;
         Ok(OpenDir { node, entries })
+    }
+
+    /// `open` with the caller's credentials `cred`.
+    fn open_inner(&self, cred: Cred, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        let (node, of) = (self.node(ino), open_flags(flags.0));
+        let r = (|| {
+            if of.nonblocking {
+                // O_NONBLOCK is the open's own: an open that would wait for
+                // a lease break is EWOULDBLOCK (the break proceeds), as in
+                // open(2). Later layout changes through the file wait
+                // whatever its flags, as Linux's ftruncate and fallocate do
+                // (coreutils `truncate` opens O_NONBLOCK, for FIFOs): so
+                // the file kept is opened blocking, once the non-blocking
+                // open has shown nothing is to be waited for.
+                drop(self.fs.open_node(cred, node, of)?);
+            }
+            let h = self.fs.open_node(
+                cred,
+                node,
+                OpenFlags {
+                    nonblocking: false,
+                    ..of
+                },
+            )?;
+            self.open_file(h, flags.0)
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags()),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     /// `lseek(SEEK_DATA | SEEK_HOLE)` from the file's extent map: data is
@@ -267,6 +338,7 @@ impl Filesystem for PinfsFuse {
     }
 
     fn destroy(&mut self) {
+        self.breakers.stop();
         self.handles.clear();
     }
 
@@ -310,8 +382,15 @@ impl Filesystem for PinfsFuse {
             mtime: mtime.map(time_set),
             ctime_ns: ctime.map(ns_of),
         };
-        let r = self.setattr_inner(req, ino, &set, fh);
-        self.attr_reply(reply, r);
+        if size.is_none() {
+            let r = self.setattr_inner(self.cred(req), ino, &set, fh);
+            return self.attr_reply(reply, r);
+        }
+        // A size change breaks layout leases: off the worker.
+        self.off_worker(req, reply, move |me, cred, reply| {
+            let r = me.setattr_inner(cred, ino, &set, fh);
+            me.attr_reply(reply, r);
+        });
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -353,19 +432,28 @@ impl Filesystem for PinfsFuse {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_bytes(name).and_then(|n| self.fs.unlink_in(self.cred(req), self.node(parent), n))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        // Removing the last name may free blocks (a layout change).
+        let name = name.as_bytes().to_vec();
+        self.off_worker(req, reply, move |me, cred, reply| {
+            match name_bytes(OsStr::from_bytes(&name))
+                .and_then(|n| me.fs.unlink_in(cred, me.node(parent), n))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_bytes(name).and_then(|n| self.fs.rmdir_in(self.cred(req), self.node(parent), n))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let name = name.as_bytes().to_vec();
+        self.off_worker(req, reply, move |me, cred, reply| {
+            match name_bytes(OsStr::from_bytes(&name))
+                .and_then(|n| me.fs.rmdir_in(cred, me.node(parent), n))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn symlink(
@@ -397,27 +485,31 @@ impl Filesystem for PinfsFuse {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
-                return Err(Errno::EINVAL.into());
+        // Replacing a file may free its blocks (a layout change).
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.off_worker(req, reply, move |me, cred, reply| {
+            let r = (|| {
+                if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
+                    return Err(Errno::EINVAL.into());
+                }
+                let rf = RenameFlags {
+                    noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
+                    exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+                };
+                me.fs.rename_in(
+                    cred,
+                    me.node(parent),
+                    name_bytes(OsStr::from_bytes(&name))?,
+                    me.node(newparent),
+                    name_bytes(OsStr::from_bytes(&newname))?,
+                    rf,
+                )
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            let rf = RenameFlags {
-                noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
-                exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
-            };
-            self.fs.rename_in(
-                self.cred(req),
-                self.node(parent),
-                name_bytes(name)?,
-                self.node(newparent),
-                name_bytes(newname)?,
-                rf,
-            )
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn link(
@@ -436,31 +528,13 @@ impl Filesystem for PinfsFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
-        let (cred, node, of) = (self.cred(req), self.node(ino), open_flags(flags.0));
-        let r = (|| {
-            if of.nonblocking {
-                // O_NONBLOCK is the open's own: an open that would wait for
-                // a lease break is EWOULDBLOCK (the break proceeds), as in
-                // open(2). Later layout changes through the file wait
-                // whatever its flags, as Linux's ftruncate and fallocate do
-                // (coreutils `truncate` opens O_NONBLOCK, for FIFOs): so
-                // the file kept is opened blocking, once the non-blocking
-                // open has shown nothing is to be waited for.
-                drop(self.fs.open_node(cred, node, of)?);
-            }
-            let h = self.fs.open_node(
-                cred,
-                node,
-                OpenFlags {
-                    nonblocking: false,
-                    ..of
-                },
-            )?;
-            self.open_file(h, flags.0)
-        })();
-        match r {
-            Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags()),
-            Err(e) => reply.error(errno(&e)),
+        if open_flags(flags.0).write {
+            // An open for writing breaks open leases: off the worker.
+            self.off_worker(req, reply, move |me, cred, reply| {
+                me.open_inner(cred, ino, flags, reply)
+            });
+        } else {
+            self.open_inner(self.cred(req), ino, flags, reply);
         }
     }
 
@@ -489,7 +563,7 @@ impl Filesystem for PinfsFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -499,19 +573,23 @@ impl Filesystem for PinfsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.handles.file(fh.0).and_then(|f| {
-            let at = if f.append {
-                f.handle.stat()?.size
-            } else {
-                offset
-            };
-            f.handle.pwrite(at, data)
+        // A write that allocates or unshares blocks breaks layout leases.
+        let data = data.to_vec();
+        self.off_worker(req, reply, move |me, _cred, reply| {
+            let r = me.handles.file(fh.0).and_then(|f| {
+                let at = if f.append {
+                    f.handle.stat()?.size
+                } else {
+                    offset
+                };
+                f.handle.pwrite(at, &data)
+            });
+            match r {
+                // At most MAX_IO_BYTES (the kernel sends no more).
+                Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match r {
-            // At most MAX_IO_BYTES (the kernel sends no more).
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     fn flush(
@@ -676,47 +754,46 @@ impl Filesystem for PinfsFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = (|| {
-            let mut of = open_flags(flags);
-            // A new file has no lease to wait for; an existing one (O_CREAT
-            // without O_EXCL) waits like `open` after its check, above.
-            if of.nonblocking {
-                if let Ok(st) = self
-                    .fs
-                    .lookup(self.cred(req), self.node(parent), name_bytes(name)?)
-                {
-                    drop(self.fs.open_node(self.cred(req), st.node(), of)?);
+        // Creating over an existing file (no O_EXCL) opens it for writing,
+        // and O_TRUNC truncates it: both break leases.
+        let name = name.as_bytes().to_vec();
+        self.off_worker(req, reply, move |me, cred, reply| {
+            let name = OsStr::from_bytes(&name);
+            let r = (|| {
+                let mut of = open_flags(flags);
+                // A new file has no lease to wait for; an existing one (O_CREAT
+                // without O_EXCL) waits like `open` after its check, above.
+                if of.nonblocking {
+                    if let Ok(st) = me.fs.lookup(cred, me.node(parent), name_bytes(name)?) {
+                        drop(me.fs.open_node(cred, st.node(), of)?);
+                    }
+                    of.nonblocking = false;
                 }
-                of.nonblocking = false;
+                of.create = true;
+                of.exclusive = flags & libc::O_EXCL != 0;
+                of.truncate = flags & libc::O_TRUNC != 0;
+                let (h, st) =
+                    me.fs
+                        .create_in(cred, me.node(parent), name_bytes(name)?, mode, of)?;
+                let fh = me.open_file(h, flags)?;
+                Ok((fh, st))
+            })();
+            match r {
+                Ok((fh, st)) => reply.created(
+                    &TTL,
+                    &me.attr(&st),
+                    Generation(u64::from(st.generation)),
+                    FileHandle(fh),
+                    Self::fopen_flags(),
+                ),
+                Err(e) => reply.error(errno(&e)),
             }
-            of.create = true;
-            of.exclusive = flags & libc::O_EXCL != 0;
-            of.truncate = flags & libc::O_TRUNC != 0;
-            let (h, st) = self.fs.create_in(
-                self.cred(req),
-                self.node(parent),
-                name_bytes(name)?,
-                mode,
-                of,
-            )?;
-            let fh = self.open_file(h, flags)?;
-            Ok((fh, st))
-        })();
-        match r {
-            Ok((fh, st)) => reply.created(
-                &TTL,
-                &self.attr(&st),
-                Generation(u64::from(st.generation)),
-                FileHandle(fh),
-                Self::fopen_flags(),
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -724,14 +801,16 @@ impl Filesystem for PinfsFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = falloc_mode(mode).and_then(|m| {
-            let f = self.handles.file(fh.0)?;
-            f.handle.fallocate(m, offset, length)
+        self.off_worker(req, reply, move |me, _cred, reply| {
+            let r = falloc_mode(mode).and_then(|m| {
+                let f = me.handles.file(fh.0)?;
+                f.handle.fallocate(m, offset, length)
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     fn lseek(
@@ -759,7 +838,7 @@ impl Filesystem for PinfsFuse {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -773,33 +852,36 @@ impl Filesystem for PinfsFuse {
         // A copy of whole blocks is a reflink (shared blocks, copied on
         // write); anything else is EOPNOTSUPP, and the kernel (or the tool)
         // copies with reads and writes.
-        let r = (|| {
-            let (src, dst) = (self.handles.file(fh_in.0)?, self.handles.file(fh_out.0)?);
-            let src_size = src.handle.stat()?.size;
-            let dst_size = dst.handle.stat()?.size;
-            let len = len
-                .min(src_size.saturating_sub(offset_in))
-                .min(u64::from(u32::MAX) / BLOCK_SIZE * BLOCK_SIZE);
-            if len == 0 {
-                return Ok(0);
+        // A reflink replaces the destination's blocks (a layout change).
+        self.off_worker(req, reply, move |me, _cred, reply| {
+            let r = (|| {
+                let (src, dst) = (me.handles.file(fh_in.0)?, me.handles.file(fh_out.0)?);
+                let src_size = src.handle.stat()?.size;
+                let dst_size = dst.handle.stat()?.size;
+                let len = len
+                    .min(src_size.saturating_sub(offset_in))
+                    .min(u64::from(u32::MAX) / BLOCK_SIZE * BLOCK_SIZE);
+                if len == 0 {
+                    return Ok(0);
+                }
+                let aligned =
+                    offset_in.is_multiple_of(BLOCK_SIZE) && offset_out.is_multiple_of(BLOCK_SIZE);
+                let whole = len.is_multiple_of(BLOCK_SIZE)
+                    || (offset_in + len == src_size && offset_out + len >= dst_size);
+                // Within one file ranges may overlap, which a reflink refuses
+                // and a copy must not: the kernel copies those.
+                if !aligned || !whole || src.handle.node() == dst.handle.node() {
+                    return Err(Errno::EOPNOTSUPP.into());
+                }
+                dst.handle
+                    .reflink(&src.handle, Some((offset_in, offset_out, len)))?;
+                Ok(len)
+            })();
+            match r {
+                Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(e) => reply.error(errno(&e)),
             }
-            let aligned =
-                offset_in.is_multiple_of(BLOCK_SIZE) && offset_out.is_multiple_of(BLOCK_SIZE);
-            let whole = len.is_multiple_of(BLOCK_SIZE)
-                || (offset_in + len == src_size && offset_out + len >= dst_size);
-            // Within one file ranges may overlap, which a reflink refuses
-            // and a copy must not: the kernel copies those.
-            if !aligned || !whole || src.handle.node() == dst.handle.node() {
-                return Err(Errno::EOPNOTSUPP.into());
-            }
-            dst.handle
-                .reflink(&src.handle, Some((offset_in, offset_out, len)))?;
-            Ok(len)
-        })();
-        match r {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 }
 

@@ -3,7 +3,7 @@
 //! real `truncate` (coreutils) plus a write on the mount. The holder is told
 //! before anything changes, releases, and registers again over what the
 //! file now holds — and while the truncate waits, the mount serves other
-//! processes (it blocks its own worker only); the negative control switches lease breaking off on the
+//! processes (its wait runs on a breaker thread); the negative control switches lease breaking off on the
 //! FUSE path (its changes made as the holder's own) and sees the
 //! registration silently go stale: the file changed under it, it was never
 //! told.
