@@ -4,7 +4,9 @@
 //! `open(2)` would — kept until `release`; `opendir` keeps a snapshot of the
 //! directory's entries, so `readdir` offsets stay stable while the
 //! directory changes. Both share one number space and one bound,
-//! [`MAX_OPEN_HANDLES`] (`ENFILE` past it).
+//! [`MAX_OPEN_HANDLES`] (`ENFILE` past it), of which one non-root uid may
+//! hold at most [`MAX_OPEN_HANDLES_PER_UID`] (`EMFILE` past it), so one
+//! user cannot take the table from everyone else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,11 @@ use pinfs::{Errno, Result};
 /// At most this many files and directories open through one mount at a
 /// time (`ENFILE` past it, as a system file table would).
 pub const MAX_OPEN_HANDLES: usize = 1 << 16;
+
+/// At most this many of them held by one uid other than root (`EMFILE`
+/// past it): a quarter of the table, so at least four users share it and
+/// root always finds room.
+pub const MAX_OPEN_HANDLES_PER_UID: usize = MAX_OPEN_HANDLES / 4;
 
 /// An open file of the mount.
 #[derive(Debug)]
@@ -55,19 +62,29 @@ pub struct Handles {
 #[derive(Debug, Default)]
 struct Table {
     next: u64,
-    open: HashMap<u64, Open>,
+    /// Each handle with the uid that opened it.
+    open: HashMap<u64, (u32, Open)>,
+    /// Handles held per uid (root not counted).
+    per_uid: HashMap<u32, usize>,
 }
 
 impl Handles {
-    /// Keep `open`; its FUSE file handle.
-    pub fn insert(&self, open: Open) -> Result<u64> {
+    /// Keep `open`, opened by `uid`; its FUSE file handle.
+    pub fn insert(&self, uid: u32, open: Open) -> Result<u64> {
         let mut t = self.inner.lock();
         if t.open.len() >= MAX_OPEN_HANDLES {
             return Err(Errno::ENFILE.into());
         }
+        if uid != 0 {
+            let n = t.per_uid.entry(uid).or_default();
+            if *n >= MAX_OPEN_HANDLES_PER_UID {
+                return Err(Errno::EMFILE.into());
+            }
+            *n += 1;
+        }
         t.next += 1;
         let fh = t.next;
-        t.open.insert(fh, open);
+        t.open.insert(fh, (uid, open));
         Ok(fh)
     }
 
@@ -77,7 +94,7 @@ impl Handles {
             .lock()
             .open
             .get(&fh)
-            .cloned()
+            .map(|(_, o)| o.clone())
             .ok_or_else(|| Errno::EBADF.into())
     }
 
@@ -99,12 +116,24 @@ impl Handles {
 
     /// Forget `fh` (closing the file when the last request using it is done).
     pub fn remove(&self, fh: u64) -> Option<Open> {
-        self.inner.lock().open.remove(&fh)
+        let mut t = self.inner.lock();
+        let (uid, open) = t.open.remove(&fh)?;
+        if let Some(n) = t.per_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_uid.remove(&uid);
+            }
+        }
+        Some(open)
     }
 
     /// Forget every handle (at unmount), closing the files.
     pub fn clear(&self) {
-        let all = std::mem::take(&mut self.inner.lock().open);
+        let all = {
+            let mut t = self.inner.lock();
+            t.per_uid.clear();
+            std::mem::take(&mut t.open)
+        };
         drop(all);
     }
 }

@@ -170,11 +170,14 @@ impl PinfsFuse {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     }
 
-    fn open_file(&self, handle: pinfs::fs::Handle, raw_flags: i32) -> Result<u64> {
-        self.handles.insert(Open::File(Arc::new(OpenFile {
-            handle: Arc::new(handle),
-            append: raw_flags & libc::O_APPEND != 0,
-        })))
+    fn open_file(&self, cred: Cred, handle: pinfs::fs::Handle, raw_flags: i32) -> Result<u64> {
+        self.handles.insert(
+            cred.uid,
+            Open::File(Arc::new(OpenFile {
+                handle: Arc::new(handle),
+                append: raw_flags & libc::O_APPEND != 0,
+            })),
+        )
     }
 
     fn setattr_inner(
@@ -222,7 +225,7 @@ impl PinfsFuse {
                     ..of
                 },
             )?;
-            self.open_file(h, flags.0)
+            self.open_file(cred, h, flags.0)
         })();
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags()),
@@ -638,10 +641,10 @@ impl Filesystem for PinfsFuse {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
-        let node = self.node(ino);
+        let (node, cred) = (self.node(ino), self.cred(req));
         let r = self
-            .read_dir_snapshot(self.cred(req), node)
-            .and_then(|d| self.handles.insert(Open::Dir(Arc::new(d))));
+            .read_dir_snapshot(cred, node)
+            .and_then(|d| self.handles.insert(cred.uid, Open::Dir(Arc::new(d))));
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -775,7 +778,7 @@ impl Filesystem for PinfsFuse {
                 let (h, st) =
                     me.fs
                         .create_in(cred, me.node(parent), name_bytes(name)?, mode, of)?;
-                let fh = me.open_file(h, flags)?;
+                let fh = me.open_file(cred, h, flags)?;
                 Ok((fh, st))
             })();
             match r {

@@ -100,7 +100,7 @@ fn scenario(breaks_off: bool) -> Seen {
             // Told before anything changed: the truncate waits for us.
             assert!(!changer.is_finished());
             // Meanwhile the mount serves everyone else: the truncate
-            // blocks its own worker only.
+            // waits on a breaker thread, not a worker.
             others_are_served(&m);
             assert!(!changer.is_finished());
             true
