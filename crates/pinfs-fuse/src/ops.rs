@@ -653,7 +653,7 @@ impl Filesystem for PinfsFuse {
 
     fn readdir(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -664,10 +664,12 @@ impl Filesystem for PinfsFuse {
             Err(e) => return reply.error(errno(&e)),
         };
         // Offsets: 1 after ".", 2 after "..", 3 + i after entry i. `d_ino`
-        // is the entry's node id, as `st_ino` is: `..`'s is not known here
-        // and the kernel does not use it, so it is the directory's own.
+        // is informational (the kernel and `ls` take `st_ino` from a
+        // lookup): `..`'s is the directory's own, an entry's is its plain
+        // inode number — its generation (the high half of its node id and
+        // `st_ino`) would need a lookup, and a lookup needs search
+        // permission, which reading a directory does not.
         let me = node_id(dir.node, self.root);
-        let cred = self.cred(req);
         let mut at = offset;
         while at < 2 {
             let name = if at == 0 { "." } else { ".." };
@@ -678,16 +680,10 @@ impl Filesystem for PinfsFuse {
         }
         let skip = usize::try_from(at - 2).unwrap_or(usize::MAX);
         for (i, e) in dir.entries.iter().enumerate().skip(skip) {
-            // The entry's generation: a name removed since opendir is
-            // skipped, as a directory read after the removal would.
-            let Ok(st) = self.fs.lookup(cred, dir.node, &e.name) else {
-                continue;
-            };
-            let id = node_id(st.node(), self.root);
             if reply.add(
-                INodeNo(id),
+                INodeNo(e.ino),
                 i as u64 + 3,
-                file_type(st.mode),
+                file_type(e.kind),
                 OsStr::from_bytes(&e.name),
             ) {
                 break;

@@ -70,3 +70,24 @@ fn one_user_cannot_take_the_handle_table() {
     assert_eq!(std::fs::read(m.path("f")).expect("cat"), b"x");
     drop(held);
 }
+
+#[test]
+fn a_readable_directory_lists_without_search_permission() {
+    need_fuse!();
+    let m = Mounted::default_fs();
+    std::fs::create_dir(m.path("d")).expect("mkdir");
+    std::fs::write(m.path("d/a"), b"a").expect("create a");
+    std::fs::write(m.path("d/b"), b"b").expect("create b");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(m.path("d"), std::fs::Permissions::from_mode(0o744))
+        .expect("chmod 744");
+    let d = m.path("d");
+    let mut names = as_nobody(move || {
+        std::fs::read_dir(&d)
+            .expect("nobody reads d")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect::<Vec<_>>()
+    });
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+}
