@@ -43,7 +43,9 @@ use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 use pinfs::fs::Fs;
 
 pub use self::breakers::{MAX_BREAKERS, MAX_BREAKERS_PER_UID, MAX_BREAKER_QUEUE};
-pub use self::handles::{MAX_OPEN_HANDLES, MAX_OPEN_HANDLES_PER_UID};
+pub use self::handles::{
+    MAX_OPEN_HANDLES, MAX_OPEN_HANDLES_PER_UID, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_BYTES_PER_UID,
+};
 pub use self::node::{node_id, node_of_id};
 
 /// Workers serving requests when [`MountOptions::threads`] asks for fewer

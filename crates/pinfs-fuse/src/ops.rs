@@ -30,7 +30,7 @@ use pinfs::{Errno, Result};
 
 use crate::breakers::Breakers;
 use crate::cred::request_cred;
-use crate::handles::{Handles, Open, OpenDir, OpenFile};
+use crate::handles::{snapshot_bytes, Handles, Open, OpenDir, OpenFile};
 use crate::node::{attr, file_type, node_id, node_of_id};
 
 /// Time-to-live of every attribute and entry the kernel is given: none.
@@ -198,9 +198,29 @@ impl PinfsFuse {
         self.fs.setattr(cred, self.node(ino), attr)
     }
 
+    /// A snapshot of directory `node`'s entries, charged to `cred.uid`.
     fn read_dir_snapshot(&self, cred: Cred, node: Node) -> Result<OpenDir> {
         let entries = self.fs.readdir_node(cred, node)?;
-        Ok(OpenDir { node, entries })
+        let bytes = snapshot_bytes(&entries);
+        self.handles.charge(cred.uid, bytes)?;
+        Ok(OpenDir {
+            node,
+            uid: cred.uid,
+            entries: parking_lot::Mutex::new((Arc::new(entries), bytes)),
+            fresh: true.into(),
+        })
+    }
+
+    /// Take `dir`'s snapshot again (a `readdir` from offset 0: `rewinddir`
+    /// shows what was created since), charged to whoever opened it.
+    fn refresh_snapshot(&self, cred: Cred, dir: &OpenDir) -> Result<()> {
+        let entries = self.fs.readdir_node(cred, dir.node)?;
+        let bytes = snapshot_bytes(&entries);
+        let mut held = dir.entries.lock();
+        self.handles.charge(dir.uid, bytes)?;
+        self.handles.uncharge(dir.uid, held.1);
+        *held = (Arc::new(entries), bytes);
+        Ok(())
     }
 
     /// `open` with the caller's credentials `cred`.
@@ -642,9 +662,12 @@ impl Filesystem for PinfsFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         let (node, cred) = (self.node(ino), self.cred(req));
-        let r = self
-            .read_dir_snapshot(cred, node)
-            .and_then(|d| self.handles.insert(cred.uid, Open::Dir(Arc::new(d))));
+        let r = self.read_dir_snapshot(cred, node).and_then(|d| {
+            let d = Arc::new(d);
+            self.handles
+                .insert(cred.uid, Open::Dir(Arc::clone(&d)))
+                .inspect_err(|_| self.handles.uncharge(d.uid, d.entries.lock().1))
+        });
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -653,7 +676,7 @@ impl Filesystem for PinfsFuse {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -670,6 +693,15 @@ impl Filesystem for PinfsFuse {
         // `st_ino`) would need a lookup, and a lookup needs search
         // permission, which reading a directory does not.
         let me = node_id(dir.node, self.root);
+        let fresh = dir.fresh.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if offset == 0 && !fresh {
+            // Starting over (the first read after opendir, or rewinddir):
+            // show the directory as it is now.
+            if let Err(e) = self.refresh_snapshot(self.cred(req), &dir) {
+                return reply.error(errno(&e));
+            }
+        }
+        let entries = Arc::clone(&dir.entries.lock().0);
         let mut at = offset;
         while at < 2 {
             let name = if at == 0 { "." } else { ".." };
@@ -679,7 +711,7 @@ impl Filesystem for PinfsFuse {
             at += 1;
         }
         let skip = usize::try_from(at - 2).unwrap_or(usize::MAX);
-        for (i, e) in dir.entries.iter().enumerate().skip(skip) {
+        for (i, e) in entries.iter().enumerate().skip(skip) {
             if reply.add(
                 INodeNo(e.ino),
                 i as u64 + 3,
