@@ -42,7 +42,9 @@ use std::thread::JoinHandle;
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 use pinfs::fs::Fs;
 
-pub use self::breakers::{MAX_BREAKERS, MAX_BREAKERS_PER_UID, MAX_BREAKER_QUEUE};
+pub use self::breakers::{
+    MAX_BREAKERS, MAX_BREAKERS_PER_UID, MAX_BREAKER_QUEUE, MAX_BREAKER_QUEUE_PER_UID,
+};
 pub use self::handles::{
     MAX_OPEN_HANDLES, MAX_OPEN_HANDLES_PER_UID, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_BYTES_PER_UID,
 };
