@@ -2,7 +2,9 @@
 //! each waiting for a different file's lease holder, and a `stat` of the
 //! mount's root from another process is still answered — the waits run on
 //! the breaker threads, not on the workers (which, blocked, would leave
-//! the `stat` to wait for lease-break-time).
+//! the `stat` to wait for lease-break-time). And one user cannot take the
+//! breaker threads: past its share its truncates queue (not refused) and
+//! root's truncate still runs.
 
 mod support;
 
@@ -83,6 +85,101 @@ fn truncates_waiting_on_many_holders_leave_stat_served() {
                 .expect("stat")
                 .len(),
             0
+        );
+    }
+}
+
+#[test]
+fn one_user_runs_its_share_of_breakers_and_root_still_breaks() {
+    need_fuse!();
+    use pinfs_fuse::MAX_BREAKERS_PER_UID;
+    let m = Mounted::new(TruncatePolicy::Defer, Duration::from_secs(3600));
+    // Files 0..=MAX_BREAKERS_PER_UID truncated by nobody, the last by root.
+    let files = MAX_BREAKERS_PER_UID + 2;
+    let mut holders = Vec::new();
+    for i in 0..files {
+        let who = Cred::root_as(200 + i as u64);
+        let h =
+            m.fs.open(who, &format!("/e{i}"), OpenFlags::CREATE, 0o666)
+                .expect("create");
+        h.pwrite(0, &[0x11; FILE]).expect("pwrite");
+        let events =
+            m.fs.leases()
+                .owner_events(OwnerId(who.owner))
+                .expect("events");
+        let map = h
+            .mmap(0, FILE as u64, MapFlags::DIRECT)
+            .expect("MAP_DIRECT");
+        holders.push((h, map, events));
+    }
+    let truncate = |i: usize, nobody: bool| {
+        let mut c = if nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "truncate",
+            ]);
+            c
+        } else {
+            Command::new("truncate")
+        };
+        c.args(["-s", "0"])
+            .arg(m.path(&format!("e{i}")))
+            .spawn()
+            .expect("truncate")
+    };
+    let mut theirs: Vec<Child> = (0..=MAX_BREAKERS_PER_UID)
+        .map(|i| truncate(i, true))
+        .collect();
+    // nobody's share is running: each of its first truncates told a holder.
+    let mut told = 0;
+    for (_, _, events) in &holders[..=MAX_BREAKERS_PER_UID] {
+        if matches!(events.recv_timeout(Duration::ZERO), Ok(Some(_))) {
+            told += 1;
+        }
+    }
+    // Wait for the rest: poll each holder in turn (a hang guard of about
+    // PATIENCE in all, not a timing assertion).
+    let poll = Duration::from_millis(10);
+    let mut rounds = PATIENCE.as_millis() / poll.as_millis();
+    while told < MAX_BREAKERS_PER_UID {
+        assert!(rounds > 0, "nobody's truncates never ran");
+        rounds -= 1;
+        for (_, _, events) in &holders[..=MAX_BREAKERS_PER_UID] {
+            if matches!(events.recv_timeout(poll), Ok(Some(_))) {
+                told += 1;
+            }
+        }
+    }
+    // Root's truncate is not held behind nobody's queue.
+    let mut root = truncate(MAX_BREAKERS_PER_UID + 1, false);
+    assert!(
+        matches!(holders[files - 1].2.recv_timeout(PATIENCE), Ok(Some(_))),
+        "root's truncate never ran"
+    );
+    // nobody's one past its share waits its turn (queued, not refused):
+    // exactly MAX_BREAKERS_PER_UID of its holders were told.
+    let mut more = 0;
+    for (_, _, events) in &holders[..=MAX_BREAKERS_PER_UID] {
+        if matches!(events.recv_timeout(Duration::ZERO), Ok(Some(_))) {
+            more += 1;
+        }
+    }
+    assert_eq!(told + more, MAX_BREAKERS_PER_UID);
+    for c in &mut theirs {
+        assert!(
+            c.try_wait().expect("try_wait").is_none(),
+            "a truncate failed"
+        );
+    }
+    holders.clear();
+    assert!(root.wait().expect("root's truncate").success());
+    for mut c in theirs {
+        assert!(
+            c.wait().expect("truncate").success(),
+            "nobody's truncate was refused"
         );
     }
 }
