@@ -1165,3 +1165,57 @@ fn a_rename_over_a_hard_link_of_itself_is_a_no_op() {
         Errno::EACCES
     );
 }
+
+/// The kernel's FUSE (without `HANDLE_KILLPRIV`) sends the set-id clearing
+/// of a non-owner's truncate, `O_TRUNC` or fallocate as a mode change: a
+/// writer other than the owner may clear `S_ISUID`/`S_ISGID` and change
+/// nothing else; any other mode change, or one by a caller who may not
+/// write, stays the owner's (`EPERM`).
+#[test]
+fn a_writer_may_clear_set_id_bits_and_nothing_else() {
+    let (_, fs) = pool();
+    let root = fs.root();
+    let (h, f) = fs
+        .create_in(ROOT, root, b"f", 0o644, OpenFlags::CREATE)
+        .unwrap();
+    h.pwrite(0, b"data").unwrap();
+    drop(h);
+    let f = f.node();
+    let mode = |n: Node| fs.getattr(n).unwrap().mode & 0o7777;
+    let chmod = |who: Cred, m: u32, size: Option<u64>| {
+        fs.setattr(
+            who,
+            f,
+            &SetAttr {
+                mode: Some(m),
+                size,
+                ..SetAttr::default()
+            },
+        )
+    };
+    let nobody = user(65534, 65534, &[]);
+    chmod(ROOT, 0o6777, None).unwrap();
+    // The truncate with its set-id clearing, as FUSE sends it.
+    chmod(nobody, S_IFREG | 0o777, Some(1)).unwrap();
+    assert_eq!(mode(f), 0o777);
+    assert_eq!(fs.getattr(f).unwrap().size, 1);
+    // S_ISUID alone, without the size, by a member of the file's group
+    // (for anyone else a mode change drops S_ISGID as well).
+    chmod(ROOT, 0o6777, None).unwrap();
+    chmod(user(65534, 0, &[]), 0o2777, None).unwrap();
+    assert_eq!(mode(f), 0o2777);
+    // Anything else changed too: the owner's.
+    chmod(ROOT, 0o6777, None).unwrap();
+    assert_eq!(errno(chmod(nobody, 0o776, None)), Errno::EPERM);
+    assert_eq!(errno(chmod(nobody, 0o6776, None)), Errno::EPERM);
+    // Nothing cleared (a chmod to the same mode) is the owner's, too.
+    assert_eq!(errno(chmod(nobody, 0o6777, None)), Errno::EPERM);
+    assert_eq!(mode(f), 0o6777);
+    // A caller who may not write clears nothing.
+    chmod(ROOT, 0o6775, None).unwrap();
+    assert_eq!(errno(chmod(nobody, 0o775, None)), Errno::EPERM);
+    assert_eq!(mode(f), 0o6775);
+    // The owner may still do as it likes.
+    chmod(ROOT, 0o640, None).unwrap();
+    assert_eq!(mode(f), 0o640);
+}

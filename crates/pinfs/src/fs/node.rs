@@ -175,6 +175,15 @@ fn sticky_allows(cred: &Cred, dir: &Inode, victim: &Inode) -> bool {
     cred.uid == 0 || dir.mode & S_ISVTX == 0 || cred.uid == dir.uid || cred.uid == victim.uid
 }
 
+/// Whether the permission bits `new` are those of `mode` with `S_ISUID`
+/// and/or `S_ISGID` cleared and nothing else changed (at least one cleared):
+/// the one mode change a non-owner may make (see `Fs::setattr`).
+fn clears_only_set_id(mode: u32, new: u32) -> bool {
+    let (cur, new) = (mode & 0o7777, new & 0o7777);
+    let cleared = cur & !new;
+    new & !cur == 0 && cleared != 0 && cleared & !(S_ISUID | S_ISGID) == 0
+}
+
 /// The set-id bits a write or truncate by `cred` removes (Linux
 /// `file_remove_privs`): none for root; `S_ISUID`, and `S_ISGID` when
 /// group-execute is set (otherwise it marks mandatory locking, not set-gid).
@@ -956,7 +965,9 @@ impl Fs {
     /// `setattr(2)`: change what `attr` names, with the caller's rights
     /// (Linux `setattr_prepare` and `notify_change`):
     /// - `mode`: owner or root (`EPERM`); a caller other than root not in
-    ///   the file's group loses `S_ISGID`;
+    ///   the file's group loses `S_ISGID`; anyone with write permission may
+    ///   clear `S_ISUID`/`S_ISGID` and change nothing else (how the kernel's
+    ///   FUSE sends the set-id clearing of a non-owner's truncate);
     /// - `uid`: root, or the owner "changing" it to itself; `gid`: root, or
     ///   the owner changing it to one of its groups (`EPERM`); either clears
     ///   `S_ISUID` (and `S_ISGID` with group-execute) of a non-directory;
@@ -1015,6 +1026,17 @@ impl Fs {
         }
         let mut st = self.state.write();
         let i = st.node(node)?;
+        let mut rest = *attr;
+        if let Some(m) = attr.mode {
+            // A non-owner's set-id clearing that came with the size (how
+            // FUSE sends a truncate's): the truncate cleared them already,
+            // leaving no change that needs the owner.
+            let owner = cred.uid == 0 || cred.uid == i.uid;
+            if !owner && attr.size.is_some() && i.mode & 0o7777 == m & 0o7777 {
+                rest.mode = None;
+            }
+        }
+        let attr = &rest;
         // Checked again under the lock that applies them: the file may have
         // changed hands meanwhile.
         self.check_setattr(
@@ -1104,8 +1126,20 @@ impl Fs {
                 st.may(cred, i.ino, MAY_WRITE)?;
             }
         }
-        if attr.mode.is_some() && !owner {
-            return Err(Errno::EPERM.into());
+        if let Some(m) = attr.mode {
+            if !owner {
+                // A non-owner may only clear the set-id bits, and only as a
+                // writer: the kernel's FUSE (without `HANDLE_KILLPRIV`)
+                // sends the set-id clearing of a truncate, `O_TRUNC` or
+                // fallocate by a non-owner as a mode change, which Linux's
+                // `file_remove_privs` grants to anyone who may write.
+                if !clears_only_set_id(i.mode, m) {
+                    return Err(Errno::EPERM.into());
+                }
+                if st.may(cred, i.ino, MAY_WRITE).is_err() {
+                    return Err(Errno::EPERM.into());
+                }
+            }
         }
         if let Some(u) = attr.uid {
             if !(root || cred.uid == i.uid && u == i.uid) {
