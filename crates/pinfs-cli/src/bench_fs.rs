@@ -418,7 +418,7 @@ fn random_offsets(file_bytes: u64, size: u64) -> Vec<u64> {
 }
 
 /// A buffer of non-zero bytes (so nothing can shortcut zero pages).
-fn pattern(len: usize) -> Vec<u8> {
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 + 1).collect()
 }
 
@@ -426,7 +426,7 @@ fn gib_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / f64::from(1u32 << 30)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use pinfs::fs::Fs;
 use pinfs::media::{MappedPool, Media};
 
-use crate::bench_fs::ShmDir;
+use crate::bench_fs::{median, pattern, ShmDir};
 use crate::bench_target::{Goal, Scorecard};
 
 /// pinfs through FUSE must reach this share of the null file system's rate.
@@ -361,14 +361,4 @@ fn fill(path: &Path, bytes: u64) -> Result<()> {
     }
     f.sync_all()?;
     Ok(())
-}
-
-/// A buffer of non-zero bytes (so nothing can shortcut zero pages).
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 + 1).collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
